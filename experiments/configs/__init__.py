@@ -1,0 +1,1 @@
+"""ml_collections defaults shared by the experiments."""

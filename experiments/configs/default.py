@@ -1,0 +1,57 @@
+"""The base config: the KD-ticket CIFAR-10 recipe (Ma et al. 2021) with every key documented.
+
+Override any key on the command line: --config.train.epochs=30 --config.lottery.variants=lt,kd
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0                      # init, data order, augmentation, random pruning
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "resnet20"       # lottery_kd.models.MODEL_NAMES
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "cifar10"         # cifar10 | digits
+    config.data.source = "local"         # local: a directory of the official binary files
+    config.data.dir = ""                 # --config.data.dir=PATH/cifar-10-batches-bin
+    config.data.validation_size = 5000   # 45k/5k train/validation (KD-ticket); 0: full 50k train
+    config.data.train_subset = 0         # >0: train on the first N training images (shrunk runs)
+    config.data.eval_batch_size = 1000
+
+    config.train = ml_collections.ConfigDict()
+    config.train.epochs = 182
+    config.train.batch_size = 128
+    config.train.lr = 0.1
+    config.train.momentum = 0.9
+    config.train.weight_decay = 2e-4
+    config.train.milestones = ""         # epochs "91,136"; "": 50% and 75% of train.epochs
+    config.train.lr_decay = 0.1          # LR factor at each milestone
+    config.train.warmup_epochs = 0       # linear warm-up
+
+    config.kd = ml_collections.ConfigDict()
+    config.kd.temperature = 5.0
+    config.kd.alpha = 0.9                # weight of the distillation term
+    config.kd.reduction = "mean"         # KD-ticket CIFAR code (torch KLDivLoss default); or batchmean
+    config.kd.stop_epoch = config_dict.placeholder(int)  # plain CE from this epoch on; unset: never
+
+    config.prune = ml_collections.ConfigDict()
+    config.prune.method = "magnitude_global"  # lottery_kd.pruning.names()
+    config.prune.scope = "conv"          # conv (stem + 1x1 shortcuts included) | conv_fc
+    config.prune.fraction = 0.2          # of the remaining weights, per level
+    config.prune.schedule = "iterative"  # iterative | oneshot (sparsity 1-(1-fraction)^level)
+    config.prune.levels = 3
+
+    config.lottery = ml_collections.ConfigDict()
+    config.lottery.variants = "lt,weight_rewind,lr_rewind,finetune,kd,kd_rewind"
+    config.lottery.rewind = "33ep"       # rewind point: '33ep' (KD-ticket CIFAR) or '500it'
+
+    config.log = ml_collections.ConfigDict()
+    config.log.progress = "auto"         # auto (bar on a terminal) | bar | lines
+    config.log.tensorboard = True
+    return config

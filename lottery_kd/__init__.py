@@ -1,0 +1,1 @@
+"""Lottery-ticket pruning with knowledge distillation, in JAX."""

@@ -1,0 +1,187 @@
+"""Config checks that run before any compute, and parsing of step counts ("2ep", "500it").
+
+Every problem is reported at once, one line each, naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Optional
+
+from lottery_kd import losses, masks as masks_lib, pruning, variants as variants_lib
+from lottery_kd.data import DATASET_NAMES, SOURCES
+from lottery_kd.models import MODEL_NAMES
+
+PRUNE_SCHEDULES = ("iterative", "oneshot")
+PROGRESS_MODES = ("auto", "bar", "lines")
+_STEP_COUNT = re.compile(r"^\s*(\d+)\s*(ep|it)\s*$")
+
+
+class ConfigError(ValueError):
+    """One or more invalid config values (the message has one line per problem)."""
+
+
+def parse_step_count(text: str, steps_per_epoch: int) -> int:
+    """'2ep' -> 2 * steps_per_epoch, '500it' -> 500 (the contract's rewind-point syntax)."""
+    match = _STEP_COUNT.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a step count; write epochs as '2ep' or "
+                         "iterations as '500it'")
+    value, unit = int(match.group(1)), match.group(2)
+    return value * steps_per_epoch if unit == "ep" else value
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """'lt, kd' -> ('lt', 'kd'); a tuple or list is accepted as well."""
+    if isinstance(text, (tuple, list)):
+        return tuple(str(t).strip() for t in text)
+    return tuple(part.strip() for part in str(text).split(",") if part.strip())
+
+
+def parse_epochs(text: Any) -> tuple[int, ...]:
+    """'91,136' -> (91, 136); '' -> ()."""
+    if isinstance(text, (tuple, list)):
+        return tuple(int(t) for t in text)
+    return tuple(int(part) for part in str(text).split(",") if part.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """The config's epoch-based settings resolved to global step counts."""
+
+    steps_per_epoch: int
+    total_steps: int
+    rewind_step: int
+    milestone_steps: tuple[int, ...]
+    warmup_steps: int
+    kd_stop_step: Optional[int]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def milestone_epochs(train: Any) -> tuple[int, ...]:
+    """train.milestones, or 50% and 75% of train.epochs when empty (91/136 of 182 epochs)."""
+    given = parse_epochs(train.milestones)
+    return given if given else (train.epochs // 2, (3 * train.epochs) // 4)
+
+
+def validate(config: Any) -> None:
+    """Raise ConfigError listing every invalid value of an experiment config."""
+    problems: list[str] = []
+
+    def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+        if not ok:
+            problems.append(f"{key}={value!r} is invalid: {allowed}")
+
+    check(_is_int(config.seed) and config.seed >= 0, "seed", config.seed,
+          "an integer >= 0")
+    check(config.model.name in MODEL_NAMES, "model.name", config.model.name,
+          f"allowed: {', '.join(MODEL_NAMES)}")
+    data = config.data
+    check(data.name in DATASET_NAMES, "data.name", data.name,
+          f"allowed: {', '.join(DATASET_NAMES)}")
+    check(data.source in SOURCES, "data.source", data.source, f"allowed: {', '.join(SOURCES)}")
+    check(_is_int(data.validation_size) and data.validation_size >= 0, "data.validation_size",
+          data.validation_size, "an integer >= 0 (0: no validation split)")
+    check(_is_int(data.train_subset) and data.train_subset >= 0, "data.train_subset",
+          data.train_subset, "an integer >= 0 (0: the whole training split)")
+    check(_is_int(data.eval_batch_size) and data.eval_batch_size > 0, "data.eval_batch_size",
+          data.eval_batch_size, "an integer > 0")
+
+    train = config.train
+    check(_is_int(train.epochs) and train.epochs > 0, "train.epochs", train.epochs,
+          "an integer > 0")
+    check(_is_int(train.batch_size) and train.batch_size > 0, "train.batch_size",
+          train.batch_size, "an integer > 0")
+    check(_is_number(train.lr) and train.lr > 0, "train.lr", train.lr, "a number > 0")
+    check(_is_number(train.momentum) and 0 <= train.momentum < 1, "train.momentum",
+          train.momentum, "a number in [0, 1)")
+    check(_is_number(train.weight_decay) and train.weight_decay >= 0, "train.weight_decay",
+          train.weight_decay, "a number >= 0")
+    check(_is_number(train.lr_decay) and 0 < train.lr_decay <= 1, "train.lr_decay",
+          train.lr_decay, "a number in (0, 1]")
+    epochs_ok = _is_int(train.epochs) and train.epochs > 0
+    check(_is_int(train.warmup_epochs) and train.warmup_epochs >= 0
+          and (not epochs_ok or train.warmup_epochs < train.epochs), "train.warmup_epochs",
+          train.warmup_epochs, "an integer >= 0 and < train.epochs")
+    try:
+        milestones = parse_epochs(train.milestones)
+        check(all(0 < m <= train.epochs for m in milestones) if epochs_ok else True,
+              "train.milestones", train.milestones,
+              f"comma-separated epochs in [1, train.epochs={train.epochs}], or '' for 50%/75%")
+        check(list(milestones) == sorted(set(milestones)), "train.milestones", train.milestones,
+              "strictly increasing epochs")
+    except ValueError:
+        check(False, "train.milestones", train.milestones,
+              "comma-separated integer epochs such as '91,136', or '' for 50%/75% of training")
+
+    kd = config.kd
+    check(_is_number(kd.temperature) and kd.temperature > 0, "kd.temperature", kd.temperature,
+          "a number > 0")
+    check(_is_number(kd.alpha) and 0 <= kd.alpha <= 1, "kd.alpha", kd.alpha,
+          "a number in [0, 1]")
+    check(kd.reduction in losses.REDUCTIONS, "kd.reduction", kd.reduction,
+          f"allowed: {', '.join(losses.REDUCTIONS)}")
+    check(kd.stop_epoch is None or (_is_int(kd.stop_epoch) and kd.stop_epoch > 0 and
+                                    (not epochs_ok or kd.stop_epoch <= train.epochs)),
+          "kd.stop_epoch", kd.stop_epoch,
+          f"unset (distil throughout) or an epoch in [1, train.epochs={train.epochs}]")
+
+    prune = config.prune
+    check(prune.method in pruning.names(), "prune.method", prune.method,
+          f"allowed: {', '.join(pruning.names())}")
+    check(callable(prune.scope) or prune.scope in masks_lib.SCOPES, "prune.scope", prune.scope,
+          f"allowed: {', '.join(masks_lib.SCOPES)}")
+    check(_is_number(prune.fraction) and 0 < prune.fraction < 1, "prune.fraction",
+          prune.fraction, "a number in the open interval (0, 1)")
+    check(prune.schedule in PRUNE_SCHEDULES, "prune.schedule", prune.schedule,
+          f"allowed: {', '.join(PRUNE_SCHEDULES)}")
+    check(_is_int(prune.levels) and prune.levels >= 0, "prune.levels", prune.levels,
+          "an integer >= 0 (0: train the dense network only)")
+
+    names = parse_names(config.lottery.variants)
+    unknown = [n for n in names if n not in variants_lib.names()]
+    check(not unknown, "lottery.variants", config.lottery.variants,
+          f"unknown {', '.join(unknown)}; allowed: {', '.join(variants_lib.names())}")
+    check(len(set(names)) == len(names), "lottery.variants", config.lottery.variants,
+          "each variant at most once")
+    check(bool(names) or (_is_int(prune.levels) and prune.levels == 0), "lottery.variants",
+          config.lottery.variants, "at least one variant when prune.levels > 0")
+    check(bool(_STEP_COUNT.match(str(config.lottery.rewind))), "lottery.rewind",
+          config.lottery.rewind, "a step count: epochs as '2ep' or iterations as '500it'")
+    check(config.log.progress in PROGRESS_MODES, "log.progress", config.log.progress,
+          f"allowed: {', '.join(PROGRESS_MODES)}")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def plan_steps(config: Any, train_size: int) -> StepPlan:
+    """Resolve epochs to steps for a training set of `train_size`; ConfigError if inconsistent."""
+    batch_size = config.train.batch_size
+    if train_size < batch_size:
+        raise ConfigError(f"invalid config:\n  train.batch_size={batch_size} is larger than the "
+                          f"training set ({train_size} examples); lower it or raise "
+                          "data.train_subset")
+    steps_per_epoch = train_size // batch_size
+    total = config.train.epochs * steps_per_epoch
+    rewind = parse_step_count(config.lottery.rewind, steps_per_epoch)
+    uses_rewind = any(variants_lib.get(n).uses_rewind_point
+                      for n in parse_names(config.lottery.variants))
+    if rewind >= total and uses_rewind:
+        raise ConfigError(
+            f"invalid config:\n  lottery.rewind={config.lottery.rewind!r} is step {rewind}, not "
+            f"before the end of training (train.epochs={config.train.epochs} x {steps_per_epoch} "
+            f"steps = {total} steps); choose a rewind point in [0ep, {config.train.epochs - 1}ep]")
+    stop = config.kd.stop_epoch
+    return StepPlan(steps_per_epoch, total, rewind,
+                    tuple(m * steps_per_epoch for m in milestone_epochs(config.train)),
+                    config.train.warmup_epochs * steps_per_epoch,
+                    None if stop is None else stop * steps_per_epoch)

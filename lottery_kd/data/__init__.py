@@ -1,0 +1,178 @@
+"""Classification data sets held in host memory as uint8 NHWC images and int32 labels.
+
+`load_dataset` is the single entry point: it reads a data set from a source (only "local" files for
+now), makes the fixed train/validation split, optionally keeps a train subset, and records the
+per-channel train mean/std the trainer normalises with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from lottery_kd.data import cifar, digits
+from lottery_kd.data.errors import DataError
+
+__all__ = [
+    "DATASET_NAMES",
+    "SOURCES",
+    "DataError",
+    "Dataset",
+    "channel_mean_std",
+    "load_dataset",
+    "train_validation_indices",
+]
+
+DATASET_NAMES = ("digits", "cifar10")
+SOURCES = ("local",)
+CIFAR10_TRAIN_SIZE = cifar.RECORDS_PER_FILE * len(cifar.TRAIN_FILES)
+VALIDATION_SPLIT_SEED = 0  # fixed so the validation split never depends on the run seed
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: field-wise == on numpy arrays is ambiguous
+class Dataset:
+    """A classification dataset held in host memory as uint8 images (NHWC) and int32 labels."""
+
+    name: str
+    train_images: np.ndarray  # uint8 [N, H, W, C]
+    train_labels: np.ndarray  # int32 [N]
+    val_images: np.ndarray  # uint8 [M, H, W, C]; M may be 0 (no validation split)
+    val_labels: np.ndarray  # int32 [M]
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    mean: tuple[float, ...]  # per-channel mean of the TRAIN images, in uint8 pixel units
+    std: tuple[float, ...]  # per-channel std of the TRAIN images, in uint8 pixel units
+    augment: bool  # True: the trainer applies pad-4 random crop + horizontal flip
+
+
+# A CIFAR-10 reader returns (train_images, train_labels, test_images, test_labels) in official order.
+Cifar10Reader = Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _read_cifar10_local(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read CIFAR-10 from the official binary files in `directory` (the `data.dir` setting)."""
+    if not directory:
+        raise DataError(
+            "data.source='local' needs data.dir: set --config.data.dir=PATH to a folder holding the "
+            f"official CIFAR-10 binary files ({', '.join(cifar.TRAIN_FILES + cifar.TEST_FILES)})."
+        )
+    cifar.check_local(directory)
+    train_images, train_labels = cifar.load_local(directory, "train")
+    test_images, test_labels = cifar.load_local(directory, "test")
+    return train_images, train_labels, test_images, test_labels
+
+
+# The seam for new sources: add e.g. "tfds" here and to SOURCES.
+_CIFAR10_READERS: Mapping[str, Cifar10Reader] = types.MappingProxyType({"local": _read_cifar10_local})
+
+
+def _allowed(values: tuple[str, ...]) -> str:
+    return ", ".join(repr(value) for value in values)
+
+
+def train_validation_indices(num_train: int, validation_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split range(num_train) into (train, validation) index arrays, each sorted ascending.
+
+    The validation set is the last `validation_size` entries of a permutation drawn with a fixed
+    seed, so the split is the same for every run seed; sorting keeps the official order.
+    """
+    if not 0 <= validation_size < num_train:
+        raise DataError(
+            f"data.validation_size={validation_size} is out of range; allowed: 0 <= data.validation_size < {num_train}."
+        )
+    if validation_size == 0:
+        return np.arange(num_train), np.arange(0)
+    order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(num_train)
+    return np.sort(order[:-validation_size]), np.sort(order[-validation_size:])
+
+
+def channel_mean_std(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of uint8 NHWC images, in pixel units.
+
+    Works from a histogram of pixel values, so it is exact in float64 and never builds a float copy
+    of the images (which for CIFAR-10 would take over a gigabyte).
+    """
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"expected non-empty uint8 [N, H, W, C] images, got {images.dtype} {images.shape}")
+    pixel_values = np.arange(256, dtype=np.float64)
+    means, stds = [], []
+    for channel in range(images.shape[-1]):
+        counts = np.bincount(images[..., channel].ravel(), minlength=256).astype(np.float64)
+        total = counts.sum()
+        mean = float(counts @ pixel_values / total)
+        variance = float(counts @ (pixel_values - mean) ** 2 / total)
+        means.append(mean)
+        stds.append(float(np.sqrt(variance)))
+    return tuple(means), tuple(stds)
+
+
+def load_dataset(
+    name: str,
+    *,
+    source: str = "local",
+    directory: str = "",
+    validation_size: int = 0,
+    train_subset: int = 0,
+    seed: int = 0,
+) -> Dataset:
+    """Load data set `name` into host memory with its fixed splits.
+
+    - "digits": scikit-learn's bundled 8x8 digits; fixed 1257/180/360 train/val/test split
+      (`directory` and `validation_size` are ignored), no augmentation.
+    - "cifar10": the official files from `source` ("local": binary files in `directory`); the last
+      `validation_size` of a fixed-seed permutation of the 50,000 train images become validation.
+    `train_subset` > 0 keeps the first `train_subset` train images (0 keeps all). `seed` is accepted
+    for a uniform call signature; no split depends on it, so runs with different seeds compare fairly.
+    """
+    del seed  # every split uses a fixed seed on purpose
+    if name not in DATASET_NAMES:
+        raise DataError(f"Unknown data.name={name!r}; allowed values: {_allowed(DATASET_NAMES)}.")
+    if source not in SOURCES:
+        raise DataError(f"Unknown data.source={source!r}; allowed values: {_allowed(SOURCES)}.")
+    if train_subset < 0:
+        raise DataError(f"data.train_subset={train_subset} is negative; use 0 for all train images.")
+
+    if name == "digits":
+        train_x, train_y, val_x, val_y, test_x, test_y = digits.load_digits_splits()
+        num_classes, augment = 10, False
+    else:
+        if not 0 <= validation_size < CIFAR10_TRAIN_SIZE:
+            raise DataError(
+                f"data.validation_size={validation_size} is out of range for cifar10; "
+                f"allowed: 0 <= data.validation_size < {CIFAR10_TRAIN_SIZE}."
+            )
+        all_train_x, all_train_y, test_x, test_y = _CIFAR10_READERS[source](directory)
+        train_index, val_index = train_validation_indices(len(all_train_y), validation_size)
+        if validation_size == 0:
+            train_x, train_y = all_train_x, all_train_y
+        else:
+            train_x, train_y = all_train_x[train_index], all_train_y[train_index]
+        val_x, val_y = all_train_x[val_index], all_train_y[val_index]
+        num_classes, augment = cifar.NUM_CLASSES, True
+
+    if train_subset > len(train_y):
+        raise DataError(
+            f"data.train_subset={train_subset} is larger than the {name} train set; maximum {len(train_y)}."
+        )
+    if train_subset:
+        # copy, so the full train arrays can be freed rather than kept alive behind a view
+        train_x, train_y = train_x[:train_subset].copy(), train_y[:train_subset].copy()
+
+    mean, std = channel_mean_std(train_x)
+    return Dataset(
+        name=name,
+        train_images=train_x,
+        train_labels=train_y,
+        val_images=val_x,
+        val_labels=val_y,
+        test_images=test_x,
+        test_labels=test_y,
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        augment=augment,
+    )

@@ -1,0 +1,80 @@
+"""Deterministic batches on device: the batch at global step s is a pure function of (seed, s).
+
+The epoch e = s // steps_per_epoch draws its permutation from fold_in(seed, e); crop offsets and
+flips come from fold_in(seed, s). So a resumed run, or a retrain entering the schedule at step k,
+sees exactly the batches an uninterrupted run sees from that step on (open_lth's rule).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PAD = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceSplit:
+    """One split held on device: uint8 images NHWC and int32 labels."""
+
+    images: jax.Array
+    labels: jax.Array
+
+    @classmethod
+    def from_numpy(cls, images: np.ndarray, labels: np.ndarray) -> "DeviceSplit":
+        return cls(jnp.asarray(images, jnp.uint8), jnp.asarray(labels, jnp.int32))
+
+    @property
+    def size(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+    """uint8 NHWC -> float32, per-channel (x - mean) / std (mean and std in pixel units)."""
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+    return (images.astype(jnp.float32) - mean) / std
+
+
+def crop_and_flip(images: jax.Array, key: jax.Array) -> jax.Array:
+    """Zero-pad by 4, take a random 32x32 (HxW) crop and flip horizontally with p=0.5, per image."""
+    n, h, w, _ = images.shape
+    padded = jnp.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
+    offset_key, flip_key = jax.random.split(key)
+    offsets = jax.random.randint(offset_key, (n, 2), 0, 2 * PAD + 1)
+    flips = jax.random.bernoulli(flip_key, 0.5, (n,))
+
+    def one(image, offset, flip):
+        crop = jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, image.shape[-1]))
+        return jnp.where(flip, crop[:, ::-1, :], crop)
+
+    return jax.vmap(one)(padded, offsets, flips)
+
+
+def batch_indices(seed: int | jax.Array, step: int | jax.Array, num_examples: int,
+                  batch_size: int) -> jax.Array:
+    """Indices of the training batch at global `step` (epochs drop the last partial batch)."""
+    steps_per_epoch = num_examples // batch_size
+    epoch, position = jnp.divmod(jnp.asarray(step), steps_per_epoch)
+    permutation = jax.random.permutation(jax.random.fold_in(jax.random.key(seed), epoch),
+                                         num_examples)
+    return jax.lax.dynamic_slice(permutation, (position * batch_size,), (batch_size,))
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "augment"))
+def train_batch(images: jax.Array, labels: jax.Array, seed: jax.Array, step: jax.Array,
+                mean: jax.Array, std: jax.Array, *, batch_size: int,
+                augment: bool) -> tuple[jax.Array, jax.Array]:
+    """(normalised float images, labels) of the training batch at global `step`."""
+    index = batch_indices(seed, step, labels.shape[0], batch_size)
+    batch = images[index]
+    if augment:
+        # A stream separate from the permutation's: fold the step into a derived key.
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0x5EED), step)
+        batch = crop_and_flip(batch, key)
+    return normalize(batch, mean, std), labels[index]

@@ -1,0 +1,273 @@
+"""The IMP driver: levels x retrain variants -> results.jsonl, summary.md, plot, snapshots.
+
+    init -> dense training (snapshot "rewind" at step k) -> level 0 final = the teacher
+    for level L = 1..N, for each variant V:
+        masks_L = prune(V's level L-1 final, V's level L-1 masks, fraction)      [iterative]
+               or prune(dense final, all-true, 1 - (1 - fraction)^L)              [one-shot]
+        weights <- V's start (init | rewind | previous final | fresh) * masks_L
+        train with V's schedule and loss -> snapshot "level_L_V" -> one results row
+
+Re-running the same command skips every (level, variant) whose row and snapshot exist; a different
+config in the same workdir is refused, naming the keys that differ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zlib
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from lottery_kd import config as config_lib
+from lottery_kd import masks as masks_lib, optim, pruning, results, variants as variants_lib
+from lottery_kd.checkpoints import SnapshotStore
+from lottery_kd.data import load_dataset
+from lottery_kd.models import get_model
+from lottery_kd.tensorboard import ScalarWriter
+from lottery_kd.train import DeviceData, Distillation, Progress, Trainer, init_variables
+
+PyTree = Any
+DENSE = "dense"
+# Keys that change how a run reports progress, not what it computes.
+COSMETIC_KEYS = ("log.progress", "log.tensorboard")
+
+
+class WorkdirConfigMismatch(ValueError):
+    """The workdir holds results made with a different config."""
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_to_dict(config: Any) -> dict:
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def prepare_workdir(workdir: Path, config: Any) -> None:
+    """Create the workdir and write config.json, or check it equals the saved one."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.json"
+    current = config_to_dict(config)
+    if path.exists():
+        saved = _flatten(json.loads(path.read_text()))
+        now = _flatten(current)
+        differing = [key for key in sorted(set(saved) | set(now))
+                     if key not in COSMETIC_KEYS and saved.get(key, "<unset>") != now.get(key, "<unset>")]
+        if differing:
+            lines = [f"  {k}: {saved.get(k, '<unset>')!r} in the workdir, {now.get(k, '<unset>')!r} now"
+                     for k in differing]
+            raise WorkdirConfigMismatch(
+                f"{workdir} holds a run with a different config:\n" + "\n".join(lines) +
+                "\nUse another --workdir, or rerun with the saved settings to resume.")
+        return
+    temporary = path.with_name("config.json.tmp")
+    temporary.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+
+
+def _derived_key(seed: int, *tags: Any) -> jax.Array:
+    """A PRNG key that depends only on (seed, tags): stable across runs and resumes."""
+    return jax.random.fold_in(jax.random.key(seed), zlib.crc32("/".join(map(str, tags)).encode()))
+
+
+def snapshot_name(level: int, variant: str) -> str:
+    return f"level_{level}_{variant}"
+
+
+class LotteryRun:
+    """One experiment: its config, data, model, compiled trainer and snapshot store."""
+
+    def __init__(self, config: Any, workdir: str | os.PathLike, *, log=print):
+        config_lib.validate(config)
+        self.config = config
+        self.workdir = Path(workdir)
+        self.log = log
+        data_cfg = config.data
+        dataset = load_dataset(data_cfg.name, source=data_cfg.source, directory=data_cfg.dir,
+                               validation_size=data_cfg.validation_size,
+                               train_subset=data_cfg.train_subset, seed=config.seed)
+        self.plan = config_lib.plan_steps(config, len(dataset.train_labels))
+        self.variants = [variants_lib.get(n) for n in config_lib.parse_names(config.lottery.variants)]
+        prepare_workdir(self.workdir, config)
+        self.scope = config.prune.scope
+        self.model = get_model(config.model.name, dataset.num_classes)
+        self.data = DeviceData.from_dataset(dataset, data_cfg.eval_batch_size)
+        kd = config.kd
+        self.trainer = Trainer(self.model, self.data, batch_size=config.train.batch_size,
+                               momentum=config.train.momentum,
+                               weight_decay=config.train.weight_decay,
+                               distillation=Distillation(kd.temperature, kd.alpha, kd.reduction),
+                               seed=config.seed)
+        self.schedule = optim.step_schedule(config.train.lr, self.plan.milestone_steps,
+                                            decay=config.train.lr_decay,
+                                            warmup_steps=self.plan.warmup_steps)
+        self.snapshots = SnapshotStore(self.workdir / "checkpoints" / "snapshots")
+        self.results_path = self.workdir / "results.jsonl"
+        self._finals: dict[str, PyTree] = {}
+        self.log(f"{config.model.name} on {data_cfg.name}: train {self.data.train.size}, "
+                 f"val {self.data.val.size if self.data.val else 0}, test {self.data.test.size}; "
+                 f"{self.plan.steps_per_epoch} steps/epoch, {self.plan.total_steps} steps, "
+                 f"rewind step {self.plan.rewind_step}, LR drops at steps "
+                 f"{list(self.plan.milestone_steps)}; workdir {self.workdir}")
+
+    # ---- snapshots -------------------------------------------------------------------------
+    def _template(self) -> PyTree:
+        params, batch_stats = jax.eval_shape(
+            lambda key: init_variables(self.model, key, self.data.image_shape),
+            jax.random.key(0))
+        masks = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, np.bool_), params)
+        return {"params": params, "batch_stats": batch_stats, "masks": masks}
+
+    def _snapshot(self, state_params, batch_stats, masks) -> PyTree:
+        return {"params": state_params, "batch_stats": batch_stats, "masks": masks}
+
+    def _load(self, name: str) -> PyTree:
+        if name not in self._finals:
+            self._finals[name] = self.snapshots.restore(name, self._template())
+        return self._finals[name]
+
+    def init_snapshot(self) -> PyTree:
+        if not self.snapshots.exists("init"):
+            params, batch_stats = init_variables(self.model, jax.random.key(self.config.seed),
+                                                 self.data.image_shape)
+            self.snapshots.save("init", self._snapshot(params, batch_stats,
+                                                       masks_lib.create(params, self.scope)))
+        return self._load("init")
+
+    # ---- training --------------------------------------------------------------------------
+    def _train(self, level: int, variant_name: str, start: PyTree, masks: PyTree, *,
+               start_step: int, num_steps: int, schedule, distill: bool, on_step=None):
+        tag = snapshot_name(level, variant_name)
+        writer = (ScalarWriter(self.workdir / "tensorboard" / tag)
+                  if self.config.log.tensorboard else None)
+        sparsity = masks_lib.sparsity(masks, self.scope)
+
+        def log_scalars(step: int, row: dict) -> None:
+            if writer is not None:
+                writer.scalars(step, {**{k: v for k, v in row.items() if k != "distill"},
+                                      "sparsity": sparsity})
+
+        mode = self.config.log.progress
+        progress = Progress(f"[level {level} {variant_name}]",
+                            enabled=None if mode == "auto" else mode == "bar")
+        state = self.trainer.init_state(start["params"], start["batch_stats"], masks, start_step)
+        teacher = self.teacher() if distill else None
+        try:
+            fit = self.trainer.fit(state, masks, num_steps=num_steps, schedule=schedule,
+                                   teacher=teacher, kd_stop_step=self.plan.kd_stop_step,
+                                   on_step=on_step or {}, progress=progress,
+                                   log_scalars=log_scalars)
+        finally:
+            if writer is not None:
+                writer.close()
+        snapshot = self._snapshot(fit.state.params, fit.state.batch_stats, masks)
+        self.snapshots.save(tag, snapshot)
+        self._finals[tag] = snapshot
+        remaining, total = masks_lib.count(masks, self.scope)
+        row = {"level": level, "variant": variant_name, "sparsity": sparsity,
+               "remaining_weights": remaining, "prunable_weights": total,
+               "test_accuracy": fit.test_accuracy, "best_val_accuracy": fit.best_val_accuracy,
+               "test_accuracy_at_best_val": fit.test_accuracy_at_best_val,
+               "best_val_epoch": fit.best_val_epoch, "epochs": fit.epochs, "steps": fit.steps,
+               "start_step": start_step, "distill": distill, "seconds": round(fit.seconds, 2)}
+        results.append_row(self.results_path, row)
+        results.write_summary(self.workdir, results.read_rows(self.results_path),
+                              f"{self.config.model.name} on {self.config.data.name}")
+        self.log(f"[level {level} {variant_name}] sparsity {100 * sparsity:.2f}% test "
+                 f"{100 * fit.test_accuracy:.2f}% ({fit.seconds:.0f}s)")
+        return row
+
+    def teacher(self) -> PyTree:
+        dense = self._load(snapshot_name(0, DENSE))
+        return {"params": dense["params"], "batch_stats": dense["batch_stats"]}
+
+    def _done(self) -> set[tuple[int, str]]:
+        return {(r["level"], r["variant"]) for r in results.read_rows(self.results_path)
+                if self.snapshots.exists(snapshot_name(r["level"], r["variant"]))}
+
+    def run_dense(self) -> None:
+        if (0, DENSE) in self._done() and self.snapshots.exists("rewind"):
+            return
+        init = self.init_snapshot()
+        rewind_step = self.plan.rewind_step
+
+        def save_rewind(state) -> None:
+            self.snapshots.save("rewind", self._snapshot(state.params, state.batch_stats,
+                                                         init["masks"]))
+        on_step = {rewind_step: save_rewind} if rewind_step < self.plan.total_steps else {}
+        self._train(0, DENSE, init, init["masks"], start_step=0,
+                    num_steps=self.plan.total_steps, schedule=self.schedule, distill=False,
+                    on_step=on_step)
+        if not self.snapshots.exists("rewind"):  # rewind point at or past the end: unused
+            self.snapshots.save("rewind", self._load(snapshot_name(0, DENSE)))
+
+    def masks_for(self, level: int, variant: str) -> PyTree:
+        """The level's mask for `variant` (pure in the snapshots it reads, so safe to recompute)."""
+        prune = self.config.prune
+        method = pruning.get(prune.method)
+        if prune.schedule == "oneshot":
+            dense = self._load(snapshot_name(0, DENSE))
+            fraction = 1.0 - (1.0 - prune.fraction) ** level
+            return method(dense["params"], dense["masks"], fraction,
+                          rng=_derived_key(self.config.seed, "prune", level), scope=self.scope)
+        previous = self._load(snapshot_name(level - 1, DENSE if level == 1 else variant))
+        return method(previous["params"], previous["masks"], prune.fraction,
+                      rng=_derived_key(self.config.seed, "prune", level, variant),
+                      scope=self.scope)
+
+    def run_variant(self, level: int, variant: variants_lib.RetrainVariant) -> None:
+        masks = self.masks_for(level, variant.name)
+        total, k = self.plan.total_steps, self.plan.rewind_step
+        if variant.weights == "init":
+            start = self._load("init")
+        elif variant.weights == "rewind":
+            start = self._load("rewind")
+        elif variant.weights == "previous":
+            previous_level = 0 if level == 1 or self.config.prune.schedule == "oneshot" else level - 1
+            start = self._load(snapshot_name(previous_level,
+                                             DENSE if previous_level == 0 else variant.name))
+        else:  # reinit
+            params, batch_stats = init_variables(
+                self.model, _derived_key(self.config.seed, "reinit", level, variant.name),
+                self.data.image_shape)
+            start = {"params": params, "batch_stats": batch_stats}
+        if variant.schedule == "zero":
+            start_step, num_steps, schedule = 0, total, self.schedule
+        elif variant.schedule == "rewind":
+            start_step, num_steps, schedule = k, total - k, self.schedule
+        else:  # final: the whole budget at the final learning rate
+            start_step, num_steps = 0, total
+            schedule = optim.constant_schedule(float(self.schedule(total - 1)))
+        self._train(level, variant.name, start, masks, start_step=start_step,
+                    num_steps=num_steps, schedule=schedule, distill=variant.distill)
+
+    def run(self) -> list[dict]:
+        """Run (or resume) the whole study; returns all result rows."""
+        self.run_dense()
+        for level in range(1, self.config.prune.levels + 1):
+            done = self._done()
+            for variant in self.variants:
+                if (level, variant.name) not in done:
+                    self.run_variant(level, variant)
+        rows = results.read_rows(self.results_path)
+        results.write_summary(self.workdir, rows,
+                              f"{self.config.model.name} on {self.config.data.name}")
+        self.snapshots.close()
+        return rows
+
+
+def run(config: Any, workdir: str | os.PathLike, *, log=print) -> list[dict]:
+    """Validate `config`, then run or resume the study in `workdir`."""
+    return LotteryRun(config, workdir, log=log).run()

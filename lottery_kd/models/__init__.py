@@ -1,0 +1,34 @@
+"""Model registry: `get_model(name, num_classes)` returns a Flax linen module.
+
+Every model is called as `model.apply(variables, images, train=bool)` on NHWC float images and
+returns logits; BatchNorm statistics live in the `batch_stats` collection.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from flax import linen as nn
+
+from lottery_kd.models.cifar_resnet import cifar_resnet
+from lottery_kd.models.small import DigitsConvNet
+
+_BUILDERS: dict[str, Callable[[int], nn.Module]] = {
+    "digits_convnet": lambda num_classes: DigitsConvNet(num_classes),
+    **{f"resnet{depth}": (lambda num_classes, depth=depth: cifar_resnet(depth, num_classes))
+       for depth in (20, 32, 44, 56, 110)},
+    **{f"resnet{depth}_bottleneck": (
+        lambda num_classes, depth=depth: cifar_resnet(depth, num_classes, bottleneck=True))
+       for depth in (56, 110)},
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def get_model(name: str, num_classes: int) -> nn.Module:
+    """Build the named model; raises ValueError listing the known names for an unknown one."""
+    if name not in _BUILDERS:
+        raise ValueError(f"model.name: unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    return _BUILDERS[name](num_classes)

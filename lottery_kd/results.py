@@ -1,0 +1,128 @@
+"""results.jsonl (one row per level x variant), summary.md and accuracy_vs_sparsity.png.
+
+Rows are appended with a flush and fsync, one complete JSON line each; a partial last line left by
+a crash is ignored on reading (and rewritten by the resumed run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+ROW_KEYS = ("level", "variant", "sparsity", "test_accuracy", "best_val_accuracy",
+            "test_accuracy_at_best_val", "best_val_epoch", "epochs", "seconds")
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """Complete rows of a results.jsonl (a torn last line from a crash is dropped)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with path.open() as handle:
+        for line in handle:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def append_row(path: str | os.PathLike, row: dict) -> None:
+    """Append one row durably; first truncates a torn trailing line if there is one."""
+    path = Path(path)
+    complete = read_rows(path)
+    if path.exists() and len(path.read_text().splitlines()) != len(complete):
+        _atomic_write(path, "".join(json.dumps(r) + "\n" for r in complete))
+    with path.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _percent(value: Optional[float]) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{100 * value:.2f}"
+
+
+def summary_markdown(rows: Iterable[dict], title: str = "Results") -> str:
+    """A markdown table: one line per level, a column per variant (final / at-best-val test acc)."""
+    rows = list(rows)
+    variants = list(dict.fromkeys(r["variant"] for r in rows if r["level"] > 0))
+    levels = sorted({r["level"] for r in rows})
+    by_key = {(r["level"], r["variant"]): r for r in rows}
+    lines = [f"# {title}", "",
+             "Test accuracy (%) at the end of training; in brackets, at the epoch of best "
+             "validation accuracy (when a validation split exists).", ""]
+    dense = [r for r in rows if r["level"] == 0]
+    if dense:
+        d = dense[0]
+        lines += [f"Dense (level 0): {_percent(d['test_accuracy'])} "
+                  f"({_percent(d.get('test_accuracy_at_best_val'))}), "
+                  f"{d['epochs']:.4g} epochs, {d['seconds']:.0f} s", ""]
+    header = ["level", "sparsity %"] + variants
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for level in levels:
+        if level == 0:
+            continue
+        level_rows = [by_key[(level, v)] for v in variants if (level, v) in by_key]
+        sparsities = sorted({round(100 * r["sparsity"], 2) for r in level_rows})
+        cells = [str(level), "/".join(f"{s:.2f}" for s in sparsities)]
+        for variant in variants:
+            row = by_key.get((level, variant))
+            cells.append("" if row is None else f"{_percent(row['test_accuracy'])} "
+                         f"({_percent(row.get('test_accuracy_at_best_val'))})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(workdir: str | os.PathLike, rows: list[dict], title: str) -> None:
+    """Rewrite summary.md and accuracy_vs_sparsity.png from all rows so far (atomically)."""
+    workdir = Path(workdir)
+    _atomic_write(workdir / "summary.md", summary_markdown(rows, title))
+    plot_accuracy_vs_sparsity(rows, workdir / "accuracy_vs_sparsity.png", title)
+
+
+def plot_accuracy_vs_sparsity(rows: list[dict], path: str | os.PathLike, title: str) -> None:
+    """Test accuracy vs density (log axis, sparsity labels), one line per variant, dense dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    dense = [r for r in rows if r["level"] == 0]
+    for variant in dict.fromkeys(r["variant"] for r in rows if r["level"] > 0):
+        points = sorted((1 - r["sparsity"], 100 * r["test_accuracy"]) for r in rows
+                        if r["variant"] == variant and r["level"] > 0)
+        if dense:
+            points = [(1.0, 100 * dense[0]["test_accuracy"])] + points
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=variant)
+    if dense:
+        axes.axhline(100 * dense[0]["test_accuracy"], color="gray", linestyle="--",
+                     label="dense")
+    axes.set_xscale("log")
+    axes.invert_xaxis()
+    ticks = sorted({round(1 - r["sparsity"], 4) for r in rows if r["sparsity"] < 1}, reverse=True)
+    if ticks:
+        axes.set_xticks(ticks)
+        axes.set_xticklabels([f"{100 * (1 - t):.1f}" for t in ticks], rotation=45, fontsize=8)
+        axes.minorticks_off()
+    axes.set_xlabel("sparsity % (log density axis)")
+    axes.set_ylabel("test accuracy %")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    temporary = Path(str(path) + ".tmp.png")
+    figure.savefig(temporary)
+    plt.close(figure)
+    os.replace(temporary, path)

@@ -1,0 +1,80 @@
+"""Retrain variants as data (contract: retrain variants are data in ../shared/DESIGN.md).
+
+A variant says where its weights start, where its learning-rate schedule starts, and whether it
+distils from the dense teacher. How long it trains follows from the schedule start: from step s0
+to the end of the schedule (`lt`, `kd`: all of it; rewinding: from k), or the full budget at the
+final learning rate (`finetune`). Add one with a single call:
+
+    lottery_kd.variants.register(RetrainVariant(
+        "kd_finetune", weights="previous", schedule="final", distill=True))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+WEIGHT_SOURCES = ("init", "rewind", "previous", "reinit")
+SCHEDULE_STARTS = ("zero", "rewind", "final")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainVariant:
+    """How a pruned network is retrained at each level.
+
+    weights:  "init" (the step-0 snapshot), "rewind" (the step-k snapshot), "previous" (the final
+              weights of the previous level of this variant's chain), "reinit" (fresh random
+              weights from a seed derived from (seed, level, name)). BatchNorm state comes along.
+    schedule: "zero" (steps 0..T), "rewind" (steps k..T), "final" (T steps at the final LR).
+    distill:  train with kd_loss against the level-0 dense network instead of cross-entropy.
+    """
+
+    name: str
+    weights: str
+    schedule: str
+    distill: bool = False
+
+    def __post_init__(self):
+        if self.weights not in WEIGHT_SOURCES:
+            raise ValueError(f"variant {self.name!r}: weights={self.weights!r}; allowed: "
+                             f"{', '.join(WEIGHT_SOURCES)}")
+        if self.schedule not in SCHEDULE_STARTS:
+            raise ValueError(f"variant {self.name!r}: schedule={self.schedule!r}; allowed: "
+                             f"{', '.join(SCHEDULE_STARTS)}")
+
+    @property
+    def uses_rewind_point(self) -> bool:
+        return self.weights == "rewind" or self.schedule == "rewind"
+
+
+_REGISTRY: dict[str, RetrainVariant] = {}
+
+
+def register(variant: RetrainVariant) -> RetrainVariant:
+    """Make `variant` available by name (config key lottery.variants)."""
+    if variant.name in _REGISTRY and _REGISTRY[variant.name] != variant:
+        raise ValueError(f"a different retrain variant named {variant.name!r} is registered")
+    _REGISTRY[variant.name] = variant
+    return variant
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> RetrainVariant:
+    if name not in _REGISTRY:
+        raise ValueError(f"lottery.variants: unknown variant {name!r}; allowed: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+for _variant in (
+    RetrainVariant("lt", weights="init", schedule="zero"),
+    RetrainVariant("reinit", weights="reinit", schedule="zero"),
+    RetrainVariant("weight_rewind", weights="rewind", schedule="rewind"),
+    RetrainVariant("lr_rewind", weights="previous", schedule="zero"),
+    RetrainVariant("finetune", weights="previous", schedule="final"),
+    RetrainVariant("kd", weights="init", schedule="zero", distill=True),
+    RetrainVariant("kd_rewind", weights="rewind", schedule="rewind", distill=True),
+    RetrainVariant("kd_lr_rewind", weights="previous", schedule="zero", distill=True),
+):
+    register(_variant)
