@@ -68,9 +68,14 @@ def _is_number(value: Any) -> bool:
 
 
 def milestone_epochs(train: Any) -> tuple[int, ...]:
-    """train.milestones, or 50% and 75% of train.epochs when empty (91/136 of 182 epochs)."""
+    """train.milestones, or 50% and 75% of train.epochs when empty (91/136 of 182 epochs).
+
+    Short runs where the two coincide get a single drop.
+    """
     given = parse_epochs(train.milestones)
-    return given if given else (train.epochs // 2, (3 * train.epochs) // 4)
+    if given:
+        return given
+    return tuple(sorted({e for e in (train.epochs // 2, (3 * train.epochs) // 4) if e > 0}))
 
 
 def validate(config: Any) -> None:

@@ -89,7 +89,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
                               state.params, direction, masks)
         metrics = {"loss": loss,
                    "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-                   "grad_norm": optax.global_norm(grads)}
+                   "grad_norm": optax.tree.norm(grads)}
         return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                              opt_state=opt_state), metrics
 

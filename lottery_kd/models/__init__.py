@@ -10,15 +10,15 @@ from typing import Callable
 
 from flax import linen as nn
 
-from lottery_kd.models.cifar_resnet import cifar_resnet
+from lottery_kd.models.cifar_resnet import build_cifar_resnet
 from lottery_kd.models.small import DigitsConvNet
 
 _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "digits_convnet": lambda num_classes: DigitsConvNet(num_classes),
-    **{f"resnet{depth}": (lambda num_classes, depth=depth: cifar_resnet(depth, num_classes))
+    **{f"resnet{depth}": (lambda num_classes, depth=depth: build_cifar_resnet(depth, num_classes))
        for depth in (20, 32, 44, 56, 110)},
     **{f"resnet{depth}_bottleneck": (
-        lambda num_classes, depth=depth: cifar_resnet(depth, num_classes, bottleneck=True))
+        lambda num_classes, depth=depth: build_cifar_resnet(depth, num_classes, bottleneck=True))
        for depth in (56, 110)},
 }
 

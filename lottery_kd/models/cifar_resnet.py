@@ -93,7 +93,7 @@ class CifarResNet(nn.Module):
         return nn.Dense(self.num_classes, name="fc")(x)
 
 
-def cifar_resnet(depth: int, num_classes: int, bottleneck: bool = False) -> CifarResNet:
+def build_cifar_resnet(depth: int, num_classes: int, bottleneck: bool = False) -> CifarResNet:
     """ResNet-depth for CIFAR: n = (depth - 2) / 6 blocks per stage, basic or bottleneck."""
     if (depth - 2) % 6 or depth < 8:
         raise ValueError(f"a CIFAR ResNet needs depth = 6n+2 with n >= 1, got {depth}")

@@ -1,0 +1,188 @@
+"""Tests for lottery_kd.config: validate (every problem, key + allowed values), plan_steps and
+parse_step_count."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments import quickstart
+from experiments.configs import default
+from lottery_kd import config as config_lib
+from lottery_kd.config import ConfigError
+
+
+def set_key(config, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for part in parents:
+        node = getattr(node, part)
+    setattr(node, leaf, value)
+
+
+def make_config(**overrides):
+    config = default.get_config()
+    for dotted, value in overrides.items():
+        set_key(config, dotted.replace("__", "."), value)
+    return config
+
+
+def test_default_config_is_valid():
+    config_lib.validate(default.get_config())
+
+
+def test_quickstart_config_is_valid():
+    config_lib.validate(quickstart.get_config())
+
+
+# (key, bad value, substrings the message must contain: the key and a hint of what is allowed)
+BAD_CONFIGS = [
+    ("model.name", "resnet21", ["model.name", "resnet21", "resnet20", "digits_convnet"]),
+    ("data.name", "mnist", ["data.name", "mnist", "cifar10", "digits"]),
+    ("data.source", "tfds-remote", ["data.source", "tfds-remote", "local"]),
+    ("prune.method", "magnitude", ["prune.method", "magnitude_global", "magnitude_layerwise",
+                                   "random"]),
+    ("prune.scope", "dense", ["prune.scope", "conv", "conv_fc"]),
+    ("prune.fraction", 0.0, ["prune.fraction", "(0, 1)"]),
+    ("prune.fraction", 1.0, ["prune.fraction", "(0, 1)"]),
+    ("prune.fraction", 1.5, ["prune.fraction", "(0, 1)"]),
+    ("prune.fraction", -0.2, ["prune.fraction", "(0, 1)"]),
+    ("prune.schedule", "cubic", ["prune.schedule", "iterative", "oneshot"]),
+    ("lottery.variants", "lt,bogus", ["lottery.variants", "bogus", "lt", "reinit",
+                                      "weight_rewind", "lr_rewind", "finetune", "kd",
+                                      "kd_rewind", "kd_lr_rewind"]),
+    ("lottery.variants", "lt,kd,lt", ["lottery.variants", "once"]),
+    ("lottery.rewind", "33 epochs", ["lottery.rewind", "33 epochs", "ep", "it"]),
+    ("lottery.rewind", "2", ["lottery.rewind", "'2ep'", "'500it'"]),
+    ("train.epochs", 0, ["train.epochs", "> 0"]),
+    ("train.batch_size", 0, ["train.batch_size", "> 0"]),
+    ("train.lr", -1.0, ["train.lr", "> 0"]),
+    ("train.lr", 0.0, ["train.lr", "> 0"]),
+    ("train.momentum", 1.0, ["train.momentum", "[0, 1)"]),
+    ("train.momentum", -0.1, ["train.momentum", "[0, 1)"]),
+    ("train.weight_decay", -1.0, ["train.weight_decay", ">= 0"]),
+    ("train.milestones", "91,200", ["train.milestones", "train.epochs=182"]),
+    ("train.milestones", "136,91", ["train.milestones", "increasing"]),
+    ("train.milestones", "91,91", ["train.milestones", "increasing"]),
+    ("train.milestones", "ninety", ["train.milestones", "91,136"]),
+    ("train.warmup_epochs", 182, ["train.warmup_epochs", "train.epochs"]),
+    ("kd.alpha", 1.5, ["kd.alpha", "[0, 1]"]),
+    ("kd.alpha", -0.5, ["kd.alpha", "[0, 1]"]),
+    ("kd.temperature", 0.0, ["kd.temperature", "> 0"]),
+    ("kd.reduction", "sum", ["kd.reduction", "sum", "batchmean", "mean"]),
+    ("kd.stop_epoch", 183, ["kd.stop_epoch", "train.epochs=182"]),
+    ("kd.stop_epoch", 0, ["kd.stop_epoch", "train.epochs=182"]),
+    ("log.progress", "fancy", ["log.progress", "fancy", "auto", "bar", "lines"]),
+    ("seed", -1, ["seed", ">= 0"]),
+]
+
+
+@pytest.mark.parametrize("key,value,needles", BAD_CONFIGS,
+                         ids=[f"{k}={v!r}" for k, v, _ in BAD_CONFIGS])
+def test_bad_config_raises(key, value, needles):
+    config = make_config()
+    set_key(config, key, value)
+    with pytest.raises(ConfigError) as info:
+        config_lib.validate(config)
+    message = str(info.value)
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in {message!r}"
+    # only this one problem is reported (the default config is valid otherwise)
+    assert message.count("is invalid") == 1, message
+
+
+def test_config_error_is_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_two_problems_reported_together():
+    config = make_config(seed=-1, kd__reduction="sum")
+    with pytest.raises(ConfigError) as info:
+        config_lib.validate(config)
+    message = str(info.value)
+    assert "seed" in message and "kd.reduction" in message
+    assert "batchmean" in message
+    assert message.count("is invalid") == 2
+
+
+def test_many_problems_reported_together():
+    config = make_config(model__name="nope", prune__fraction=2.0, log__progress="fancy",
+                         train__momentum=1.0)
+    with pytest.raises(ConfigError) as info:
+        config_lib.validate(config)
+    message = str(info.value)
+    for key in ("model.name", "prune.fraction", "log.progress", "train.momentum"):
+        assert key in message
+    assert len([line for line in message.splitlines() if "is invalid" in line]) == 4
+
+
+# --------------------------------------------------------------------------------------------
+# plan_steps
+
+
+def small_config(**overrides):
+    config = make_config(train__epochs=10, train__batch_size=100, train__milestones="",
+                         lottery__rewind="2ep")
+    for dotted, value in overrides.items():
+        set_key(config, dotted.replace("__", "."), value)
+    config_lib.validate(config)
+    return config
+
+
+def test_plan_steps_epochs():
+    plan = config_lib.plan_steps(small_config(), 1000)
+    assert plan.steps_per_epoch == 10
+    assert plan.total_steps == 100
+    assert plan.rewind_step == 20
+    assert plan.milestone_steps == (50, 70)  # '' -> epochs 10//2=5 and 3*10//4=7
+    assert plan.warmup_steps == 0
+    assert plan.kd_stop_step is None
+
+
+def test_plan_steps_iterations_and_explicit_milestones():
+    plan = config_lib.plan_steps(small_config(lottery__rewind="37it", train__milestones="3,6",
+                                              kd__stop_epoch=4, train__warmup_epochs=1), 1050)
+    assert plan.steps_per_epoch == 10  # 1050 // 100: the partial batch is dropped
+    assert plan.total_steps == 100
+    assert plan.rewind_step == 37
+    assert plan.milestone_steps == (30, 60)
+    assert plan.warmup_steps == 10
+    assert plan.kd_stop_step == 40
+
+
+def test_plan_steps_rewind_beyond_training():
+    with pytest.raises(ConfigError) as info:
+        config_lib.plan_steps(small_config(lottery__rewind="500it"), 1000)
+    message = str(info.value)
+    assert "lottery.rewind" in message
+    assert "100" in message  # the total number of steps
+    assert "500" in message
+
+
+def test_plan_steps_rewind_at_end_of_training():
+    with pytest.raises(ConfigError, match=r"lottery\.rewind"):
+        config_lib.plan_steps(small_config(lottery__rewind="10ep"), 1000)
+
+
+def test_plan_steps_batch_larger_than_train_set():
+    with pytest.raises(ConfigError) as info:
+        config_lib.plan_steps(small_config(train__batch_size=2000), 1000)
+    assert "train.batch_size" in str(info.value)
+    assert "1000" in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# parse_step_count
+
+
+@pytest.mark.parametrize("text,steps_per_epoch,expected", [
+    ("2ep", 10, 20), ("500it", 10, 500), ("0ep", 10, 0), ("0it", 7, 0), ("33ep", 351, 11583),
+    (" 3ep ", 4, 12), ("1it", 1000, 1)])
+def test_parse_step_count(text, steps_per_epoch, expected):
+    assert config_lib.parse_step_count(text, steps_per_epoch) == expected
+
+
+@pytest.mark.parametrize("text", ["33 epochs", "2", "ep", "-1ep", "1.5ep", "", "2 it s", "it500",
+                                  "2EPOCHS", "2ep,3ep"])
+def test_parse_step_count_bad(text):
+    with pytest.raises(ValueError):
+        config_lib.parse_step_count(text, 10)

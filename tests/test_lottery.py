@@ -1,0 +1,232 @@
+"""The IMP driver end to end on digits: variants start where they should, reruns resume, bad
+configs are refused before any training."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lottery_kd import lottery, masks as masks_lib, results
+from lottery_kd.config import ConfigError
+from lottery_kd.data import DataError
+from lottery_kd.train import Trainer
+from tests.conftest import make_tiny_config
+
+
+def _leaves_equal(a, b):
+    return all(np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+class FitSpy:
+    """Records what every training run started from, then trains for real."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        original = Trainer.fit
+
+        def fit(trainer, state, masks, **kwargs):
+            self.calls.append({
+                "start_step": int(state.step), "num_steps": kwargs["num_steps"],
+                "params": jax.device_get(state.params), "masks": jax.device_get(masks),
+                "lr_at_start": float(kwargs["schedule"](int(state.step))),
+                "lr_at_end": float(kwargs["schedule"](int(state.step) + kwargs["num_steps"] - 1)),
+                "teacher": kwargs.get("teacher") is not None,
+            })
+            return original(trainer, state, masks, **kwargs)
+
+        monkeypatch.setattr(Trainer, "fit", fit)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Run the tiny study once (2 levels x all 8 variants) and keep what each run started from."""
+    config = make_tiny_config()
+    workdir = tmp_path_factory.mktemp("study")
+    patcher = pytest.MonkeyPatch()
+    spy = FitSpy(patcher)
+    run = lottery.LotteryRun(config, workdir, log=lambda *_: None)
+    rows = run.run()
+    patcher.undo()
+    return {"config": config, "workdir": workdir, "rows": rows, "calls": spy.calls, "run": run}
+
+
+def _snapshot(study, name):
+    return study["run"].snapshots.restore(name, study["run"]._template())
+
+
+def _call(study, level, variant):
+    names = study["config"].lottery.variants.split(",")
+    order = [(0, "dense")] + [(level_, v) for level_ in (1, 2) for v in names]
+    return study["calls"][order.index((level, variant))]
+
+
+def test_writes_every_output_with_one_row_per_level_and_variant(study):
+    workdir, rows = study["workdir"], study["rows"]
+    assert [(r["level"], r["variant"]) for r in rows][:2] == [(0, "dense"), (1, "lt")]
+    assert len(rows) == 1 + 2 * 8
+    for name in ("config.json", "results.jsonl", "summary.md", "accuracy_vs_sparsity.png"):
+        assert (workdir / name).stat().st_size > 0
+    assert json.loads((workdir / "config.json").read_text())["train"]["epochs"] == 2
+    assert (workdir / "accuracy_vs_sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (workdir / "summary.md").read_text()
+    assert "kd_rewind" in summary and "36.00" in summary
+    assert results.read_rows(workdir / "results.jsonl") == rows
+
+
+def test_sparsity_follows_the_iterative_rule(study):
+    total = study["rows"][0]["prunable_weights"]
+    for row in study["rows"][1:]:
+        remaining = total
+        for _ in range(row["level"]):
+            remaining -= int(np.ceil(0.2 * remaining))
+        assert row["remaining_weights"] == remaining
+
+
+def test_pruned_weights_are_exactly_zero_in_every_final_snapshot(study):
+    for row in study["rows"][1:]:
+        snapshot = _snapshot(study, lottery.snapshot_name(row["level"], row["variant"]))
+        for param, mask in zip(jax.tree.leaves(snapshot["params"]),
+                               jax.tree.leaves(snapshot["masks"])):
+            assert np.all(np.asarray(param)[~np.asarray(mask)] == 0.0)
+        assert masks_lib.sparsity(snapshot["masks"]) == pytest.approx(row["sparsity"])
+
+
+def test_kd_rows_differ_from_lt_rows(study):
+    by_key = {(r["level"], r["variant"]): r for r in study["rows"]}
+    for level in (1, 2):
+        assert by_key[(level, "kd")]["test_accuracy"] != by_key[(level, "lt")]["test_accuracy"] \
+            or by_key[(level, "kd")]["best_val_accuracy"] != by_key[(level, "lt")]["best_val_accuracy"]
+        assert by_key[(level, "kd")]["distill"] and not by_key[(level, "lt")]["distill"]
+    lt, kd = _snapshot(study, "level_1_lt"), _snapshot(study, "level_1_kd")
+    assert not _leaves_equal(lt["params"], kd["params"])
+
+
+def test_variants_start_from_their_weights_and_schedule_step(study):
+    plan = study["run"].plan
+    k, total = plan.rewind_step, plan.total_steps
+    init, rewind = _snapshot(study, "init"), _snapshot(study, "rewind")
+    dense = _snapshot(study, "level_0_dense")
+    base_lr = study["config"].train.lr
+    for level in (1, 2):
+        previous = {v: (dense if level == 1 else _snapshot(study, f"level_1_{v}"))
+                    for v in ("lr_rewind", "finetune", "kd_lr_rewind")}
+        for variant, source, start, teacher in [
+            ("lt", init, 0, False), ("kd", init, 0, True),
+            ("weight_rewind", rewind, k, False), ("kd_rewind", rewind, k, True),
+            ("lr_rewind", previous["lr_rewind"], 0, False),
+            ("kd_lr_rewind", previous["kd_lr_rewind"], 0, True),
+            ("finetune", previous["finetune"], 0, False),
+        ]:
+            call = _call(study, level, variant)
+            expected = masks_lib.apply(source["params"], call["masks"])
+            assert _leaves_equal(call["params"], expected), (level, variant)
+            assert call["start_step"] == start, (level, variant)
+            assert call["teacher"] == teacher, (level, variant)
+            if variant == "finetune":
+                assert call["num_steps"] == total
+                final_lr = base_lr * 0.1 ** len(plan.milestone_steps)
+                assert call["lr_at_start"] == call["lr_at_end"] == pytest.approx(final_lr)
+            else:
+                assert call["num_steps"] == total - start
+                assert call["lr_at_start"] == pytest.approx(base_lr if start < plan.milestone_steps[0]
+                                                            else base_lr * 0.1)
+        reinit = _call(study, level, "reinit")
+        assert not _leaves_equal(reinit["params"], masks_lib.apply(init["params"], reinit["masks"]))
+
+
+def test_rewind_snapshot_is_the_dense_state_at_step_k(study):
+    """Training from init for k steps reproduces the stored rewind weights bitwise."""
+    run = study["run"]
+    init = _snapshot(study, "init")
+    state = run.trainer.init_state(init["params"], init["batch_stats"], init["masks"], 0)
+    fit = run.trainer.fit(state, init["masks"], num_steps=run.plan.rewind_step,
+                          schedule=run.schedule)
+    assert _leaves_equal(fit.state.params, _snapshot(study, "rewind")["params"])
+
+
+def test_iterative_masks_follow_each_variants_own_chain(study):
+    level1 = {v: _snapshot(study, f"level_1_{v}")["masks"] for v in ("lt", "kd")}
+    level2 = {v: _snapshot(study, f"level_2_{v}")["masks"] for v in ("lt", "kd")}
+    assert _leaves_equal(level1["lt"], level1["kd"])  # level 1: both prune the dense final
+    assert not _leaves_equal(level2["lt"], level2["kd"])  # level 2: each its own weights
+    for variant in ("lt", "kd"):  # masks only lose weights across levels
+        for m1, m2 in zip(jax.tree.leaves(level1[variant]), jax.tree.leaves(level2[variant])):
+            assert not np.any(np.asarray(m2) & ~np.asarray(m1))
+
+
+def test_rerun_skips_finished_rows(study, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished row was trained again")
+
+    monkeypatch.setattr(Trainer, "fit", no_training)
+    rows = lottery.run(study["config"], study["workdir"], log=lambda *_: None)
+    assert rows == study["rows"]
+
+
+def test_resume_after_a_lost_row_trains_only_that_row(study, tmp_path, monkeypatch):
+    import shutil
+    workdir = tmp_path / "copy"
+    shutil.copytree(study["workdir"], workdir)
+    lines = (workdir / "results.jsonl").read_text().splitlines()
+    # The last row is lost and the one before it torn, as if killed mid-write.
+    (workdir / "results.jsonl").write_text("\n".join(lines[:-2]) + "\n" + lines[-2][:17])
+    spy = FitSpy(monkeypatch)
+    rows = lottery.run(study["config"], workdir, log=lambda *_: None)
+    assert len(spy.calls) == 2
+    assert [(r["level"], r["variant"]) for r in rows] == \
+        [(r["level"], r["variant"]) for r in study["rows"]]
+    for new, old in zip(rows, study["rows"]):
+        assert new["test_accuracy"] == old["test_accuracy"]  # deterministic retraining
+
+
+def test_a_changed_config_in_the_same_workdir_is_refused(study):
+    config = study["config"].copy_and_resolve_references()
+    config.train.lr = 0.2
+    config.prune.levels = 3
+    with pytest.raises(lottery.WorkdirConfigMismatch) as error:
+        lottery.run(config, study["workdir"], log=lambda *_: None)
+    assert "train.lr: 0.05 in the workdir, 0.2 now" in str(error.value)
+    assert "prune.levels" in str(error.value)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("model.name", "resnet21", "model.name='resnet21' is invalid: allowed: "),
+    ("lottery.variants", "lt,kd_ticket", "unknown kd_ticket; allowed: lt, reinit"),
+    ("prune.method", "magnitude", "prune.method='magnitude' is invalid: allowed: magnitude_global"),
+    ("prune.scope", "all", "prune.scope='all' is invalid: allowed: conv, conv_fc"),
+    ("prune.fraction", 1.0, "prune.fraction=1.0 is invalid: a number in the open interval (0, 1)"),
+    ("prune.fraction", 0.0, "prune.fraction=0.0 is invalid"),
+    ("lottery.rewind", "20ep", "lottery.rewind='20ep' is step 380, not before the end of training"),
+])
+def test_bad_input_is_refused_before_any_training(tiny_config, tmp_path, monkeypatch, key,
+                                                  value, expected):
+    monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("trained despite bad input"))
+    section, name = key.split(".")
+    setattr(getattr(tiny_config, section), name, value)
+    with pytest.raises(ConfigError) as error:
+        lottery.run(tiny_config, tmp_path, log=lambda *_: None)
+    assert expected in str(error.value)
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_bad_cifar_directory_is_refused_before_any_training(tmp_path, monkeypatch):
+    from experiments import cifar10_resnet20
+    monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("trained despite bad data"))
+    data_dir = tmp_path / "cifar"
+    data_dir.mkdir()
+    for name in ("data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
+                 "test_batch.bin"):
+        with open(data_dir / name, "wb") as handle:
+            handle.truncate(30_730_000)
+    (data_dir / "data_batch_4.bin").write_bytes(b"\0" * 100)
+    config = cifar10_resnet20.get_config()
+    config.data.dir = str(data_dir)
+    with pytest.raises(DataError) as error:
+        lottery.run(config, tmp_path / "run", log=lambda *_: None)
+    message = str(error.value)
+    assert "data_batch_5.bin" in message and "data_batch_4.bin" in message
+    assert "100" in message and "30730000" in message.replace(",", "")
+    assert "data.dir" in message
