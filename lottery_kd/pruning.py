@@ -17,6 +17,7 @@ weight: write `scores(params, rng, context) -> tree` and hand it to `prune_by_sc
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any, Callable, Optional
 
 import jax
@@ -55,13 +56,25 @@ def get(name: str) -> MaskingFunction:
 
 
 def check_fraction(fraction: float) -> None:
-    if not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+    """ValueError unless `fraction` is a real number (Python or NumPy/JAX scalar) in (0, 1)."""
+    try:
+        value = float(fraction)
+        if np.ndim(fraction) != 0 or isinstance(fraction, (bool, str, bytes)):
+            raise TypeError
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value < 1.0:
         raise ValueError(f"prune.fraction must be in the open interval (0, 1), got {fraction!r}")
 
 
 def num_to_prune(remaining: int, fraction: float) -> int:
-    """open_lth's rule: ceil(fraction * remaining), computed so float noise cannot add one."""
-    return min(remaining, math.ceil(round(fraction * remaining, 9)))
+    """open_lth's rule: ceil(fraction * remaining), exact for the fraction as written.
+
+    The float is read through its shortest decimal form (0.07 -> 7/100), so 0.07 x 100 prunes 7,
+    not the 8 that float noise (7.000000000000001) would give, at any layer size.
+    """
+    exact = Fraction(repr(float(fraction)))
+    return min(remaining, math.ceil(exact * remaining))
 
 
 def _prune_smallest(scores: np.ndarray, alive: np.ndarray, k: int) -> np.ndarray:

@@ -32,11 +32,17 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
 
 
 def append_row(path: str | os.PathLike, row: dict) -> None:
-    """Append one row durably; first truncates a torn trailing line if there is one."""
+    """Append one row durably.
+
+    First drops a torn trailing line and any earlier row for the same (level, variant) (one that
+    is being redone because its snapshot was lost), so the file never holds two rows for a key.
+    """
     path = Path(path)
     complete = read_rows(path)
-    if path.exists() and len(path.read_text().splitlines()) != len(complete):
-        _atomic_write(path, "".join(json.dumps(r) + "\n" for r in complete))
+    kept = [r for r in complete if (r["level"], r["variant"]) != (row["level"], row["variant"])]
+    if path.exists() and (len(path.read_text().splitlines()) != len(complete)
+                          or len(kept) != len(complete)):
+        _atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
     with path.open("a") as handle:
         handle.write(json.dumps(row) + "\n")
         handle.flush()

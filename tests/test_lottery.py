@@ -230,3 +230,15 @@ def test_a_bad_cifar_directory_is_refused_before_any_training(tmp_path, monkeypa
     assert "data_batch_5.bin" in message and "data_batch_4.bin" in message
     assert "100" in message and "30730000" in message.replace(",", "")
     assert "data.dir" in message
+
+
+def test_a_row_whose_snapshot_was_lost_is_redone_not_duplicated(study, tmp_path):
+    import shutil
+    workdir = tmp_path / "copy"
+    shutil.copytree(study["workdir"], workdir)
+    shutil.rmtree(workdir / "checkpoints" / "snapshots" / "level_2_kd_rewind")
+    rows = lottery.run(study["config"], workdir, log=lambda *_: None)
+    keys = [(r["level"], r["variant"]) for r in rows]
+    assert len(keys) == len(set(keys)) == len(study["rows"])
+    assert rows[-1]["variant"] == "kd_rewind"
+    assert rows[-1]["test_accuracy"] == study["rows"][-1]["test_accuracy"]

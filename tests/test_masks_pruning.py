@@ -279,7 +279,8 @@ def test_magnitude_global_is_global_not_layerwise():
 def test_magnitude_global_float_noise_does_not_add_one():
     """0.07 * 100 is 7.000000000000001 in floating point; the rule means ceil(7) = 7."""
     assert 0.07 * 100 > 7  # the float trap this test is about
-    params = {"c": {"kernel": jnp.asarray(np.arange(1, 101, dtype=np.float32).reshape(1, 1, 10, 10))}}
+    kernel = np.arange(1, 101, dtype=np.float32).reshape(1, 1, 10, 10)
+    params = {"c": {"kernel": jnp.asarray(kernel)}}
     new = pruning.get("magnitude_global")(params, masks_lib.create(params), 0.07)
     removed = ~np.asarray(new["c"]["kernel"]).reshape(-1)
     assert int(removed.sum()) == 7
@@ -388,6 +389,14 @@ def test_bad_fraction(method, fraction):
         pruning.get(method)(params, masks_lib.create(params), fraction, rng=jax.random.key(0))
 
 
+@pytest.mark.parametrize("fraction", [np.float32(0.2), jnp.float32(0.2)],
+                         ids=["np.float32", "jnp.float32"])
+def test_float32_fraction_accepted(fraction):
+    params = small_params(9)
+    new = pruning.get("magnitude_global")(params, masks_lib.create(params), fraction)
+    assert masks_lib.count(new) == (73, 92)
+
+
 def test_register_readme_example():
     name = f"test_squared_{uuid.uuid4().hex}"
 
@@ -463,3 +472,16 @@ def test_magnitude_global_property(tree_mask, numerator):
         if name not in names:
             assert leaf.all()
     assert math.isclose(masks_lib.count(new)[0], int(new_alive.sum()))
+
+
+@pytest.mark.parametrize("remaining, fraction, expected", [
+    (100, 0.07, 7), (100_000_000, 0.07, 7_000_000), (1_700_000, 0.2, 340_000),
+    (3, 0.2, 1), (1, 0.5, 1), (10, 0.999, 10)])
+def test_num_to_prune_is_exact_ceil_at_any_size(remaining, fraction, expected):
+    assert pruning.num_to_prune(remaining, fraction) == expected
+
+
+@pytest.mark.parametrize("fraction", [True, "0.2", np.array([0.2, 0.3]), float("nan")])
+def test_non_scalar_or_non_real_fraction_is_refused(fraction):
+    with pytest.raises(ValueError, match=r"prune\.fraction"):
+        pruning.check_fraction(fraction)

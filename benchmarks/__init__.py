@@ -1,0 +1,1 @@
+"""Throughput and overhead benchmarks; each writes JSON."""

@@ -1,0 +1,38 @@
+"""The experiment modules as a user runs them: `python -m experiments.NAME ...`."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_quickstart_command_writes_a_study_and_resumes(tmp_path):
+    args = ["experiments.quickstart", f"--workdir={tmp_path}", "--config.train.epochs=2",
+            "--config.prune.levels=1", "--config.lottery.variants=lt,kd", "--config.log.progress=lines"]
+    first = _run(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(r["level"], r["variant"]) for r in rows] == [(0, "dense"), (1, "lt"), (1, "kd")]
+    assert "[level 1 kd] epoch 2" in first.stderr + first.stdout
+    assert list((tmp_path / "tensorboard" / "level_1_kd").glob("events.out.tfevents.*"))
+    again = _run(*args)
+    assert again.returncode == 0
+    assert "[level 1 kd] epoch" not in again.stderr + again.stdout  # nothing retrained
+    assert (tmp_path / "results.jsonl").read_text().count("\n") == 3
+
+
+def test_bad_settings_exit_with_one_line_per_problem(tmp_path):
+    out = _run("experiments.quickstart", f"--workdir={tmp_path}", "--config.model.name=resnet21",
+               "--config.prune.fraction=1.5", "--config.lottery.variants=lt,bogus")
+    assert out.returncode == 2
+    assert "model.name='resnet21' is invalid" in out.stderr
+    assert "prune.fraction=1.5 is invalid" in out.stderr
+    assert "unknown bogus; allowed: lt, reinit, weight_rewind" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "config.json").exists()

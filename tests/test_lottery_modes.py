@@ -1,0 +1,64 @@
+"""One-shot pruning and early-stopped distillation."""
+
+import math
+
+import jax
+import numpy as np
+
+from lottery_kd import lottery, masks as masks_lib
+from lottery_kd.data import load_dataset
+from lottery_kd.models import get_model
+from lottery_kd.train import DeviceData, Distillation, Trainer, init_variables
+from tests.conftest import make_tiny_config
+from tests.test_lottery import FitSpy, _leaves_equal
+
+
+def test_oneshot_prunes_the_dense_network_to_one_minus_keep_to_the_level(tmp_path, monkeypatch):
+    config = make_tiny_config()
+    config.prune.schedule = "oneshot"
+    config.prune.levels = 2
+    config.lottery.variants = "lt,kd,finetune"
+    spy = FitSpy(monkeypatch)
+    run = lottery.LotteryRun(config, tmp_path, log=lambda *_: None)
+    rows = run.run()
+    total = rows[0]["prunable_weights"]
+    for row in rows[1:]:
+        target = 1 - 0.8 ** row["level"]
+        assert row["remaining_weights"] == total - math.ceil(round(target * total, 9))
+    template = run._template()
+    for level in (1, 2):
+        lt = run.snapshots.restore(f"level_{level}_lt", template)["masks"]
+        kd = run.snapshots.restore(f"level_{level}_kd", template)["masks"]
+        assert _leaves_equal(lt, kd)  # all variants share the mask at each sparsity
+    # One-shot fine-tuning starts from the dense final weights at every level.
+    dense = run.snapshots.restore("level_0_dense", template)
+    finetune_level2 = spy.calls[1 + 3 + 2]
+    assert _leaves_equal(finetune_level2["params"],
+                         masks_lib.apply(dense["params"], finetune_level2["masks"]))
+
+
+def test_distillation_switches_off_at_kd_stop_step():
+    dataset = load_dataset("digits")
+    model = get_model("digits_convnet", 10)
+    trainer = Trainer(model, DeviceData.from_dataset(dataset, 360), batch_size=64, momentum=0.9,
+                      weight_decay=5e-4, distillation=Distillation(4.0, 0.9, "batchmean"), seed=0)
+    counts = {"kd": 0, "ce": 0}
+
+    def counting(fn, key):
+        def wrapped(*args):
+            counts[key] += 1
+            return fn(*args)
+        return wrapped
+
+    trainer.train_step_kd = counting(trainer.train_step_kd, "kd")
+    trainer.train_step_ce = counting(trainer.train_step_ce, "ce")
+    params, batch_stats = init_variables(model, jax.random.key(0), (8, 8, 1))
+    masks = masks_lib.create(params)
+    teacher = {"params": params, "batch_stats": batch_stats}
+    spe = trainer.steps_per_epoch
+    state = trainer.init_state(params, batch_stats, masks, 0)
+    fit = trainer.fit(state, masks, num_steps=2 * spe, schedule=lambda s: 0.05,
+                      teacher=teacher, kd_stop_step=spe)
+    assert counts == {"kd": spe, "ce": spe}
+    assert [row["distill"] for row in fit.history] == [True, False]
+    assert np.isfinite(fit.test_accuracy)
