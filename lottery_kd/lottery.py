@@ -29,7 +29,8 @@ from lottery_kd.checkpoints import SnapshotStore
 from lottery_kd.data import load_dataset
 from lottery_kd.models import get_model
 from lottery_kd.tensorboard import ScalarWriter
-from lottery_kd.train import DeviceData, Distillation, Progress, Trainer, init_variables
+from lottery_kd.data.inputs import InputData
+from lottery_kd.train import Distillation, Progress, Trainer, init_variables
 
 PyTree = Any
 DENSE = "dense"
@@ -103,21 +104,22 @@ class LotteryRun:
         prepare_workdir(self.workdir, config)
         self.scope = config.prune.scope
         self.model = get_model(config.model.name, dataset.num_classes)
-        self.data = DeviceData.from_dataset(dataset, data_cfg.eval_batch_size)
+        self.data = InputData.from_dataset(dataset, seed=config.seed,
+                                           eval_batch_size=data_cfg.eval_batch_size)
         kd = config.kd
         self.trainer = Trainer(self.model, self.data, batch_size=config.train.batch_size,
                                momentum=config.train.momentum,
                                weight_decay=config.train.weight_decay,
-                               distillation=Distillation(kd.temperature, kd.alpha, kd.reduction),
-                               seed=config.seed)
+                               distillation=Distillation(kd.temperature, kd.alpha, kd.reduction))
         self.schedule = optim.step_schedule(config.train.lr, self.plan.milestone_steps,
                                             decay=config.train.lr_decay,
                                             warmup_steps=self.plan.warmup_steps)
         self.snapshots = SnapshotStore(self.workdir / "checkpoints" / "snapshots")
         self.results_path = self.workdir / "results.jsonl"
         self._finals: dict[str, PyTree] = {}
-        self.log(f"{config.model.name} on {data_cfg.name}: train {self.data.train.size}, "
-                 f"val {self.data.val.size if self.data.val else 0}, test {self.data.test.size}; "
+        self.log(f"{config.model.name} on {data_cfg.name}: train {self.data.train.num_examples}, "
+                 f"val {self.data.val.num_examples if self.data.val else 0}, "
+                 f"test {self.data.test.num_examples}; "
                  f"{self.plan.steps_per_epoch} steps/epoch, {self.plan.total_steps} steps, "
                  f"rewind step {self.plan.rewind_step}, LR drops at steps "
                  f"{list(self.plan.milestone_steps)}; workdir {self.workdir}")

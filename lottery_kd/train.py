@@ -21,8 +21,8 @@ import numpy as np
 import optax
 
 from lottery_kd import losses, masks as masks_lib, optim
-from lottery_kd.data import Dataset
-from lottery_kd.data.augment import DeviceSplit, normalize, train_batch
+from lottery_kd.data.augment import normalize
+from lottery_kd.data.inputs import EvalInput, InputData
 
 PyTree = Any
 
@@ -57,15 +57,21 @@ def init_variables(model, rng: jax.Array, input_shape: Sequence[int]) -> tuple[P
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation,
-                    distillation: Optional[Distillation]) -> Callable:
+                    distillation: Optional[Distillation], *,
+                    normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None
+                    ) -> Callable:
     """jit(step(state, masks, images, labels, lr, teacher) -> (state, metrics)).
 
     `teacher` is {"params", "batch_stats"} of the teacher network (same architecture) and is only
-    read when `distillation` is set; pass {} otherwise.
+    read when `distillation` is set; pass {} otherwise. With `normalization=(mean, std)` the step
+    takes uint8 images and normalises them itself.
     """
 
     def step(state: TrainState, masks: PyTree, images: jax.Array, labels: jax.Array,
              lr: jax.Array, teacher: PyTree):
+        if normalization is not None:
+            images = normalize(images, *normalization)
+
         def loss_fn(params):
             variables = {"params": masks_lib.apply(params, masks),
                          "batch_stats": state.batch_stats}
@@ -96,72 +102,22 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
     return jax.jit(step, donate_argnums=(0,))
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalSplit:
-    """A split padded to whole evaluation batches: images [B, b, H, W, C], labels/valid [B, b]."""
+def make_eval_step(model, mean: Sequence[float], std: Sequence[float]) -> Callable:
+    """jit(eval_step(params, batch_stats, masks, images, labels, valid) -> (correct, nll_sum)).
 
-    images: jax.Array
-    labels: jax.Array
-    valid: jax.Array
-    size: int
+    Inference mode (BatchNorm running statistics) on masked params; padding rows (valid=False)
+    count for nothing.
+    """
 
-    @classmethod
-    def from_numpy(cls, images: np.ndarray, labels: np.ndarray, batch_size: int) -> "EvalSplit":
-        size = len(labels)
-        batch_size = max(1, min(batch_size, size))
-        num_batches = math.ceil(size / batch_size)
-        pad = num_batches * batch_size - size
-        padded_images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-        padded_labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-        valid = np.arange(num_batches * batch_size) < size
-        reshape = lambda a: a.reshape(num_batches, batch_size, *a.shape[1:])  # noqa: E731
-        return cls(jnp.asarray(reshape(padded_images)), jnp.asarray(reshape(padded_labels)),
-                   jnp.asarray(reshape(valid)), size)
-
-
-def make_evaluate(model) -> Callable:
-    """jit(evaluate(params, batch_stats, masks, images, labels, valid, mean, std) -> (acc, loss))."""
-
-    def evaluate(params, batch_stats, masks, images, labels, valid, mean, std):
+    def eval_step(params, batch_stats, masks, images, labels, valid):
         variables = {"params": masks_lib.apply(params, masks), "batch_stats": batch_stats}
+        logits = model.apply(variables, normalize(images, mean, std), train=False)
+        log_probs = jax.nn.log_softmax(logits)
+        nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+        correct = (jnp.argmax(logits, -1) == labels) & valid
+        return jnp.sum(correct), jnp.sum(jnp.where(valid, nll, 0.0))
 
-        def one_batch(totals, batch):
-            batch_images, batch_labels, batch_valid = batch
-            logits = model.apply(variables, normalize(batch_images, mean, std), train=False)
-            log_probs = jax.nn.log_softmax(logits)
-            nll = -jnp.take_along_axis(log_probs, batch_labels[:, None], axis=-1)[:, 0]
-            correct = (jnp.argmax(logits, -1) == batch_labels) & batch_valid
-            return (totals[0] + jnp.sum(correct), totals[1] + jnp.sum(nll * batch_valid)), None
-
-        (correct, nll), _ = jax.lax.scan(one_batch, (jnp.zeros((), jnp.int32), jnp.zeros(())),
-                                         (images, labels, valid))
-        count = jnp.sum(valid)
-        return correct / count, nll / count
-
-    return jax.jit(evaluate)
-
-
-@dataclasses.dataclass(frozen=True)
-class DeviceData:
-    """A Dataset placed on device for training (train) and evaluation (val, test)."""
-
-    train: DeviceSplit
-    val: Optional[EvalSplit]
-    test: EvalSplit
-    mean: jax.Array
-    std: jax.Array
-    augment: bool
-    image_shape: tuple[int, ...]
-    num_classes: int
-
-    @classmethod
-    def from_dataset(cls, dataset: Dataset, eval_batch_size: int = 1000) -> "DeviceData":
-        val = (EvalSplit.from_numpy(dataset.val_images, dataset.val_labels, eval_batch_size)
-               if len(dataset.val_labels) else None)
-        return cls(DeviceSplit.from_numpy(dataset.train_images, dataset.train_labels), val,
-                   EvalSplit.from_numpy(dataset.test_images, dataset.test_labels, eval_batch_size),
-                   jnp.asarray(dataset.mean, jnp.float32), jnp.asarray(dataset.std, jnp.float32),
-                   dataset.augment, tuple(dataset.train_images.shape[1:]), dataset.num_classes)
+    return jax.jit(eval_step)
 
 
 @dataclasses.dataclass
@@ -182,21 +138,23 @@ class FitResult:
 class Trainer:
     """Compiled steps for one model, data set and optimizer; `fit` runs the epoch loop."""
 
-    def __init__(self, model, data: DeviceData, *, batch_size: int, momentum: float,
-                 weight_decay: float, distillation: Optional[Distillation], seed: int):
-        if data.train.size < batch_size:
+    def __init__(self, model, data: InputData, *, batch_size: int, momentum: float,
+                 weight_decay: float, distillation: Optional[Distillation]):
+        if data.train.num_examples < batch_size:
             raise ValueError(f"train.batch_size={batch_size} is larger than the training set "
-                             f"({data.train.size} examples)")
+                             f"({data.train.num_examples} examples)")
         self.model = model
         self.data = data
         self.batch_size = batch_size
-        self.seed = seed
-        self.steps_per_epoch = data.train.size // batch_size
+        self.steps_per_epoch = data.train.num_examples // batch_size
         self.optimizer = optim.sgd_direction(momentum, weight_decay)
-        self.train_step_ce = make_train_step(model, self.optimizer, None)
-        self.train_step_kd = (make_train_step(model, self.optimizer, distillation)
+        normalization = (data.mean, data.std)
+        self.train_step_ce = make_train_step(model, self.optimizer, None,
+                                             normalization=normalization)
+        self.train_step_kd = (make_train_step(model, self.optimizer, distillation,
+                                              normalization=normalization)
                               if distillation is not None else None)
-        self._evaluate = make_evaluate(model)
+        self._eval_step = make_eval_step(model, data.mean, data.std)
 
     def init_state(self, params: PyTree, batch_stats: PyTree, masks: PyTree,
                    step: int = 0) -> TrainState:
@@ -211,18 +169,19 @@ class Trainer:
                           self.optimizer.init(params))
 
     def evaluate(self, params: PyTree, batch_stats: PyTree, masks: PyTree,
-                 split: EvalSplit) -> tuple[float, float]:
-        """(accuracy, mean cross-entropy) on a split, in inference mode."""
-        accuracy, loss = self._evaluate(params, batch_stats, masks, split.images, split.labels,
-                                        split.valid, self.data.mean, self.data.std)
-        return float(accuracy), float(loss)
+                 split: EvalInput) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) on an evaluation input, in inference mode."""
+        correct, nll, count = jnp.zeros((), jnp.int32), jnp.zeros(()), 0
+        for images, labels, valid in split.batches():
+            batch_correct, batch_nll = self._eval_step(params, batch_stats, masks, images,
+                                                       labels, valid)
+            correct, nll = correct + batch_correct, nll + batch_nll
+        count = split.num_examples
+        return float(correct) / count, float(nll) / count
 
     def batch(self, step: int) -> tuple[jax.Array, jax.Array]:
         """The training batch at global `step` (pure in (seed, step))."""
-        return train_batch(self.data.train.images, self.data.train.labels,
-                           jnp.asarray(self.seed, jnp.uint32), jnp.asarray(step, jnp.int32),
-                           self.data.mean, self.data.std, batch_size=self.batch_size,
-                           augment=self.data.augment)
+        return self.data.train.batch(step, self.batch_size)
 
     def fit(self, state: TrainState, masks: PyTree, *, num_steps: int,
             schedule: optim.Schedule, teacher: Optional[PyTree] = None,

@@ -240,5 +240,6 @@ def test_a_row_whose_snapshot_was_lost_is_redone_not_duplicated(study, tmp_path)
     rows = lottery.run(study["config"], workdir, log=lambda *_: None)
     keys = [(r["level"], r["variant"]) for r in rows]
     assert len(keys) == len(set(keys)) == len(study["rows"])
-    assert rows[-1]["variant"] == "kd_rewind"
-    assert rows[-1]["test_accuracy"] == study["rows"][-1]["test_accuracy"]
+    before = {(r["level"], r["variant"]): r for r in study["rows"]}
+    assert rows[-1]["variant"] == "kd_rewind"  # redone, so appended last
+    assert rows[-1]["test_accuracy"] == before[(2, "kd_rewind")]["test_accuracy"]

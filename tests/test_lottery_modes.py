@@ -8,7 +8,8 @@ import numpy as np
 from lottery_kd import lottery, masks as masks_lib
 from lottery_kd.data import load_dataset
 from lottery_kd.models import get_model
-from lottery_kd.train import DeviceData, Distillation, Trainer, init_variables
+from lottery_kd.data.inputs import InputData
+from lottery_kd.train import Distillation, Trainer, init_variables
 from tests.conftest import make_tiny_config
 from tests.test_lottery import FitSpy, _leaves_equal
 
@@ -40,8 +41,9 @@ def test_oneshot_prunes_the_dense_network_to_one_minus_keep_to_the_level(tmp_pat
 def test_distillation_switches_off_at_kd_stop_step():
     dataset = load_dataset("digits")
     model = get_model("digits_convnet", 10)
-    trainer = Trainer(model, DeviceData.from_dataset(dataset, 360), batch_size=64, momentum=0.9,
-                      weight_decay=5e-4, distillation=Distillation(4.0, 0.9, "batchmean"), seed=0)
+    trainer = Trainer(model, InputData.from_dataset(dataset, seed=0, eval_batch_size=360),
+                      batch_size=64, momentum=0.9, weight_decay=5e-4,
+                      distillation=Distillation(4.0, 0.9, "batchmean"))
     counts = {"kd": 0, "ce": 0}
 
     def counting(fn, key):

@@ -7,7 +7,6 @@ sees exactly the batches an uninterrupted run sees from that step on (open_lth's
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Sequence
 
@@ -18,24 +17,8 @@ import numpy as np
 PAD = 4
 
 
-@dataclasses.dataclass(frozen=True)
-class DeviceSplit:
-    """One split held on device: uint8 images NHWC and int32 labels."""
-
-    images: jax.Array
-    labels: jax.Array
-
-    @classmethod
-    def from_numpy(cls, images: np.ndarray, labels: np.ndarray) -> "DeviceSplit":
-        return cls(jnp.asarray(images, jnp.uint8), jnp.asarray(labels, jnp.int32))
-
-    @property
-    def size(self) -> int:
-        return int(self.labels.shape[0])
-
-
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-    """uint8 NHWC -> float32, per-channel (x - mean) / std (mean and std in pixel units)."""
+    """uint8 (or float) NHWC -> float32, per-channel (x - mean) / std, in pixel units."""
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
     return (images.astype(jnp.float32) - mean) / std
@@ -67,14 +50,17 @@ def batch_indices(seed: int | jax.Array, step: int | jax.Array, num_examples: in
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size", "augment"))
-def train_batch(images: jax.Array, labels: jax.Array, seed: jax.Array, step: jax.Array,
-                mean: jax.Array, std: jax.Array, *, batch_size: int,
-                augment: bool) -> tuple[jax.Array, jax.Array]:
-    """(normalised float images, labels) of the training batch at global `step`."""
+def train_batch(images: jax.Array, labels: jax.Array, seed: jax.Array, step: jax.Array, *,
+                batch_size: int, augment: bool) -> tuple[jax.Array, jax.Array]:
+    """(uint8 images, labels) of the training batch at global `step`, augmented on device.
+
+    Normalisation happens inside the train step, so every input (in memory or streamed) hands
+    over compact uint8 batches.
+    """
     index = batch_indices(seed, step, labels.shape[0], batch_size)
     batch = images[index]
     if augment:
         # A stream separate from the permutation's: fold the step into a derived key.
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0x5EED), step)
         batch = crop_and_flip(batch, key)
-    return normalize(batch, mean, std), labels[index]
+    return batch, labels[index]
