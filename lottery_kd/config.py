@@ -100,6 +100,19 @@ def validate(config: Any) -> None:
           data.train_subset, "an integer >= 0 (0: the whole training split)")
     check(_is_int(data.eval_batch_size) and data.eval_batch_size > 0, "data.eval_batch_size",
           data.eval_batch_size, "an integer > 0")
+    for key in ("verify_checksums", "tfds_download"):
+        check(isinstance(data[key], bool), f"data.{key}", data[key], "True or False")
+    check(_is_int(data.image_size) and data.image_size >= 32, "data.image_size", data.image_size,
+          "an integer >= 32 (ImageNet crop size)")
+    if data.name in ("cifar10", "cifar100") and data.source == "local":  # auto: tfds without dir
+        check(bool(data.dir), "data.dir", data.dir,
+              "a folder holding the official binary files (or set data.source='tfds')")
+    if data.name == "imagenet2012":
+        check(data.source in ("tfds", "auto") and not data.dir, "data.source", data.source,
+              "imagenet2012 is read through tfds: data.source='tfds' (or 'auto') and no data.dir; "
+              "point data.manual_dir at the ILSVRC2012 tar files")
+        check(data.validation_size == 0, "data.validation_size", data.validation_size,
+              "0 for imagenet2012 (its validation split is the test set)")
 
     train = config.train
     check(_is_int(train.epochs) and train.epochs > 0, "train.epochs", train.epochs,
@@ -178,8 +191,8 @@ def plan_steps(config: Any, train_size: int) -> StepPlan:
     steps_per_epoch = train_size // batch_size
     total = config.train.epochs * steps_per_epoch
     rewind = parse_step_count(config.lottery.rewind, steps_per_epoch)
-    uses_rewind = any(variants_lib.get(n).uses_rewind_point
-                      for n in parse_names(config.lottery.variants))
+    uses_rewind = config.prune.levels > 0 and any(variants_lib.get(n).uses_rewind_point
+                                                  for n in parse_names(config.lottery.variants))
     if rewind >= total and uses_rewind:
         raise ConfigError(
             f"invalid config:\n  lottery.rewind={config.lottery.rewind!r} is step {rewind}, not "

@@ -26,10 +26,9 @@ import numpy as np
 from lottery_kd import config as config_lib
 from lottery_kd import masks as masks_lib, optim, pruning, results, variants as variants_lib
 from lottery_kd.checkpoints import SnapshotStore
-from lottery_kd.data import load_dataset
 from lottery_kd.models import get_model
 from lottery_kd.tensorboard import ScalarWriter
-from lottery_kd.data.inputs import InputData
+from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.train import Distillation, Progress, Trainer, init_variables
 
 PyTree = Any
@@ -96,16 +95,12 @@ class LotteryRun:
         self.workdir = Path(workdir)
         self.log = log
         data_cfg = config.data
-        dataset = load_dataset(data_cfg.name, source=data_cfg.source, directory=data_cfg.dir,
-                               validation_size=data_cfg.validation_size,
-                               train_subset=data_cfg.train_subset, seed=config.seed)
-        self.plan = config_lib.plan_steps(config, len(dataset.train_labels))
+        self.data = input_data_from_config(data_cfg, seed=config.seed)
+        self.plan = config_lib.plan_steps(config, self.data.train.num_examples)
         self.variants = [variants_lib.get(n) for n in config_lib.parse_names(config.lottery.variants)]
         prepare_workdir(self.workdir, config)
         self.scope = config.prune.scope
-        self.model = get_model(config.model.name, dataset.num_classes)
-        self.data = InputData.from_dataset(dataset, seed=config.seed,
-                                           eval_batch_size=data_cfg.eval_batch_size)
+        self.model = get_model(config.model.name, self.data.num_classes)
         kd = config.kd
         self.trainer = Trainer(self.model, self.data, batch_size=config.train.batch_size,
                                momentum=config.train.momentum,

@@ -183,6 +183,9 @@ class Trainer:
         """The training batch at global `step` (pure in (seed, step))."""
         return self.data.train.batch(step, self.batch_size)
 
+    def _device_batch(self, step: int) -> tuple[jax.Array, jax.Array]:
+        return jax.device_put(self.batch(step))
+
     def fit(self, state: TrainState, masks: PyTree, *, num_steps: int,
             schedule: optim.Schedule, teacher: Optional[PyTree] = None,
             kd_stop_step: Optional[int] = None,
@@ -206,15 +209,20 @@ class Trainer:
         pending: list[dict] = []
         if progress is not None:
             progress.start(num_steps)
+        # One batch ahead: the host prepares step s+1 while the device runs step s (dispatch is
+        # asynchronous), which keeps streamed inputs off the critical path.
+        upcoming = self._device_batch(start) if num_steps > 0 else None
         for global_step in range(start, end):
             if global_step in on_step:
                 on_step[global_step](state)
-            images, labels = self.batch(global_step)
+            images, labels = upcoming
             distill = teacher is not None and (kd_stop_step is None or global_step < kd_stop_step)
             step_fn = self.train_step_kd if distill else self.train_step_ce
             lr = schedule(global_step)
             state, metrics = step_fn(state, masks, images, labels, jnp.asarray(lr, jnp.float32),
                                      teacher if distill else {})
+            if global_step + 1 < end:
+                upcoming = self._device_batch(global_step + 1)
             pending.append(metrics)
             epoch_done = (global_step + 1) % self.steps_per_epoch == 0 or global_step + 1 == end
             if progress is not None:

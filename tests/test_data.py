@@ -219,11 +219,12 @@ def test_fake_correct_size_files_load_as_zeros(fake_cifar_dir: Path) -> None:
 
 
 def test_fake_load_dataset_and_subset(fake_cifar_dir: Path) -> None:
-    ds = load_dataset("cifar10", directory=str(fake_cifar_dir), validation_size=1000, train_subset=300)
+    ds = load_dataset("cifar10", directory=str(fake_cifar_dir), validation_size=1000, train_subset=300,
+                      verify_checksums=False)
     assert ds.train_images.shape == (300, 32, 32, 3)
     assert ds.val_images.shape == (1000, 32, 32, 3) and ds.test_labels.shape == (10000,)
     assert ds.mean == (0.0, 0.0, 0.0) and ds.std == (0.0, 0.0, 0.0)
-    full = load_dataset("cifar10", directory=str(fake_cifar_dir))
+    full = load_dataset("cifar10", directory=str(fake_cifar_dir), verify_checksums=False)
     assert full.train_images.shape == (50000, 32, 32, 3) and full.val_images.shape == (0, 32, 32, 3)
     assert full.val_labels.shape == (0,) and full.val_labels.dtype == np.int32
 
@@ -283,8 +284,8 @@ def test_unknown_name_source_and_split(fake_cifar_dir: Path) -> None:
     assert all(repr(name) in str(info.value) for name in DATASET_NAMES)
 
     with pytest.raises(DataError) as info:
-        load_dataset("cifar10", source="tfds", directory=str(fake_cifar_dir))
-    assert "data.source" in str(info.value) and "'tfds'" in str(info.value)
+        load_dataset("cifar10", source="hub", directory=str(fake_cifar_dir))
+    assert "data.source" in str(info.value) and "'hub'" in str(info.value)
     assert all(repr(source) in str(info.value) for source in SOURCES)
 
     with pytest.raises(DataError) as info:
@@ -296,7 +297,8 @@ def test_train_subset_limits(fake_cifar_dir: Path) -> None:
     with pytest.raises(DataError, match=r"data\.train_subset=1258.*maximum 1257"):
         load_dataset("digits", train_subset=1258)
     with pytest.raises(DataError, match=r"data\.train_subset=45001.*maximum 45000"):
-        load_dataset("cifar10", directory=str(fake_cifar_dir), validation_size=5000, train_subset=45001)
+        load_dataset("cifar10", directory=str(fake_cifar_dir), validation_size=5000, train_subset=45001,
+                     verify_checksums=False)
     with pytest.raises(DataError, match=r"data\.train_subset"):
         load_dataset("digits", train_subset=-1)
     assert load_dataset("digits", train_subset=1257).train_images.shape[0] == 1257
@@ -304,3 +306,45 @@ def test_train_subset_limits(fake_cifar_dir: Path) -> None:
 
 def test_data_error_is_a_value_error() -> None:
     assert issubclass(DataError, ValueError)
+
+
+def test_right_size_but_wrong_content_fails_the_official_checksum(fake_cifar_dir: Path) -> None:
+    with pytest.raises(DataError) as error:
+        load_dataset("cifar10", directory=str(fake_cifar_dir))
+    message = str(error.value)
+    for name in cifar.TRAIN_FILES + cifar.TEST_FILES:
+        assert f"{name} has sha256 " in message
+        assert cifar.CIFAR10.sha256[name] in message
+    assert "data.dir" in message
+
+
+def test_real_files_pass_the_official_checksums() -> None:
+    if not CIFAR10_DIR.is_dir():
+        pytest.skip(f"real CIFAR-10 not found at {CIFAR10_DIR}")
+    cifar.check_local(CIFAR10_DIR, verify_checksums=True)
+
+
+def test_cifar100_binary_layout_uses_the_fine_label(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-100-binary"
+    folder.mkdir()
+    for name, count in (("train.bin", 50000), ("test.bin", 10000)):
+        records = np.zeros((count, 3074), np.uint8)
+        records[:, 0] = np.arange(count) % 20          # coarse label
+        records[:, 1] = np.arange(count) % 100         # fine label
+        records[:, 2] = 7                               # first red pixel
+        records.tofile(folder / name)
+    ds = load_dataset("cifar100", source="local", directory=str(folder), validation_size=5000)
+    assert ds.num_classes == 100
+    assert sorted(set(ds.train_labels.tolist()) | set(ds.val_labels.tolist())) == list(range(100))
+    assert ds.test_labels[:3].tolist() == [0, 1, 2]
+    assert np.all(ds.test_images[:, 0, 0, 0] == 7)
+    with pytest.raises(DataError, match="train.bin has 100 bytes, expected 153,700,000 bytes"):
+        (folder / "train.bin").write_bytes(b"0" * 100)
+        load_dataset("cifar100", source="local", directory=str(folder))
+
+
+def test_auto_source_means_local_with_a_directory_else_tfds() -> None:
+    from lottery_kd.data import resolve_source
+    assert resolve_source("auto", "/some/dir") == "local"
+    assert resolve_source("auto", "") == "tfds"
+    assert resolve_source("tfds", "/some/dir") == "tfds"

@@ -17,9 +17,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "resnet20"       # lottery_kd.models.MODEL_NAMES
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "cifar10"         # cifar10 | digits
-    config.data.source = "local"         # local: a directory of the official binary files
-    config.data.dir = ""                 # --config.data.dir=PATH/cifar-10-batches-bin
+    config.data.name = "cifar10"         # cifar10 | cifar100 | imagenet2012 | digits
+    config.data.source = "auto"          # local (official binary files in data.dir) | tfds |
+                                         # auto: local when data.dir is set, else tfds
+    config.data.dir = ""                 # source=local: --config.data.dir=PATH/cifar-10-batches-bin
+    config.data.verify_checksums = True  # source=local: official SHA-256 of every CIFAR-10 file
+    config.data.tfds_data_dir = ""       # source=tfds: tfds data_dir ("": tfds default)
+    config.data.tfds_download = True     # source=tfds: download if not prepared (needs network)
+    config.data.manual_dir = ""          # imagenet2012: folder with ILSVRC2012_img_{train,val}.tar
+    config.data.image_size = 224         # imagenet2012: training/eval crop size
     config.data.validation_size = 5000   # 45k/5k train/validation (KD-ticket); 0: full 50k train
     config.data.train_subset = 0         # >0: train on the first N training images (shrunk runs)
     config.data.eval_batch_size = 1000

@@ -1,15 +1,14 @@
 """Classification data sets held in host memory as uint8 NHWC images and int32 labels.
 
-`load_dataset` is the single entry point: it reads a data set from a source (only "local" files for
-now), makes the fixed train/validation split, optionally keeps a train subset, and records the
-per-channel train mean/std the trainer normalises with.
+`load_dataset` is the single entry point for in-memory data sets: it reads a data set from a source
+("local" official files or "tfds"), makes the fixed train/validation split, optionally keeps a train
+subset, and records the per-channel train mean/std the trainer normalises with. ImageNet is too large
+for memory and is streamed instead (lottery_kd.data.imagenet).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -26,8 +25,10 @@ __all__ = [
     "train_validation_indices",
 ]
 
-DATASET_NAMES = ("digits", "cifar10")
-SOURCES = ("local",)
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagenet2012")
+IN_MEMORY_NAMES = ("digits", "cifar10", "cifar100")
+STREAMED_NAMES = ("imagenet2012",)
+SOURCES = ("auto", "local", "tfds")  # auto: local when a directory is given, else tfds
 CIFAR10_TRAIN_SIZE = cifar.RECORDS_PER_FILE * len(cifar.TRAIN_FILES)
 VALIDATION_SPLIT_SEED = 0  # fixed so the validation split never depends on the run seed
 
@@ -49,25 +50,29 @@ class Dataset:
     augment: bool  # True: the trainer applies pad-4 random crop + horizontal flip
 
 
-# A CIFAR-10 reader returns (train_images, train_labels, test_images, test_labels) in official order.
-Cifar10Reader = Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
-
-
-def _read_cifar10_local(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Read CIFAR-10 from the official binary files in `directory` (the `data.dir` setting)."""
+def _read_cifar(name: str, source: str, directory: str, tfds_data_dir: str, tfds_download: bool,
+                verify_checksums: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train_images, train_labels, test_images, test_labels) of CIFAR-10/100 in official order."""
+    if source == "tfds":
+        from lottery_kd.data import tfds_source
+        return tfds_source.load_cifar(name, data_dir=tfds_data_dir or None, download=tfds_download)
+    fmt = cifar.get_format(name)
     if not directory:
         raise DataError(
             "data.source='local' needs data.dir: set --config.data.dir=PATH to a folder holding the "
-            f"official CIFAR-10 binary files ({', '.join(cifar.TRAIN_FILES + cifar.TEST_FILES)})."
-        )
-    cifar.check_local(directory)
-    train_images, train_labels = cifar.load_local(directory, "train")
-    test_images, test_labels = cifar.load_local(directory, "test")
+            f"official {name} binary files ({', '.join(fmt.train_files + fmt.test_files)}), or use "
+            "data.source='tfds'.")
+    cifar.check_local(directory, name, verify_checksums=verify_checksums)
+    train_images, train_labels = cifar.load_local(directory, "train", name)
+    test_images, test_labels = cifar.load_local(directory, "test", name)
     return train_images, train_labels, test_images, test_labels
 
 
-# The seam for new sources: add e.g. "tfds" here and to SOURCES.
-_CIFAR10_READERS: Mapping[str, Cifar10Reader] = types.MappingProxyType({"local": _read_cifar10_local})
+def resolve_source(source: str, directory: str) -> str:
+    """'auto' means the official files in `directory` when one is given, tfds otherwise."""
+    if source == "auto":
+        return "local" if directory else "tfds"
+    return source
 
 
 def _allowed(values: tuple[str, ...]) -> str:
@@ -118,12 +123,17 @@ def load_dataset(
     validation_size: int = 0,
     train_subset: int = 0,
     seed: int = 0,
+    tfds_data_dir: str = "",
+    tfds_download: bool = True,
+    verify_checksums: bool = True,
 ) -> Dataset:
     """Load data set `name` into host memory with its fixed splits.
 
     - "digits": scikit-learn's bundled 8x8 digits; fixed 1257/180/360 train/val/test split
       (`directory` and `validation_size` are ignored), no augmentation.
-    - "cifar10": the official files from `source` ("local": binary files in `directory`); the last
+    - "cifar10", "cifar100": from `source`: "local" (the official binary files in `directory`,
+      checked against the official SHA-256s with `verify_checksums`) or "tfds" (tfds.load from
+      `tfds_data_dir`, downloading if allowed; records put back in official order). The last
       `validation_size` of a fixed-seed permutation of the 50,000 train images become validation.
     `train_subset` > 0 keeps the first `train_subset` train images (0 keeps all). `seed` is accepted
     for a uniform call signature; no split depends on it, so runs with different seeds compare fairly.
@@ -131,8 +141,12 @@ def load_dataset(
     del seed  # every split uses a fixed seed on purpose
     if name not in DATASET_NAMES:
         raise DataError(f"Unknown data.name={name!r}; allowed values: {_allowed(DATASET_NAMES)}.")
+    if name in STREAMED_NAMES:
+        raise DataError(f"data.name={name!r} is streamed, not held in memory: use "
+                        "lottery_kd.data.inputs.input_data_from_config.")
     if source not in SOURCES:
         raise DataError(f"Unknown data.source={source!r}; allowed values: {_allowed(SOURCES)}.")
+    source = resolve_source(source, directory)
     if train_subset < 0:
         raise DataError(f"data.train_subset={train_subset} is negative; use 0 for all train images.")
 
@@ -140,19 +154,23 @@ def load_dataset(
         train_x, train_y, val_x, val_y, test_x, test_y = digits.load_digits_splits()
         num_classes, augment = 10, False
     else:
-        if not 0 <= validation_size < CIFAR10_TRAIN_SIZE:
+        if not 0 <= validation_size < CIFAR10_TRAIN_SIZE:  # checked before reading anything
             raise DataError(
-                f"data.validation_size={validation_size} is out of range for cifar10; "
+                f"data.validation_size={validation_size} is out of range for {name}; "
                 f"allowed: 0 <= data.validation_size < {CIFAR10_TRAIN_SIZE}."
             )
-        all_train_x, all_train_y, test_x, test_y = _CIFAR10_READERS[source](directory)
+        all_train_x, all_train_y, test_x, test_y = _read_cifar(
+            name, source, directory, tfds_data_dir, tfds_download, verify_checksums)
+        if validation_size >= len(all_train_y):  # a smaller copy (e.g. tfds mock data)
+            raise DataError(f"data.validation_size={validation_size} leaves no training images "
+                            f"of the {len(all_train_y)} in this {name}.")
         train_index, val_index = train_validation_indices(len(all_train_y), validation_size)
         if validation_size == 0:
             train_x, train_y = all_train_x, all_train_y
         else:
             train_x, train_y = all_train_x[train_index], all_train_y[train_index]
         val_x, val_y = all_train_x[val_index], all_train_y[val_index]
-        num_classes, augment = cifar.NUM_CLASSES, True
+        num_classes, augment = cifar.get_format(name).num_classes, True
 
     if train_subset > len(train_y):
         raise DataError(

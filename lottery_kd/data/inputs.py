@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator, Optional, Protocol
+from typing import Any, Iterator, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lottery_kd.data import Dataset
+from lottery_kd.data import STREAMED_NAMES, Dataset, load_dataset
 from lottery_kd.data.augment import train_batch
 
 Batch = tuple[jax.Array, jax.Array]
@@ -97,3 +97,24 @@ class InputData:
                    InMemoryEvalInput(dataset.test_images, dataset.test_labels, eval_batch_size),
                    tuple(dataset.mean), tuple(dataset.std),
                    tuple(dataset.train_images.shape[1:]), dataset.num_classes)
+
+
+def input_data_from_config(data: Any, *, seed: int) -> InputData:
+    """The InputData a `config.data` section describes (in memory, or streamed for ImageNet)."""
+    if data.name in STREAMED_NAMES:
+        from lottery_kd.data import imagenet
+        common = dict(name=data.name, data_dir=data.tfds_data_dir or None,
+                      manual_dir=data.manual_dir or None, download=data.tfds_download,
+                      process_index=jax.process_index(), process_count=jax.process_count())
+        split = f"train[:{data.train_subset}]" if data.train_subset else "train"
+        train = imagenet.ImageNetTrainInput(split=split, seed=seed, image_size=data.image_size,
+                                            **common)
+        test = imagenet.ImageNetEvalInput(split="validation", image_size=data.image_size,
+                                          batch_size=data.eval_batch_size, **common)
+        return InputData(train, None, test, tuple(imagenet.MEAN_RGB), tuple(imagenet.STD_RGB),
+                         (data.image_size, data.image_size, 3), train.num_classes)
+    dataset = load_dataset(data.name, source=data.source, directory=data.dir,
+                           validation_size=data.validation_size, train_subset=data.train_subset,
+                           tfds_data_dir=data.tfds_data_dir, tfds_download=data.tfds_download,
+                           verify_checksums=data.verify_checksums)
+    return InputData.from_dataset(dataset, seed=seed, eval_batch_size=data.eval_batch_size)

@@ -11,6 +11,7 @@ from typing import Callable
 from flax import linen as nn
 
 from lottery_kd.models.cifar_resnet import build_cifar_resnet
+from lottery_kd.models.imagenet_resnet import build_imagenet_resnet
 from lottery_kd.models.small import DigitsConvNet
 
 _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
@@ -20,6 +21,9 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     **{f"resnet{depth}_bottleneck": (
         lambda num_classes, depth=depth: build_cifar_resnet(depth, num_classes, bottleneck=True))
        for depth in (56, 110)},
+    # torchvision's ImageNet ResNets (7x7 stem + max pool, 64..512 planes)
+    "resnet18": lambda num_classes: build_imagenet_resnet(18, num_classes),
+    "resnet50": lambda num_classes: build_imagenet_resnet(50, num_classes),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)

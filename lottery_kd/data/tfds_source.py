@@ -1,0 +1,134 @@
+"""tensorflow-datasets as a data source, and offline preparation of tfds CIFAR from the official files.
+
+`tfds.load("cifar10")` downloads the archive on a connected machine. Offline, prepare the same
+dataset once from a folder of the official binary files:
+
+    python -m lottery_kd.data.prepare cifar10 --from ../shared/data/cifar10 [--data-dir DIR]
+
+This runs tfds's own `cifar10` builder (same features, same version, same files on disk) with its
+download step pointed at the local folder, after checking every file against the official
+checksums. tfds writes into an `incomplete.*` folder and renames it when done, so a failed
+preparation leaves nothing that looks prepared. TensorFlow is imported only here, lazily.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import urllib.parse
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from lottery_kd.data import cifar
+from lottery_kd.data.errors import DataError
+
+TFDS_CIFAR_NAMES = ("cifar10", "cifar100")
+
+
+def _import_tfds():
+    """tensorflow_datasets, with TensorFlow kept off accelerators (JAX owns them)."""
+    import tensorflow as tf
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except (RuntimeError, ValueError):  # already initialised; harmless
+        pass
+    import tensorflow_datasets as tfds
+    return tfds
+
+
+def prepare_command(name: str, data_dir: Optional[str]) -> str:
+    target = f" --data-dir {data_dir}" if data_dir else ""
+    return f"python -m lottery_kd.data.prepare {name} --from PATH/TO/{cifar.get_format(name).folder}{target}"
+
+
+class _LocalFiles:
+    """Stands in for tfds's download manager: the 'downloaded and extracted' archive is a local
+    folder that contains the official folder name (a symlink to the user's files)."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def download_and_extract(self, url):  # noqa: ARG002 - the url is the official archive's
+        return self.root
+
+
+def _builder_from_local_files(name: str, local_dir: str, data_dir: Optional[str]):
+    """tfds's own CIFAR builder, registered under its usual name, reading `local_dir`."""
+    _import_tfds()
+    from tensorflow_datasets.image_classification import cifar as tfds_cifar
+
+    base = {"cifar10": tfds_cifar.Cifar10, "cifar100": tfds_cifar.Cifar100}[name]
+    folder = cifar.get_format(name).folder
+
+    class FromLocalFiles(base, skip_registration=True):
+        def _split_generators(self, dl_manager):  # noqa: ARG002
+            root = tempfile.mkdtemp(prefix="lottery_kd_cifar_")
+            os.symlink(os.path.abspath(local_dir), os.path.join(root, folder))
+            return super()._split_generators(_LocalFiles(root))
+
+    FromLocalFiles.name = name
+    return FromLocalFiles(data_dir=data_dir or None)
+
+
+def prepare_from_local(name: str, local_dir: str, data_dir: Optional[str] = None) -> Path:
+    """Prepare tfds `name` (cifar10 | cifar100) under `data_dir` from the official binary files.
+
+    Every file is checked first (presence, size, official SHA-256 where carried); nothing is
+    written if one fails. Returns the prepared dataset folder. Already prepared: nothing to do.
+    """
+    if name not in TFDS_CIFAR_NAMES:
+        raise DataError(f"Offline preparation supports {', '.join(TFDS_CIFAR_NAMES)}, not {name!r}.")
+    cifar.check_local(local_dir, name, verify_checksums=True)
+    builder = _builder_from_local_files(name, local_dir, data_dir)
+    if not builder.is_prepared():
+        tfds = _import_tfds()
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return Path(builder.data_dir)
+
+
+def _check_reachable(url: Optional[str], timeout: float = 5.0) -> None:
+    """Fail in seconds, not after tfds's minutes of retries, when the archive's host is out of reach."""
+    if not url:
+        return
+    parsed = urllib.parse.urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    with socket.create_connection((parsed.hostname, port), timeout=timeout):
+        pass
+
+
+def load_cifar(name: str, *, data_dir: Optional[str] = None,
+               download: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train_images, train_labels, test_images, test_labels) of tfds `name`, in official order.
+
+    tfds stores records shuffled; its `id` feature ("train_00042") carries the official index, so
+    sorting by it gives the order of the official files (and of the `local` source).
+    """
+    tfds = _import_tfds()
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    if not builder.is_prepared():
+        if not download:
+            raise DataError(
+                f"tfds dataset {name!r} is not prepared in data.tfds_data_dir="
+                f"{data_dir or '(tfds default)'} and data.tfds_download is False. Prepare it once "
+                f"from the official files: {prepare_command(name, data_dir)}")
+        try:
+            _check_reachable(getattr(getattr(builder, "_cifar_info", None), "url", None))
+            builder.download_and_prepare()
+        except Exception as error:  # network errors come in many types
+            raise DataError(
+                f"tfds could not download {name!r} into data.tfds_data_dir="
+                f"{data_dir or '(tfds default)'} ({type(error).__name__}: {error}). Offline, "
+                f"prepare it once from the official files: {prepare_command(name, data_dir)}"
+            ) from error
+    arrays = []
+    for split in ("train", "test"):
+        chunks = list(tfds.as_numpy(builder.as_dataset(split=split).batch(5000)))
+        ids = np.concatenate([c["id"] for c in chunks])
+        order = np.argsort(ids, kind="stable")
+        arrays += [np.concatenate([c["image"] for c in chunks])[order].astype(np.uint8),
+                   np.concatenate([c["label"] for c in chunks])[order].astype(np.int32)]
+    return tuple(arrays)
