@@ -21,10 +21,12 @@ def main_for(get_config: Callable[[], ml_collections.ConfigDict], default_workdi
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
             logging.set_verbosity(logging.WARNING)
-        from lottery_kd import lottery
-        from lottery_kd.config import ConfigError
+        from lottery_kd import lottery, parallel
+        from lottery_kd.config import ConfigError, validate
         from lottery_kd.data import DataError
         try:
+            validate(flags.FLAGS.config)
+            parallel.initialize_from_config(flags.FLAGS.config.parallel)  # before any JAX work
             lottery.run(flags.FLAGS.config, flags.FLAGS.workdir)
         except (ConfigError, DataError, lottery.WorkdirConfigMismatch) as error:
             print(f"error: {error}", file=sys.stderr)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -21,11 +21,11 @@ PyTree = Any
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-def abstract_like(tree: PyTree) -> PyTree:
-    """ShapeDtypeStructs of `tree` (the target Orbax restores into)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype
-                                                       if not hasattr(x, "dtype") else x.dtype),
-                        tree)
+def abstract_like(tree: PyTree, sharding: Optional[jax.sharding.Sharding] = None) -> PyTree:
+    """ShapeDtypeStructs of `tree` (the target Orbax restores into), placed with `sharding`."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype if hasattr(x, "dtype")
+                                       else np.asarray(x).dtype, sharding=sharding), tree)
 
 
 class SnapshotStore:
@@ -55,11 +55,16 @@ class SnapshotStore:
         self._checkpointer.save(self.path(name), tree, force=True)
         self._checkpointer.wait_until_finished()
 
-    def restore(self, name: str, like: PyTree) -> PyTree:
-        """Snapshot `name` restored with the structure, shapes and dtypes of `like`."""
+    def restore(self, name: str, like: PyTree,
+                sharding: Optional[jax.sharding.Sharding] = None) -> PyTree:
+        """Snapshot `name` restored with the structure, shapes and dtypes of `like`.
+
+        With `sharding` (e.g. replicated over the current mesh) the arrays are placed there, so a
+        snapshot written by N processes restores in any number of processes.
+        """
         if not self.exists(name):
             raise FileNotFoundError(f"no complete snapshot {name!r} in {self.directory}")
-        return self._checkpointer.restore(self.path(name), abstract_like(like))
+        return self._checkpointer.restore(self.path(name), abstract_like(like, sharding))
 
     def close(self) -> None:
         self._checkpointer.close()

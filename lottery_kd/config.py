@@ -13,6 +13,7 @@ from typing import Any, Optional
 from lottery_kd import losses, masks as masks_lib, pruning, variants as variants_lib
 from lottery_kd.data import DATASET_NAMES, SOURCES
 from lottery_kd.models import MODEL_NAMES
+from lottery_kd.parallel import BATCH_NORM_MODES, DISTRIBUTED_MODES
 
 PRUNE_SCHEDULES = ("iterative", "oneshot")
 PROGRESS_MODES = ("auto", "bar", "lines")
@@ -177,6 +178,22 @@ def validate(config: Any) -> None:
           config.lottery.rewind, "a step count: epochs as '2ep' or iterations as '500it'")
     check(config.log.progress in PROGRESS_MODES, "log.progress", config.log.progress,
           f"allowed: {', '.join(PROGRESS_MODES)}")
+    par = config.parallel
+    check(par.distributed in DISTRIBUTED_MODES, "parallel.distributed", par.distributed,
+          f"allowed: {', '.join(DISTRIBUTED_MODES)}")
+    check(par.batch_norm in BATCH_NORM_MODES, "parallel.batch_norm", par.batch_norm,
+          f"allowed: {', '.join(BATCH_NORM_MODES)}")
+    check(_is_int(par.num_processes) and par.num_processes >= 0, "parallel.num_processes",
+          par.num_processes, "an integer >= 0 (0: from the environment)")
+    check(_is_int(par.process_id) and par.process_id >= -1
+          and (par.num_processes == 0 or par.process_id < par.num_processes),
+          "parallel.process_id", par.process_id,
+          "-1 (from the environment) or an id in [0, parallel.num_processes)")
+    check(_is_int(par.num_cpu_devices) and par.num_cpu_devices >= 0, "parallel.num_cpu_devices",
+          par.num_cpu_devices, "an integer >= 0")
+    check(not par.coordinator_address or bool(re.match(r"^\[?[\w.:-]+\]?:\d+$",
+                                                       par.coordinator_address)),
+          "parallel.coordinator_address", par.coordinator_address, "HOST:PORT")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

@@ -29,12 +29,16 @@ from lottery_kd.checkpoints import SnapshotStore
 from lottery_kd.models import get_model
 from lottery_kd.tensorboard import ScalarWriter
 from lottery_kd.data.inputs import input_data_from_config
+from lottery_kd.parallel import DataParallel
 from lottery_kd.train import Distillation, Progress, Trainer, init_variables
 
 PyTree = Any
 DENSE = "dense"
 # Keys that change how a run reports progress, not what it computes.
-COSMETIC_KEYS = ("log.progress", "log.tensorboard")
+# and how the work is spread over devices and processes (a run may resume on another machine).
+COSMETIC_KEYS = ("log.progress", "log.tensorboard", "parallel.distributed",
+                 "parallel.coordinator_address", "parallel.num_processes", "parallel.process_id",
+                 "parallel.coordinator_bind_address", "parallel.num_cpu_devices")
 
 
 class WorkdirConfigMismatch(ValueError):
@@ -55,8 +59,9 @@ def config_to_dict(config: Any) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def prepare_workdir(workdir: Path, config: Any) -> None:
-    """Create the workdir and write config.json, or check it equals the saved one."""
+def prepare_workdir(workdir: Path, config: Any, *, write: bool = True) -> None:
+    """Create the workdir and write config.json (`write`: the main process only), or check it
+    equals the saved one."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
     current = config_to_dict(config)
@@ -71,6 +76,8 @@ def prepare_workdir(workdir: Path, config: Any) -> None:
             raise WorkdirConfigMismatch(
                 f"{workdir} holds a run with a different config:\n" + "\n".join(lines) +
                 "\nUse another --workdir, or rerun with the saved settings to resume.")
+        return
+    if not write:
         return
     temporary = path.with_name("config.json.tmp")
     temporary.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
@@ -95,17 +102,26 @@ class LotteryRun:
         self.workdir = Path(workdir)
         self.log = log
         data_cfg = config.data
-        self.data = input_data_from_config(data_cfg, seed=config.seed)
+        self.parallel = DataParallel.create()
+        try:
+            self.parallel.check_batch_size(config.train.batch_size, "train.batch_size")
+        except ValueError as error:
+            raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
+        self.data = input_data_from_config(data_cfg, seed=config.seed,
+                                           device_count=self.parallel.device_count)
         self.plan = config_lib.plan_steps(config, self.data.train.num_examples)
         self.variants = [variants_lib.get(n) for n in config_lib.parse_names(config.lottery.variants)]
-        prepare_workdir(self.workdir, config)
+        prepare_workdir(self.workdir, config, write=self.parallel.is_main)
+        if not self.parallel.is_main:
+            self.log = lambda *_: None
         self.scope = config.prune.scope
         self.model = get_model(config.model.name, self.data.num_classes)
         kd = config.kd
         self.trainer = Trainer(self.model, self.data, batch_size=config.train.batch_size,
                                momentum=config.train.momentum,
                                weight_decay=config.train.weight_decay,
-                               distillation=Distillation(kd.temperature, kd.alpha, kd.reduction))
+                               distillation=Distillation(kd.temperature, kd.alpha, kd.reduction),
+                               parallel=self.parallel, batch_norm=config.parallel.batch_norm)
         self.schedule = optim.step_schedule(config.train.lr, self.plan.milestone_steps,
                                             decay=config.train.lr_decay,
                                             warmup_steps=self.plan.warmup_steps)
@@ -117,7 +133,8 @@ class LotteryRun:
                  f"test {self.data.test.num_examples}; "
                  f"{self.plan.steps_per_epoch} steps/epoch, {self.plan.total_steps} steps, "
                  f"rewind step {self.plan.rewind_step}, LR drops at steps "
-                 f"{list(self.plan.milestone_steps)}; workdir {self.workdir}")
+                 f"{list(self.plan.milestone_steps)}; {self.parallel.device_count} device(s) in "
+                 f"{self.parallel.process_count} process(es); workdir {self.workdir}")
 
     # ---- snapshots -------------------------------------------------------------------------
     def _template(self) -> PyTree:
@@ -132,23 +149,26 @@ class LotteryRun:
 
     def _load(self, name: str) -> PyTree:
         if name not in self._finals:
-            self._finals[name] = self.snapshots.restore(name, self._template())
+            self._finals[name] = self.snapshots.restore(name, self._template(),
+                                                        self.parallel.replicated)
         return self._finals[name]
 
     def init_snapshot(self) -> PyTree:
         if not self.snapshots.exists("init"):
             params, batch_stats = init_variables(self.model, jax.random.key(self.config.seed),
                                                  self.data.image_shape)
-            self.snapshots.save("init", self._snapshot(params, batch_stats,
-                                                       masks_lib.create(params, self.scope)))
+            self.snapshots.save("init", self.parallel.replicate(self._snapshot(
+                params, batch_stats, masks_lib.create(params, self.scope))))
         return self._load("init")
 
     # ---- training --------------------------------------------------------------------------
     def _train(self, level: int, variant_name: str, start: PyTree, masks: PyTree, *,
                start_step: int, num_steps: int, schedule, distill: bool, on_step=None):
         tag = snapshot_name(level, variant_name)
+        main = self.parallel.is_main
+        masks = self.parallel.replicate(masks)
         writer = (ScalarWriter(self.workdir / "tensorboard" / tag)
-                  if self.config.log.tensorboard else None)
+                  if self.config.log.tensorboard and main else None)
         sparsity = masks_lib.sparsity(masks, self.scope)
 
         def log_scalars(step: int, row: dict) -> None:
@@ -157,8 +177,8 @@ class LotteryRun:
                                       "sparsity": sparsity})
 
         mode = self.config.log.progress
-        progress = Progress(f"[level {level} {variant_name}]",
-                            enabled=None if mode == "auto" else mode == "bar")
+        progress = (Progress(f"[level {level} {variant_name}]",
+                             enabled=None if mode == "auto" else mode == "bar") if main else None)
         state = self.trainer.init_state(start["params"], start["batch_stats"], masks, start_step)
         teacher = self.teacher() if distill else None
         try:
@@ -179,9 +199,11 @@ class LotteryRun:
                "test_accuracy_at_best_val": fit.test_accuracy_at_best_val,
                "best_val_epoch": fit.best_val_epoch, "epochs": fit.epochs, "steps": fit.steps,
                "start_step": start_step, "distill": distill, "seconds": round(fit.seconds, 2)}
-        results.append_row(self.results_path, row)
-        results.write_summary(self.workdir, results.read_rows(self.results_path),
-                              f"{self.config.model.name} on {self.config.data.name}")
+        if main:
+            results.append_row(self.results_path, row)
+            results.write_summary(self.workdir, results.read_rows(self.results_path),
+                                  f"{self.config.model.name} on {self.config.data.name}")
+        self.parallel.barrier(f"row {tag}")
         self.log(f"[level {level} {variant_name}] sparsity {100 * sparsity:.2f}% test "
                  f"{100 * fit.test_accuracy:.2f}% ({fit.seconds:.0f}s)")
         return row
@@ -259,8 +281,9 @@ class LotteryRun:
                 if (level, variant.name) not in done:
                     self.run_variant(level, variant)
         rows = results.read_rows(self.results_path)
-        results.write_summary(self.workdir, rows,
-                              f"{self.config.model.name} on {self.config.data.name}")
+        if self.parallel.is_main:
+            results.write_summary(self.workdir, rows,
+                                  f"{self.config.model.name} on {self.config.data.name}")
         self.snapshots.close()
         return rows
 

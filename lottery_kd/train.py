@@ -23,6 +23,7 @@ import optax
 from lottery_kd import losses, masks as masks_lib, optim
 from lottery_kd.data.augment import normalize
 from lottery_kd.data.inputs import EvalInput, InputData
+from lottery_kd.parallel import BATCH_NORM_MODES, DataParallel
 
 PyTree = Any
 
@@ -56,16 +57,34 @@ def init_variables(model, rng: jax.Array, input_shape: Sequence[int]) -> tuple[P
     return variables["params"], variables.get("batch_stats", {})
 
 
+def _apply_per_device(model, variables: PyTree, images: jax.Array, groups: int):
+    """Training-mode forward with BatchNorm statistics per group of the batch (one group per
+    device), running statistics averaged over groups, as a pmap without cross-replica BN."""
+    grouped = images.reshape(groups, images.shape[0] // groups, *images.shape[1:])
+    logits, updates = jax.vmap(
+        lambda x: model.apply(variables, x, train=True, mutable=["batch_stats"]))(grouped)
+    batch_stats = jax.tree.map(lambda s: jnp.mean(s, axis=0), updates["batch_stats"])
+    return logits.reshape(images.shape[0], -1), {"batch_stats": batch_stats}
+
+
 def make_train_step(model, optimizer: optax.GradientTransformation,
                     distillation: Optional[Distillation], *,
-                    normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None
-                    ) -> Callable:
+                    normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None,
+                    parallel: Optional[DataParallel] = None,
+                    batch_norm: str = "global") -> Callable:
     """jit(step(state, masks, images, labels, lr, teacher) -> (state, metrics)).
 
     `teacher` is {"params", "batch_stats"} of the teacher network (same architecture) and is only
     read when `distillation` is set; pass {} otherwise. With `normalization=(mean, std)` the step
-    takes uint8 images and normalises them itself.
+    takes uint8 images and normalises them itself. With `parallel`, the step runs over its mesh:
+    state, masks, lr and teacher replicated, images and labels sharded on the batch axis; the loss
+    is the global-batch mean (so gradients are averaged over devices) and BatchNorm statistics
+    are global, or per device with batch_norm="per_device".
     """
+    if batch_norm not in BATCH_NORM_MODES:
+        raise ValueError(f"parallel.batch_norm={batch_norm!r}; allowed: "
+                         f"{', '.join(BATCH_NORM_MODES)}")
+    groups = parallel.device_count if (parallel is not None and batch_norm == "per_device") else 1
 
     def step(state: TrainState, masks: PyTree, images: jax.Array, labels: jax.Array,
              lr: jax.Array, teacher: PyTree):
@@ -75,7 +94,11 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
         def loss_fn(params):
             variables = {"params": masks_lib.apply(params, masks),
                          "batch_stats": state.batch_stats}
-            logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+            if groups > 1:
+                logits, updates = _apply_per_device(model, variables, images, groups)
+            else:
+                logits, updates = model.apply(variables, images, train=True,
+                                              mutable=["batch_stats"])
             if distillation is None:
                 loss = losses.cross_entropy(logits, labels)
             else:
@@ -99,14 +122,20 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
         return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                              opt_state=opt_state), metrics
 
-    return jax.jit(step, donate_argnums=(0,))
+    if parallel is None:
+        return jax.jit(step, donate_argnums=(0,))
+    replicated, batch = parallel.replicated, parallel.batch
+    return jax.jit(step, donate_argnums=(0,),
+                   in_shardings=(replicated, replicated, batch, batch, replicated, replicated),
+                   out_shardings=(replicated, replicated))
 
 
-def make_eval_step(model, mean: Sequence[float], std: Sequence[float]) -> Callable:
+def make_eval_step(model, mean: Sequence[float], std: Sequence[float],
+                   parallel: Optional[DataParallel] = None) -> Callable:
     """jit(eval_step(params, batch_stats, masks, images, labels, valid) -> (correct, nll_sum)).
 
     Inference mode (BatchNorm running statistics) on masked params; padding rows (valid=False)
-    count for nothing.
+    count for nothing. With `parallel` the batch is sharded over its mesh.
     """
 
     def eval_step(params, batch_stats, masks, images, labels, valid):
@@ -117,7 +146,11 @@ def make_eval_step(model, mean: Sequence[float], std: Sequence[float]) -> Callab
         correct = (jnp.argmax(logits, -1) == labels) & valid
         return jnp.sum(correct), jnp.sum(jnp.where(valid, nll, 0.0))
 
-    return jax.jit(eval_step)
+    if parallel is None:
+        return jax.jit(eval_step)
+    replicated, batch = parallel.replicated, parallel.batch
+    return jax.jit(eval_step, in_shardings=(replicated,) * 3 + (batch,) * 3,
+                   out_shardings=replicated)
 
 
 @dataclasses.dataclass
@@ -139,22 +172,27 @@ class Trainer:
     """Compiled steps for one model, data set and optimizer; `fit` runs the epoch loop."""
 
     def __init__(self, model, data: InputData, *, batch_size: int, momentum: float,
-                 weight_decay: float, distillation: Optional[Distillation]):
+                 weight_decay: float, distillation: Optional[Distillation],
+                 parallel: Optional[DataParallel] = None, batch_norm: str = "global"):
         if data.train.num_examples < batch_size:
             raise ValueError(f"train.batch_size={batch_size} is larger than the training set "
                              f"({data.train.num_examples} examples)")
+        self.parallel = parallel or DataParallel.create()
+        self.parallel.check_batch_size(batch_size, "train.batch_size")
+        for split in (data.val, data.test):
+            if split is not None:
+                self.parallel.check_batch_size(split.batch_size, "data.eval_batch_size")
         self.model = model
         self.data = data
         self.batch_size = batch_size
         self.steps_per_epoch = data.train.num_examples // batch_size
         self.optimizer = optim.sgd_direction(momentum, weight_decay)
-        normalization = (data.mean, data.std)
-        self.train_step_ce = make_train_step(model, self.optimizer, None,
-                                             normalization=normalization)
-        self.train_step_kd = (make_train_step(model, self.optimizer, distillation,
-                                              normalization=normalization)
+        common = dict(normalization=(data.mean, data.std), parallel=self.parallel,
+                      batch_norm=batch_norm)
+        self.train_step_ce = make_train_step(model, self.optimizer, None, **common)
+        self.train_step_kd = (make_train_step(model, self.optimizer, distillation, **common)
                               if distillation is not None else None)
-        self._eval_step = make_eval_step(model, data.mean, data.std)
+        self._eval_step = make_eval_step(model, data.mean, data.std, self.parallel)
 
     def init_state(self, params: PyTree, batch_stats: PyTree, masks: PyTree,
                    step: int = 0) -> TrainState:
@@ -163,16 +201,17 @@ class Trainer:
         The state owns fresh copies (the train step donates its input state, and the caller's
         snapshots must survive).
         """
-        params = masks_lib.apply(params, masks)
-        batch_stats = jax.tree.map(jnp.copy, batch_stats)
-        return TrainState(jnp.asarray(step, jnp.int32), params, batch_stats,
-                          self.optimizer.init(params))
+        params = jax.device_get(masks_lib.apply(params, masks))
+        state = TrainState(np.asarray(step, np.int32), params, jax.device_get(batch_stats),
+                           jax.device_get(self.optimizer.init(params)))
+        return self.parallel.replicate(state)
 
     def evaluate(self, params: PyTree, batch_stats: PyTree, masks: PyTree,
                  split: EvalInput) -> tuple[float, float]:
         """(accuracy, mean cross-entropy) on an evaluation input, in inference mode."""
-        correct, nll, count = jnp.zeros((), jnp.int32), jnp.zeros(()), 0
-        for images, labels, valid in split.batches():
+        correct, nll = jnp.zeros((), jnp.int32), jnp.zeros(())
+        for local in split.batches():
+            images, labels, valid = self.parallel.shard(local, split.batch_size)
             batch_correct, batch_nll = self._eval_step(params, batch_stats, masks, images,
                                                        labels, valid)
             correct, nll = correct + batch_correct, nll + batch_nll
@@ -184,7 +223,8 @@ class Trainer:
         return self.data.train.batch(step, self.batch_size)
 
     def _device_batch(self, step: int) -> tuple[jax.Array, jax.Array]:
-        return jax.device_put(self.batch(step))
+        """The global batch at `step`, sharded over the mesh from this process's rows."""
+        return self.parallel.shard(self.batch(step), self.batch_size)
 
     def fit(self, state: TrainState, masks: PyTree, *, num_steps: int,
             schedule: optim.Schedule, teacher: Optional[PyTree] = None,
@@ -203,6 +243,8 @@ class Trainer:
         end = start + num_steps
         if teacher is not None and self.train_step_kd is None:
             raise ValueError("this Trainer was built without distillation settings")
+        masks = self.parallel.replicate(masks)
+        teacher = self.parallel.replicate(teacher) if teacher is not None else None
         began = time.perf_counter()
         history: list[dict] = []
         best_val = best_test = best_epoch = None

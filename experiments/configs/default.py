@@ -57,6 +57,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.lottery.variants = "lt,weight_rewind,lr_rewind,finetune,kd,kd_rewind"
     config.lottery.rewind = "33ep"       # rewind point: '33ep' (KD-ticket CIFAR) or '500it'
 
+    config.parallel = ml_collections.ConfigDict()
+    config.parallel.distributed = "off"  # off | auto (TPU pods, SLURM, ...) | on (keys below)
+    config.parallel.coordinator_address = ""   # on: "HOST:PORT" of process 0
+    config.parallel.num_processes = 0          # on: number of processes (0: from the environment)
+    config.parallel.process_id = -1            # on: this process's id (-1: from the environment)
+    config.parallel.coordinator_bind_address = ""  # on: e.g. "127.0.0.1:PORT" (default all)
+    config.parallel.num_cpu_devices = 0        # >0: split the CPU into N devices (testing)
+    config.parallel.batch_norm = "global"      # global (whole batch) | per_device statistics
+
     config.log = ml_collections.ConfigDict()
     config.log.progress = "auto"         # auto (bar on a terminal) | bar | lines
     config.log.tensorboard = True

@@ -25,12 +25,17 @@ def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) ->
 
 
 def crop_and_flip(images: jax.Array, key: jax.Array) -> jax.Array:
-    """Zero-pad by 4, take a random 32x32 (HxW) crop and flip horizontally with p=0.5, per image."""
-    n, h, w, _ = images.shape
-    padded = jnp.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
+    """Zero-pad by 4, take a random HxW crop and flip horizontally with p=0.5, per image."""
     offset_key, flip_key = jax.random.split(key)
-    offsets = jax.random.randint(offset_key, (n, 2), 0, 2 * PAD + 1)
-    flips = jax.random.bernoulli(flip_key, 0.5, (n,))
+    offsets = jax.random.randint(offset_key, (images.shape[0], 2), 0, 2 * PAD + 1)
+    flips = jax.random.bernoulli(flip_key, 0.5, (images.shape[0],))
+    return crop_and_flip_with(images, offsets, flips)
+
+
+def crop_and_flip_with(images: jax.Array, offsets: jax.Array, flips: jax.Array) -> jax.Array:
+    """Zero-pad by 4, crop at per-image `offsets` [n, 2] and flip where `flips` [n]."""
+    _, h, w, _ = images.shape
+    padded = jnp.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
 
     def one(image, offset, flip):
         crop = jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, image.shape[-1]))
@@ -49,18 +54,26 @@ def batch_indices(seed: int | jax.Array, step: int | jax.Array, num_examples: in
     return jax.lax.dynamic_slice(permutation, (position * batch_size,), (batch_size,))
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "augment"))
+@functools.partial(jax.jit, static_argnames=("batch_size", "augment", "rows"))
 def train_batch(images: jax.Array, labels: jax.Array, seed: jax.Array, step: jax.Array, *,
-                batch_size: int, augment: bool) -> tuple[jax.Array, jax.Array]:
+                batch_size: int, augment: bool,
+                rows: tuple[int, int] | None = None) -> tuple[jax.Array, jax.Array]:
     """(uint8 images, labels) of the training batch at global `step`, augmented on device.
 
-    Normalisation happens inside the train step, so every input (in memory or streamed) hands
-    over compact uint8 batches.
+    `rows=(first, count)` returns only those rows of the global batch (a process's share); crop
+    offsets and flips are drawn for the whole global batch first, so every example is augmented
+    the same way whatever the number of processes. Normalisation happens inside the train step.
     """
     index = batch_indices(seed, step, labels.shape[0], batch_size)
-    batch = images[index]
+    first, count = rows if rows is not None else (0, batch_size)
     if augment:
         # A stream separate from the permutation's: fold the step into a derived key.
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0x5EED), step)
-        batch = crop_and_flip(batch, key)
-    return batch, labels[index]
+        offset_key, flip_key = jax.random.split(key)
+        offsets = jax.random.randint(offset_key, (batch_size, 2), 0, 2 * PAD + 1)
+        flips = jax.random.bernoulli(flip_key, 0.5, (batch_size,))
+        index, offsets, flips = (index[first:first + count], offsets[first:first + count],
+                                 flips[first:first + count])
+        return crop_and_flip_with(images[index], offsets, flips), labels[index]
+    index = index[first:first + count]
+    return images[index], labels[index]

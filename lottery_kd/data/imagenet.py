@@ -290,6 +290,7 @@ class ImageNetEvalInput:
         import tensorflow_datasets as tfds
 
         self._builder = _prepared_builder(name, data_dir, manual_dir, split, download)
+        self.batch_size = batch_size  # global rows per batch
         self.local_batch_size = _local_batch_size(batch_size, process_count,
                                                   "data.eval_batch_size")
         # Shares differ by at most one example; every process yields the same number of batches.

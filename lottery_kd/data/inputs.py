@@ -27,38 +27,60 @@ class TrainInput(Protocol):
     num_examples: int
 
     def batch(self, step: int, batch_size: int) -> Batch:
-        """(uint8 images, int32 labels) of the training batch at global `step`."""
+        """This process's rows (uint8 images, int32 labels) of the global batch at `step`."""
 
 
 class EvalInput(Protocol):
     num_examples: int
+    batch_size: int  # global rows per batch
 
     def batches(self) -> Iterator[EvalBatch]:
-        """(uint8 images, int32 labels, bool valid) batches of a fixed shape covering the split."""
+        """This process's rows (uint8 images, int32 labels, bool valid) of fixed-shape global
+        batches that cover the split; padding rows have valid=False."""
+
+
+def _process_rows(batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
+    per_process = batch_size // process_count
+    return process_index * per_process, per_process
 
 
 class InMemoryTrainInput:
-    """A training split on device; batches drawn by lottery_kd.data.augment.train_batch."""
+    """A training split on device; batches drawn by lottery_kd.data.augment.train_batch.
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, *, seed: int, augment: bool):
+    Every process holds the split and computes the same global batch indices; it gathers and
+    augments only its own rows.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, seed: int, augment: bool,
+                 process_index: int = 0, process_count: int = 1):
         self.images = jnp.asarray(images, jnp.uint8)
         self.labels = jnp.asarray(labels, jnp.int32)
         self.num_examples = int(len(labels))
         self.seed = seed
         self.augment = augment
+        self.process_index, self.process_count = process_index, process_count
 
     def batch(self, step: int, batch_size: int) -> Batch:
+        rows = _process_rows(batch_size, self.process_index, self.process_count)
         return train_batch(self.images, self.labels, jnp.asarray(self.seed, jnp.uint32),
                            jnp.asarray(step, jnp.int32), batch_size=batch_size,
-                           augment=self.augment)
+                           augment=self.augment, rows=rows)
 
 
 class InMemoryEvalInput:
-    """An evaluation split on device, padded once to whole batches."""
+    """An evaluation split on device, padded once to whole batches.
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int):
+    The batch size is rounded up to a multiple of `multiple_of` (the device count) so that every
+    batch shards evenly; padding rows are marked invalid.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, *,
+                 multiple_of: int = 1, process_index: int = 0, process_count: int = 1):
         size = len(labels)
         batch_size = max(1, min(batch_size, size))
+        batch_size = math.ceil(batch_size / multiple_of) * multiple_of
+        self.batch_size = batch_size
+        self._rows = _process_rows(batch_size, process_index, process_count)
         num_batches = math.ceil(size / batch_size)
         pad = num_batches * batch_size - size
         padded_images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
@@ -70,8 +92,9 @@ class InMemoryEvalInput:
         self.num_examples = size
 
     def batches(self) -> Iterator[EvalBatch]:
+        rows = slice(self._rows[0], self._rows[0] + self._rows[1])
         for index in range(self.images.shape[0]):
-            yield self.images[index], self.labels[index], self.valid[index]
+            yield self.images[index, rows], self.labels[index, rows], self.valid[index, rows]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,20 +110,29 @@ class InputData:
     num_classes: int
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset, *, seed: int,
-                     eval_batch_size: int = 1000) -> "InputData":
-        """An in-memory dataset placed on device."""
-        val = (InMemoryEvalInput(dataset.val_images, dataset.val_labels, eval_batch_size)
+    def from_dataset(cls, dataset: Dataset, *, seed: int, eval_batch_size: int = 1000,
+                     device_count: int = 1, process_index: int = 0,
+                     process_count: int = 1) -> "InputData":
+        """An in-memory dataset placed on device (each process reads its share of batches)."""
+        shares = dict(process_index=process_index, process_count=process_count)
+        evaluation = dict(multiple_of=device_count, **shares)
+        val = (InMemoryEvalInput(dataset.val_images, dataset.val_labels, eval_batch_size,
+                                 **evaluation)
                if len(dataset.val_labels) else None)
         return cls(InMemoryTrainInput(dataset.train_images, dataset.train_labels, seed=seed,
-                                      augment=dataset.augment), val,
-                   InMemoryEvalInput(dataset.test_images, dataset.test_labels, eval_batch_size),
+                                      augment=dataset.augment, **shares), val,
+                   InMemoryEvalInput(dataset.test_images, dataset.test_labels, eval_batch_size,
+                                     **evaluation),
                    tuple(dataset.mean), tuple(dataset.std),
                    tuple(dataset.train_images.shape[1:]), dataset.num_classes)
 
 
-def input_data_from_config(data: Any, *, seed: int) -> InputData:
-    """The InputData a `config.data` section describes (in memory, or streamed for ImageNet)."""
+def input_data_from_config(data: Any, *, seed: int, device_count: int = 1) -> InputData:
+    """The InputData a `config.data` section describes (in memory, or streamed for ImageNet).
+
+    Each process reads its own share of every batch; evaluation batches are rounded up to a
+    multiple of `device_count`.
+    """
     if data.name in STREAMED_NAMES:
         from lottery_kd.data import imagenet
         common = dict(name=data.name, data_dir=data.tfds_data_dir or None,
@@ -117,4 +149,6 @@ def input_data_from_config(data: Any, *, seed: int) -> InputData:
                            validation_size=data.validation_size, train_subset=data.train_subset,
                            tfds_data_dir=data.tfds_data_dir, tfds_download=data.tfds_download,
                            verify_checksums=data.verify_checksums)
-    return InputData.from_dataset(dataset, seed=seed, eval_batch_size=data.eval_batch_size)
+    return InputData.from_dataset(dataset, seed=seed, eval_batch_size=data.eval_batch_size,
+                                  device_count=device_count, process_index=jax.process_index(),
+                                  process_count=jax.process_count())

@@ -1,0 +1,125 @@
+"""Data parallelism on CPU: 1 vs 4 devices, a 2-process pod on loopback, and checkpoints that
+restore with another number of processes. Every run is a subprocess (device counts are fixed
+when JAX starts)."""
+
+import json
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+QUICK = ["--config.train.epochs=2", "--config.prune.levels=1", "--config.lottery.variants=lt,kd",
+         "--config.log.progress=lines", "--config.log.tensorboard=False"]
+ONE_EXAMPLE = 1.0 / 180 + 1e-9  # val has 180 images, test 360: at most one flipped prediction
+
+
+def _python(*args, timeout=600):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _probe(tmp_path, devices, batch_norm="global"):
+    out = tmp_path / f"params_{devices}_{batch_norm}.npz"
+    done = _python("-m", "tests.parallel_probe", str(devices), batch_norm, str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(out) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+
+def _relative_gap(a, b):
+    return max(np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-12) for x, y in zip(a, b))
+
+
+def test_four_devices_give_the_parameters_of_one_after_20_steps(tmp_path):
+    one, four = _probe(tmp_path, 1), _probe(tmp_path, 4)
+    assert _relative_gap(four, one) < 1e-5
+    # Per-device BatchNorm statistics are a different computation on 4 devices ...
+    per_device = _probe(tmp_path, 4, "per_device")
+    assert _relative_gap(per_device, one) > 1e-4
+    # ... and the same one on a single device.
+    assert _relative_gap(_probe(tmp_path, 1, "per_device"), one) < 1e-6
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory):
+    """The shrunk quickstart on 1 device, 4 local devices, and as a 2-process x 2-device pod."""
+    root = tmp_path_factory.mktemp("parallel")
+    single = _python("-m", "experiments.quickstart", f"--workdir={root / 'one'}", *QUICK)
+    assert single.returncode == 0, single.stderr[-3000:]
+    local = _python("-m", "experiments.quickstart", f"--workdir={root / 'four'}", *QUICK,
+                    "--config.parallel.num_cpu_devices=4")
+    assert local.returncode == 0, local.stderr[-3000:]
+    port = _free_port()
+    pod = [f"--config.parallel.distributed=on",
+           f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+           f"--config.parallel.coordinator_bind_address=127.0.0.1:{port}",
+           "--config.parallel.num_processes=2", "--config.parallel.num_cpu_devices=2"]
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.quickstart", f"--workdir={root / 'pod'}", *QUICK,
+         *pod, f"--config.parallel.process_id={index}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index in (0, 1)]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (_, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+    return root, outputs
+
+
+def test_one_device_four_devices_and_the_pod_agree(three_runs):
+    root, outputs = three_runs
+    one, four, pod = _rows(root / "one"), _rows(root / "four"), _rows(root / "pod")
+    assert [(r["level"], r["variant"]) for r in pod] == [(0, "dense"), (1, "lt"), (1, "kd")]
+    for other in (four, pod):
+        for a, b in zip(other, one):
+            for key in ("test_accuracy", "best_val_accuracy", "test_accuracy_at_best_val"):
+                assert abs(a[key] - b[key]) <= ONE_EXAMPLE, (a["variant"], key)
+    assert "2 process(es)" in outputs[0][1] + outputs[0][0]
+    assert "[level 1 kd]" not in outputs[1][1] + outputs[1][0]  # only process 0 reports
+
+
+def test_a_snapshot_written_by_two_processes_restores_in_one(three_runs):
+    from experiments import quickstart
+    from lottery_kd import lottery
+
+    root, _ = three_runs
+    config = quickstart.get_config()
+    for flag in QUICK:
+        key, value = flag[len("--config."):].split("=")
+        section, name = key.split(".")
+        current = getattr(getattr(config, section), name)
+        setattr(getattr(config, section), name, type(current)(value) if not isinstance(
+            current, bool) else value == "True")
+    run = lottery.LotteryRun(config, root / "pod", log=lambda *_: None)  # resumes: nothing to do
+    assert jax.process_count() == 1
+    restored = run._load("level_1_kd")
+    single = lottery.LotteryRun(config, root / "one", log=lambda *_: None)._load("level_1_kd")
+    for a, b in zip(jax.tree.leaves(restored["masks"]), jax.tree.leaves(single["masks"])):
+        np.testing.assert_array_equal(a, b)
+    assert _relative_gap(jax.tree.leaves(jax.device_get(restored["params"])),
+                         jax.tree.leaves(jax.device_get(single["params"]))) < 1e-4
+    accuracy, _ = run.trainer.evaluate(restored["params"], restored["batch_stats"],
+                                       restored["masks"], run.data.test)
+    assert abs(accuracy - _rows(root / "pod")[-1]["test_accuracy"]) <= ONE_EXAMPLE
+
+
+def test_a_batch_not_divisible_by_the_devices_names_both_numbers(tmp_path):
+    out = _python("-m", "experiments.quickstart", f"--workdir={tmp_path}", *QUICK,
+                  "--config.parallel.num_cpu_devices=3")
+    assert out.returncode == 2
+    assert "train.batch_size=64 is not divisible by the 3 devices" in out.stderr
+    assert not (tmp_path / "results.jsonl").exists()
