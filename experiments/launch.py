@@ -2,12 +2,78 @@
 
 from __future__ import annotations
 
+import shlex
+import signal
 import sys
 from typing import Callable
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+
+class StopOnSignal:
+    """Turns SIGTERM/SIGINT (what a preemption sends) into a stop request that training polls,
+    so it can save a resume checkpoint and exit cleanly. A second signal exits at once."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:  # asked twice: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\nreceived {signal.Signals(signum).name}: saving a resume checkpoint, then "
+              "stopping (send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def __call__(self) -> bool:
+        return bool(self.signum)
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def run_study(config: ml_collections.ConfigDict, workdir: str) -> int:
+    """Run or resume a study; returns the process exit code (0 done, non-zero otherwise)."""
+    from lottery_kd import lottery, parallel
+    from lottery_kd.checkpoints import CheckpointError
+    from lottery_kd.config import ConfigError, validate
+    from lottery_kd.data import DataError
+    from lottery_kd.train import TrainingInterrupted
+
+    try:
+        validate(config)
+        parallel.initialize_from_config(config.parallel)  # before any JAX work
+        with StopOnSignal() as stop:
+            lottery.run(config, workdir, stop_requested=stop)
+    except (ConfigError, DataError, lottery.WorkdirConfigMismatch) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as stopped:
+        print(f"stopped: {stopped}; a resume checkpoint was saved in {workdir}/checkpoints. "
+              f"Resume with the same command:\n  {shlex.join([sys.executable, *sys.argv])}",
+              file=sys.stderr)
+        return 128 + (stop.signum or signal.SIGTERM)
+    except lottery.TrainingFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except CheckpointError as error:
+        print(f"error: {error}. Move the damaged checkpoint away (or use a new --workdir) "
+              "and rerun.", file=sys.stderr)
+        return 4
+    except OSError as error:  # unwritable or full workdir
+        print(f"error: cannot write to workdir {workdir}: {error}. Every checkpoint and row "
+              "written before is complete; fix the cause and rerun the same command to resume.",
+              file=sys.stderr)
+        return 5
+    return 0
 
 
 def main_for(get_config: Callable[[], ml_collections.ConfigDict], default_workdir: str) -> None:
@@ -21,15 +87,6 @@ def main_for(get_config: Callable[[], ml_collections.ConfigDict], default_workdi
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
             logging.set_verbosity(logging.WARNING)
-        from lottery_kd import lottery, parallel
-        from lottery_kd.config import ConfigError, validate
-        from lottery_kd.data import DataError
-        try:
-            validate(flags.FLAGS.config)
-            parallel.initialize_from_config(flags.FLAGS.config.parallel)  # before any JAX work
-            lottery.run(flags.FLAGS.config, flags.FLAGS.workdir)
-        except (ConfigError, DataError, lottery.WorkdirConfigMismatch) as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+        sys.exit(run_study(flags.FLAGS.config, flags.FLAGS.workdir))
 
     app.run(main)

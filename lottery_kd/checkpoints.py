@@ -1,17 +1,25 @@
-"""Orbax snapshots: named, kept forever, written atomically, restored against an abstract target.
+"""Orbax checkpoints: named snapshots kept forever, and periodic resume checkpoints.
 
-Named snapshots ("init", "rewind", "level_1_lt", ...) hold {"params", "batch_stats", "masks"}.
-Orbax writes into a temporary directory and renames it on commit, so a killed write never leaves a
-snapshot that looks complete. Restoring takes a template tree: without one Orbax hands back plain
-lists and dicts where the code expects optax NamedTuples and Flax structures.
+Both are written atomically (Orbax writes a temporary directory and renames it on commit), so a
+kill at any moment never leaves a checkpoint that looks complete. Each holds the array tree and a
+JSON part whose `fingerprint` (model, parameter shapes, config digest) is checked before any
+array is read: a checkpoint from another model or config, or a truncated one, is refused with a
+clear error instead of being loaded. Restoring takes a template tree (without one Orbax returns
+plain lists and dicts where the code expects optax NamedTuples and Flax structures) and an
+optional sharding, so a checkpoint written by N processes restores in any number of processes.
+
+Snapshots ("init", "rewind", "level_1_lt", ...) hold {"params", "batch_stats", "masks"}. Resume
+checkpoints (a CheckpointManager per training run, the latest few kept) hold the whole training
+state; if the newest is unreadable, the previous good one is used and the log says so.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -21,6 +29,10 @@ PyTree = Any
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: missing, truncated, or from another model or config."""
+
+
 def abstract_like(tree: PyTree, sharding: Optional[jax.sharding.Sharding] = None) -> PyTree:
     """ShapeDtypeStructs of `tree` (the target Orbax restores into), placed with `sharding`."""
     return jax.tree.map(
@@ -28,12 +40,49 @@ def abstract_like(tree: PyTree, sharding: Optional[jax.sharding.Sharding] = None
                                        else np.asarray(x).dtype, sharding=sharding), tree)
 
 
-class SnapshotStore:
-    """Named Orbax snapshots under `directory` (usually WORKDIR/checkpoints/snapshots)."""
+def tree_shapes(tree: PyTree) -> dict[str, list[int]]:
+    """{path: shape} of every leaf: the part of a fingerprint that pins the architecture."""
+    return {jax.tree_util.keystr(path): list(np.shape(leaf))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
-    def __init__(self, directory: str | os.PathLike):
+
+def _check_fingerprint(where: str, stored: Optional[dict], expected: Optional[dict]) -> None:
+    if expected is None:
+        return
+    if not stored:
+        raise CheckpointError(f"{where} has no fingerprint: it was not written by this code")
+    for key in ("model", "config_digest"):
+        if key in expected and stored.get(key) != expected[key]:
+            raise CheckpointError(
+                f"{where} comes from another {'model' if key == 'model' else 'config'}: "
+                f"{key} {stored.get(key)!r} there, {expected[key]!r} in this run")
+    if "shapes" in expected and stored.get("shapes") != expected["shapes"]:
+        differing = sorted(k for k in set(stored.get("shapes", {})) | set(expected["shapes"])
+                           if stored.get("shapes", {}).get(k) != expected["shapes"].get(k))
+        raise CheckpointError(f"{where} holds arrays of other shapes than this run's "
+                              f"(first differences: {', '.join(differing[:3])})")
+
+
+def _composite(tree: PyTree, meta: dict):
+    return ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
+
+
+def _restore_args(like: PyTree, sharding):
+    return ocp.args.Composite(state=ocp.args.StandardRestore(abstract_like(like, sharding)),
+                              meta=ocp.args.JsonRestore())
+
+
+class SnapshotStore:
+    """Named Orbax snapshots under `directory` (usually WORKDIR/checkpoints/snapshots).
+
+    `fingerprint` (model name, config digest) is stored with every snapshot and checked, with the
+    template's shapes, on every restore.
+    """
+
+    def __init__(self, directory: str | os.PathLike, fingerprint: Optional[dict] = None):
         self.directory = Path(directory).absolute()
-        self._checkpointer = ocp.StandardCheckpointer()
+        self.fingerprint = dict(fingerprint or {})
+        self._checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
     def path(self, name: str) -> Path:
         if not _NAME.match(name):
@@ -52,19 +101,83 @@ class SnapshotStore:
     def save(self, name: str, tree: PyTree) -> None:
         """Write `tree` as snapshot `name`, replacing an existing one; returns once committed."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._checkpointer.save(self.path(name), tree, force=True)
-        self._checkpointer.wait_until_finished()
+        meta = {"fingerprint": {**self.fingerprint, "shapes": tree_shapes(tree)}}
+        self._checkpointer.save(self.path(name), args=_composite(tree, meta), force=True)
 
     def restore(self, name: str, like: PyTree,
                 sharding: Optional[jax.sharding.Sharding] = None) -> PyTree:
-        """Snapshot `name` restored with the structure, shapes and dtypes of `like`.
-
-        With `sharding` (e.g. replicated over the current mesh) the arrays are placed there, so a
-        snapshot written by N processes restores in any number of processes.
-        """
+        """Snapshot `name` with the structure, shapes and dtypes of `like` (placed with
+        `sharding`); CheckpointError if it is missing, unreadable or from another model/config."""
+        where = f"snapshot {name!r} in {self.directory}"
         if not self.exists(name):
-            raise FileNotFoundError(f"no complete snapshot {name!r} in {self.directory}")
-        return self._checkpointer.restore(self.path(name), abstract_like(like, sharding))
+            raise CheckpointError(f"no complete {where}")
+        meta = _read_meta(self.path(name), where)
+        _check_fingerprint(where, meta.get("fingerprint"),
+                           {**self.fingerprint, "shapes": tree_shapes(like)})
+        try:
+            return self._checkpointer.restore(self.path(name),
+                                              args=_restore_args(like, sharding))["state"]
+        except Exception as error:  # tensorstore/orbax raise many types for damaged files
+            raise CheckpointError(f"{where} is damaged ({type(error).__name__}: "
+                                  f"{str(error)[:300]})") from None
 
     def close(self) -> None:
         self._checkpointer.close()
+
+
+def _read_meta(path: Path, where: str) -> dict:
+    import json
+    meta_file = path / "meta" / "metadata"
+    try:
+        return json.loads(meta_file.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{where} is damaged: its metadata cannot be read "
+                              f"({type(error).__name__})") from None
+
+
+class ResumeStore:
+    """Periodic resume checkpoints of one training run (Orbax CheckpointManager, latest `keep`)."""
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 2,
+                 fingerprint: Optional[dict] = None, log: Callable[[str], None] = print):
+        self.directory = Path(directory).absolute()
+        self.fingerprint = dict(fingerprint or {})
+        self.log = log
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=False))
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps()) if self.directory.is_dir() else []
+
+    def save(self, step: int, tree: PyTree, meta: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        meta = {**meta, "fingerprint": {**self.fingerprint, "shapes": tree_shapes(tree)}}
+        self._manager.save(step, args=_composite(tree, meta), force=True)
+        self._manager.wait_until_finished()
+
+    def restore_latest(self, like: PyTree, sharding=None) -> Optional[tuple[PyTree, dict]]:
+        """(tree, meta) of the newest readable checkpoint, or None if there is none.
+
+        Unreadable or foreign checkpoints are skipped, newest first, each with a log line.
+        """
+        for step in reversed(self.steps()):
+            where = f"resume checkpoint at step {step} in {self.directory}"
+            try:
+                meta = _read_meta(self.directory / str(step), where)
+                _check_fingerprint(where, meta.get("fingerprint"),
+                                   {**self.fingerprint, "shapes": tree_shapes(like)})
+                restored = self._manager.restore(step, args=_restore_args(like, sharding))
+                return restored["state"], restored["meta"]
+            except Exception as error:  # damaged: fall back to the previous one
+                message = str(error) if isinstance(error, CheckpointError) else \
+                    f"{where} is damaged ({type(error).__name__}: {str(error)[:200]})"
+                self.log(f"warning: {message}; trying an earlier one")
+        return None
+
+    def delete_all(self) -> None:
+        """Remove every resume checkpoint of this run (its final snapshot and row exist)."""
+        self._manager.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def close(self) -> None:
+        self._manager.close()

@@ -178,6 +178,11 @@ def validate(config: Any) -> None:
           config.lottery.rewind, "a step count: epochs as '2ep' or iterations as '500it'")
     check(config.log.progress in PROGRESS_MODES, "log.progress", config.log.progress,
           f"allowed: {', '.join(PROGRESS_MODES)}")
+    check(_is_int(config.checkpoint.every_steps) and config.checkpoint.every_steps >= 0,
+          "checkpoint.every_steps", config.checkpoint.every_steps,
+          "an integer >= 0 (0: once per epoch)")
+    check(_is_int(config.checkpoint.keep) and config.checkpoint.keep >= 1, "checkpoint.keep",
+          config.checkpoint.keep, "an integer >= 1")
     par = config.parallel
     check(par.distributed in DISTRIBUTED_MODES, "parallel.distributed", par.distributed,
           f"allowed: {', '.join(DISTRIBUTED_MODES)}")

@@ -13,24 +13,26 @@ config in the same workdir is refused, naming the keys that differ.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import zlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 
 from lottery_kd import config as config_lib
 from lottery_kd import masks as masks_lib, optim, pruning, results, variants as variants_lib
-from lottery_kd.checkpoints import SnapshotStore
+from lottery_kd.checkpoints import ResumeStore, SnapshotStore
 from lottery_kd.models import get_model
 from lottery_kd.tensorboard import ScalarWriter
 from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.parallel import DataParallel
-from lottery_kd.train import Distillation, Progress, Trainer, init_variables
+from lottery_kd.train import (Distillation, NonFiniteLossError, Progress, Trainer,
+                              TrainingInterrupted, init_variables)
 
 PyTree = Any
 DENSE = "dense"
@@ -38,11 +40,16 @@ DENSE = "dense"
 # and how the work is spread over devices and processes (a run may resume on another machine).
 COSMETIC_KEYS = ("log.progress", "log.tensorboard", "parallel.distributed",
                  "parallel.coordinator_address", "parallel.num_processes", "parallel.process_id",
-                 "parallel.coordinator_bind_address", "parallel.num_cpu_devices")
+                 "parallel.coordinator_bind_address", "parallel.num_cpu_devices",
+                 "checkpoint.every_steps", "checkpoint.keep")
 
 
 class WorkdirConfigMismatch(ValueError):
     """The workdir holds results made with a different config."""
+
+
+class WorkdirError(OSError):
+    """The workdir cannot be created or written."""
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -61,8 +68,16 @@ def config_to_dict(config: Any) -> dict:
 
 def prepare_workdir(workdir: Path, config: Any, *, write: bool = True) -> None:
     """Create the workdir and write config.json (`write`: the main process only), or check it
-    equals the saved one."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    equals the saved one. An unusable workdir is refused before anything is computed."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write_probe.{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise WorkdirError(f"workdir {workdir} cannot be written ({error.strerror or error}); "
+                           "choose another --workdir or fix its permissions or free space") \
+            from None
     path = workdir / "config.json"
     current = config_to_dict(config)
     if path.exists():
@@ -84,6 +99,16 @@ def prepare_workdir(workdir: Path, config: Any, *, write: bool = True) -> None:
     os.replace(temporary, path)
 
 
+def config_digest(config: Any) -> str:
+    """sha256 of the settings that decide results (cosmetic and placement keys left out)."""
+    flat = {k: v for k, v in _flatten(config_to_dict(config)).items() if k not in COSMETIC_KEYS}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class TrainingFailed(RuntimeError):
+    """A training run of the study failed (non-finite loss); no result row was written."""
+
+
 def _derived_key(seed: int, *tags: Any) -> jax.Array:
     """A PRNG key that depends only on (seed, tags): stable across runs and resumes."""
     return jax.random.fold_in(jax.random.key(seed), zlib.crc32("/".join(map(str, tags)).encode()))
@@ -96,11 +121,13 @@ def snapshot_name(level: int, variant: str) -> str:
 class LotteryRun:
     """One experiment: its config, data, model, compiled trainer and snapshot store."""
 
-    def __init__(self, config: Any, workdir: str | os.PathLike, *, log=print):
+    def __init__(self, config: Any, workdir: str | os.PathLike, *, log=print,
+                 stop_requested: Callable[[], bool] = lambda: False):
         config_lib.validate(config)
         self.config = config
         self.workdir = Path(workdir)
         self.log = log
+        self.stop_requested = stop_requested
         data_cfg = config.data
         self.parallel = DataParallel.create()
         try:
@@ -125,7 +152,9 @@ class LotteryRun:
         self.schedule = optim.step_schedule(config.train.lr, self.plan.milestone_steps,
                                             decay=config.train.lr_decay,
                                             warmup_steps=self.plan.warmup_steps)
-        self.snapshots = SnapshotStore(self.workdir / "checkpoints" / "snapshots")
+        self.fingerprint = {"model": config.model.name, "config_digest": config_digest(config)}
+        self.snapshots = SnapshotStore(self.workdir / "checkpoints" / "snapshots",
+                                       self.fingerprint)
         self.results_path = self.workdir / "results.jsonl"
         self._finals: dict[str, PyTree] = {}
         self.log(f"{config.model.name} on {data_cfg.name}: train {self.data.train.num_examples}, "
@@ -181,14 +210,29 @@ class LotteryRun:
                              enabled=None if mode == "auto" else mode == "bar") if main else None)
         state = self.trainer.init_state(start["params"], start["batch_stats"], masks, start_step)
         teacher = self.teacher() if distill else None
+        resume = ResumeStore(self.workdir / "checkpoints" / "resume" / tag,
+                             keep=self.config.checkpoint.keep, fingerprint=self.fingerprint,
+                             log=self.log)
         try:
             fit = self.trainer.fit(state, masks, num_steps=num_steps, schedule=schedule,
                                    teacher=teacher, kd_stop_step=self.plan.kd_stop_step,
                                    on_step=on_step or {}, progress=progress,
-                                   log_scalars=log_scalars)
+                                   log_scalars=log_scalars, resume=resume,
+                                   checkpoint_every=self.config.checkpoint.every_steps,
+                                   stop_requested=self.stop_requested)
+        except NonFiniteLossError as error:
+            raise TrainingFailed(
+                f"level {level}, variant {variant_name}: non-finite loss at global step "
+                f"{error.step} ({error}). No result row was written; the last good resume "
+                f"checkpoint is kept in {resume.directory}.") from None
+        except TrainingInterrupted as stop:
+            raise TrainingInterrupted(stop.step, f"level {level}, variant {variant_name}") \
+                from None
         finally:
             if writer is not None:
                 writer.close()
+            if progress is not None:
+                progress.close()
         snapshot = self._snapshot(fit.state.params, fit.state.batch_stats, masks)
         self.snapshots.save(tag, snapshot)
         self._finals[tag] = snapshot
@@ -204,6 +248,10 @@ class LotteryRun:
             results.write_summary(self.workdir, results.read_rows(self.results_path),
                                   f"{self.config.model.name} on {self.config.data.name}")
         self.parallel.barrier(f"row {tag}")
+        if main:
+            resume.delete_all()  # the final snapshot and the row now stand for this run
+        else:
+            resume.close()
         self.log(f"[level {level} {variant_name}] sparsity {100 * sparsity:.2f}% test "
                  f"{100 * fit.test_accuracy:.2f}% ({fit.seconds:.0f}s)")
         return row
@@ -288,6 +336,7 @@ class LotteryRun:
         return rows
 
 
-def run(config: Any, workdir: str | os.PathLike, *, log=print) -> list[dict]:
+def run(config: Any, workdir: str | os.PathLike, *, log=print,
+        stop_requested: Callable[[], bool] = lambda: False) -> list[dict]:
     """Validate `config`, then run or resume the study in `workdir`."""
-    return LotteryRun(config, workdir, log=log).run()
+    return LotteryRun(config, workdir, log=log, stop_requested=stop_requested).run()

@@ -23,6 +23,7 @@ import optax
 from lottery_kd import losses, masks as masks_lib, optim
 from lottery_kd.data.augment import normalize
 from lottery_kd.data.inputs import EvalInput, InputData
+from lottery_kd.checkpoints import CheckpointError, ResumeStore
 from lottery_kd.parallel import BATCH_NORM_MODES, DataParallel
 
 PyTree = Any
@@ -48,7 +49,20 @@ class Distillation:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or Inf."""
+    """The training loss became NaN or Inf (`step` is the first global step where it did)."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+class TrainingInterrupted(Exception):
+    """A stop was requested (SIGTERM/SIGINT); a resume checkpoint at `step` was saved."""
+
+    def __init__(self, step: int, where: str = ""):
+        super().__init__(f"stopped {where + ' ' if where else ''}at global step {step}")
+        self.step = step
+        self.where = where
 
 
 def init_variables(model, rng: jax.Array, input_shape: Sequence[int]) -> tuple[PyTree, PyTree]:
@@ -231,26 +245,61 @@ class Trainer:
             kd_stop_step: Optional[int] = None,
             on_step: Mapping[int, Callable[[TrainState], None]] = {},  # noqa: B006 (read only)
             progress: Optional["Progress"] = None,
-            log_scalars: Optional[Callable[[int, dict], None]] = None) -> FitResult:
+            log_scalars: Optional[Callable[[int, dict], None]] = None,
+            resume: Optional[ResumeStore] = None, checkpoint_every: int = 0,
+            stop_requested: Callable[[], bool] = lambda: False) -> FitResult:
         """Train `num_steps` steps from `state.step`, evaluating at every epoch boundary.
 
         `schedule(global_step)` gives the learning rate; `teacher` switches the KD loss on (until
         global step `kd_stop_step`, the release's early-stopped KD); `on_step[s](state)` runs just
         before global step s (used to snapshot the rewind point). Tracks the best validation
         accuracy and the test accuracy at that epoch.
+
+        With `resume`, training continues from its newest readable checkpoint, and the whole
+        training state is saved there every `checkpoint_every` steps (0: every epoch), at the end,
+        and when `stop_requested()` turns true (then TrainingInterrupted is raised). The batch at
+        a step is a pure function of the step, so a resumed run ends bitwise equal to an
+        uninterrupted one. A non-finite loss raises NonFiniteLossError naming the step; nothing is
+        saved after it.
         """
-        start = int(state.step)
-        end = start + num_steps
+        first = int(state.step)
+        end = first + num_steps
         if teacher is not None and self.train_step_kd is None:
             raise ValueError("this Trainer was built without distillation settings")
         masks = self.parallel.replicate(masks)
         teacher = self.parallel.replicate(teacher) if teacher is not None else None
-        began = time.perf_counter()
         history: list[dict] = []
         best_val = best_test = best_epoch = None
         pending: list[dict] = []
+        seconds_before = 0.0
+        if resume is not None:
+            restored = resume.restore_latest({"state": state, "masks": masks},
+                                             self.parallel.replicated)
+            if restored is not None:
+                tree, meta = restored
+                if not all(np.array_equal(a, b) for a, b in zip(
+                        jax.tree.leaves(jax.device_get(tree["masks"])),
+                        jax.tree.leaves(jax.device_get(masks)))):
+                    raise CheckpointError(f"resume checkpoint in {resume.directory} was made "
+                                          "with other masks than this run's")
+                state = tree["state"]
+                history, pending = meta["history"], meta["pending"]
+                best_val, best_test, best_epoch = meta["best"]
+                seconds_before = meta["seconds"]
+        start = int(state.step)
+        every = checkpoint_every or self.steps_per_epoch
+        began = time.perf_counter()
+
+        def save_resume(at_step: int) -> None:
+            if resume is None:
+                return
+            meta = {"history": history, "pending": pending,
+                    "best": [best_val, best_test, best_epoch],
+                    "seconds": seconds_before + time.perf_counter() - began}
+            resume.save(at_step, {"state": state, "masks": masks}, meta)
+
         if progress is not None:
-            progress.start(num_steps)
+            progress.start(end - first, done=start - first)
         # One batch ahead: the host prepares step s+1 while the device runs step s (dispatch is
         # asynchronous), which keeps streamed inputs off the critical path.
         upcoming = self._device_batch(start) if num_steps > 0 else None
@@ -266,17 +315,25 @@ class Trainer:
             if global_step + 1 < end:
                 upcoming = self._device_batch(global_step + 1)
             pending.append(metrics)
-            epoch_done = (global_step + 1) % self.steps_per_epoch == 0 or global_step + 1 == end
+            done_steps = global_step + 1
+            epoch_done = done_steps % self.steps_per_epoch == 0 or done_steps == end
+            checkpoint_due = done_steps % every == 0 or done_steps == end
+            stopping = stop_requested()
             if progress is not None:
                 progress.advance(1)
-            if not epoch_done:
+            if not (epoch_done or checkpoint_due or stopping):
                 continue
-            train_metrics = _mean_metrics(pending)
+            pending = _host_metrics(pending)
+            _check_finite(pending, done_steps - len(pending))
+            if not epoch_done:
+                if checkpoint_due or stopping:
+                    save_resume(done_steps)
+                if stopping:
+                    raise TrainingInterrupted(done_steps)
+                continue
+            train_metrics = {key: float(np.mean([m[key] for m in pending]))
+                             for key in pending[0]}
             pending = []
-            if not all(math.isfinite(v) for v in train_metrics.values()):
-                raise NonFiniteLossError(
-                    f"non-finite training loss/gradient ({train_metrics}) before global step "
-                    f"{global_step + 1}; lower train.lr or check the data")
             epoch = (global_step + 1) / self.steps_per_epoch
             row = {"step": global_step + 1, "epoch": epoch, "lr": float(lr),
                    "distill": distill, **{f"train_{k}": v for k, v in train_metrics.items()}}
@@ -294,17 +351,30 @@ class Trainer:
                 progress.epoch_end(row)
             if log_scalars is not None:
                 log_scalars(global_step + 1, row)
+            if checkpoint_due or stopping:
+                save_resume(done_steps)
+            if stopping and done_steps < end:
+                raise TrainingInterrupted(done_steps)
         if progress is not None:
             progress.close()
         return FitResult(state, history[-1]["test_accuracy"] if history else float("nan"),
                          best_val, best_test, best_epoch,
                          num_steps / self.steps_per_epoch, num_steps,
-                         time.perf_counter() - began, history)
+                         seconds_before + time.perf_counter() - began, history)
 
 
-def _mean_metrics(metrics: list[dict]) -> dict[str, float]:
-    stacked = jax.device_get(metrics)
-    return {key: float(np.mean([m[key] for m in stacked])) for key in stacked[0]}
+def _host_metrics(metrics: list[dict]) -> list[dict]:
+    """Per-step metrics as Python floats (exact float32 values, so they survive JSON)."""
+    fetched = jax.device_get(metrics)
+    return [{key: float(value) for key, value in m.items()} for m in fetched]
+
+
+def _check_finite(metrics: list[dict], first_step: int) -> None:
+    for offset, m in enumerate(metrics):
+        if not all(math.isfinite(v) for v in m.values()):
+            raise NonFiniteLossError(
+                f"non-finite training loss or gradient at global step {first_step + offset} "
+                f"({m}); lower train.lr or check the data", first_step + offset)
 
 
 class Progress:
@@ -319,12 +389,12 @@ class Progress:
         self._done = 0
         self._began = 0.0
 
-    def start(self, total: int) -> None:
-        self._total, self._done, self._began = total, 0, time.perf_counter()
+    def start(self, total: int, done: int = 0) -> None:
+        self._total, self._done, self._began = total, done, time.perf_counter()
         if self.use_bar:
             from tqdm.auto import tqdm
-            self._bar = tqdm(total=total, desc=self.description, file=self.stream, leave=False,
-                             unit="step", dynamic_ncols=True)
+            self._bar = tqdm(total=total, initial=done, desc=self.description, file=self.stream,
+                             leave=False, unit="step", dynamic_ncols=True)
 
     def advance(self, steps: int) -> None:
         self._done += steps

@@ -57,6 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.lottery.variants = "lt,weight_rewind,lr_rewind,finetune,kd,kd_rewind"
     config.lottery.rewind = "33ep"       # rewind point: '33ep' (KD-ticket CIFAR) or '500it'
 
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = 0    # resume checkpoint every N steps (0: every epoch)
+    config.checkpoint.keep = 2           # resume checkpoints kept per training run
+
     config.parallel = ml_collections.ConfigDict()
     config.parallel.distributed = "off"  # off | auto (TPU pods, SLURM, ...) | on (keys below)
     config.parallel.coordinator_address = ""   # on: "HOST:PORT" of process 0
