@@ -191,7 +191,8 @@ def validate(config: Any) -> None:
     check(_is_int(par.num_processes) and par.num_processes >= 0, "parallel.num_processes",
           par.num_processes, "an integer >= 0 (0: from the environment)")
     check(_is_int(par.process_id) and par.process_id >= -1
-          and (par.num_processes == 0 or par.process_id < par.num_processes),
+          and (not _is_int(par.num_processes) or par.num_processes <= 0
+               or par.process_id < par.num_processes),
           "parallel.process_id", par.process_id,
           "-1 (from the environment) or an id in [0, parallel.num_processes)")
     check(_is_int(par.num_cpu_devices) and par.num_cpu_devices >= 0, "parallel.num_cpu_devices",

@@ -73,6 +73,19 @@ BAD_CONFIGS = [
     ("kd.stop_epoch", 0, ["kd.stop_epoch", "train.epochs=182"]),
     ("log.progress", "fancy", ["log.progress", "fancy", "auto", "bar", "lines"]),
     ("seed", -1, ["seed", ">= 0"]),
+    ("train.lr", float("nan"), ["train.lr", "> 0"]),
+    ("train.lr_decay", 0.0, ["train.lr_decay", "(0, 1]"]),
+    ("prune.levels", -1, ["prune.levels", ">= 0"]),
+    ("data.validation_size", -5, ["data.validation_size", ">= 0"]),
+    ("data.eval_batch_size", 0, ["data.eval_batch_size", "> 0"]),
+    ("checkpoint.every_steps", -1, ["checkpoint.every_steps", ">= 0", "once per epoch"]),
+    ("checkpoint.keep", 0, ["checkpoint.keep", ">= 1"]),
+    ("parallel.distributed", "maybe", ["parallel.distributed", "off", "auto", "on"]),
+    ("parallel.batch_norm", "sync", ["parallel.batch_norm", "global", "per_device"]),
+    ("parallel.num_processes", -2, ["parallel.num_processes", ">= 0"]),
+    ("parallel.process_id", -3, ["parallel.process_id", "[0, parallel.num_processes)"]),
+    ("parallel.num_cpu_devices", -1, ["parallel.num_cpu_devices", ">= 0"]),
+    ("parallel.coordinator_address", "localhost", ["parallel.coordinator_address", "HOST:PORT"]),
 ]
 
 
@@ -186,3 +199,14 @@ def test_parse_step_count(text, steps_per_epoch, expected):
 def test_parse_step_count_bad(text):
     with pytest.raises(ValueError):
         config_lib.parse_step_count(text, 10)
+
+
+def test_process_id_must_be_below_the_process_count():
+    config = make_config(parallel__num_processes=2, parallel__process_id=2)
+    with pytest.raises(ConfigError, match=r"parallel.process_id=2 is invalid: .*\[0, "
+                                          r"parallel.num_processes\)"):
+        config_lib.validate(config)
+
+
+def test_the_enumerated_bad_configs_are_many():
+    assert len(BAD_CONFIGS) >= 25

@@ -485,3 +485,32 @@ def test_num_to_prune_is_exact_ceil_at_any_size(remaining, fraction, expected):
 def test_non_scalar_or_non_real_fraction_is_refused(fraction):
     with pytest.raises(ValueError, match=r"prune\.fraction"):
         pruning.check_fraction(fraction)
+
+
+@settings(max_examples=25, deadline=None)
+@given(tree_and_mask(), st.sampled_from(["magnitude_global", "magnitude_layerwise", "random"]),
+       st.lists(st.integers(101, 9499), min_size=1, max_size=5), st.integers(0, 2**31 - 1))
+def test_every_builtin_method_over_levels_only_loses_weights_by_the_contract_count(
+        tree_mask, method, numerators, seed):
+    """A chain of levels: each mask is a subset of the one before, out-of-scope leaves stay
+    all-true, and every level removes exactly ceil(fraction x remaining) (layer-wise: per layer)."""
+    params, mask = tree_mask
+    names = [n for n in flat_named(params) if n.endswith("kernel") and n != "fc/kernel"]
+    prune = pruning.get(method)
+    for level, numerator in enumerate(numerators):
+        new = prune(params, mask, numerator / 10000, rng=jax.random.key(seed + level))
+        _, alive = in_scope_vectors(params, mask, names)
+        _, new_alive = in_scope_vectors(params, new, names)
+        assert not np.any(new_alive & ~alive), f"level {level}: a pruned weight came back"
+        if method == "magnitude_layerwise":
+            for name in names:
+                before = int(np.asarray(flat_named(mask)[name]).sum())
+                after = int(np.asarray(flat_named(new)[name]).sum())
+                assert before - after == ceil_frac(numerator, 10000, before), name
+        else:
+            assert int(alive.sum() - new_alive.sum()) == ceil_frac(numerator, 10000,
+                                                                   int(alive.sum()))
+        for name, leaf in flat_named(new).items():
+            if name not in names:
+                assert np.asarray(leaf).all(), f"{name} is out of scope but was pruned"
+        mask = new

@@ -256,25 +256,27 @@ def test_lr_is_an_argument_no_recompile_and_zero_lr_keeps_weights():
 
 
 @functools.lru_cache(maxsize=None)
-def step_with_traced_hyperparameters():
+def step_with_traced_hyperparameters(distill: bool = False):
     """The library's train step with momentum and weight decay as traced arguments, compiled once
-    (one compile per hypothesis example would cost ~1 s each): the outer jit builds
-    make_train_step(MODEL, optim.sgd_direction(momentum, weight_decay), None) while tracing."""
+    per loss (one compile per hypothesis example would cost ~1 s each): the outer jit builds
+    make_train_step(MODEL, optim.sgd_direction(momentum, weight_decay), KD or None) while
+    tracing."""
 
     @jax.jit
-    def run(state, mask, images, labels, lr, momentum, weight_decay):
-        step = train.make_train_step(MODEL, optim.sgd_direction(momentum, weight_decay), None)
-        return step(state, mask, images, labels, lr, {})
+    def run(state, mask, images, labels, lr, momentum, weight_decay, teacher):
+        step = train.make_train_step(MODEL, optim.sgd_direction(momentum, weight_decay),
+                                     KD if distill else None)
+        return step(state, mask, images, labels, lr, teacher)
 
     return run
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(density=st.floats(0.05, 0.95), momentum=st.floats(0.0, 0.99),
        weight_decay=st.floats(0.0, 1e-2), lr=st.floats(1e-3, 0.5), seed=st.integers(0, 10**6),
-       polluted=st.booleans())
+       polluted=st.booleans(), distill=st.booleans())
 def test_property_pruned_weights_exactly_zero(density, momentum, weight_decay, lr, seed,
-                                              polluted):
+                                              polluted, distill):
     params, batch_stats, _, _ = student_and_teacher()
     mask = random_conv_mask(params, density, seed=seed)
     optimizer = optim.sgd_direction(momentum, weight_decay)
@@ -282,12 +284,12 @@ def test_property_pruned_weights_exactly_zero(density, momentum, weight_decay, l
     if polluted:
         state = state.replace(opt_state=jax.tree.map(lambda x: jnp.full_like(x, 1.0),
                                                      state.opt_state))
-    run = step_with_traced_hyperparameters()
+    run = step_with_traced_hyperparameters(distill)
     before = jax.tree.map(np.array, state.params)
     for i in range(5):
         images, labels = batch((seed + i) % 7)
         state, _ = run(state, mask, images, labels, jnp.float32(lr), jnp.float32(momentum),
-                       jnp.float32(weight_decay))
+                       jnp.float32(weight_decay), teacher_tree() if distill else {})
     assert_pruned_exactly_zero(state.params, mask)
     moved = np.asarray(state.params["conv2"]["kernel"]) != before["conv2"]["kernel"]
     assert np.any(moved[np.asarray(mask["conv2"]["kernel"])])
