@@ -16,15 +16,14 @@ weight: write `scores(params, rng, context) -> tree` and hand it to `prune_by_sc
 
 from __future__ import annotations
 
-import math
-from fractions import Fraction
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lottery_kd import masks as masks_lib
+from lottery_kd.distributions import keep_counts, num_to_prune
 
 PyTree = Any
 MaskingFunction = Callable[..., PyTree]
@@ -67,16 +66,6 @@ def check_fraction(fraction: float) -> None:
         raise ValueError(f"prune.fraction must be in the open interval (0, 1), got {fraction!r}")
 
 
-def num_to_prune(remaining: int, fraction: float) -> int:
-    """open_lth's rule: ceil(fraction * remaining), exact for the fraction as written.
-
-    The float is read through its shortest decimal form (0.07 -> 7/100), so 0.07 x 100 prunes 7,
-    not the 8 that float noise (7.000000000000001) would give, at any layer size.
-    """
-    exact = Fraction(repr(float(fraction)))
-    return min(remaining, math.ceil(exact * remaining))
-
-
 def _prune_smallest(scores: np.ndarray, alive: np.ndarray, k: int) -> np.ndarray:
     """New alive flags with the k smallest-scoring alive entries removed (ties: lowest index)."""
     alive_index = np.flatnonzero(alive)
@@ -87,33 +76,68 @@ def _prune_smallest(scores: np.ndarray, alive: np.ndarray, k: int) -> np.ndarray
 
 
 def prune_by_scores(scores: PyTree, masks: PyTree, fraction: float, *, scope: masks_lib.Scope =
-                    "conv", layerwise: bool = False) -> PyTree:
+                    "conv", distribution: str = "global", layerwise: bool = False) -> PyTree:
     """Remove the lowest-scoring `fraction` of the remaining in-scope weights.
 
-    Global (default): one ranking over all prunable weights. Layer-wise: each prunable leaf loses
-    ceil(fraction * its remaining). Ties are broken by position (tree order, then flat index), so
-    results are deterministic. Non-finite scores rank as they compare (NaN last).
+    `distribution` decides how many each layer loses (lottery_kd.distributions): `global` ranks
+    all prunable weights together and removes ceil(fraction x remaining); `uniform` (what
+    `layerwise=True` means) removes ceil(fraction x remaining_l) from every layer; `erk` removes
+    ceil(fraction x remaining) in all, split by ERK densities. Within a layer the lowest scores
+    go. Ties are broken by position (tree order, then flat index), so results are deterministic.
+    Non-finite scores rank as they compare (NaN last).
     """
     check_fraction(fraction)
+    distribution = "uniform" if layerwise else distribution
+    flat_masks = jax.tree_util.tree_flatten_with_path(masks)[0]
+    selected = _selected(flat_masks, scope)
+    remaining = sum(int(np.count_nonzero(np.asarray(flat_masks[i][1]))) for i in selected)
+    return prune_to_counts(scores, masks, num_to_prune(remaining, fraction), scope=scope,
+                           distribution=distribution, layer_fraction=fraction)
+
+
+def _selected(flat_masks, scope) -> list[int]:
     masks_lib.check_scope(scope)
-    flat_masks, treedef = jax.tree_util.tree_flatten_with_path(masks)
+    return [i for i, (p, m) in enumerate(flat_masks)
+            if masks_lib.is_prunable(masks_lib.path_name(p), np.shape(m), scope)]
+
+
+def prune_to_counts(scores: PyTree, masks: PyTree, num_to_remove: int, *,
+                    scope: masks_lib.Scope = "conv", distribution: str = "global",
+                    layer_fraction: Optional[float] = None) -> PyTree:
+    """Remove exactly `num_to_remove` remaining in-scope weights, the lowest-scoring first, split
+    over layers by `distribution` (`uniform` uses `layer_fraction` of each layer instead)."""
+    flat_masks = jax.tree_util.tree_flatten_with_path(masks)[0]
+    selected = _selected(flat_masks, scope)
+    remaining = [int(np.count_nonzero(np.asarray(flat_masks[i][1]))) for i in selected]
+    keep = keep_counts(distribution, [np.shape(flat_masks[i][1]) for i in selected], remaining,
+                       num_to_remove, layer_fraction if layer_fraction is not None else 0.0)
+    return prune_to_keep(scores, masks, sum(remaining) - num_to_remove if keep is None else keep,
+                         scope=scope)
+
+
+def prune_to_keep(scores: PyTree, masks: PyTree, keep: int | Sequence[int], *,
+                  scope: masks_lib.Scope = "conv") -> PyTree:
+    """Keep the highest-scoring remaining in-scope weights: `keep` of them over all layers (one
+    ranking), or keep[l] in the l-th prunable layer (tree order). Never revives a weight."""
+    flat_masks = jax.tree_util.tree_flatten_with_path(masks)[0]
     flat_scores = jax.tree.leaves(scores)
     if len(flat_scores) != len(flat_masks):
         raise ValueError("scores and masks must have the same tree structure")
-    prunable = [masks_lib.is_prunable(masks_lib.path_name(p), np.shape(m), scope)
-                for p, m in flat_masks]
+    selected = _selected(flat_masks, scope)
     alive = [np.asarray(m, dtype=bool).reshape(-1) for _, m in flat_masks]
     values = [np.asarray(s, dtype=np.float64).reshape(-1) for s in flat_scores]
     new_alive = list(alive)
-    selected = [i for i, is_in in enumerate(prunable) if is_in]
-    if layerwise:
-        for i in selected:
-            new_alive[i] = _prune_smallest(values[i], alive[i],
-                                           num_to_prune(int(alive[i].sum()), fraction))
+    if not isinstance(keep, (int, np.integer)):
+        if len(keep) != len(selected):
+            raise ValueError(f"keep has {len(keep)} counts for {len(selected)} prunable layers")
+        for i, kept in zip(selected, keep):
+            left = int(alive[i].sum())
+            new_alive[i] = _prune_smallest(values[i], alive[i], left - min(left, int(kept)))
     elif selected:
         joined_alive = np.concatenate([alive[i] for i in selected])
-        k = num_to_prune(int(joined_alive.sum()), fraction)
-        joined = _prune_smallest(np.concatenate([values[i] for i in selected]), joined_alive, k)
+        left = int(joined_alive.sum())
+        joined = _prune_smallest(np.concatenate([values[i] for i in selected]), joined_alive,
+                                 left - min(left, max(int(keep), 0)))
         pieces = np.split(joined, np.cumsum([alive[i].size for i in selected])[:-1])
         for i, piece in zip(selected, pieces):
             new_alive[i] = piece
@@ -125,8 +149,10 @@ def prune_by_scores(scores: PyTree, masks: PyTree, fraction: float, *, scope: ma
 def magnitude_global(params: PyTree, masks: PyTree, fraction: float, *,
                      rng: Optional[jax.Array] = None, scope: masks_lib.Scope = "conv",
                      **context: Any) -> PyTree:
-    """Global magnitude pruning: raw |w| ranked over all prunable weights (no normalisation)."""
-    return prune_by_scores(jax.tree.map(jnp.abs, params), masks, fraction, scope=scope)
+    """Magnitude pruning: raw |w|, ranked over all prunable weights (no normalisation) unless
+    context["distribution"] sets per-layer budgets (uniform, erk)."""
+    return prune_by_scores(jax.tree.map(jnp.abs, params), masks, fraction, scope=scope,
+                           distribution=context.get("distribution", "global"))
 
 
 @register("magnitude_layerwise")
@@ -148,4 +174,5 @@ def random_pruning(params: PyTree, masks: PyTree, fraction: float, *,
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(rng, len(leaves))
     scores = [jax.random.uniform(key, np.shape(leaf)) for key, leaf in zip(keys, leaves)]
-    return prune_by_scores(jax.tree.unflatten(treedef, scores), masks, fraction, scope=scope)
+    return prune_by_scores(jax.tree.unflatten(treedef, scores), masks, fraction, scope=scope,
+                           distribution=context.get("distribution", "global"))

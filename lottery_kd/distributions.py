@@ -1,0 +1,96 @@
+"""Layer-wise sparsity distributions: how many weights each prunable layer keeps.
+
+A distribution turns "keep `target` of the in-scope weights" into per-layer counts; a criterion
+(magnitude, SNIP, GraSP, SynFlow, random, yours) then picks which weights within each layer.
+
+- `global`: no per-layer budget; one ranking over all layers decides (None is returned).
+- `uniform`: every layer loses the same fraction of its remaining weights (ceil per layer).
+- `erk`: Erdos-Renyi-Kernel (Evci et al. 2020, RigL): a layer's density is proportional to the
+  sum of its kernel dimensions over their product, e.g. (kh + kw + c_in + c_out) /
+  (kh * kw * c_in * c_out); layers whose density would exceed 1 are made dense and the others
+  rescaled until the total is met.
+
+Counts are exact integers that add up to the target, and never exceed a layer's remaining count
+(a pruned weight never comes back).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Optional, Sequence
+
+DISTRIBUTIONS: tuple[str, ...] = ("global", "uniform", "erk")
+
+
+def check_distribution(name: str) -> None:
+    if name not in DISTRIBUTIONS:
+        raise ValueError(f"prune.distribution: unknown distribution {name!r}; allowed: "
+                         f"{', '.join(DISTRIBUTIONS)}")
+
+
+def num_to_prune(remaining: int, fraction: float) -> int:
+    """open_lth's rule: ceil(fraction * remaining), exact for the fraction as written.
+
+    The float is read through its shortest decimal form (0.07 -> 7/100), so 0.07 x 100 prunes 7,
+    not the 8 that float noise (7.000000000000001) would give, at any layer size.
+    """
+    exact = Fraction(repr(float(fraction)))
+    return min(remaining, math.ceil(exact * remaining))
+
+
+def erk_densities(shapes: Sequence[tuple[int, ...]], density: float) -> list[float]:
+    """ERK density of each layer so that sum(density_l * size_l) = density * sum(size_l)."""
+    if not 0.0 <= density <= 1.0:
+        raise ValueError(f"density must be in [0, 1], got {density}")
+    sizes = [math.prod(s) for s in shapes]
+    raw = [sum(s) / math.prod(s) for s in shapes]
+    budget = density * sum(sizes)
+    dense: set[int] = set()
+    while True:
+        free = [i for i in range(len(shapes)) if i not in dense]
+        remaining_budget = budget - sum(sizes[i] for i in dense)
+        weight = sum(raw[i] * sizes[i] for i in free)
+        epsilon = remaining_budget / weight if weight > 0 else 0.0
+        too_dense = [i for i in free if epsilon * raw[i] > 1.0]
+        if not too_dense:
+            return [1.0 if i in dense else epsilon * raw[i] for i in range(len(shapes))]
+        dense.update(too_dense)
+
+
+def _integer_split(targets: Sequence[float], caps: Sequence[int], total: int) -> list[int]:
+    """Integers close to `targets`, each <= its cap, that add up to `total` exactly."""
+    counts = [min(cap, math.floor(t)) for t, cap in zip(targets, caps)]
+    short = total - sum(counts)
+    # Hand out what is missing by largest fractional part, then wherever room is left.
+    order = sorted(range(len(counts)), key=lambda i: (-(targets[i] - math.floor(targets[i])), i))
+    while short > 0:
+        progressed = False
+        for i in order:
+            if short == 0:
+                break
+            if counts[i] < caps[i]:
+                counts[i] += 1
+                short -= 1
+                progressed = True
+        if not progressed:
+            raise ValueError(f"cannot keep {total} weights in layers that hold {sum(caps)}")
+    return counts
+
+
+def keep_counts(name: str, shapes: Sequence[tuple[int, ...]], remaining: Sequence[int],
+                num_to_remove: int, layer_fraction: float) -> Optional[list[int]]:
+    """Per-layer numbers of weights to keep, or None for `global` (one ranking decides).
+
+    `uniform` removes ceil(layer_fraction x remaining_l) in every layer; `erk` keeps
+    sum(remaining) - num_to_remove in all, split by ERK densities (capped at what is left).
+    """
+    check_distribution(name)
+    if name == "global":
+        return None
+    if name == "uniform":
+        return [r - num_to_prune(r, layer_fraction) for r in remaining]
+    keep_total = sum(remaining) - num_to_remove
+    sizes = [math.prod(s) for s in shapes]
+    densities = erk_densities(shapes, keep_total / sum(sizes) if sum(sizes) else 0.0)
+    return _integer_split([d * n for d, n in zip(densities, sizes)], list(remaining), keep_total)
