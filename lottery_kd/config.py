@@ -10,12 +10,16 @@ import math
 import re
 from typing import Any, Optional
 
+from lottery_kd import criteria  # noqa: F401  (registers snip, grasp, synflow)
+from lottery_kd import dynamic as dynamic_lib
 from lottery_kd import losses, masks as masks_lib, pruning, variants as variants_lib
+from lottery_kd.distributions import DISTRIBUTIONS
 from lottery_kd.data import DATASET_NAMES, SOURCES
-from lottery_kd.models import MODEL_NAMES
+from lottery_kd.models import BASES, MODEL_NAMES
 from lottery_kd.parallel import BATCH_NORM_MODES, DISTRIBUTED_MODES
 
 PRUNE_SCHEDULES = ("iterative", "oneshot")
+PRUNE_SOURCES = ("final", "init")
 PROGRESS_MODES = ("auto", "bar", "lines")
 _STEP_COUNT = re.compile(r"^\s*(\d+)\s*(ep|it)\s*$")
 
@@ -91,6 +95,8 @@ def validate(config: Any) -> None:
           "an integer >= 0")
     check(config.model.name in MODEL_NAMES, "model.name", config.model.name,
           f"allowed: {', '.join(MODEL_NAMES)}")
+    check(config.model.basis in ("",) + BASES, "model.basis", config.model.basis,
+          f"'' (the standard basis) or one of: {', '.join(BASES)}")
     data = config.data
     check(data.name in DATASET_NAMES, "data.name", data.name,
           f"allowed: {', '.join(DATASET_NAMES)}")
@@ -165,6 +171,14 @@ def validate(config: Any) -> None:
           f"allowed: {', '.join(PRUNE_SCHEDULES)}")
     check(_is_int(prune.levels) and prune.levels >= 0, "prune.levels", prune.levels,
           "an integer >= 0 (0: train the dense network only)")
+    check(prune.distribution in DISTRIBUTIONS, "prune.distribution", prune.distribution,
+          f"allowed: {', '.join(DISTRIBUTIONS)}")
+    check(prune.source in PRUNE_SOURCES, "prune.source", prune.source,
+          f"allowed: {', '.join(PRUNE_SOURCES)}")
+    check(_is_int(prune.synflow_rounds) and prune.synflow_rounds >= 1, "prune.synflow_rounds",
+          prune.synflow_rounds, "an integer >= 1")
+    check(_is_number(prune.grasp_temperature) and prune.grasp_temperature > 0,
+          "prune.grasp_temperature", prune.grasp_temperature, "a number > 0")
 
     names = parse_names(config.lottery.variants)
     unknown = [n for n in names if n not in variants_lib.names()]
@@ -183,6 +197,20 @@ def validate(config: Any) -> None:
           "an integer >= 0 (0: once per epoch)")
     check(_is_int(config.checkpoint.keep) and config.checkpoint.keep >= 1, "checkpoint.keep",
           config.checkpoint.keep, "an integer >= 1")
+    dyn = config.dynamic
+    check(not dyn.method or dyn.method in dynamic_lib.names(), "dynamic.method", dyn.method,
+          f"'' (off) or one of: {', '.join(dynamic_lib.names())}")
+    check(_is_number(dyn.sparsity) and 0 < dyn.sparsity < 1, "dynamic.sparsity", dyn.sparsity,
+          "a number in the open interval (0, 1)")
+    check(dyn.distribution in ("erk", "uniform"), "dynamic.distribution", dyn.distribution,
+          "allowed: erk, uniform")
+    check(_is_int(dyn.delta_t) and dyn.delta_t >= 1, "dynamic.delta_t", dyn.delta_t,
+          "an integer >= 1 (steps between mask updates)")
+    check(_is_number(dyn.alpha) and 0 <= dyn.alpha <= 1, "dynamic.alpha", dyn.alpha,
+          "a number in [0, 1]")
+    check(_is_number(dyn.end_fraction) and 0 <= dyn.end_fraction <= 1, "dynamic.end_fraction",
+          dyn.end_fraction, "a number in [0, 1]")
+    check(dyn.init in ("dense", "sparse"), "dynamic.init", dyn.init, "allowed: dense, sparse")
     par = config.parallel
     check(par.distributed in DISTRIBUTED_MODES, "parallel.distributed", par.distributed,
           f"allowed: {', '.join(DISTRIBUTED_MODES)}")

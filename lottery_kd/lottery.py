@@ -29,6 +29,9 @@ from lottery_kd import masks as masks_lib, optim, pruning, results, variants as 
 from lottery_kd.checkpoints import ResumeStore, SnapshotStore
 from lottery_kd.models import get_model
 from lottery_kd.tensorboard import ScalarWriter
+from lottery_kd.data.augment import normalize
+from lottery_kd.dynamic import MaskUpdate
+from lottery_kd.sparse_init import sparse_aware_init
 from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.parallel import DataParallel
 from lottery_kd.train import (Distillation, NonFiniteLossError, Progress, Trainer,
@@ -142,7 +145,8 @@ class LotteryRun:
         if not self.parallel.is_main:
             self.log = lambda *_: None
         self.scope = config.prune.scope
-        self.model = get_model(config.model.name, self.data.num_classes)
+        self.model = get_model(config.model.name, self.data.num_classes,
+                               basis=config.model.basis, basis_seed=config.seed)
         kd = config.kd
         self.trainer = Trainer(self.model, self.data, batch_size=config.train.batch_size,
                                momentum=config.train.momentum,
@@ -192,7 +196,8 @@ class LotteryRun:
 
     # ---- training --------------------------------------------------------------------------
     def _train(self, level: int, variant_name: str, start: PyTree, masks: PyTree, *,
-               start_step: int, num_steps: int, schedule, distill: bool, on_step=None):
+               start_step: int, num_steps: int, schedule, distill: bool, on_step=None,
+               mask_update: Optional[MaskUpdate] = None):
         tag = snapshot_name(level, variant_name)
         main = self.parallel.is_main
         masks = self.parallel.replicate(masks)
@@ -219,7 +224,8 @@ class LotteryRun:
                                    on_step=on_step or {}, progress=progress,
                                    log_scalars=log_scalars, resume=resume,
                                    checkpoint_every=self.config.checkpoint.every_steps,
-                                   stop_requested=self.stop_requested)
+                                   stop_requested=self.stop_requested,
+                                   mask_update=mask_update)
         except NonFiniteLossError as error:
             raise TrainingFailed(
                 f"level {level}, variant {variant_name}: non-finite loss at global step "
@@ -233,6 +239,7 @@ class LotteryRun:
                 writer.close()
             if progress is not None:
                 progress.close()
+        masks = fit.masks  # changed during training by a dynamic sparse method
         snapshot = self._snapshot(fit.state.params, fit.state.batch_stats, masks)
         self.snapshots.save(tag, snapshot)
         self._finals[tag] = snapshot
@@ -281,18 +288,36 @@ class LotteryRun:
             self.snapshots.save("rewind", self._load(snapshot_name(0, DENSE)))
 
     def masks_for(self, level: int, variant: str) -> PyTree:
-        """The level's mask for `variant` (pure in the snapshots it reads, so safe to recompute)."""
+        """The level's mask for `variant` (pure in the snapshots it reads, so safe to recompute).
+
+        The chain's masks come from the previous level (iterative) or the dense network
+        (one-shot); the weights scored are that run's final weights, or the init snapshot with
+        prune.source='init' (pruning at initialisation: SNIP, GraSP, SynFlow, ...).
+        """
         prune = self.config.prune
         method = pruning.get(prune.method)
         if prune.schedule == "oneshot":
-            dense = self._load(snapshot_name(0, DENSE))
+            chain = self._load(snapshot_name(0, DENSE))
             fraction = 1.0 - (1.0 - prune.fraction) ** level
-            return method(dense["params"], dense["masks"], fraction,
-                          rng=_derived_key(self.config.seed, "prune", level), scope=self.scope)
-        previous = self._load(snapshot_name(level - 1, DENSE if level == 1 else variant))
-        return method(previous["params"], previous["masks"], prune.fraction,
-                      rng=_derived_key(self.config.seed, "prune", level, variant),
-                      scope=self.scope)
+            rng = _derived_key(self.config.seed, "prune", level)
+        else:
+            chain = self._load(snapshot_name(level - 1, DENSE if level == 1 else variant))
+            fraction = prune.fraction
+            rng = _derived_key(self.config.seed, "prune", level, variant)
+        scored = self._load("init") if prune.source == "init" else chain
+        return method(scored["params"], chain["masks"], fraction, rng=rng, scope=self.scope,
+                      **self.prune_context(scored))
+
+    def prune_context(self, scored: PyTree) -> dict:
+        """What data-dependent criteria need: the model, BatchNorm statistics, the (normalised)
+        training batch of step 0, the input shape, and the pruning settings."""
+        prune = self.config.prune
+        images, labels = self.trainer.device_batch(0)
+        return {"model": self.model, "batch_stats": scored["batch_stats"],
+                "batch": (normalize(images, self.data.mean, self.data.std), labels),
+                "input_shape": tuple(self.data.image_shape), "distribution": prune.distribution,
+                "synflow_rounds": prune.synflow_rounds,
+                "grasp_temperature": prune.grasp_temperature}
 
     def run_variant(self, level: int, variant: variants_lib.RetrainVariant) -> None:
         masks = self.masks_for(level, variant.name)
@@ -305,6 +330,12 @@ class LotteryRun:
             previous_level = 0 if level == 1 or self.config.prune.schedule == "oneshot" else level - 1
             start = self._load(snapshot_name(previous_level,
                                              DENSE if previous_level == 0 else variant.name))
+        elif variant.weights == "sparse_init":
+            init = self._load("init")
+            start = {"params": sparse_aware_init(
+                init["params"], masks, _derived_key(self.config.seed, "sparse_init", level,
+                                                    variant.name), scope=self.scope),
+                "batch_stats": init["batch_stats"]}
         else:  # reinit
             params, batch_stats = init_variables(
                 self.model, _derived_key(self.config.seed, "reinit", level, variant.name),
@@ -320,14 +351,44 @@ class LotteryRun:
         self._train(level, variant.name, start, masks, start_step=start_step,
                     num_steps=num_steps, schedule=schedule, distill=variant.distill)
 
+    def dynamic_name(self) -> str:
+        dyn = self.config.dynamic
+        return f"{dyn.method}{'_kd' if dyn.distill else ''}{'_sparse_init' if dyn.init == 'sparse' else ''}"
+
+    def run_dynamic(self) -> None:
+        """Dynamic sparse training (RigL, SET, ...) from init at dynamic.sparsity, its masks
+        updated during training at a constant count; with dynamic.distill, KD from the dense
+        network. One row: level 1, variant e.g. 'rigl_kd'."""
+        dyn, name = self.config.dynamic, self.dynamic_name()
+        if (1, name) in self._done():
+            return
+        init = self._load("init")
+        masks = pruning.get("random")(init["params"], init["masks"], dyn.sparsity,
+                                      rng=_derived_key(self.config.seed, "dynamic", "masks"),
+                                      scope=self.scope, distribution=dyn.distribution)
+        start = init
+        if dyn.init == "sparse":
+            start = {"params": sparse_aware_init(init["params"], masks, _derived_key(
+                self.config.seed, "dynamic", "sparse_init"), scope=self.scope),
+                "batch_stats": init["batch_stats"]}
+        total = self.plan.total_steps
+        update = MaskUpdate(dyn.method, dyn.delta_t, dyn.alpha,
+                            end_step=int(dyn.end_fraction * total), seed=self.config.seed,
+                            scope=self.scope)
+        self._train(1, name, start, masks, start_step=0, num_steps=total,
+                    schedule=self.schedule, distill=dyn.distill, mask_update=update)
+
     def run(self) -> list[dict]:
         """Run (or resume) the whole study; returns all result rows."""
         self.run_dense()
-        for level in range(1, self.config.prune.levels + 1):
-            done = self._done()
-            for variant in self.variants:
-                if (level, variant.name) not in done:
-                    self.run_variant(level, variant)
+        if self.config.dynamic.method:
+            self.run_dynamic()
+        else:
+            for level in range(1, self.config.prune.levels + 1):
+                done = self._done()
+                for variant in self.variants:
+                    if (level, variant.name) not in done:
+                        self.run_variant(level, variant)
         rows = results.read_rows(self.results_path)
         if self.parallel.is_main:
             results.write_summary(self.workdir, rows,

@@ -176,3 +176,29 @@ def random_pruning(params: PyTree, masks: PyTree, fraction: float, *,
     scores = [jax.random.uniform(key, np.shape(leaf)) for key, leaf in zip(keys, leaves)]
     return prune_by_scores(jax.tree.unflatten(treedef, scores), masks, fraction, scope=scope,
                            distribution=context.get("distribution", "global"))
+
+
+@register("magnitude_filter")
+def magnitude_filter(params: PyTree, masks: PyTree, fraction: float, *,
+                     rng: Optional[jax.Array] = None, scope: masks_lib.Scope = "conv",
+                     **context: Any) -> PyTree:
+    """Structured unit pruning: every prunable layer loses ceil(fraction x its remaining output
+    filters) whole, those with the smallest L2 norm of their remaining weights. Counts are in
+    filters (the last axis of a kernel), not weights."""
+    check_fraction(fraction)
+    flat, _ = jax.tree_util.tree_flatten_with_path(masks)
+    selected = set(_selected(flat, scope))
+    leaves = []
+    for i, ((path, mask), weight) in enumerate(zip(flat, jax.tree.leaves(params))):
+        mask = np.asarray(mask, dtype=bool)
+        if i not in selected:
+            leaves.append(jnp.asarray(mask))
+            continue
+        units = mask.reshape(-1, mask.shape[-1])
+        alive_units = units.any(axis=0)
+        norms = np.sqrt(np.sum(np.where(units, np.asarray(weight, np.float64).reshape(
+            units.shape), 0.0) ** 2, axis=0))
+        remove = _prune_smallest(norms, alive_units, num_to_prune(int(alive_units.sum()),
+                                                                  fraction))
+        leaves.append(jnp.asarray((units & remove[None, :]).reshape(mask.shape)))
+    return jax.tree.unflatten(jax.tree.structure(masks), leaves)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lottery_kd import losses, masks as masks_lib, optim
+from lottery_kd import dynamic, losses, masks as masks_lib, optim
 from lottery_kd.data.augment import normalize
 from lottery_kd.data.inputs import EvalInput, InputData
 from lottery_kd.checkpoints import CheckpointError, ResumeStore
@@ -81,6 +81,51 @@ def _apply_per_device(model, variables: PyTree, images: jax.Array, groups: int):
     return logits.reshape(images.shape[0], -1), {"batch_stats": batch_stats}
 
 
+def _training_loss(model, distillation: Optional[Distillation], groups: int) -> Callable:
+    """loss(weights, batch_stats, images, labels, teacher) -> (loss, (logits, new batch_stats)):
+    the training-mode loss (CE, or KD from the teacher in inference mode) at `weights`."""
+
+    def loss(weights, batch_stats, images, labels, teacher):
+        variables = {"params": weights, "batch_stats": batch_stats}
+        if groups > 1:
+            logits, updates = _apply_per_device(model, variables, images, groups)
+        else:
+            logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+        if distillation is None:
+            value = losses.cross_entropy(logits, labels)
+        else:
+            teacher_logits = model.apply(teacher, images, train=False)
+            value = losses.kd_loss(logits, teacher_logits, labels,
+                                   temperature=distillation.temperature,
+                                   alpha=distillation.alpha, reduction=distillation.reduction)
+        return value, (logits, updates["batch_stats"])
+
+    return loss
+
+
+def make_dense_gradient(model, distillation: Optional[Distillation], *,
+                        normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None,
+                        parallel: Optional[DataParallel] = None,
+                        batch_norm: str = "global") -> Callable:
+    """jit(grad(params, batch_stats, masks, images, labels, teacher) -> grads): the gradient of
+    the training loss with respect to the masked weights, pruned positions included (what RigL
+    grows by). Nothing is updated."""
+    groups = parallel.device_count if (parallel is not None and batch_norm == "per_device") else 1
+    loss_of = _training_loss(model, distillation, groups)
+
+    def dense_gradient(params, batch_stats, masks, images, labels, teacher):
+        if normalization is not None:
+            images = normalize(images, *normalization)
+        return jax.grad(lambda w: loss_of(w, batch_stats, images, labels, teacher)[0])(
+            masks_lib.apply(params, masks))
+
+    if parallel is None:
+        return jax.jit(dense_gradient)
+    replicated, batch = parallel.replicated, parallel.batch
+    return jax.jit(dense_gradient, in_shardings=(replicated,) * 3 + (batch, batch, replicated),
+                   out_shardings=replicated)
+
+
 def make_train_step(model, optimizer: optax.GradientTransformation,
                     distillation: Optional[Distillation], *,
                     normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None,
@@ -100,28 +145,16 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
                          f"{', '.join(BATCH_NORM_MODES)}")
     groups = parallel.device_count if (parallel is not None and batch_norm == "per_device") else 1
 
+    loss_of = _training_loss(model, distillation, groups)
+
     def step(state: TrainState, masks: PyTree, images: jax.Array, labels: jax.Array,
              lr: jax.Array, teacher: PyTree):
         if normalization is not None:
             images = normalize(images, *normalization)
 
         def loss_fn(params):
-            variables = {"params": masks_lib.apply(params, masks),
-                         "batch_stats": state.batch_stats}
-            if groups > 1:
-                logits, updates = _apply_per_device(model, variables, images, groups)
-            else:
-                logits, updates = model.apply(variables, images, train=True,
-                                              mutable=["batch_stats"])
-            if distillation is None:
-                loss = losses.cross_entropy(logits, labels)
-            else:
-                teacher_logits = model.apply(teacher, images, train=False)
-                loss = losses.kd_loss(logits, teacher_logits, labels,
-                                      temperature=distillation.temperature,
-                                      alpha=distillation.alpha,
-                                      reduction=distillation.reduction)
-            return loss, (logits, updates["batch_stats"])
+            return loss_of(masks_lib.apply(params, masks), state.batch_stats, images, labels,
+                           teacher)
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params)
@@ -172,6 +205,7 @@ class FitResult:
     """What one training run produced (accuracies are fractions in [0, 1])."""
 
     state: TrainState
+    masks: PyTree
     test_accuracy: float
     best_val_accuracy: Optional[float]
     test_accuracy_at_best_val: Optional[float]
@@ -207,6 +241,28 @@ class Trainer:
         self.train_step_kd = (make_train_step(model, self.optimizer, distillation, **common)
                               if distillation is not None else None)
         self._eval_step = make_eval_step(model, data.mean, data.std, self.parallel)
+        self._distillation = distillation
+        self._common = common
+        self._dense_gradients: dict[bool, Callable] = {}
+
+    def dense_gradient(self, distill: bool) -> Callable:
+        """The (compiled on first use) dense-gradient function for dynamic mask updates."""
+        if distill not in self._dense_gradients:
+            self._dense_gradients[distill] = make_dense_gradient(
+                self.model, self._distillation if distill else None, **self._common)
+        return self._dense_gradients[distill]
+
+    def _update_masks(self, update: dynamic.MaskUpdate, step: int, state: TrainState,
+                      masks: PyTree, images, labels, teacher: Optional[PyTree]):
+        """A dynamic sparse update before global `step`: new masks, dropped weights zeroed,
+        grown weights at 0.0 with fresh momentum."""
+        grads = self.dense_gradient(teacher is not None)(state.params, state.batch_stats, masks,
+                                                         images, labels, teacher or {})
+        new_masks = update.new_masks(step, state.params, masks, grads)
+        params, opt_state = dynamic.reset_grown(self.optimizer, state.opt_state, state.params,
+                                                masks, new_masks)
+        return (self.parallel.replicate(state.replace(params=params, opt_state=opt_state)),
+                self.parallel.replicate(new_masks))
 
     def init_state(self, params: PyTree, batch_stats: PyTree, masks: PyTree,
                    step: int = 0) -> TrainState:
@@ -236,7 +292,7 @@ class Trainer:
         """The training batch at global `step` (pure in (seed, step))."""
         return self.data.train.batch(step, self.batch_size)
 
-    def _device_batch(self, step: int) -> tuple[jax.Array, jax.Array]:
+    def device_batch(self, step: int) -> tuple[jax.Array, jax.Array]:
         """The global batch at `step`, sharded over the mesh from this process's rows."""
         return self.parallel.shard(self.batch(step), self.batch_size)
 
@@ -247,7 +303,8 @@ class Trainer:
             progress: Optional["Progress"] = None,
             log_scalars: Optional[Callable[[int, dict], None]] = None,
             resume: Optional[ResumeStore] = None, checkpoint_every: int = 0,
-            stop_requested: Callable[[], bool] = lambda: False) -> FitResult:
+            stop_requested: Callable[[], bool] = lambda: False,
+            mask_update: Optional[dynamic.MaskUpdate] = None) -> FitResult:
         """Train `num_steps` steps from `state.step`, evaluating at every epoch boundary.
 
         `schedule(global_step)` gives the learning rate; `teacher` switches the KD loss on (until
@@ -261,6 +318,9 @@ class Trainer:
         a step is a pure function of the step, so a resumed run ends bitwise equal to an
         uninterrupted one. A non-finite loss raises NonFiniteLossError naming the step; nothing is
         saved after it.
+
+        With `mask_update` (dynamic sparse training) the masks change during training: before
+        every step it says is due, its method replaces them at a constant active count.
         """
         first = int(state.step)
         end = first + num_steps
@@ -277,12 +337,12 @@ class Trainer:
                                              self.parallel.replicated)
             if restored is not None:
                 tree, meta = restored
-                if not all(np.array_equal(a, b) for a, b in zip(
+                if mask_update is None and not all(np.array_equal(a, b) for a, b in zip(
                         jax.tree.leaves(jax.device_get(tree["masks"])),
                         jax.tree.leaves(jax.device_get(masks)))):
                     raise CheckpointError(f"resume checkpoint in {resume.directory} was made "
                                           "with other masks than this run's")
-                state = tree["state"]
+                state, masks = tree["state"], tree["masks"]
                 history, pending = meta["history"], meta["pending"]
                 best_val, best_test, best_epoch = meta["best"]
                 seconds_before = meta["seconds"]
@@ -302,18 +362,21 @@ class Trainer:
             progress.start(end - first, done=start - first)
         # One batch ahead: the host prepares step s+1 while the device runs step s (dispatch is
         # asynchronous), which keeps streamed inputs off the critical path.
-        upcoming = self._device_batch(start) if num_steps > 0 else None
+        upcoming = self.device_batch(start) if num_steps > 0 else None
         for global_step in range(start, end):
             if global_step in on_step:
                 on_step[global_step](state)
             images, labels = upcoming
             distill = teacher is not None and (kd_stop_step is None or global_step < kd_stop_step)
+            if mask_update is not None and mask_update.due(global_step):
+                state, masks = self._update_masks(mask_update, global_step, state, masks, images,
+                                                  labels, teacher if distill else None)
             step_fn = self.train_step_kd if distill else self.train_step_ce
             lr = schedule(global_step)
             state, metrics = step_fn(state, masks, images, labels, jnp.asarray(lr, jnp.float32),
                                      teacher if distill else {})
             if global_step + 1 < end:
-                upcoming = self._device_batch(global_step + 1)
+                upcoming = self.device_batch(global_step + 1)
             pending.append(metrics)
             done_steps = global_step + 1
             epoch_done = done_steps % self.steps_per_epoch == 0 or done_steps == end
@@ -357,7 +420,7 @@ class Trainer:
                 raise TrainingInterrupted(done_steps)
         if progress is not None:
             progress.close()
-        return FitResult(state, history[-1]["test_accuracy"] if history else float("nan"),
+        return FitResult(state, masks, history[-1]["test_accuracy"] if history else float("nan"),
                          best_val, best_test, best_epoch,
                          num_steps / self.steps_per_epoch, num_steps,
                          seconds_before + time.perf_counter() - began, history)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-WEIGHT_SOURCES = ("init", "rewind", "previous", "reinit")
+WEIGHT_SOURCES = ("init", "rewind", "previous", "reinit", "sparse_init")
 SCHEDULE_STARTS = ("zero", "rewind", "final")
 
 
@@ -23,7 +23,9 @@ class RetrainVariant:
 
     weights:  "init" (the step-0 snapshot), "rewind" (the step-k snapshot), "previous" (the final
               weights of the previous level of this variant's chain), "reinit" (fresh random
-              weights from a seed derived from (seed, level, name)). BatchNorm state comes along.
+              weights from a seed derived from (seed, level, name)), "sparse_init" (fresh weights
+              scaled by each output unit's sparse fan-in, Evci et al.; lottery_kd.sparse_init).
+              BatchNorm state comes along (from init for the fresh ones).
     schedule: "zero" (steps 0..T), "rewind" (steps k..T), "final" (T steps at the final LR).
     distill:  train with kd_loss against the level-0 dense network instead of cross-entropy.
     """
@@ -76,5 +78,7 @@ for _variant in (
     RetrainVariant("kd", weights="init", schedule="zero", distill=True),
     RetrainVariant("kd_rewind", weights="rewind", schedule="rewind", distill=True),
     RetrainVariant("kd_lr_rewind", weights="previous", schedule="zero", distill=True),
+    RetrainVariant("sparse_init", weights="sparse_init", schedule="zero"),
+    RetrainVariant("kd_sparse_init", weights="sparse_init", schedule="zero", distill=True),
 ):
     register(_variant)

@@ -15,6 +15,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "resnet20"       # lottery_kd.models.MODEL_NAMES
+    config.model.basis = ""              # "" | dct | random: train conv kernels as coefficients
+                                         # in that orthonormal basis (masks act on coefficients)
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "cifar10"         # cifar10 | cifar100 | imagenet2012 | digits
@@ -52,10 +54,24 @@ def get_config() -> ml_collections.ConfigDict:
     config.prune.fraction = 0.2          # of the remaining weights, per level
     config.prune.schedule = "iterative"  # iterative | oneshot (sparsity 1-(1-fraction)^level)
     config.prune.levels = 3
+    config.prune.distribution = "global"  # global | uniform | erk: per-layer budgets, any method
+    config.prune.source = "final"        # weights scored: final (IMP) | init (pruning at init)
+    config.prune.synflow_rounds = 100    # synflow: rounds of shrinking density
+    config.prune.grasp_temperature = 200.0  # grasp: logits / T for the gradient (authors' code)
 
     config.lottery = ml_collections.ConfigDict()
     config.lottery.variants = "lt,weight_rewind,lr_rewind,finetune,kd,kd_rewind"
     config.lottery.rewind = "33ep"       # rewind point: '33ep' (KD-ticket CIFAR) or '500it'
+
+    config.dynamic = ml_collections.ConfigDict()  # dynamic sparse training instead of IMP levels
+    config.dynamic.method = ""           # "" (off) | rigl | set | a registered dynamic method
+    config.dynamic.sparsity = 0.8        # of the in-scope weights, constant throughout
+    config.dynamic.distribution = "erk"  # layer-wise densities: erk | uniform
+    config.dynamic.delta_t = 100         # steps between mask updates
+    config.dynamic.alpha = 0.3           # initial drop fraction (cosine-decayed)
+    config.dynamic.end_fraction = 0.75   # no mask updates after this fraction of training
+    config.dynamic.distill = False       # add the KD loss from the dense (level 0) teacher
+    config.dynamic.init = "dense"        # dense (the init snapshot) | sparse (sparse-aware init)
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 0    # resume checkpoint every N steps (0: every epoch)

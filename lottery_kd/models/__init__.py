@@ -10,6 +10,7 @@ from typing import Callable
 
 from flax import linen as nn
 
+from lottery_kd.models.basis import BASES, BasisModel
 from lottery_kd.models.cifar_resnet import build_cifar_resnet
 from lottery_kd.models.imagenet_resnet import build_imagenet_resnet
 from lottery_kd.models.small import DigitsConvNet
@@ -29,10 +30,15 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
-def get_model(name: str, num_classes: int) -> nn.Module:
-    """Build the named model; raises ValueError listing the known names for an unknown one."""
+def get_model(name: str, num_classes: int, *, basis: str = "", basis_seed: int = 0):
+    """Build the named model; raises ValueError listing the known names for an unknown one.
+
+    With `basis` ("dct" or "random") the conv kernels are trained as coefficients in that
+    orthonormal basis (lottery_kd.models.basis.BasisModel).
+    """
     if name not in _BUILDERS:
         raise ValueError(f"model.name: unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    return _BUILDERS[name](num_classes)
+    model = _BUILDERS[name](num_classes)
+    return BasisModel(model, basis, basis_seed) if basis else model

@@ -1,0 +1,144 @@
+"""Dynamic sparse training: masks that change during training at a fixed parameter count.
+
+A dynamic method is one registered function (the training-time mask-update hook):
+
+    fn(params, masks, grads, drop_fraction, *, rng, scope) -> new_masks
+
+called every `delta_t` steps until `end_step` with the current (masked) weights, the dense
+gradient of the training loss (gradients at pruned positions included: what RigL grows by), and
+the cosine-decayed fraction of each layer's active weights to replace. It must keep every layer's
+number of active weights; `drop_and_grow` does the bookkeeping for the usual drop-by-magnitude,
+grow-by-score methods. After an update the trainer zeroes the dropped weights and resets the
+momentum of the grown ones (which start at 0.0).
+
+Built in: `rigl` (Evci et al. 2020: grow by |gradient|) and `set` (Mocanu et al. 2018: grow at
+random).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lottery_kd import masks as masks_lib
+
+PyTree = Any
+DynamicMethod = Callable[..., PyTree]
+
+_REGISTRY: dict[str, DynamicMethod] = {}
+
+
+def register(name: str) -> Callable[[DynamicMethod], DynamicMethod]:
+    """Decorator registering a dynamic sparse method under `name`."""
+    def decorator(fn: DynamicMethod) -> DynamicMethod:
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ValueError(f"a dynamic sparse method named {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+    return decorator
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> DynamicMethod:
+    if name not in _REGISTRY:
+        raise ValueError(f"dynamic.method: unknown dynamic sparse method {name!r}; allowed: "
+                         f"{', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def cosine_drop_fraction(step: int, alpha: float, end_step: int) -> float:
+    """RigL's schedule: alpha/2 * (1 + cos(pi * step / end_step)), 0 from end_step on."""
+    if step >= end_step:
+        return 0.0
+    return 0.5 * alpha * (1.0 + math.cos(math.pi * step / end_step))
+
+
+def drop_and_grow(params: PyTree, masks: PyTree, grow_scores: PyTree, drop_fraction: float, *,
+                  scope: masks_lib.Scope = "conv") -> PyTree:
+    """In every prunable layer: drop the round(drop_fraction x active) smallest-|w| active weights,
+    then activate as many inactive positions with the highest `grow_scores` (just-dropped
+    positions may come back, as in RigL). Ties by position; the active count never changes."""
+    flat_masks, treedef = jax.tree_util.tree_flatten_with_path(masks)
+    flat_params, flat_scores = jax.tree.leaves(params), jax.tree.leaves(grow_scores)
+    leaves = []
+    for (path, mask), weight, score in zip(flat_masks, flat_params, flat_scores):
+        mask = np.asarray(mask)
+        if not masks_lib.is_prunable(masks_lib.path_name(path), mask.shape, scope):
+            leaves.append(jnp.asarray(mask))
+            continue
+        alive = mask.reshape(-1).copy()
+        active = np.flatnonzero(alive)
+        k = min(int(round(drop_fraction * active.size)), active.size)
+        magnitude = np.abs(np.asarray(weight, np.float64).reshape(-1))
+        dropped = active[np.argsort(magnitude[active], kind="stable")[:k]]
+        alive[dropped] = False
+        inactive = np.flatnonzero(~alive)
+        growth = np.asarray(score, np.float64).reshape(-1)[inactive]
+        grown = inactive[np.argsort(-growth, kind="stable")[:k]]
+        alive[grown] = True
+        leaves.append(jnp.asarray(alive.reshape(mask.shape)))
+    return jax.tree.unflatten(jax.tree.structure(masks), leaves)
+
+
+@register("rigl")
+def rigl(params: PyTree, masks: PyTree, grads: PyTree, drop_fraction: float, *,
+         rng: Optional[jax.Array] = None, scope: masks_lib.Scope = "conv") -> PyTree:
+    """RigL: drop the smallest weights, grow where the dense gradient is largest."""
+    return drop_and_grow(params, masks, jax.tree.map(jnp.abs, grads), drop_fraction,
+                         scope=scope)
+
+
+@register("set")
+def sparse_evolutionary_training(params: PyTree, masks: PyTree, grads: PyTree,
+                                 drop_fraction: float, *, rng: Optional[jax.Array] = None,
+                                 scope: masks_lib.Scope = "conv") -> PyTree:
+    """SET: drop the smallest weights, grow at random."""
+    if rng is None:
+        raise ValueError("the 'set' dynamic method needs rng=jax.random.key(...)")
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(rng, len(leaves))
+    scores = [jax.random.uniform(key, np.shape(leaf)) for key, leaf in zip(keys, leaves)]
+    return drop_and_grow(params, masks, jax.tree.unflatten(treedef, scores), drop_fraction,
+                         scope=scope)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskUpdate:
+    """When and how a training run updates its masks (the trainer calls `due` and `apply`)."""
+
+    method: str
+    delta_t: int
+    alpha: float
+    end_step: int
+    seed: int = 0
+    scope: masks_lib.Scope = "conv"
+
+    def due(self, step: int) -> bool:
+        return 0 < step < self.end_step and step % self.delta_t == 0
+
+    def new_masks(self, step: int, params: PyTree, masks: PyTree, grads: PyTree) -> PyTree:
+        rng = jax.random.fold_in(jax.random.key(self.seed), step)
+        return get(self.method)(params, masks, grads,
+                                cosine_drop_fraction(step, self.alpha, self.end_step),
+                                rng=rng, scope=self.scope)
+
+
+def reset_grown(optimizer: optax.GradientTransformation, opt_state: PyTree, params: PyTree,
+                old_masks: PyTree, new_masks: PyTree) -> tuple[PyTree, PyTree]:
+    """(params, opt_state) after a mask update: dropped weights 0.0, grown weights 0.0 with their
+    optimizer state (momentum) reset to 0."""
+    changed = jax.tree.map(lambda old, new: jnp.logical_xor(old, new), old_masks, new_masks)
+    params = masks_lib.apply(params, new_masks)
+    opt_state = optax.tree_utils.tree_map_params(
+        optimizer, lambda s, c: jnp.where(c, jnp.zeros((), s.dtype), s), opt_state, changed,
+        transform_non_params=lambda s: s)
+    return params, opt_state

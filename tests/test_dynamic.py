@@ -1,0 +1,178 @@
+"""Dynamic sparse training (RigL, SET, a user's method) and sparse-aware initialisation."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lottery_kd import dynamic, lottery, masks as masks_lib, pruning, results, sparse_init
+from lottery_kd.data import load_dataset
+from lottery_kd.data.inputs import InputData
+from lottery_kd.models import get_model
+from lottery_kd.train import Distillation, Trainer, init_variables
+from tests.conftest import make_tiny_config
+
+
+def _tiny_tree():
+    rng = np.random.default_rng(0)
+    params = {"conv": {"kernel": jnp.asarray(rng.standard_normal((3, 3, 2, 4)), jnp.float32)},
+              "bn": {"scale": jnp.ones(4)}}
+    mask = rng.random((3, 3, 2, 4)) < 0.4
+    masks = {"conv": {"kernel": jnp.asarray(mask)}, "bn": {"scale": jnp.ones(4, bool)}}
+    return params, masks
+
+
+def test_cosine_drop_fraction():
+    assert dynamic.cosine_drop_fraction(0, 0.3, 100) == pytest.approx(0.3)
+    assert dynamic.cosine_drop_fraction(50, 0.3, 100) == pytest.approx(0.15)
+    assert dynamic.cosine_drop_fraction(100, 0.3, 100) == 0.0
+    assert dynamic.cosine_drop_fraction(150, 0.3, 100) == 0.0
+
+
+def test_rigl_drops_the_smallest_and_grows_where_the_gradient_is_largest():
+    params, masks = _tiny_tree()
+    masks = jax.tree.map(lambda m: m, masks)
+    weights = np.asarray(masks_lib.apply(params, masks)["conv"]["kernel"]).reshape(-1)
+    alive = np.asarray(masks["conv"]["kernel"]).reshape(-1)
+    grads = np.random.default_rng(1).standard_normal(alive.size)
+    new = dynamic.rigl(masks_lib.apply(params, masks), masks,
+                       {"conv": {"kernel": jnp.asarray(grads.reshape(3, 3, 2, 4))},
+                        "bn": {"scale": jnp.ones(4)}}, 0.25)
+    new_alive = np.asarray(new["conv"]["kernel"]).reshape(-1)
+    k = round(0.25 * alive.sum())
+    active = np.flatnonzero(alive)
+    dropped = set(active[np.argsort(np.abs(weights[active]), kind="stable")[:k]])
+    after_drop = alive.copy()
+    after_drop[list(dropped)] = False
+    candidates = np.flatnonzero(~after_drop)
+    grown = set(candidates[np.argsort(-np.abs(grads[candidates]), kind="stable")[:k]])
+    expected = after_drop.copy()
+    expected[list(grown)] = True
+    np.testing.assert_array_equal(new_alive, expected)
+    assert new_alive.sum() == alive.sum()
+    assert np.asarray(new["bn"]["scale"]).all()
+
+
+def test_set_grows_at_random_with_the_same_count_and_is_seeded():
+    params, masks = _tiny_tree()
+    grads = jax.tree.map(jnp.zeros_like, params)
+    a = dynamic.get("set")(params, masks, grads, 0.3, rng=jax.random.key(0))
+    b = dynamic.get("set")(params, masks, grads, 0.3, rng=jax.random.key(0))
+    c = dynamic.get("set")(params, masks, grads, 0.3, rng=jax.random.key(1))
+    assert masks_lib.count(a) == masks_lib.count(masks)
+    assert np.array_equal(a["conv"]["kernel"], b["conv"]["kernel"])
+    assert not np.array_equal(a["conv"]["kernel"], c["conv"]["kernel"])
+
+
+def _trainer(distillation=None):
+    model = get_model("digits_convnet", 10)
+    data = InputData.from_dataset(load_dataset("digits"), seed=0, eval_batch_size=360)
+    return Trainer(model, data, batch_size=64, momentum=0.9, weight_decay=5e-4,
+                   distillation=distillation), model
+
+
+@pytest.mark.parametrize("method", ["rigl", "set"])
+def test_the_active_count_is_exact_at_every_step_and_pruned_weights_stay_zero(method):
+    trainer, model = _trainer(Distillation(4.0, 0.9))
+    params, batch_stats = init_variables(model, jax.random.key(0), (8, 8, 1))
+    masks = pruning.get("random")(params, masks_lib.create(params), 0.8, rng=jax.random.key(1),
+                                  distribution="erk")
+    expected = masks_lib.count(masks)
+    seen, original = [], trainer.train_step_kd
+
+    def spy(state, step_masks, *args):
+        seen.append(masks_lib.layer_counts(step_masks))
+        new_state, metrics = original(state, step_masks, *args)
+        for p, m in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(step_masks)):
+            assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)
+        return new_state, metrics
+
+    trainer.train_step_kd = spy
+    update = dynamic.MaskUpdate(method, delta_t=5, alpha=0.3, end_step=30, seed=0)
+    teacher = {"params": params, "batch_stats": batch_stats}
+    fit = trainer.fit(trainer.init_state(params, batch_stats, masks, 0), masks, num_steps=38,
+                      schedule=lambda s: 0.05, teacher=teacher, mask_update=update)
+    assert len(seen) == 38
+    assert all(counts == seen[0] for counts in seen)  # per layer, at every step
+    assert masks_lib.count(fit.masks) == expected
+    changed = sum(int(np.sum(np.asarray(a) != np.asarray(b)))
+                  for a, b in zip(jax.tree.leaves(fit.masks), jax.tree.leaves(masks)))
+    assert changed > 0  # the masks really moved
+
+
+def test_grown_weights_start_at_zero_with_fresh_momentum():
+    params, masks = _tiny_tree()
+    from lottery_kd import optim
+    optimizer = optim.sgd_direction(0.9, 0.0)
+    opt_state = jax.tree.map(lambda x: jnp.ones_like(x), optimizer.init(params))
+    new_masks = {"conv": {"kernel": jnp.logical_not(masks["conv"]["kernel"])},
+                 "bn": masks["bn"]}
+    new_params, new_state = dynamic.reset_grown(optimizer, opt_state, params, masks, new_masks)
+    grown = np.asarray(new_masks["conv"]["kernel"])
+    assert np.all(np.asarray(new_params["conv"]["kernel"])[~grown] == 0.0)
+    trace = np.asarray(new_state[1].trace["conv"]["kernel"])
+    assert np.all(trace == 0.0)  # every position changed here, so every momentum was reset
+    assert np.all(np.asarray(new_state[1].trace["bn"]["scale"]) == 1.0)
+
+
+def test_rigl_with_kd_on_digits_at_80_percent_stays_within_2_points_of_dense(tmp_path):
+    config = make_tiny_config()
+    config.train.epochs = 12
+    config.dynamic.method = "rigl"
+    config.dynamic.delta_t = 20
+    config.dynamic.distill = True
+    rows = lottery.run(config, tmp_path, log=lambda *_: None)
+    assert [(r["level"], r["variant"]) for r in rows] == [(0, "dense"), (1, "rigl_kd")]
+    dense, rigl = rows
+    assert rigl["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert rigl["test_accuracy"] >= dense["test_accuracy"] - 0.02, (rigl, dense)
+    # The final snapshot holds the moved masks, at the same count.
+    run = lottery.LotteryRun(config, tmp_path, log=lambda *_: None)
+    final = run.snapshots.restore("level_1_rigl_kd", run._template())
+    assert masks_lib.count(final["masks"])[0] == rigl["remaining_weights"]
+    assert results.read_rows(tmp_path / "results.jsonl") == rows
+
+
+# --------------------------------------------------------------------------------------------
+# sparse-aware initialisation
+
+
+def test_sparse_aware_init_scales_each_unit_by_its_sparse_fan_in():
+    shape = (3, 3, 64, 8)
+    rng = np.random.default_rng(0)
+    densities = np.array([1.0, 0.5, 0.25, 0.1, 0.05, 0.5, 0.02, 0.0])
+    mask = rng.random(shape) < densities  # a different density per output unit
+    params = {"conv": {"kernel": jnp.zeros(shape)}, "bn": {"scale": jnp.full(8, 3.0)}}
+    masks = {"conv": {"kernel": jnp.asarray(mask)}, "bn": {"scale": jnp.ones(8, bool)}}
+    out = sparse_init.sparse_aware_init(params, masks, jax.random.key(0))
+    kernel = np.asarray(out["conv"]["kernel"]).reshape(-1, 8)
+    flat_mask = mask.reshape(-1, 8)
+    fan_in = flat_mask.sum(axis=0)
+    np.testing.assert_array_equal(sparse_init.sparse_fan_in(mask), fan_in)
+    assert np.all(kernel[~flat_mask] == 0.0)
+    for unit in range(8):
+        if fan_in[unit] >= 50:  # enough samples to check the standard deviation
+            std = kernel[flat_mask[:, unit], unit].std()
+            assert std == pytest.approx(math.sqrt(2.0 / fan_in[unit]), rel=0.25), unit
+    assert np.all(kernel[:, 7] == 0.0)  # no inputs: stays at zero
+    np.testing.assert_array_equal(out["bn"]["scale"], params["bn"]["scale"])
+    # Versus the dense He init, a unit at 10% density starts ~sqrt(10)x larger per weight.
+    assert kernel[flat_mask[:, 3], 3].std() > 2 * math.sqrt(2.0 / (9 * 64))
+
+
+def test_sparse_init_variants_run_in_a_study_and_log_the_gradient_norm(tmp_path):
+    config = make_tiny_config()
+    config.prune.levels = 1
+    config.lottery.variants = "lt,sparse_init,kd_sparse_init"
+    config.log.tensorboard = True
+    rows = lottery.run(config, tmp_path, log=lambda *_: None)
+    assert [r["variant"] for r in rows] == ["dense", "lt", "sparse_init", "kd_sparse_init"]
+    assert rows[2]["test_accuracy"] != rows[1]["test_accuracy"] or \
+        rows[2]["best_val_accuracy"] != rows[1]["best_val_accuracy"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "level_1_sparse_init"))
+    events.Reload()
+    grad_norms = [e.value for e in events.Scalars("train_grad_norm")]
+    assert len(grad_norms) == 2 and all(g > 0 for g in grad_norms)
