@@ -210,3 +210,32 @@ def test_process_id_must_be_below_the_process_count():
 
 def test_the_enumerated_bad_configs_are_many():
     assert len(BAD_CONFIGS) >= 25
+
+
+def test_rigl_experiment_config_is_valid_and_ignores_the_rewind_point():
+    from experiments import cifar10_rigl
+    config = cifar10_rigl.get_config()
+    config_lib.validate(config)
+    config.train.epochs = 2
+    plan = config_lib.plan_steps(config, 1280)  # 33ep rewind point unused by dynamic training
+    assert plan.total_steps == 20
+
+
+@pytest.mark.parametrize("key,value,needles", [
+    ("dynamic.method", "magic", ["dynamic.method", "rigl", "set"]),
+    ("dynamic.sparsity", 1.0, ["dynamic.sparsity", "(0, 1)"]),
+    ("dynamic.distribution", "global", ["dynamic.distribution", "erk, uniform"]),
+    ("dynamic.delta_t", 0, ["dynamic.delta_t", ">= 1"]),
+    ("dynamic.init", "xavier", ["dynamic.init", "dense, sparse"]),
+    ("prune.distribution", "lognormal", ["prune.distribution", "global, uniform, erk"]),
+    ("prune.source", "rewind", ["prune.source", "final, init"]),
+    ("prune.synflow_rounds", 0, ["prune.synflow_rounds", ">= 1"]),
+    ("model.basis", "wavelet", ["model.basis", "dct, random"]),
+])
+def test_bad_mask_source_settings(key, value, needles):
+    config = make_config()
+    set_key(config, key, value)
+    with pytest.raises(ConfigError) as info:
+        config_lib.validate(config)
+    for needle in needles:
+        assert needle in str(info.value)

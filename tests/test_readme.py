@@ -48,3 +48,26 @@ def test_readme_variant_example_runs_in_a_study(tmp_path):
     by_variant = {r["variant"]: r for r in rows}
     assert by_variant["kd_finetune"]["distill"] and not by_variant["finetune"]["distill"]
     assert by_variant["kd_finetune"]["steps"] == by_variant["finetune"]["steps"]
+
+
+def test_readme_dynamic_method_example_trains_at_a_constant_count(tmp_path):
+    from lottery_kd import dynamic
+    code = _python_blocks_after("## Add your own dynamic sparse method")
+    if "grow_by_gradient_times_noise" not in dynamic.names():
+        exec(compile(code, str(README), "exec"), {})
+    config = make_tiny_config()
+    config.dynamic.method = "grow_by_gradient_times_noise"
+    config.dynamic.delta_t = 10
+    config.dynamic.sparsity = 0.7
+    rows = lottery.run(config, tmp_path, log=lambda *_: None)
+    assert [r["variant"] for r in rows] == ["dense", "grow_by_gradient_times_noise"]
+    run = lottery.LotteryRun(config, tmp_path, log=lambda *_: None)
+    init = run.snapshots.restore("init", run._template())
+    final = run.snapshots.restore("level_1_grow_by_gradient_times_noise", run._template())
+    assert masks_lib.count(final["masks"])[0] == rows[1]["remaining_weights"]
+    assert rows[1]["sparsity"] == np.float64(rows[1]["sparsity"])
+    start = pruning.get("random")(init["params"], init["masks"], 0.7,
+                                  rng=lottery._derived_key(config.seed, "dynamic", "masks"),
+                                  distribution="erk")
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(final["masks"]),
+                                                         jax.tree.leaves(start)))

@@ -1,0 +1,36 @@
+"""RigL (dynamic sparse training) on CIFAR-10 ResNets, with an optional KD loss from a dense teacher.
+
+    python -m experiments.cifar10_rigl --config.data.dir=PATH/TO/cifar-10-batches-bin \
+        --config.model.name=resnet56 --config.dynamic.sparsity=0.9 --config.dynamic.distill=True
+
+The dense network is trained first (level 0: the teacher, and the baseline row); then one RigL run
+from init at dynamic.sparsity with ERK layer densities, masks updated every 100 steps (drop
+fraction 0.3, cosine-decayed, updates until 75% of training). The training recipe is the CIFAR
+one of experiments.cifar10_resnet20 (182 epochs, batch 128, lr 0.1). Any model by
+--config.model.name; SET by --config.dynamic.method=set; sparse-aware init by
+--config.dynamic.init=sparse.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = default.get_config()
+    config.model.name = "resnet20"
+    config.dynamic.method = "rigl"
+    config.dynamic.sparsity = 0.9
+    config.dynamic.distribution = "erk"
+    config.dynamic.delta_t = 100
+    config.dynamic.alpha = 0.3
+    config.dynamic.end_fraction = 0.75
+    config.dynamic.distill = False
+    return config
+
+
+if __name__ == "__main__":
+    from experiments.launch import main_for
+    main_for(get_config, "runs/cifar10_rigl")
