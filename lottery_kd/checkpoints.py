@@ -181,3 +181,23 @@ class ResumeStore:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def read_snapshot(path: str | os.PathLike) -> dict:
+    """A snapshot's {"params", "batch_stats", "masks"} as NumPy arrays, without a template (for
+    analysis tools that have no model at hand); CheckpointError if it is missing or damaged."""
+    path = Path(path).absolute()
+    where = f"snapshot {path.name!r} in {path.parent}"
+    if not (path.is_dir() and ocp.utils.is_checkpoint_finalized(path)):
+        raise CheckpointError(f"no complete {where}")
+    _read_meta(path, where)
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    try:
+        restored = checkpointer.restore(
+            path, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    except Exception as error:  # tensorstore/orbax raise many types for damaged files
+        raise CheckpointError(f"{where} is damaged ({type(error).__name__}: "
+                              f"{str(error)[:300]})") from None
+    finally:
+        checkpointer.close()
+    return jax.tree.map(np.asarray, restored)

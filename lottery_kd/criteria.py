@@ -92,7 +92,7 @@ def _forward_fn(context: dict, input_shape: Sequence[int]) -> Callable[[PyTree],
 
 
 # ---- masking functions ----------------------------------------------------------------------
-@register("snip")
+@register("snip", uses_data=True)
 def snip(params: PyTree, masks: PyTree, fraction: float, *, rng: Optional[jax.Array] = None,
          scope: masks_lib.Scope = "conv", **context: Any) -> PyTree:
     """SNIP connection sensitivity |w * dL/dw| on context's batch."""
@@ -101,7 +101,7 @@ def snip(params: PyTree, masks: PyTree, fraction: float, *, rng: Optional[jax.Ar
                            distribution=context.get("distribution", "global"))
 
 
-@register("grasp")
+@register("grasp", uses_data=True)
 def grasp(params: PyTree, masks: PyTree, fraction: float, *, rng: Optional[jax.Array] = None,
           scope: masks_lib.Scope = "conv", **context: Any) -> PyTree:
     """GraSP: keep the weights whose removal would reduce the gradient flow most."""

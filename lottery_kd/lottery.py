@@ -169,6 +169,15 @@ class LotteryRun:
                  f"{list(self.plan.milestone_steps)}; {self.parallel.device_count} device(s) in "
                  f"{self.parallel.process_count} process(es); workdir {self.workdir}")
 
+    @classmethod
+    def from_workdir(cls, workdir: str | os.PathLike, *, log=print) -> "LotteryRun":
+        """The study in `workdir`, rebuilt from its config.json (for analysis tools)."""
+        import ml_collections
+        path = Path(workdir) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{workdir} holds no study: config.json is missing")
+        return cls(ml_collections.ConfigDict(json.loads(path.read_text())), workdir, log=log)
+
     # ---- snapshots -------------------------------------------------------------------------
     def _template(self) -> PyTree:
         params, batch_stats = jax.eval_shape(
@@ -249,7 +258,10 @@ class LotteryRun:
                "test_accuracy": fit.test_accuracy, "best_val_accuracy": fit.best_val_accuracy,
                "test_accuracy_at_best_val": fit.test_accuracy_at_best_val,
                "best_val_epoch": fit.best_val_epoch, "epochs": fit.epochs, "steps": fit.steps,
-               "start_step": start_step, "distill": distill, "seconds": round(fit.seconds, 2)}
+               "start_step": start_step, "distill": distill,
+               "layer_counts": {name: list(counts) for name, counts in
+                                masks_lib.layer_counts(masks, self.scope).items()},
+               "seconds": round(fit.seconds, 2)}
         if main:
             results.append_row(self.results_path, row)
             results.write_summary(self.workdir, results.read_rows(self.results_path),
@@ -306,18 +318,20 @@ class LotteryRun:
             rng = _derived_key(self.config.seed, "prune", level, variant)
         scored = self._load("init") if prune.source == "init" else chain
         return method(scored["params"], chain["masks"], fraction, rng=rng, scope=self.scope,
-                      **self.prune_context(scored))
+                      **self.prune_context(scored, with_batch=pruning.uses_data(prune.method)))
 
-    def prune_context(self, scored: PyTree) -> dict:
-        """What data-dependent criteria need: the model, BatchNorm statistics, the (normalised)
-        training batch of step 0, the input shape, and the pruning settings."""
+    def prune_context(self, scored: PyTree, *, with_batch: bool) -> dict:
+        """What criteria may need: the model, BatchNorm statistics, the input shape, the pruning
+        settings, and (`with_batch`) the normalised training batch of step 0."""
         prune = self.config.prune
-        images, labels = self.trainer.device_batch(0)
-        return {"model": self.model, "batch_stats": scored["batch_stats"],
-                "batch": (normalize(images, self.data.mean, self.data.std), labels),
-                "input_shape": tuple(self.data.image_shape), "distribution": prune.distribution,
-                "synflow_rounds": prune.synflow_rounds,
-                "grasp_temperature": prune.grasp_temperature}
+        context = {"model": self.model, "batch_stats": scored["batch_stats"],
+                   "input_shape": tuple(self.data.image_shape),
+                   "distribution": prune.distribution, "synflow_rounds": prune.synflow_rounds,
+                   "grasp_temperature": prune.grasp_temperature}
+        if with_batch:
+            images, labels = self.trainer.device_batch(0)
+            context["batch"] = (normalize(images, self.data.mean, self.data.std), labels)
+        return context
 
     def run_variant(self, level: int, variant: variants_lib.RetrainVariant) -> None:
         masks = self.masks_for(level, variant.name)

@@ -29,16 +29,29 @@ PyTree = Any
 MaskingFunction = Callable[..., PyTree]
 
 _REGISTRY: dict[str, MaskingFunction] = {}
+_USES_DATA: set[str] = set()
 
 
-def register(name: str) -> Callable[[MaskingFunction], MaskingFunction]:
-    """Decorator registering a masking function under `name` (a name is registered once)."""
+def register(name: str, *, uses_data: bool = False
+             ) -> Callable[[MaskingFunction], MaskingFunction]:
+    """Decorator registering a masking function under `name` (a name is registered once).
+
+    `uses_data=True` asks the IMP driver for a training batch in context["batch"] (SNIP, GraSP);
+    every function gets context["model"], ["batch_stats"], ["input_shape"], ["distribution"].
+    """
     def decorator(fn: MaskingFunction) -> MaskingFunction:
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"a masking function named {name!r} is already registered")
         _REGISTRY[name] = fn
+        if uses_data:
+            _USES_DATA.add(name)
         return fn
     return decorator
+
+
+def uses_data(name: str) -> bool:
+    """Whether the masking function `name` scores weights on a batch of training data."""
+    return name in _USES_DATA
 
 
 def names() -> tuple[str, ...]:

@@ -1,0 +1,240 @@
+"""Deep Bootstrap (Nakkiran et al. 2021): how far is training on n examples from the ideal world?
+
+Real world: train on a fixed set of n training examples for many epochs. Ideal world: the same
+number of steps, every batch made of fresh examples never seen before (here, the rest of the
+training split, used once). The test-error gap between the two over training says how much of
+the network's generalisation is "online optimisation". Run it for the dense network and for a
+sparse ticket of a study, with and without the KD loss from the study's dense teacher:
+
+    python -m lottery_kd.bootstrap RUN_DIR --real-size 5000 --out DIR [--ticket level_1_kd]
+        [--eval-every 50]
+
+The ticket's mask is trained from the init snapshot (as `lt`, or `kd` with the teacher). The
+number of steps is what the fresh stream allows (rest // batch size) unless --steps is smaller.
+Writes DIR/bootstrap.json, bootstrap.md (error gap per evaluation point) and bootstrap.png; a
+rerun skips the settings already done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from lottery_kd import masks as masks_lib
+from lottery_kd.data import load_dataset
+from lottery_kd.data.inputs import InputData
+from lottery_kd.lottery import LotteryRun
+from lottery_kd.tensorboard import ScalarWriter
+from lottery_kd.train import Progress, Trainer
+
+
+def split_worlds(dataset, real_size: int):
+    """(real, ideal) datasets: the first `real_size` training examples, and the rest."""
+    n = len(dataset.train_labels)
+    if not 0 < real_size < n:
+        raise ValueError(f"--real-size must be in (0, {n}) for this training split, got "
+                         f"{real_size}")
+    real = dataclasses.replace(dataset, train_images=dataset.train_images[:real_size],
+                               train_labels=dataset.train_labels[:real_size])
+    ideal = dataclasses.replace(dataset, train_images=dataset.train_images[real_size:],
+                                train_labels=dataset.train_labels[real_size:])
+    return real, ideal
+
+
+class DeepBootstrap:
+    """Real vs ideal world on the data and model of the study in `run_dir`."""
+
+    def __init__(self, run_dir: str | os.PathLike, real_size: int, *, log=print):
+        self.run = LotteryRun.from_workdir(run_dir, log=lambda *_: None)
+        config = self.run.config
+        if config.data.name == "imagenet2012":
+            raise ValueError("the Deep Bootstrap here needs an in-memory data set (cifar10, "
+                             "cifar100, digits)")
+        dataset = load_dataset(config.data.name, source=config.data.source,
+                               directory=config.data.dir,
+                               validation_size=config.data.validation_size,
+                               tfds_data_dir=config.data.tfds_data_dir,
+                               tfds_download=config.data.tfds_download,
+                               verify_checksums=config.data.verify_checksums)
+        self.real, self.ideal = split_worlds(dataset, real_size)
+        self.batch_size = config.train.batch_size
+        self.log = log
+
+    def _trainer(self, dataset) -> Trainer:
+        config = self.run.config
+        data = InputData.from_dataset(dataset, seed=config.seed,
+                                      eval_batch_size=config.data.eval_batch_size,
+                                      device_count=self.run.parallel.device_count)
+        return Trainer(self.run.model, data, batch_size=self.batch_size,
+                       momentum=config.train.momentum, weight_decay=config.train.weight_decay,
+                       distillation=self.run.trainer._distillation, parallel=self.run.parallel,
+                       batch_norm=config.parallel.batch_norm)
+
+    def max_steps(self) -> int:
+        return len(self.ideal.train_labels) // self.batch_size
+
+    def world(self, name: str, dataset, masks, *, steps: int, eval_every: int, distill: bool,
+              tag: str, out: Path) -> list[dict]:
+        """Test error every `eval_every` steps of one world (a constant learning rate: the
+        study's base rate, as the ideal world has no epochs to schedule by)."""
+        trainer = self._trainer(dataset)
+        init = self.run._load("init")
+        state = trainer.init_state(init["params"], init["batch_stats"], masks, 0)
+        teacher = self.run.teacher() if distill else None
+        lr = self.run.config.train.lr
+        progress = Progress(f"[bootstrap {tag} {name}]", enabled=None if
+                            self.run.config.log.progress == "auto" else
+                            self.run.config.log.progress == "bar")
+        writer = ScalarWriter(out / "tensorboard" / f"{tag}_{name}")
+        curve = []
+        try:
+            progress.start(steps)
+            done = 0
+            while done < steps:
+                chunk = min(eval_every, steps - done)
+                fit = trainer.fit(state, masks, num_steps=chunk, schedule=lambda s: lr,
+                                  teacher=teacher)
+                state, done = fit.state, done + chunk
+                progress.advance(chunk)
+                row = fit.history[-1]
+                point = {"step": done, "test_error": 1.0 - row["test_accuracy"],
+                         "train_error": 1.0 - row["train_accuracy"],
+                         "train_loss": row["train_loss"]}
+                writer.scalars(done, {**point, "lr": lr, "train_grad_norm":
+                                      row["train_grad_norm"],
+                                      "sparsity": masks_lib.sparsity(masks, self.run.scope)})
+                curve.append(point)
+        finally:
+            writer.close()
+            progress.close()
+        return curve
+
+    def compare(self, *, ticket: str, distill: bool, steps: int, eval_every: int,
+                out: Path) -> dict:
+        masks = (self.run._load(ticket)["masks"] if ticket
+                 else self.run._load("init")["masks"])
+        tag = (ticket or "dense") + ("_kd" if distill else "")
+        real = self.world("real", self.real, masks, steps=steps, eval_every=eval_every,
+                          distill=distill, tag=tag, out=out)
+        ideal = self.world("ideal", self.ideal, masks, steps=steps, eval_every=eval_every,
+                           distill=distill, tag=tag, out=out)
+        gap = [r["test_error"] - i["test_error"] for r, i in zip(real, ideal)]
+        self.log(f"[bootstrap {tag}] final test error real {100 * real[-1]['test_error']:.2f}%"
+                 f", ideal {100 * ideal[-1]['test_error']:.2f}%, gap {100 * gap[-1]:.2f} points")
+        return {"tag": tag, "ticket": ticket, "distill": distill,
+                "sparsity": masks_lib.sparsity(masks, self.run.scope),
+                "steps": [p["step"] for p in real], "real": real, "ideal": ideal, "gap": gap}
+
+
+def _plot(comparisons: Sequence[dict], title: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    for comparison in comparisons:
+        label = f"{comparison['tag']} ({100 * comparison['sparsity']:.0f}% sparse)"
+        line, = axes[0].plot(comparison["steps"],
+                             [100 * p["test_error"] for p in comparison["real"]], label=
+                             f"{label}: real")
+        axes[0].plot(comparison["steps"], [100 * p["test_error"] for p in comparison["ideal"]],
+                     linestyle="--", color=line.get_color(), label=f"{label}: ideal")
+        axes[1].plot(comparison["steps"], [100 * g for g in comparison["gap"]], marker=".",
+                     label=label)
+    axes[0].set_ylabel("test error %")
+    axes[1].set_ylabel("test error gap, real - ideal (points)")
+    for ax in axes:
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def run_bootstrap(run_dir: str | os.PathLike, out: str | os.PathLike, *, real_size: int,
+                  tickets: Sequence[str] = ("",), distill_options: Sequence[bool] = (False,),
+                  steps: int = 0, eval_every: int = 50, log=print) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bootstrap = DeepBootstrap(run_dir, real_size, log=log)
+    steps = min(steps or bootstrap.max_steps(), bootstrap.max_steps())
+    if steps < 1:
+        raise ValueError(f"the fresh stream holds {len(bootstrap.ideal.train_labels)} examples, "
+                         f"less than one batch of {bootstrap.batch_size}: lower --real-size")
+    settings = {"run_dir": str(Path(run_dir).resolve()), "real_size": real_size,
+                "steps": steps, "eval_every": eval_every}
+    path = out / "bootstrap.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {"settings": settings,
+                                                                 "comparisons": []}
+    if saved["settings"] != settings:
+        raise ValueError(f"{out} holds Deep Bootstrap results with other settings "
+                         f"({saved['settings']}); use another --out")
+    for ticket in tickets:
+        for distill in distill_options:
+            tag = (ticket or "dense") + ("_kd" if distill else "")
+            if any(c["tag"] == tag for c in saved["comparisons"]):
+                continue
+            saved["comparisons"].append(bootstrap.compare(ticket=ticket, distill=distill,
+                                                          steps=steps, eval_every=eval_every,
+                                                          out=out))
+            temporary = path.with_suffix(".json.tmp")
+            temporary.write_text(json.dumps(saved, indent=1) + "\n")
+            os.replace(temporary, path)
+    config = bootstrap.run.config
+    title = (f"Deep Bootstrap: {config.model.name} on {config.data.name}, real world "
+             f"{real_size} examples, {steps} steps of batch {bootstrap.batch_size}")
+    lines = [f"# {title}", "", "| run | sparsity % | real test error % | ideal test error % | "
+             "gap (points) | largest gap |", "|---|---|---|---|---|---|"]
+    for c in saved["comparisons"]:
+        lines.append(f"| {c['tag']} | {100 * c['sparsity']:.1f} | "
+                     f"{100 * c['real'][-1]['test_error']:.2f} | "
+                     f"{100 * c['ideal'][-1]['test_error']:.2f} | {100 * c['gap'][-1]:.2f} | "
+                     f"{100 * max(c['gap']):.2f} |")
+    (out / "bootstrap.md").write_text("\n".join(lines) + "\n\n![real vs ideal](bootstrap.png)\n")
+    _plot(saved["comparisons"], title, out / "bootstrap.png")
+    return saved
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lottery_kd.bootstrap",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", help="the workdir of a study (data, model, snapshots)")
+    parser.add_argument("--real-size", type=int, required=True,
+                        help="training examples of the real world (the rest is the fresh stream)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--ticket", default="", help="comma-separated snapshots whose masks to "
+                        "train as well, e.g. level_1_kd (the dense network is always included)")
+    parser.add_argument("--kd", choices=("off", "on", "both"), default="both",
+                        help="train the sparse tickets without and/or with the KD loss")
+    parser.add_argument("--steps", type=int, default=0, help="0: all the fresh stream allows")
+    parser.add_argument("--eval-every", type=int, default=50)
+    args = parser.parse_args(argv)
+    if args.eval_every < 1:
+        print(f"error: --eval-every must be >= 1, got {args.eval_every}", file=sys.stderr)
+        return 2
+    distill = {"off": (False,), "on": (True,), "both": (False, True)}[args.kd]
+    try:
+        saved = run_bootstrap(args.run_dir, args.out, real_size=args.real_size,
+                              tickets=("",), distill_options=(False,), steps=args.steps,
+                              eval_every=args.eval_every)
+        tickets = [t for t in args.ticket.split(",") if t]
+        if tickets:
+            run_bootstrap(args.run_dir, args.out, real_size=args.real_size, tickets=tickets,
+                          distill_options=distill, steps=saved["settings"]["steps"],
+                          eval_every=args.eval_every)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {Path(args.out) / 'bootstrap.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Ticket comparison: how much two masks agree (Jaccard overlap, per layer and global).
+
+Jaccard(a, b) = |a and b| / |a or b| over the prunable weights that the masks keep: 1.0 for the
+same ticket, about density / (2 - density) for two independent random masks of one density. Use
+it to ask, for instance, how much the KD chain's tickets share with the weight-rewinding chain's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lottery_kd import masks as masks_lib
+from lottery_kd.checkpoints import read_snapshot
+
+PyTree = Any
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    union = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b) / union) if union else 1.0
+
+
+def mask_overlap(masks_a: PyTree, masks_b: PyTree, scope: masks_lib.Scope = "conv") -> dict:
+    """{"global": J, "layers": {path: J}} over the in-scope leaves of two mask trees."""
+    import jax
+    named_a = {masks_lib.path_name(p): np.asarray(m)
+               for p, m in jax.tree_util.tree_flatten_with_path(masks_a)[0]}
+    named_b = {masks_lib.path_name(p): np.asarray(m)
+               for p, m in jax.tree_util.tree_flatten_with_path(masks_b)[0]}
+    if named_a.keys() != named_b.keys() or any(named_a[k].shape != named_b[k].shape
+                                               for k in named_a):
+        raise ValueError("the two masks come from different architectures")
+    layers = [k for k in named_a if masks_lib.is_prunable(k, named_a[k].shape, scope)]
+    return {"global": jaccard(np.concatenate([named_a[k].ravel() for k in layers]),
+                              np.concatenate([named_b[k].ravel() for k in layers])),
+            "layers": {k: jaccard(named_a[k], named_b[k]) for k in layers}}
+
+
+def tickets_of(run_dir: str | os.PathLike) -> dict[str, PyTree]:
+    """{"variant@level": masks} of every pruned ticket's final snapshot in a run directory."""
+    snapshots = Path(run_dir) / "checkpoints" / "snapshots"
+    out = {}
+    if not snapshots.is_dir():
+        return out
+    for path in sorted(snapshots.iterdir()):
+        parts = path.name.split("_", 2)
+        if len(parts) == 3 and parts[0] == "level" and parts[1].isdigit() and parts[1] != "0":
+            try:
+                out[f"{parts[2]}@L{parts[1]}"] = read_snapshot(path)["masks"]
+            except Exception:  # an unfinished or damaged snapshot is not a ticket
+                continue
+    return dict(sorted(out.items(), key=lambda item: (int(item[0].rsplit("@L", 1)[1]),
+                                                      item[0])))
+
+
+def overlap_matrix(tickets: dict[str, PyTree], scope: masks_lib.Scope = "conv") -> dict:
+    """{"names": [...], "global": [[J]], "layers": {pair: {layer: J}}} for every pair."""
+    names = list(tickets)
+    matrix = [[1.0] * len(names) for _ in names]
+    layers = {}
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            result = mask_overlap(tickets[a], tickets[names[j]], scope)
+            matrix[i][j] = matrix[j][i] = result["global"]
+            layers[f"{a} vs {names[j]}"] = result["layers"]
+    return {"names": names, "global": matrix, "layers": layers}
+
+
+def markdown(matrix: dict) -> str:
+    names = matrix["names"]
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for name, row in zip(names, matrix["global"]):
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    return "\n".join(lines)
+
+
+def plot_heatmap(matrix: dict, title: str, path: str | os.PathLike) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = matrix["names"]
+    size = max(4.5, 0.55 * len(names) + 2)
+    figure, axes = plt.subplots(figsize=(size, size * 0.85), dpi=120)
+    image = axes.imshow(np.asarray(matrix["global"]), vmin=0, vmax=1, cmap="viridis")
+    axes.set_xticks(range(len(names)))
+    axes.set_yticks(range(len(names)))
+    axes.set_xticklabels(names, rotation=90, fontsize=7)
+    axes.set_yticklabels(names, fontsize=7)
+    for i, row in enumerate(matrix["global"]):
+        for j, value in enumerate(row):
+            axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                      color="white" if value < 0.6 else "black")
+    figure.colorbar(image, ax=axes, label="Jaccard overlap")
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -1,0 +1,353 @@
+"""Reports over one or many runs: tables, plots, published numbers, per-layer sparsity, overlap.
+
+    python -m lottery_kd.report RUN_DIR [RUN_DIR ...] --out DIR
+
+Runs are grouped by (model, data set); within a group the rows of every run (seeds, variants) are
+merged by (variant, sparsity) into mean +- std. Writes into DIR:
+
+    report.md                      per group: sparsity x variant tables of the test accuracy at
+                                   the best-validation epoch and at the end (mean +- std, n),
+                                   published numbers at matching densities, ticket overlap
+    accuracy_vs_sparsity_G.png     accuracy vs density (log axis), one line per variant with the
+                                   seed spread, dense dashed, published numbers (labelled) where
+                                   the model and data set match
+    layer_sparsity_G.png           per-layer density of every ticket
+    overlap_G.png                  Jaccard overlap of the tickets' masks (heat map)
+    report.json                    every number above, for scripts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from lottery_kd import results
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / \
+    "renda2020_cifar10_imagenet.json"
+# Our retrain variants and the Renda et al. (2020) methods that are the same procedure.
+PUBLISHED_METHODS = {"lt": "rewind_to_0", "weight_rewind": "best_weight_rewinding",
+                     "lr_rewind": "lr_rewinding", "finetune": "finetune"}
+
+
+class ReportError(ValueError):
+    """A run directory that cannot be reported (missing or unreadable results)."""
+
+
+def load_run(directory: str | os.PathLike) -> dict:
+    """{"dir", "config", "rows"} of a run directory; ReportError naming what is missing."""
+    directory = Path(directory)
+    config_path, rows_path = directory / "config.json", directory / "results.jsonl"
+    for path in (config_path, rows_path):
+        if not path.is_file():
+            raise ReportError(f"{directory} is not a finished or running study: {path.name} "
+                              "is missing")
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as error:
+        raise ReportError(f"{config_path} is not valid JSON ({error})") from None
+    return {"dir": directory, "config": config, "rows": results.read_rows(rows_path)}
+
+
+# Settings that do not make two runs different experiments: the seed (merged as repeats), the
+# variant list (merged as columns), and how a run reports, checkpoints or spreads its work.
+_MERGE_ACROSS = ("seed", "lottery.variants", "log.", "checkpoint.", "parallel.")
+
+
+def group_key(run: dict) -> tuple[str, str, str]:
+    """(model, data set, protocol digest): runs that differ only in seed or variants merge."""
+    from lottery_kd.lottery import _flatten
+    config = run["config"]
+    model = config["model"]["name"] + (f"@{config['model']['basis']}"
+                                       if config["model"].get("basis") else "")
+    protocol = {k: v for k, v in _flatten(config).items()
+                if not any(k == m or (m.endswith(".") and k.startswith(m))
+                           for m in _MERGE_ACROSS)}
+    return model, config["data"]["name"], json.dumps(protocol, sort_keys=True)
+
+
+def protocol_summary(config: dict) -> str:
+    """The settings a reader needs to tell protocols apart, in one line."""
+    train, prune, data = config["train"], config["prune"], config["data"]
+    text = (f"{train['epochs']} epochs, batch {train['batch_size']}, lr {train['lr']}, "
+            f"train subset {data.get('train_subset') or 'all'}, validation "
+            f"{data.get('validation_size', 0)}; {prune['schedule']} {prune['method']}"
+            f" ({prune.get('distribution', 'global')}, from {prune.get('source', 'final')} "
+            f"weights), rewind {config['lottery']['rewind']}")
+    if config.get("dynamic", {}).get("method"):
+        dyn = config["dynamic"]
+        text += (f"; dynamic {dyn['method']} at {dyn['sparsity']}, delta_t {dyn['delta_t']}"
+                 f"{', KD' if dyn.get('distill') else ''}")
+    return text
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return float("nan"), float("nan"), 0
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), \
+        len(values)
+
+
+def aggregate(runs: Sequence[dict]) -> list[dict]:
+    """One entry per (variant, sparsity) over all runs: mean/std/n of the final test accuracy and
+    of the test accuracy at the best-validation epoch (fractions)."""
+    cells: dict[tuple[str, float], list[dict]] = {}
+    seen = set()
+    for run in runs:
+        for row in run["rows"]:
+            key = (row["variant"], round(row["sparsity"], 4))
+            if (run["config"]["seed"], *key) in seen:  # e.g. the dense run of a seed, twice
+                continue
+            seen.add((run["config"]["seed"], *key))
+            cells.setdefault(key, []).append(row)
+    out = []
+    for (variant, sparsity), rows in cells.items():
+        final = _mean_std([r["test_accuracy"] for r in rows])
+        best = _mean_std([r.get("test_accuracy_at_best_val") for r in rows])
+        out.append({"variant": variant, "sparsity": sparsity,
+                    "level": min(r["level"] for r in rows),
+                    "final_mean": final[0], "final_std": final[1], "n": final[2],
+                    "best_val_mean": best[0], "best_val_std": best[1], "best_val_n": best[2],
+                    "runs": [str(run["dir"]) for run in runs
+                             if any(r in run["rows"] for r in rows)]})
+    return sorted(out, key=lambda e: (e["sparsity"], e["variant"] != "dense", e["variant"]))
+
+
+def published_for(model: str, dataset: str, reference: Optional[dict]) -> dict:
+    """{variant: [(density, accuracy %)]} of the published numbers for this model and data set,
+    with the protocol, or {} where none match."""
+    if reference is None or dataset != "cifar10":
+        return {}
+    table = reference.get("iterative", {}).get(model)
+    if not table:
+        return {}
+    lines = {variant: [(entry["density"], entry[method]) for entry in table if method in entry]
+             for variant, method in PUBLISHED_METHODS.items()}
+    return {"lines": lines, "dense": reference.get("dense", {}).get(model),
+            "protocol": reference["protocol"]["cifar10"], "source": reference["source"]}
+
+
+def protocol_matches(config: dict) -> bool:
+    """Whether a run follows Renda et al.'s CIFAR-10 protocol (182 epochs, batch 128, full 50k)."""
+    return (config["train"]["epochs"] == 182 and config["train"]["batch_size"] == 128
+            and config["data"].get("validation_size", 0) == 0
+            and config["data"].get("train_subset", 0) == 0)
+
+
+def _percent(mean: float, std: float, n: int) -> str:
+    if n == 0 or math.isnan(mean):
+        return "-"
+    return f"{100 * mean:.2f} ± {100 * std:.2f} (n={n})" if n > 1 else f"{100 * mean:.2f} (n=1)"
+
+
+def markdown_table(entries: Sequence[dict], key: str, published: dict) -> str:
+    variants = list(dict.fromkeys(e["variant"] for e in entries if e["variant"] != "dense"))
+    sparsities = sorted({e["sparsity"] for e in entries})
+    by_key = {(e["variant"], e["sparsity"]): e for e in entries}
+    extra = [v for v in variants if v in published.get("lines", {})]
+    header = ["sparsity %"] + variants + [f"published {v}" for v in extra]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    count = "n" if key == "final" else "best_val_n"
+    dense = by_key.get(("dense", 0.0))
+    if dense is not None:
+        lines.insert(0, f"Dense: {_percent(dense[f'{key}_mean'], dense[f'{key}_std'], dense[count])}"
+                        + (f"; published dense {published['dense']:.2f}" if published.get("dense")
+                           else "") + "\n")
+    for sparsity in sparsities:
+        if not any((v, sparsity) in by_key for v in variants):
+            continue
+        cells = [f"{100 * sparsity:.2f}"]
+        for variant in variants:
+            entry = by_key.get((variant, sparsity))
+            cells.append("" if entry is None else _percent(
+                entry[f"{key}_mean"], entry[f"{key}_std"], entry[count]))
+        for variant in extra:
+            match = [acc for density, acc in published["lines"][variant]
+                     if abs(density - (1 - sparsity)) < 5e-3]
+            cells.append(f"{match[0]:.2f}" if match else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot_accuracy(entries: Sequence[dict], published: dict, same_protocol: bool, title: str,
+                   path: Path, key: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
+    dense = [e for e in entries if e["variant"] == "dense"]
+    for variant in dict.fromkeys(e["variant"] for e in entries if e["variant"] != "dense"):
+        points = sorted((1 - e["sparsity"], 100 * e[f"{key}_mean"], 100 * e[f"{key}_std"])
+                        for e in entries if e["variant"] == variant
+                        and not math.isnan(e[f"{key}_mean"]))
+        if not points:
+            continue
+        axes.errorbar([p[0] for p in points], [p[1] for p in points],
+                      yerr=[p[2] for p in points], marker="o", capsize=3, label=variant)
+    if dense and not math.isnan(dense[0][f"{key}_mean"]):
+        axes.axhline(100 * dense[0][f"{key}_mean"], color="gray", linestyle="--",
+                     label="dense (ours)")
+    if published:
+        tag = "same protocol" if same_protocol else "other protocol: 182 ep, 50k train"
+        for variant, points in published["lines"].items():
+            if points:
+                axes.plot([p[0] for p in points], [p[1] for p in points], linestyle=":",
+                          marker="x", alpha=0.7,
+                          label=f"published {PUBLISHED_METHODS[variant]} ({tag})")
+        if published.get("dense"):
+            axes.axhline(published["dense"], color="black", linestyle=":", alpha=0.5,
+                         label=f"published dense ({tag})")
+    axes.set_xscale("log")
+    axes.invert_xaxis()
+    densities = sorted({round(1 - e["sparsity"], 4) for e in entries if e["sparsity"] > 0},
+                       reverse=True)
+    if densities:
+        axes.set_xticks(densities)
+        axes.set_xticklabels([f"{100 * (1 - d):.1f}" for d in densities], rotation=45,
+                             fontsize=8)
+        axes.minorticks_off()
+    axes.set_xlabel("sparsity % (log density axis)")
+    axes.set_ylabel("test accuracy % " + ("at best validation" if key == "best_val" else
+                                          "at the end"))
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="lower left")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def layer_densities(runs: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """{ticket "variant@sparsity%": {layer: density}} from the rows' layer counts (first seed)."""
+    out: dict[str, dict[str, float]] = {}
+    for run in runs:
+        for row in run["rows"]:
+            counts = row.get("layer_counts")
+            name = f"{row['variant']}@{100 * row['sparsity']:.1f}%"
+            if counts and row["level"] > 0 and name not in out:
+                out[name] = {layer: r / t for layer, (r, t) in counts.items()}
+    return out
+
+
+def _plot_layers(densities: dict[str, dict[str, float]], title: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = list(dict.fromkeys(layer for d in densities.values() for layer in d))
+    figure, axes = plt.subplots(figsize=(max(7, 0.25 * len(layers) + 3), 4.5), dpi=120)
+    for name, per_layer in densities.items():
+        axes.plot(range(len(layers)), [per_layer.get(layer, float("nan")) for layer in layers],
+                  marker=".", label=name)
+    axes.set_xticks(range(len(layers)))
+    axes.set_xticklabels([layer.replace("/kernel", "") for layer in layers], rotation=90,
+                         fontsize=6)
+    axes.set_ylabel("density (fraction of weights kept)")
+    axes.set_ylim(0, 1.05)
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=6, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+                 reference_path: Optional[str | os.PathLike] = None,
+                 overlap: bool = True) -> dict:
+    """Write report.md, report.json and the plots for `run_dirs` into `out`; returns the JSON."""
+    from lottery_kd import overlap as overlap_lib
+
+    runs = [load_run(d) for d in run_dirs]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    reference_path = Path(reference_path) if reference_path else REFERENCE
+    reference = json.loads(reference_path.read_text()) if reference_path.is_file() else None
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for run in runs:
+        groups.setdefault(group_key(run), []).append(run)
+    document = ["# Report", "", f"Runs: {', '.join(str(r['dir']) for r in runs)}", ""]
+    summary: dict[str, Any] = {"groups": []}
+    for index, ((model, dataset, _), members) in enumerate(groups.items()):
+        slug = f"{index + 1}_{model}_{dataset}".replace("@", "_")
+        entries = aggregate(members)
+        published = published_for(model.split("@")[0], dataset, reference)
+        same = all(protocol_matches(r["config"]) for r in members)
+        seeds = sorted({r["config"]["seed"] for r in members})
+        document += [f"## {index + 1}. {model} on {dataset}", "",
+                     f"Protocol: {protocol_summary(members[0]['config'])}. {len(members)} "
+                     f"run(s), seeds {', '.join(map(str, seeds))}: "
+                     + ", ".join(str(r["dir"]) for r in members) + ".", ""]
+        has_val = any(e["best_val_n"] for e in entries)
+        if has_val:
+            document += ["Test accuracy (%) at the epoch of best validation accuracy, "
+                         "mean ± std over runs:", "", markdown_table(entries, "best_val",
+                                                                     published), ""]
+        document += ["Test accuracy (%) at the end of training, mean ± std over runs:", "",
+                     markdown_table(entries, "final", published), ""]
+        if published:
+            document += [f"Published columns: {published['source']} Protocol: "
+                         f"{published['protocol']}. "
+                         + ("These runs follow the same protocol." if same else
+                            "These runs use another protocol, so compare trends, not points."),
+                         ""]
+        key = "best_val" if has_val else "final"
+        accuracy_png = out / f"accuracy_vs_sparsity_{slug}.png"
+        _plot_accuracy(entries, published, same, f"{model} on {dataset}", accuracy_png, key)
+        document += [f"![accuracy vs sparsity]({accuracy_png.name})", ""]
+        densities = layer_densities(members)
+        group = {"model": model, "dataset": dataset,
+                 "protocol": protocol_summary(members[0]["config"]), "entries": entries,
+                 "published": bool(published), "same_protocol": same,
+                 "layer_densities": densities}
+        if densities:
+            layers_png = out / f"layer_sparsity_{slug}.png"
+            _plot_layers(densities, f"per-layer density of each ticket: {model}", layers_png)
+            document += [f"![per-layer density]({layers_png.name})", ""]
+        if overlap:
+            tickets = overlap_lib.tickets_of(members[0]["dir"])
+            if len(tickets) > 1:
+                matrix = overlap_lib.overlap_matrix(tickets)
+                overlap_png = out / f"overlap_{slug}.png"
+                overlap_lib.plot_heatmap(matrix, f"mask overlap (Jaccard): {model}",
+                                         overlap_png)
+                document += ["Mask overlap (Jaccard, all prunable weights) between the tickets "
+                             f"of {members[0]['dir']}:", "", overlap_lib.markdown(matrix), "",
+                             f"![overlap]({overlap_png.name})", ""]
+                group["overlap"] = matrix
+        summary["groups"].append(group)
+    (out / "report.md").write_text("\n".join(document))
+    (out / "report.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lottery_kd.report",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", help="run directories (workdirs of studies)")
+    parser.add_argument("--out", required=True, help="where report.md and the plots go")
+    parser.add_argument("--reference", default="", help="published numbers (JSON); default: "
+                        "../shared/reference/renda2020_cifar10_imagenet.json when present")
+    parser.add_argument("--no-overlap", action="store_true", help="skip the mask overlap "
+                        "(which reads every ticket's snapshot)")
+    args = parser.parse_args(argv)
+    try:
+        write_report(args.runs, args.out, reference_path=args.reference or None,
+                     overlap=not args.no_overlap)
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {Path(args.out) / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

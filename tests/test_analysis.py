@@ -1,0 +1,177 @@
+"""Reports, ticket overlap, linear mode connectivity and the Deep Bootstrap on digits studies."""
+
+import json
+import struct
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from lottery_kd import bootstrap, lmc, lottery, overlap, report, results
+from tests.conftest import REPO, make_tiny_config
+
+
+def _study(root, seed, variants="lt,weight_rewind,kd"):
+    config = make_tiny_config()
+    config.seed = seed
+    config.lottery.variants = variants
+    workdir = root / f"seed{seed}"
+    lottery.run(config, workdir, log=lambda *_: None)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    """Two seeds of a quickstart-shaped study (2 levels), plus one with another protocol."""
+    root = tmp_path_factory.mktemp("analysis")
+    other = make_tiny_config()
+    other.train.epochs = 1
+    other.prune.levels = 1
+    other.lottery.variants = "lt"
+    lottery.run(other, root / "other", log=lambda *_: None)
+    return [_study(root, 0), _study(root, 1)], root / "other"
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_report_tables_equal_the_results_rows_and_plots_are_pngs(studies, tmp_path):
+    (first, second), other = studies
+    out = tmp_path / "report"
+    done = subprocess.run([sys.executable, "-m", "lottery_kd.report", str(first), str(second),
+                           str(other), "--out", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "report.json").read_text())
+    assert len(summary["groups"]) == 2  # the 1-epoch study is another protocol: not merged
+    group = next(g for g in summary["groups"] if len(g["entries"]) > 2)
+    rows = [results.read_rows(d / "results.jsonl") for d in (first, second)]
+    for entry in group["entries"]:
+        values = [r["test_accuracy"] for rs in rows for r in rs
+                  if r["variant"] == entry["variant"] and
+                  round(r["sparsity"], 4) == entry["sparsity"]]
+        assert entry["n"] == 2 and len(values) == 2
+        assert entry["final_mean"] == pytest.approx(np.mean(values), abs=1e-12)
+        assert entry["final_std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+    text = (out / "report.md").read_text()
+    kd_level2 = [r["test_accuracy"] for rs in rows for r in rs
+                 if r["variant"] == "kd" and r["level"] == 2]
+    cell = f"{100 * np.mean(kd_level2):.2f} ± {100 * np.std(kd_level2, ddof=1):.2f} (n=2)"
+    assert cell in text
+    assert "| sparsity % | kd | lt | weight_rewind |" in text
+    pngs = sorted(out.glob("*.png"))
+    assert {p.name.split("_")[0] for p in pngs} >= {"accuracy", "layer", "overlap"}
+    for png in pngs:
+        width, height = _png_size(png)
+        assert width >= 400 and height >= 300, png.name
+    assert "kd@L2" in text and "weight_rewind@L1" in text  # the overlap table
+
+
+def test_report_names_a_directory_that_holds_no_study(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lottery_kd.report", str(tmp_path), "--out",
+                           str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert "config.json is missing" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_published_numbers_are_drawn_only_where_model_and_data_match():
+    reference = json.loads(report.REFERENCE.read_text()) if report.REFERENCE.is_file() else None
+    if reference is None:
+        pytest.skip("../shared/reference is absent")
+    published = report.published_for("resnet20", "cifar10", reference)
+    assert published["dense"] == 91.71
+    assert (0.8, 91.86) in published["lines"]["lt"]
+    assert report.published_for("resnet20", "cifar100", reference) == {}
+    assert report.published_for("digits_convnet", "digits", reference) == {}
+
+
+def test_mask_overlap_by_hand():
+    a = {"conv": {"kernel": np.array([True, True, False, False]).reshape(1, 1, 1, 4)},
+         "bn": {"scale": np.ones(2, bool)}}
+    b = {"conv": {"kernel": np.array([True, False, True, False]).reshape(1, 1, 1, 4)},
+         "bn": {"scale": np.ones(2, bool)}}
+    result = overlap.mask_overlap(a, b)
+    assert result["global"] == pytest.approx(1 / 3)  # {0} of {0, 1, 2}
+    assert result["layers"] == {"conv/kernel": pytest.approx(1 / 3)}
+    assert overlap.mask_overlap(a, a)["global"] == 1.0
+
+
+def test_overlap_of_a_studys_tickets(studies):
+    (first, _), _ = studies
+    tickets = overlap.tickets_of(first)
+    assert list(tickets) == ["kd@L1", "lt@L1", "weight_rewind@L1", "kd@L2", "lt@L2",
+                             "weight_rewind@L2"]
+    matrix = overlap.overlap_matrix(tickets)
+    names = matrix["names"]
+    level1 = [names.index(n) for n in ("kd@L1", "lt@L1", "weight_rewind@L1")]
+    for i in level1:  # every chain prunes the same dense network at level 1
+        for j in level1:
+            assert matrix["global"][i][j] == 1.0
+    assert matrix["global"][names.index("kd@L2")][names.index("lt@L2")] < 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# linear mode connectivity
+
+
+def test_barrier_by_hand():
+    assert lmc.error_barrier([0.1, 0.3, 0.5, 0.2]) == pytest.approx(0.5 - 0.15)
+    assert lmc.error_barrier([0.2, 0.1, 0.2]) == pytest.approx(0.0)
+    tree = {"w": np.array([0.0, 2.0])}
+    np.testing.assert_allclose(lmc.interpolate(tree, {"w": np.array([4.0, 6.0])}, 0.25)["w"],
+                               [1.0, 3.0])
+
+
+def test_lmc_on_digits_gives_barriers_for_rewind_0_and_a_later_step(studies, tmp_path):
+    (first, _), _ = studies
+    out = tmp_path / "lmc"
+    saved = lmc.run_sweep(first, ["0it", "1ep"], out, points=5, log=lambda *_: None)
+    assert [r["rewind_step"] for r in saved["results"]] == [0, 19]
+    for result in saved["results"]:
+        assert len(result["test_error"]) == 5 and result["alphas"] == [0, 0.25, 0.5, 0.75, 1]
+        assert result["barrier"] == pytest.approx(lmc.error_barrier(result["test_error"]))
+        assert result["endpoint_errors"][0] != result["endpoint_errors"][1] or \
+            result["test_error"][2] != result["test_error"][0]  # the copies really differ
+    assert _png_size(out / "lmc.png")[0] >= 400
+    assert "| 19 | 1 |" in (out / "lmc.md").read_text()
+    # A ticket with KD; and a rerun with the same settings does nothing new.
+    ticket = lmc.run_sweep(first, ["1ep"], tmp_path / "ticket", ticket="level_2_kd",
+                           distill=True, points=3, log=lambda *_: None)
+    assert ticket["results"][0]["sparsity"] == pytest.approx(0.36, abs=1e-3)
+    again = lmc.run_sweep(first, ["0it", "1ep"], out, points=5, log=lambda *_: None)
+    assert again["results"] == saved["results"]
+    with pytest.raises(ValueError, match="other settings"):
+        lmc.run_sweep(first, ["0it"], out, points=7, log=lambda *_: None)
+
+
+# --------------------------------------------------------------------------------------------
+# Deep Bootstrap
+
+
+def test_deep_bootstrap_real_vs_ideal_for_dense_and_a_ticket_with_and_without_kd(studies,
+                                                                                   tmp_path):
+    (first, _), _ = studies
+    out = tmp_path / "bootstrap"
+    saved = bootstrap.run_bootstrap(first, out, real_size=300, tickets=("", "level_2_lt"),
+                                    distill_options=(False, True), eval_every=5,
+                                    log=lambda *_: None)
+    tags = [c["tag"] for c in saved["comparisons"]]
+    assert tags == ["dense", "dense_kd", "level_2_lt", "level_2_lt_kd"]
+    steps = saved["settings"]["steps"]
+    assert steps == (1257 - 300) // 64
+    for comparison in saved["comparisons"]:
+        assert comparison["steps"][-1] == steps
+        assert comparison["gap"] == pytest.approx(
+            [r["test_error"] - i["test_error"] for r, i in zip(comparison["real"],
+                                                                comparison["ideal"])])
+    assert _png_size(out / "bootstrap.png")[0] >= 400
+    assert "| level_2_lt_kd | 36.0 |" in (out / "bootstrap.md").read_text()
+    with pytest.raises(ValueError, match="--real-size"):
+        bootstrap.split_worlds(bootstrap.DeepBootstrap(first, 300).real, 5000)
