@@ -76,8 +76,10 @@ def protocol_summary(config: dict) -> str:
     """The settings a reader needs to tell protocols apart, in one line."""
     train, prune, data = config["train"], config["prune"], config["data"]
     text = (f"{train['epochs']} epochs, batch {train['batch_size']}, lr {train['lr']}, "
-            f"train subset {data.get('train_subset') or 'all'}, validation "
-            f"{data.get('validation_size', 0)}; {prune['schedule']} {prune['method']}"
+            f"train subset {data.get('train_subset') or 'all'}"
+            + (f", {data['validation_size']} held out for validation"
+               if data.get("validation_size") and data["name"] != "digits" else "")
+            + f"; {prune['schedule']} {prune['method']}"
             f" ({prune.get('distribution', 'global')}, from {prune.get('source', 'final')} "
             f"weights), rewind {config['lottery']['rewind']}")
     if config.get("dynamic", {}).get("method"):
@@ -117,7 +119,8 @@ def aggregate(runs: Sequence[dict]) -> list[dict]:
                     "best_val_mean": best[0], "best_val_std": best[1], "best_val_n": best[2],
                     "runs": [str(run["dir"]) for run in runs
                              if any(r in run["rows"] for r in rows)]})
-    return sorted(out, key=lambda e: (e["sparsity"], e["variant"] != "dense", e["variant"]))
+    order = {variant: i for i, (variant, _) in enumerate(cells)}  # first appearance: the
+    return sorted(out, key=lambda e: (e["sparsity"], order[e["variant"]]))  # config's order
 
 
 def published_for(model: str, dataset: str, reference: Optional[dict]) -> dict:
