@@ -181,6 +181,8 @@ def test_conv_scope_has_stem_and_shortcuts_but_not_fc(name, convs, shortcuts):
     assert len(names) == convs + shortcuts
 
 
+# Slow (~25 s): the pipeline's pieces are tested above; this runs the whole experiment.
+@pytest.mark.slow
 def test_the_imagenet_experiment_runs_end_to_end_on_mock_data(mocked, tmp_path):
     """The lottery driver streams ImageNet: dense, then KD with early stop and rewinding."""
     from experiments import imagenet_resnet50

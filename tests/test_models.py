@@ -109,6 +109,8 @@ def test_block_relu_is_not_duplicated_into_backward_fusions():
     _assert_no_depth_growth()
 
 
+# Slow (~20 s, two extra ResNet-56 compiles): it checks the guard itself, not the library.
+@pytest.mark.slow
 def test_the_guard_catches_a_plain_relu(monkeypatch):
     monkeypatch.setattr(cifar_resnet, "relu_select", jax.nn.relu)
     with pytest.raises(AssertionError):

@@ -214,6 +214,7 @@ def test_a_workdir_that_cannot_be_created_is_refused_before_any_compute(tmp_path
 def test_a_full_disk_mid_study_stops_cleanly_and_the_rerun_completes(tmp_path, monkeypatch,
                                                                      capsys):
     config = make_tiny_config()
+    config.train.epochs = 1
     config.prune.levels = 1
     config.lottery.variants = "lt,kd"
     reference = lottery.run(config, tmp_path / "reference", log=lambda *_: None)
