@@ -1,0 +1,143 @@
+"""The same CIFAR ResNet in PyTorch eager (channels_last) and in lottery_kd, alternating.
+
+    python -m benchmarks.compare_pytorch --models resnet20,resnet56 --rounds 3 \
+        --out benchmarks/results/compare_pytorch_cpu.json
+
+Only where PyTorch happens to be installed (it is never a dependency). Each measurement runs in
+its own process, frameworks alternating (jax, torch, jax, torch, ...) so that both see the same
+machine state; medians over rounds. PyTorch: the architecture of lottery_kd.models.cifar_resnet
+(basic blocks, option-B shortcuts, BatchNorm), SGD momentum 0.9 + weight decay, cross-entropy,
+channels_last, torch.set_num_threads(os.cpu_count()). JAX: the library's masked train step
+(masks at 80% sparsity, as a ticket trains), and its eval forward. Same batch size, synthetic
+images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from benchmarks.common import environment, median, write_json
+
+
+def torch_resnet(depth: int, num_classes: int = 10):
+    """He et al. CIFAR ResNet-depth in PyTorch, as lottery_kd builds it (option-B shortcuts)."""
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.shortcut = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                           nn.BatchNorm2d(cout))
+                             if stride != 1 or cin != cout else nn.Identity())
+
+        def forward(self, x):
+            y = self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))
+            return (y + self.shortcut(x)).relu()
+
+    blocks = (depth - 2) // 6
+    layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    cin = 16
+    for stage, width in enumerate((16, 32, 64)):
+        for block in range(blocks):
+            layers.append(Block(cin, width, 2 if stage > 0 and block == 0 else 1))
+            cin = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def measure_torch(model_name: str, batch_size: int, steps: int) -> dict:
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    depth = int(model_name.replace("resnet", ""))
+    model = torch_resnet(depth).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    images = torch.randn(batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch_size,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(images), labels)
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    for _ in range(2):
+        step()
+    began = time.perf_counter()
+    for _ in range(steps):
+        step()
+    train = steps * batch_size / (time.perf_counter() - began)
+    model.eval()
+    with torch.no_grad():
+        model(images)
+        began = time.perf_counter()
+        for _ in range(steps):
+            model(images)
+        evaluate = steps * batch_size / (time.perf_counter() - began)
+    return {"train_images_per_sec": train, "eval_images_per_sec": evaluate}
+
+
+def measure_jax(model_name: str, batch_size: int, steps: int) -> dict:
+    from benchmarks.train_step import measure
+    records = measure(model_name, batch_size, steps, 1, 0.8, "select")
+    by_variant = {r["variant"]: r for r in records}
+    return {"train_images_per_sec": by_variant["masked"]["images_per_sec"],
+            "eval_images_per_sec": by_variant["eval"]["images_per_sec"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="resnet20,resnet56,resnet110")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default="")
+    parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        framework, model = args.child
+        fn = measure_torch if framework == "torch" else measure_jax
+        print(json.dumps(fn(model, args.batch_size, args.steps)))
+        return
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SystemExit("PyTorch is not installed here; this comparison needs it "
+                         "(pip install torch), the package itself never does") from None
+    records = []
+    for model in args.models.split(","):
+        runs = {"jax": [], "torch": []}
+        for _ in range(args.rounds):
+            for framework in ("jax", "torch"):
+                done = subprocess.run(
+                    [sys.executable, "-m", "benchmarks.compare_pytorch", "--child", framework,
+                     model, "--batch-size", str(args.batch_size), "--steps", str(args.steps)],
+                    capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"{framework} {model} failed:\n{done.stderr[-3000:]}")
+                runs[framework].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        record = {"model": model, "batch": args.batch_size}
+        for framework, values in runs.items():
+            for key in ("train_images_per_sec", "eval_images_per_sec"):
+                record[f"{framework}_{key}"] = round(median([v[key] for v in values]), 1)
+        record["train_ratio_jax_over_torch"] = round(
+            record["jax_train_images_per_sec"] / record["torch_train_images_per_sec"], 3)
+        record["eval_ratio_jax_over_torch"] = round(
+            record["jax_eval_images_per_sec"] / record["torch_eval_images_per_sec"], 3)
+        print(json.dumps(record), file=sys.stderr, flush=True)
+        records.append(record)
+    write_json({"benchmark": "compare_pytorch", **environment(), "records": records}, args.out)
+
+
+if __name__ == "__main__":
+    main()

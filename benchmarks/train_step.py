@@ -1,0 +1,147 @@
+"""Train-step and eval throughput of the CIFAR ResNets: dense, masked and masked + KD, side by side.
+
+    python -m benchmarks.train_step --models resnet20,resnet56,resnet110 \
+        --out benchmarks/results/train_step_cpu.json
+
+Each model runs in its own process. In it, three jitted train steps are compiled (compile time
+recorded) and then timed in alternating blocks, so the ratios are measured side by side:
+
+- dense: the library's train step with all-true masks baked in as constants (XLA folds the mask
+  selects away: the cost of the step without masking);
+- masked: the library's step with the masks as an argument, at --sparsity (magnitude_global);
+- masked_kd: the same plus the KD loss, the teacher (same architecture) run in inference mode.
+
+Plus the eval forward (inference mode). Medians over --repeats blocks of --steps steps after a
+warm-up; synthetic uint8 images (throughput does not depend on pixel values). Records: model,
+variant, batch, images_per_sec, compile_s, and the ratios masked/dense and masked_kd/masked as
+time ratios (step time over step time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from benchmarks.common import environment, median, timed, write_json
+
+
+def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity: float,
+            relu: str) -> list[dict]:
+    """In a child process: every variant's step for one model."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lottery_kd import masks as masks_lib, optim, pruning, train
+    from lottery_kd.models import cifar_resnet, get_model
+
+    if relu == "plain":  # the XLA-default form, for comparison with the select ReLU
+        cifar_resnet.relu_select = jax.nn.relu
+    model = get_model(model_name, 10)
+    params, batch_stats = train.init_variables(model, jax.random.key(0), (32, 32, 3))
+    optimizer = optim.sgd_direction(0.9, 2e-4)
+    dense_masks = masks_lib.create(params)
+    masks = pruning.get("magnitude_global")(params, dense_masks, sparsity) if sparsity else \
+        dense_masks
+    normalization = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
+    ce = train.make_train_step(model, optimizer, None, normalization=normalization)
+    kd = train.make_train_step(model, optimizer, train.Distillation(5.0, 0.9, "mean"),
+                               normalization=normalization)
+    constant_true = jax.tree.map(lambda m: np.ones(m.shape, bool), dense_masks)
+    dense = jax.jit(lambda state, images, labels, lr: ce(state, constant_true, images, labels,
+                                                         lr, {}), donate_argnums=(0,))
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, batch_size).astype(np.int32))
+    lr = jnp.float32(0.1)
+    teacher = {"params": params, "batch_stats": batch_stats}
+
+    def fresh_state(step_masks):  # own buffers: the steps donate their state
+        return train.TrainState(jnp.asarray(0), masks_lib.apply(params, step_masks),
+                                jax.tree.map(lambda x: jnp.array(x, copy=True), batch_stats),
+                                optimizer.init(params))
+
+    calls = {"dense": lambda s: dense(s, images, labels, lr),
+             "masked": lambda s: ce(s, masks, images, labels, lr, {}),
+             "masked_kd": lambda s: kd(s, masks, images, labels, lr, teacher)}
+    states, compile_s = {}, {}
+    for variant, call in calls.items():
+        began = time.perf_counter()
+        state, metrics = call(fresh_state(dense_masks if variant == "dense" else masks))
+        jax.block_until_ready(metrics)
+        compile_s[variant] = time.perf_counter() - began
+        states[variant], _ = call(state)  # a warm-up step
+    seconds = {variant: [] for variant in calls}
+    for _ in range(repeats):
+        for variant, call in calls.items():
+            def block(variant=variant, call=call):
+                out = None
+                for _ in range(steps):
+                    states[variant], out = call(states[variant])
+                return out
+            seconds[variant].append(timed(block, jax.block_until_ready))
+    evaluate = train.make_eval_step(model, *normalization)
+    valid = jnp.ones(batch_size, bool)
+    eval_state = states["masked"]
+    eval_compile = timed(lambda: evaluate(eval_state.params, eval_state.batch_stats, masks,
+                                          images, labels, valid), jax.block_until_ready)
+    eval_seconds = [timed(lambda: [evaluate(eval_state.params, eval_state.batch_stats, masks,
+                                            images, labels, valid) for _ in range(steps)][-1],
+                          jax.block_until_ready) for _ in range(repeats)]
+    per_step = {variant: median(values) / steps for variant, values in seconds.items()}
+    records = []
+    for variant in calls:
+        records.append({
+            "model": model_name, "variant": variant, "batch": batch_size, "relu": relu,
+            "sparsity": 0.0 if variant == "dense" else masks_lib.sparsity(masks),
+            "images_per_sec": round(batch_size / per_step[variant], 1),
+            "images_per_sec_blocks": [round(steps * batch_size / s, 1) for s in seconds[variant]],
+            "compile_s": round(compile_s[variant], 2)})
+    records.append({"model": model_name, "variant": "eval", "batch": batch_size, "relu": relu,
+                    "sparsity": masks_lib.sparsity(masks),
+                    "images_per_sec": round(steps * batch_size / median(eval_seconds), 1),
+                    "compile_s": round(eval_compile, 2)})
+    records.append({"model": model_name, "variant": "ratios", "batch": batch_size,
+                    "masked_over_dense": round(per_step["masked"] / per_step["dense"], 3),
+                    "masked_kd_over_masked": round(per_step["masked_kd"] / per_step["masked"],
+                                                   3)})
+    return records
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="resnet20,resnet56,resnet110")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
+    parser.add_argument("--repeats", type=int, default=3, help="timed blocks per variant")
+    parser.add_argument("--sparsity", type=float, default=0.8)
+    parser.add_argument("--relu", default="select", choices=("select", "plain"),
+                        help="the block-closing ReLU (plain: max(z, 0), XLA's slow case on CPU)")
+    parser.add_argument("--out", default="")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(args.child, args.batch_size, args.steps, args.repeats,
+                                 args.sparsity, args.relu)))
+        return
+    records = []
+    for model in args.models.split(","):
+        command = [sys.executable, "-m", "benchmarks.train_step", "--child", model,
+                   "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+                   "--repeats", str(args.repeats), "--sparsity", str(args.sparsity),
+                   "--relu", args.relu]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{model} failed:\n{done.stderr[-3000:]}")
+        rows = json.loads(done.stdout.strip().splitlines()[-1])
+        for row in rows:
+            print(json.dumps(row), file=sys.stderr, flush=True)
+        records += rows
+    write_json({"benchmark": "train_step", **environment(), "records": records}, args.out)
+
+
+if __name__ == "__main__":
+    main()

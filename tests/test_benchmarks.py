@@ -1,0 +1,39 @@
+"""The benchmarks run and write the records they promise (smoke tests; no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_step_benchmark_writes_every_variant_and_the_ratios(tmp_path):
+    out = tmp_path / "train_step.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--models", "resnet20",
+                           "--steps", "1", "--repeats", "1", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    variants = [r["variant"] for r in report["records"]]
+    assert variants == ["dense", "masked", "masked_kd", "eval", "ratios"]
+    for record in report["records"][:4]:
+        assert {"model", "variant", "batch", "images_per_sec", "compile_s"} <= set(record)
+        assert record["images_per_sec"] > 0
+    assert report["records"][1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert "jax" in report["versions"] and report["backend"] == "cpu"
+
+
+def test_pruning_benchmark_times_a_resnet50_sized_tree(tmp_path):
+    out = tmp_path / "pruning.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.pruning", "--repeats", "1",
+                           "--synflow-rounds", "2", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(out.read_text())["records"]
+    first = records[0]
+    assert first["method"] == "magnitude_global" and first["prunable_weights"] > 23_000_000
+    assert first["removed"] == -(-first["prunable_weights"] * 2 // 10)  # ceil(0.2 x remaining)
