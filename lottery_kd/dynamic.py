@@ -27,32 +27,25 @@ import numpy as np
 import optax
 
 from lottery_kd import masks as masks_lib
+from lottery_kd.registry import Registry
 
 PyTree = Any
 DynamicMethod = Callable[..., PyTree]
 
-_REGISTRY: dict[str, DynamicMethod] = {}
+_REGISTRY: Registry[DynamicMethod] = Registry("dynamic sparse method", "dynamic.method")
 
 
 def register(name: str) -> Callable[[DynamicMethod], DynamicMethod]:
     """Decorator registering a dynamic sparse method under `name`."""
-    def decorator(fn: DynamicMethod) -> DynamicMethod:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"a dynamic sparse method named {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-    return decorator
+    return _REGISTRY.decorator(name)
 
 
 def names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get(name: str) -> DynamicMethod:
-    if name not in _REGISTRY:
-        raise ValueError(f"dynamic.method: unknown dynamic sparse method {name!r}; allowed: "
-                         f"{', '.join(names())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def cosine_drop_fraction(step: int, alpha: float, end_step: int) -> float:

@@ -24,11 +24,12 @@ import numpy as np
 
 from lottery_kd import masks as masks_lib
 from lottery_kd.distributions import keep_counts, num_to_prune
+from lottery_kd.registry import Registry
 
 PyTree = Any
 MaskingFunction = Callable[..., PyTree]
 
-_REGISTRY: dict[str, MaskingFunction] = {}
+_REGISTRY: Registry[MaskingFunction] = Registry("masking function", "prune.method")
 _USES_DATA: set[str] = set()
 
 
@@ -40,9 +41,7 @@ def register(name: str, *, uses_data: bool = False
     every function gets context["model"], ["batch_stats"], ["input_shape"], ["distribution"].
     """
     def decorator(fn: MaskingFunction) -> MaskingFunction:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"a masking function named {name!r} is already registered")
-        _REGISTRY[name] = fn
+        _REGISTRY.add(name, fn)
         if uses_data:
             _USES_DATA.add(name)
         return fn
@@ -56,15 +55,12 @@ def uses_data(name: str) -> bool:
 
 def names() -> tuple[str, ...]:
     """Registered masking-function names."""
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get(name: str) -> MaskingFunction:
     """The masking function registered as `name`; ValueError listing the known names otherwise."""
-    if name not in _REGISTRY:
-        raise ValueError(f"prune.method: unknown masking function {name!r}; "
-                         f"allowed: {', '.join(names())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def check_fraction(fraction: float) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from lottery_kd.registry import Registry
+
 WEIGHT_SOURCES = ("init", "rewind", "previous", "reinit", "sparse_init")
 SCHEDULE_STARTS = ("zero", "rewind", "final")
 
@@ -48,25 +50,20 @@ class RetrainVariant:
         return self.weights == "rewind" or self.schedule == "rewind"
 
 
-_REGISTRY: dict[str, RetrainVariant] = {}
+_REGISTRY: Registry[RetrainVariant] = Registry("variant", "lottery.variants")
 
 
 def register(variant: RetrainVariant) -> RetrainVariant:
     """Make `variant` available by name (config key lottery.variants)."""
-    if variant.name in _REGISTRY and _REGISTRY[variant.name] != variant:
-        raise ValueError(f"a different retrain variant named {variant.name!r} is registered")
-    _REGISTRY[variant.name] = variant
-    return variant
+    return _REGISTRY.add(variant.name, variant)
 
 
 def names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get(name: str) -> RetrainVariant:
-    if name not in _REGISTRY:
-        raise ValueError(f"lottery.variants: unknown variant {name!r}; allowed: {', '.join(names())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 for _variant in (

@@ -514,3 +514,14 @@ def test_every_builtin_method_over_levels_only_loses_weights_by_the_contract_cou
             if name not in names:
                 assert np.asarray(leaf).all(), f"{name} is out of scope but was pruned"
         mask = new
+
+
+def test_every_registry_refuses_a_second_entry_under_a_taken_name():
+    from lottery_kd import dynamic, variants
+    with pytest.raises(ValueError, match="a different dynamic sparse method named 'rigl'"):
+        dynamic.register("rigl")(lambda *args, **kwargs: None)
+    with pytest.raises(ValueError, match="a different variant named 'lt'"):
+        variants.register(variants.RetrainVariant("lt", weights="rewind", schedule="zero"))
+    variants.register(variants.get("lt"))  # the same entry again is fine
+    with pytest.raises(ValueError, match="dynamic.method: unknown dynamic sparse method 'x'"):
+        dynamic.get("x")
