@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from lottery_kd import config as config_lib, masks as masks_lib
 from lottery_kd.data.inputs import input_data_from_config
@@ -191,7 +189,7 @@ def run_sweep(run_dir: str | os.PathLike, rewinds: Sequence[str], out: str | os.
         lines.append(f"| {r['rewind_step']} | {r['rewind_epoch']:.3g} | "
                      f"{100 * r['endpoint_errors'][0]:.2f} | {100 * r['endpoint_errors'][1]:.2f}"
                      f" | {100 * r['barrier']:.2f} |")
-    (out / "lmc.md").write_text("\n".join(lines) + f"\n\n![error along the path](lmc.png)\n")
+    (out / "lmc.md").write_text("\n".join(lines) + "\n\n![error along the path](lmc.png)\n")
     _plot(results, f"LMC: {what}", out / "lmc.png")
     return saved
 

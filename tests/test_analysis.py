@@ -5,7 +5,6 @@ import struct
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 

@@ -4,7 +4,6 @@ configs are refused before any training."""
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -65,7 +65,7 @@ def three_runs(tmp_path_factory):
                     "--config.parallel.num_cpu_devices=4")
     assert local.returncode == 0, local.stderr[-3000:]
     port = _free_port()
-    pod = [f"--config.parallel.distributed=on",
+    pod = ["--config.parallel.distributed=on",
            f"--config.parallel.coordinator_address=127.0.0.1:{port}",
            f"--config.parallel.coordinator_bind_address=127.0.0.1:{port}",
            "--config.parallel.num_processes=2", "--config.parallel.num_cpu_devices=2"]

@@ -2,12 +2,10 @@
 an unusable workdir. The SIGKILL-at-random-moments trial is tests/test_kill_resume.py (slow)."""
 
 import errno
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np

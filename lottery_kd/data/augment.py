@@ -12,7 +12,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 PAD = 4
 

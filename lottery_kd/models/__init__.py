@@ -10,7 +10,7 @@ from typing import Callable
 
 from flax import linen as nn
 
-from lottery_kd.models.basis import BASES, BasisModel
+from lottery_kd.models.basis import BASES, BasisModel  # noqa: F401  (BASES: re-exported)
 from lottery_kd.models.cifar_resnet import build_cifar_resnet
 from lottery_kd.models.imagenet_resnet import build_imagenet_resnet
 from lottery_kd.models.small import DigitsConvNet
