@@ -102,6 +102,7 @@ class DeepBootstrap:
                 state, done = fit.state, done + chunk
                 progress.advance(chunk)
                 row = fit.history[-1]
+                progress.epoch_end(row)  # loss and accuracies on the bar, or one log line
                 point = {"step": done, "test_error": 1.0 - row["test_accuracy"],
                          "train_error": 1.0 - row["train_accuracy"],
                          "train_loss": row["train_loss"]}
