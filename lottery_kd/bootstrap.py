@@ -29,6 +29,7 @@ from lottery_kd import masks as masks_lib
 from lottery_kd.data import load_dataset
 from lottery_kd.data.inputs import InputData
 from lottery_kd.lottery import LotteryRun
+from lottery_kd.results import write_atomic
 from lottery_kd.tensorboard import ScalarWriter
 from lottery_kd.train import Progress, Trainer
 
@@ -66,14 +67,9 @@ class DeepBootstrap:
         self.log = log
 
     def _trainer(self, dataset) -> Trainer:
-        config = self.run.config
-        data = InputData.from_dataset(dataset, seed=config.seed,
-                                      eval_batch_size=config.data.eval_batch_size,
-                                      device_count=self.run.parallel.device_count)
-        return Trainer(self.run.model, data, batch_size=self.batch_size,
-                       momentum=config.train.momentum, weight_decay=config.train.weight_decay,
-                       distillation=self.run.trainer._distillation, parallel=self.run.parallel,
-                       batch_norm=config.parallel.batch_norm)
+        return self.run.make_trainer(InputData.from_dataset(
+            dataset, seed=self.run.config.seed, eval_batch_size=self.run.config.data.eval_batch_size,
+            device_count=self.run.parallel.device_count))
 
     def max_steps(self) -> int:
         return len(self.ideal.train_labels) // self.batch_size
@@ -87,9 +83,7 @@ class DeepBootstrap:
         state = trainer.init_state(init["params"], init["batch_stats"], masks, 0)
         teacher = self.run.teacher() if distill else None
         lr = self.run.config.train.lr
-        progress = Progress(f"[bootstrap {tag} {name}]", enabled=None if
-                            self.run.config.log.progress == "auto" else
-                            self.run.config.log.progress == "bar")
+        progress = Progress.for_mode(f"[bootstrap {tag} {name}]", self.run.config.log.progress)
         writer = ScalarWriter(out / "tensorboard" / f"{tag}_{name}")
         curve = []
         try:
@@ -185,9 +179,7 @@ def run_bootstrap(run_dir: str | os.PathLike, out: str | os.PathLike, *, real_si
             saved["comparisons"].append(bootstrap.compare(ticket=ticket, distill=distill,
                                                           steps=steps, eval_every=eval_every,
                                                           out=out))
-            temporary = path.with_suffix(".json.tmp")
-            temporary.write_text(json.dumps(saved, indent=1) + "\n")
-            os.replace(temporary, path)
+            write_atomic(path, json.dumps(saved, indent=1) + "\n")
     config = bootstrap.run.config
     title = (f"Deep Bootstrap: {config.model.name} on {config.data.name}, real world "
              f"{real_size} examples, {steps} steps of batch {bootstrap.batch_size}")
@@ -198,7 +190,7 @@ def run_bootstrap(run_dir: str | os.PathLike, out: str | os.PathLike, *, real_si
                      f"{100 * c['real'][-1]['test_error']:.2f} | "
                      f"{100 * c['ideal'][-1]['test_error']:.2f} | {100 * c['gap'][-1]:.2f} | "
                      f"{100 * max(c['gap']):.2f} |")
-    (out / "bootstrap.md").write_text("\n".join(lines) + "\n\n![real vs ideal](bootstrap.png)\n")
+    write_atomic(out / "bootstrap.md", "\n".join(lines) + "\n\n![real vs ideal](bootstrap.png)\n")
     _plot(saved["comparisons"], title, out / "bootstrap.png")
     return saved
 

@@ -31,6 +31,7 @@ import jax
 from lottery_kd import config as config_lib, masks as masks_lib
 from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.lottery import DENSE, LotteryRun, snapshot_name
+from lottery_kd.results import write_atomic
 from lottery_kd.tensorboard import ScalarWriter
 from lottery_kd.train import Progress, Trainer
 
@@ -64,18 +65,12 @@ class LinearModeConnectivity:
 
     def _trainer(self, data_seed: int) -> Trainer:
         """A trainer identical to the study's but for its data order (seed)."""
-        config = self.run.config
-        data = (self.run.data if data_seed == config.seed else input_data_from_config(
-            config.data, seed=data_seed, device_count=self.run.parallel.device_count))
-        return Trainer(self.run.model, data, batch_size=config.train.batch_size,
-                       momentum=config.train.momentum, weight_decay=config.train.weight_decay,
-                       distillation=self.run.trainer._distillation, parallel=self.run.parallel,
-                       batch_norm=config.parallel.batch_norm)
+        return self.run.make_trainer(input_data_from_config(
+            self.run.config.data, seed=data_seed, device_count=self.run.parallel.device_count))
 
     def _fit(self, trainer: Trainer, start: PyTree, masks: PyTree, start_step: int,
              num_steps: int, tag: str, out: Path):
-        progress = Progress(f"[lmc {tag}]", enabled=None if self.run.config.log.progress ==
-                            "auto" else self.run.config.log.progress == "bar")
+        progress = Progress.for_mode(f"[lmc {tag}]", self.run.config.log.progress)
         writer = ScalarWriter(out / "tensorboard" / tag)
         sparsity = masks_lib.sparsity(masks, self.run.scope)
         try:
@@ -176,9 +171,7 @@ def run_sweep(run_dir: str | os.PathLike, rewinds: Sequence[str], out: str | os.
         if any(r["rewind_step"] == step for r in saved["results"]):
             continue
         saved["results"].append(lmc.measure(step, out, points))
-        temporary = path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(saved, indent=1) + "\n")
-        os.replace(temporary, path)
+        write_atomic(path, json.dumps(saved, indent=1) + "\n")
     results = sorted(saved["results"], key=lambda r: r["rewind_step"])
     what = (f"{lmc.run.config.model.name} on {lmc.run.config.data.name}, "
             f"{'ticket ' + ticket if ticket else 'dense'}{', KD' if distill else ''}")
@@ -189,7 +182,7 @@ def run_sweep(run_dir: str | os.PathLike, rewinds: Sequence[str], out: str | os.
         lines.append(f"| {r['rewind_step']} | {r['rewind_epoch']:.3g} | "
                      f"{100 * r['endpoint_errors'][0]:.2f} | {100 * r['endpoint_errors'][1]:.2f}"
                      f" | {100 * r['barrier']:.2f} |")
-    (out / "lmc.md").write_text("\n".join(lines) + "\n\n![error along the path](lmc.png)\n")
+    write_atomic(out / "lmc.md", "\n".join(lines) + "\n\n![error along the path](lmc.png)\n")
     _plot(results, f"LMC: {what}", out / "lmc.png")
     return saved
 

@@ -146,12 +146,7 @@ class LotteryRun:
         self.scope = config.prune.scope
         self.model = get_model(config.model.name, self.data.num_classes,
                                basis=config.model.basis, basis_seed=config.seed)
-        kd = config.kd
-        self.trainer = Trainer(self.model, self.data, batch_size=config.train.batch_size,
-                               momentum=config.train.momentum,
-                               weight_decay=config.train.weight_decay,
-                               distillation=Distillation(kd.temperature, kd.alpha, kd.reduction),
-                               parallel=self.parallel, batch_norm=config.parallel.batch_norm)
+        self.trainer = self.make_trainer(self.data)
         self.schedule = optim.step_schedule(config.train.lr, self.plan.milestone_steps,
                                             decay=config.train.lr_decay,
                                             warmup_steps=self.plan.warmup_steps)
@@ -167,6 +162,15 @@ class LotteryRun:
                  f"rewind step {self.plan.rewind_step}, LR drops at steps "
                  f"{list(self.plan.milestone_steps)}; {self.parallel.device_count} device(s) in "
                  f"{self.parallel.process_count} process(es); workdir {self.workdir}")
+
+    def make_trainer(self, data) -> Trainer:
+        """A trainer with this study's model, optimizer, distillation and device layout, over
+        `data` (the study's own, or another order or subset of it for the analysis tools)."""
+        config, kd = self.config, self.config.kd
+        return Trainer(self.model, data, batch_size=config.train.batch_size,
+                       momentum=config.train.momentum, weight_decay=config.train.weight_decay,
+                       distillation=Distillation(kd.temperature, kd.alpha, kd.reduction),
+                       parallel=self.parallel, batch_norm=config.parallel.batch_norm)
 
     @classmethod
     def from_workdir(cls, workdir: str | os.PathLike, *, log=print) -> "LotteryRun":
@@ -218,9 +222,8 @@ class LotteryRun:
                 writer.scalars(step, {**{k: v for k, v in row.items() if k != "distill"},
                                       "sparsity": sparsity})
 
-        mode = self.config.log.progress
-        progress = (Progress(f"[level {level} {variant_name}]",
-                             enabled=None if mode == "auto" else mode == "bar") if main else None)
+        progress = (Progress.for_mode(f"[level {level} {variant_name}]",
+                                      self.config.log.progress) if main else None)
         state = self.trainer.init_state(start["params"], start["batch_stats"], masks, start_step)
         teacher = self.teacher() if distill else None
         resume = ResumeStore(self.workdir / "checkpoints" / "resume" / tag,

@@ -42,14 +42,16 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
     kept = [r for r in complete if (r["level"], r["variant"]) != (row["level"], row["variant"])]
     if path.exists() and (len(path.read_text().splitlines()) != len(complete)
                           or len(kept) != len(complete)):
-        _atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
     with path.open("a") as handle:
         handle.write(json.dumps(row) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: never half a file."""
+    path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
@@ -94,7 +96,7 @@ def summary_markdown(rows: Iterable[dict], title: str = "Results") -> str:
 def write_summary(workdir: str | os.PathLike, rows: list[dict], title: str) -> None:
     """Rewrite summary.md and accuracy_vs_sparsity.png from all rows so far (atomically)."""
     workdir = Path(workdir)
-    _atomic_write(workdir / "summary.md", summary_markdown(rows, title))
+    write_atomic(workdir / "summary.md", summary_markdown(rows, title))
     plot_accuracy_vs_sparsity(rows, workdir / "accuracy_vs_sparsity.png", title)
 
 

@@ -81,9 +81,15 @@ def _apply_per_device(model, variables: PyTree, images: jax.Array, groups: int):
     return logits.reshape(images.shape[0], -1), {"batch_stats": batch_stats}
 
 
-def _training_loss(model, distillation: Optional[Distillation], groups: int) -> Callable:
+def _training_loss(model, distillation: Optional[Distillation],
+                   parallel: Optional[DataParallel], batch_norm: str) -> Callable:
     """loss(weights, batch_stats, images, labels, teacher) -> (loss, (logits, new batch_stats)):
-    the training-mode loss (CE, or KD from the teacher in inference mode) at `weights`."""
+    the training-mode loss (CE, or KD from the teacher in inference mode) at `weights`, with
+    BatchNorm statistics over the global batch or per device."""
+    if batch_norm not in BATCH_NORM_MODES:
+        raise ValueError(f"parallel.batch_norm={batch_norm!r}; allowed: "
+                         f"{', '.join(BATCH_NORM_MODES)}")
+    groups = parallel.device_count if (parallel is not None and batch_norm == "per_device") else 1
 
     def loss(weights, batch_stats, images, labels, teacher):
         variables = {"params": weights, "batch_stats": batch_stats}
@@ -110,8 +116,7 @@ def make_dense_gradient(model, distillation: Optional[Distillation], *,
     """jit(grad(params, batch_stats, masks, images, labels, teacher) -> grads): the gradient of
     the training loss with respect to the masked weights, pruned positions included (what RigL
     grows by). Nothing is updated."""
-    groups = parallel.device_count if (parallel is not None and batch_norm == "per_device") else 1
-    loss_of = _training_loss(model, distillation, groups)
+    loss_of = _training_loss(model, distillation, parallel, batch_norm)
 
     def dense_gradient(params, batch_stats, masks, images, labels, teacher):
         if normalization is not None:
@@ -140,12 +145,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
     is the global-batch mean (so gradients are averaged over devices) and BatchNorm statistics
     are global, or per device with batch_norm="per_device".
     """
-    if batch_norm not in BATCH_NORM_MODES:
-        raise ValueError(f"parallel.batch_norm={batch_norm!r}; allowed: "
-                         f"{', '.join(BATCH_NORM_MODES)}")
-    groups = parallel.device_count if (parallel is not None and batch_norm == "per_device") else 1
-
-    loss_of = _training_loss(model, distillation, groups)
+    loss_of = _training_loss(model, distillation, parallel, batch_norm)
 
     def step(state: TrainState, masks: PyTree, images: jax.Array, labels: jax.Array,
              lr: jax.Array, teacher: PyTree):
@@ -451,6 +451,11 @@ class Progress:
         self._total = 0
         self._done = 0
         self._began = 0.0
+
+    @classmethod
+    def for_mode(cls, description: str, mode: str) -> "Progress":
+        """A Progress for config.log.progress: 'bar', 'lines', or 'auto' (bar on a terminal)."""
+        return cls(description, enabled=None if mode == "auto" else mode == "bar")
 
     def start(self, total: int, done: int = 0) -> None:
         self._total, self._done, self._began = total, done, time.perf_counter()
