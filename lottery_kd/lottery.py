@@ -145,7 +145,8 @@ class LotteryRun:
             self.log = lambda *_: None
         self.scope = config.prune.scope
         self.model = get_model(config.model.name, self.data.num_classes,
-                               basis=config.model.basis, basis_seed=config.seed)
+                               basis=config.model.basis, basis_seed=config.seed,
+                               conv_impl=config.model.conv_impl)
         self.trainer = self.make_trainer(self.data)
         self.schedule = optim.step_schedule(config.train.lr, self.plan.milestone_steps,
                                             decay=config.train.lr_decay,

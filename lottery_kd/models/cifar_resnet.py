@@ -13,7 +13,7 @@ parameters). Here it is `resnet56_bottleneck` and `resnet110_bottleneck`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import jax.numpy as jnp
 from flax import linen as nn
@@ -26,15 +26,17 @@ class BasicBlock(nn.Module):
 
     channels: int
     stride: int = 1
+    conv: Optional[Callable] = None  # conv_general_dilated for nn.Conv; None: XLA's
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         norm = lambda name: BatchNorm(use_running_average=not train, name=name)  # noqa: E731
         y = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding=1,
-                    use_bias=False, kernel_init=conv_init, name="conv1")(x)
+                    use_bias=False, kernel_init=conv_init, conv_general_dilated=self.conv,
+                    name="conv1")(x)
         y = nn.relu(norm("bn1")(y))
-        y = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False,
-                    kernel_init=conv_init, name="conv2")(y)
+        y = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False, kernel_init=conv_init,
+                    conv_general_dilated=self.conv, name="conv2")(y)
         y = norm("bn2")(y)
         if self.stride != 1 or x.shape[-1] != self.channels:
             x = nn.Conv(self.channels, (1, 1), (self.stride, self.stride), use_bias=False,
@@ -49,6 +51,7 @@ class BottleneckBlock(nn.Module):
     planes: int
     stride: int = 1
     expansion: int = 4
+    conv: Optional[Callable] = None  # conv_general_dilated for nn.Conv; None: XLA's
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -57,7 +60,7 @@ class BottleneckBlock(nn.Module):
         y = nn.Conv(self.planes, (1, 1), use_bias=False, kernel_init=conv_init, name="conv1")(x)
         y = nn.relu(norm("bn1")(y))
         y = nn.Conv(self.planes, (3, 3), (self.stride, self.stride), padding=1, use_bias=False,
-                    kernel_init=conv_init, name="conv2")(y)
+                    kernel_init=conv_init, conv_general_dilated=self.conv, name="conv2")(y)
         y = nn.relu(norm("bn2")(y))
         y = nn.Conv(out_channels, (1, 1), use_bias=False, kernel_init=conv_init, name="conv3")(y)
         y = norm("bn3")(y)
@@ -75,20 +78,22 @@ class CifarResNet(nn.Module):
     num_classes: int = 10
     bottleneck: bool = False
     stage_widths: Sequence[int] = (16, 32, 64)
+    # conv_general_dilated for every nn.Conv (lottery_kd.kernels.conv3x3); None: XLA's
+    conv: Optional[Callable] = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = nn.Conv(self.stage_widths[0], (3, 3), padding=1, use_bias=False,
-                    kernel_init=conv_init, name="stem_conv")(x)
+                    kernel_init=conv_init, conv_general_dilated=self.conv, name="stem_conv")(x)
         x = nn.relu(BatchNorm(use_running_average=not train, name="stem_bn")(x))
         for stage, width in enumerate(self.stage_widths):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
                 name = f"stage{stage + 1}_block{block + 1}"
                 if self.bottleneck:
-                    x = BottleneckBlock(width, stride, name=name)(x, train)
+                    x = BottleneckBlock(width, stride, conv=self.conv, name=name)(x, train)
                 else:
-                    x = BasicBlock(width, stride, name=name)(x, train)
+                    x = BasicBlock(width, stride, conv=self.conv, name=name)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="fc")(x)
 

@@ -1,0 +1,237 @@
+"""3x3 convolutions on CPU through a native kernel (conv3x3_cpu.cc), as a drop-in for Flax.
+
+Why: on CPU, XLA runs the 16-64 channel convolutions of CIFAR ResNets slowly; its filter gradient
+alone is ~40% of a ResNet-20 train step (benchmarks/conv3x3.py measures every layer shape). The
+kernel is compiled on first use with the system C++ compiler (`$CXX`, else c++/g++) for this CPU
+and cached under `$LOTTERY_KD_CACHE` (default ~/.cache/lottery_kd). Without a compiler the
+package still works: `conv_impl="auto"` then uses XLA, and only `conv_impl="native"` fails, with
+a message that says why.
+
+The native path covers float32 NHWC/HWIO 3x3 convolutions with padding 1, stride 1 or 2 and a
+multiple of 16 output channels; every other convolution goes to `lax.conv_general_dilated`.
+Gradients of every order are convolutions again (custom VJPs all the way down), so GraSP's
+Hessian-gradient product runs through the kernel too. Results are deterministic and independent
+of the thread count; they differ from XLA's only by float32 summation order (~1e-6 relative).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+CONV_IMPLS: tuple[str, ...] = ("auto", "xla", "native")
+_SOURCE = Path(__file__).with_name("conv3x3_cpu.cc")
+_TARGETS = {"forward": "LotteryKdConv3x3Forward", "filter_grad": "LotteryKdConv3x3FilterGrad"}
+_NHWC = ("NHWC", "HWIO", "NHWC")
+_log = logging.getLogger(__name__)
+
+
+class NativeKernelError(RuntimeError):
+    """The native kernel was asked for (`conv_impl="native"`) but cannot be built or loaded."""
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on, so a shared cache never hands one CPU another's binary."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("LOTTERY_KD_CACHE") or Path.home() / ".cache" / "lottery_kd"
+    return Path(root) / "kernels"
+
+
+def _build() -> Path:
+    """Compile the kernel (once per source, compiler, jaxlib and CPU); returns the .so path."""
+    compiler = _compiler()
+    if compiler is None:
+        raise NativeKernelError("no C++ compiler found (set $CXX or install g++)")
+    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
+             f"-I{jax.ffi.include_dir()}"]
+    key = hashlib.sha256("\n".join([
+        _SOURCE.read_text(), compiler, " ".join(flags), jax.__version__, _cpu_signature(),
+    ]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"conv3x3_cpu_{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build into a temporary file and rename, so concurrent processes never load half a file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([compiler, *flags, str(_SOURCE), "-o", tmp, "-lpthread"],
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise NativeKernelError(f"compiling {_SOURCE.name} failed:\n{proc.stderr[-2000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@functools.cache
+def _load() -> tuple[bool, str]:
+    """Build, load and register the FFI targets once per process; (ok, reason if not)."""
+    if os.environ.get("LOTTERY_KD_NATIVE_CONV", "1") == "0":
+        return False, "disabled by LOTTERY_KD_NATIVE_CONV=0"
+    try:
+        library = ctypes.cdll.LoadLibrary(str(_build()))
+        for name, symbol in _TARGETS.items():
+            jax.ffi.register_ffi_target(f"lottery_kd_conv3x3_{name}",
+                                        jax.ffi.pycapsule(getattr(library, symbol)),
+                                        platform="cpu")
+    except (NativeKernelError, OSError, AttributeError, subprocess.SubprocessError) as error:
+        _log.warning("native 3x3 convolution unavailable, using XLA: %s", error)
+        return False, str(error)
+    return True, ""
+
+
+def native_available() -> bool:
+    """Whether the native kernel is built and registered (building it on first call)."""
+    return _load()[0]
+
+
+def _ffi(name: str, out_shape: Sequence[int], *operands: jnp.ndarray, stride: int) -> jnp.ndarray:
+    call = jax.ffi.ffi_call(f"lottery_kd_conv3x3_{name}",
+                            jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32),
+                            vmap_method="sequential")
+    return call(*operands, stride=np.int64(stride))
+
+
+def _out_size(size: int, stride: int) -> int:
+    return (size - 1) // stride + 1
+
+
+def _xla_conv(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.ndarray:
+    return lax.conv_general_dilated(x, kernel, (stride, stride), ((1, 1), (1, 1)),
+                                    dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.ndarray:
+    """3x3 convolution, padding 1: x [N,H,W,C] f32, kernel [3,3,C,K] f32 with K % 16 == 0."""
+    n, h, w, _ = x.shape
+    return _ffi("forward", (n, _out_size(h, stride), _out_size(w, stride), kernel.shape[-1]),
+                x, kernel, stride=stride)
+
+
+def _conv3x3_fwd(x, kernel, stride):
+    return conv3x3(x, kernel, stride), (x, kernel)
+
+
+def _conv3x3_bwd(stride, residuals, dy):
+    x, kernel = residuals
+    return input_grad(dy, kernel, stride, x.shape), filter_grad(x, dy, stride)
+
+
+conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def input_grad(dy: jnp.ndarray, kernel: jnp.ndarray, stride: int,
+               x_shape: Sequence[int]) -> jnp.ndarray:
+    """d(conv3x3)/dx applied to dy. Stride 1 is a forward conv with the flipped, transposed kernel
+    (native when the input has a multiple of 16 channels); stride 2 is XLA's transposed conv."""
+    if stride == 1 and x_shape[-1] % 16 == 0:
+        return conv3x3(dy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), 1)
+    spec = jax.ShapeDtypeStruct(tuple(x_shape), dy.dtype)
+    return jax.linear_transpose(lambda x: _xla_conv(x, kernel, stride), spec)(dy)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def filter_grad(x: jnp.ndarray, dy: jnp.ndarray, stride: int) -> jnp.ndarray:
+    """d(conv3x3)/dkernel applied to dy: dw[a,b,c,k] = sum x[n, s*i+a-1, s*j+b-1, c] dy[n,i,j,k]."""
+    return _ffi("filter_grad", (3, 3, x.shape[-1], dy.shape[-1]), x, dy, stride=stride)
+
+
+def _filter_grad_fwd(x, dy, stride):
+    return filter_grad(x, dy, stride), (x, dy)
+
+
+def _filter_grad_bwd(stride, residuals, ct):
+    # dw is bilinear in (x, dy), like the conv itself: its cotangents are the conv's two products.
+    x, dy = residuals
+    return input_grad(dy, ct, stride, x.shape), conv3x3(x, ct, stride)
+
+
+filter_grad.defvjp(_filter_grad_fwd, _filter_grad_bwd)
+
+
+def _native_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                    dimension_numbers, feature_group_count) -> bool:
+    if lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32 or lhs.ndim != 4 or rhs.ndim != 4:
+        return False
+    if tuple(rhs.shape[:2]) != (3, 3) or rhs.shape[-1] % 16 or feature_group_count != 1:
+        return False
+    strides = tuple(window_strides)
+    if strides not in ((1, 1), (2, 2)):
+        return False
+    if isinstance(padding, str) or [tuple(p) for p in padding] != [(1, 1), (1, 1)]:
+        return False
+    if any(d not in (None, (1, 1), [1, 1]) for d in (lhs_dilation, rhs_dilation)):
+        return False
+    expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == expected
+
+
+def make_conv_general_dilated(conv_impl: str) -> Callable[..., jnp.ndarray] | None:
+    """The `conv_general_dilated` to give flax.linen.Conv for `model.conv_impl`.
+
+    "xla" -> None (Flax's default). "native" -> the kernel wherever it applies; raises
+    NativeKernelError now if it cannot be built. "auto" -> the kernel when the default backend is
+    CPU and it builds, else XLA.
+    """
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"model.conv_impl={conv_impl!r} is invalid: allowed: "
+                         f"{', '.join(CONV_IMPLS)}")
+    if conv_impl == "xla":
+        return None
+    if conv_impl == "native":
+        ok, reason = _load()
+        if not ok:
+            raise NativeKernelError(f"model.conv_impl='native' is unavailable: {reason}")
+    return functools.partial(conv_general_dilated, require_native=conv_impl == "native")
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None,
+                         *, require_native: bool = False, **kwargs: Any) -> jnp.ndarray:
+    """`lax.conv_general_dilated`, routed to the native 3x3 kernel where it applies."""
+    use_native = (
+        not kwargs
+        and (require_native or jax.default_backend() == "cpu")
+        and _native_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                            dimension_numbers, feature_group_count)
+        and native_available()
+    )
+    if use_native:
+        return conv3x3(lhs, rhs, int(window_strides[0]))
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, precision=precision,
+                                    **kwargs)

@@ -1,0 +1,291 @@
+// Direct 3x3 convolutions (padding 1, stride 1 or 2, NHWC activations, HWIO kernels, float32)
+// for XLA:CPU, called through the XLA FFI by lottery_kd/kernels/conv3x3.py.
+//
+// Why: XLA:CPU runs the small-channel (16-64) convolutions of CIFAR ResNets at ~25-100 GFLOP/s;
+// its backward-filter transposes activations to channels-first and calls a slow kernel. These
+// kernels keep an output tile in vector registers (GCC vector extensions, so they compile for
+// AVX-512, AVX2 or anything else) and stream the inputs once.
+//
+// Determinism: every output element is summed in a fixed order that does not depend on the number
+// of threads (the filter gradient sums fixed image blocks, then adds the blocks in order).
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <cstdint>
+#include <cstdlib>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+
+inline v16 load16(const float* p) { return *reinterpret_cast<const v16u*>(p); }
+inline void store16(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
+inline v16 splat(float s) { return v16{} + s; }
+
+int NumCores() {
+  if (const char* env = std::getenv("LOTTERY_KD_CONV_THREADS")) {
+    int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Runs fn(i) for i in [0, n) on the calling thread plus tasks on XLA's intra-op thread pool (so
+// no extra threads compete with XLA's own for the cores). Items are handed out one at a time;
+// which thread runs an item never changes its result. Tasks that start after the last item has
+// been taken touch only the shared counters, which they keep alive themselves.
+template <class Fn>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, Fn fn) {
+  struct Queue {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+  };
+  auto queue = std::make_shared<Queue>();
+  int64_t helpers = std::min<int64_t>({NumCores() - 1, pool.num_threads(), n - 1});
+  auto work = [queue, n, &fn]() {
+    for (int64_t i; (i = queue->next.fetch_add(1)) < n;) {
+      fn(i);
+      queue->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));
+  work();
+  while (queue->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+}
+
+struct Shape {
+  int64_t n, h, w, c, k, oh, ow, s;
+};
+
+// ---- forward: y[n,oh,ow,k] = sum_{kh,kw,c} x[n, oh*s+kh-1, ow*s+kw-1, c] w[kh,kw,c,k] ----
+// One tile: TW consecutive output pixels of a row x 16*KB output channels, held in registers.
+template <int TW, int KB>
+void ForwardTile(const Shape& d, const float* x_img, const float* w, const float* zeros,
+                 float* y_img, int64_t oh, int64_t ow0, int64_t k0) {
+  v16 acc[TW][KB];
+#pragma GCC unroll 16
+  for (int t = 0; t < TW; ++t)
+#pragma GCC unroll 4
+    for (int b = 0; b < KB; ++b) acc[t][b] = v16{};
+  for (int64_t kh = 0; kh < 3; ++kh) {
+    int64_t ih = oh * d.s + kh - 1;
+    if (ih < 0 || ih >= d.h) continue;
+    const float* x_row = x_img + ih * d.w * d.c;
+    for (int64_t kw = 0; kw < 3; ++kw) {
+      const float* xp[TW];
+#pragma GCC unroll 16
+      for (int t = 0; t < TW; ++t) {
+        int64_t iw = (ow0 + t) * d.s + kw - 1;
+        xp[t] = (iw >= 0 && iw < d.w) ? x_row + iw * d.c : zeros;
+      }
+      const float* wp = w + (kh * 3 + kw) * d.c * d.k + k0;
+      for (int64_t c = 0; c < d.c; ++c) {
+        v16 wv[KB];
+#pragma GCC unroll 4
+        for (int b = 0; b < KB; ++b) wv[b] = load16(wp + c * d.k + 16 * b);
+#pragma GCC unroll 16
+        for (int t = 0; t < TW; ++t) {
+          v16 xv = splat(xp[t][c]);
+#pragma GCC unroll 4
+          for (int b = 0; b < KB; ++b) acc[t][b] += xv * wv[b];
+        }
+      }
+    }
+  }
+  float* y_row = y_img + oh * d.ow * d.k;
+#pragma GCC unroll 16
+  for (int t = 0; t < TW; ++t)
+#pragma GCC unroll 4
+    for (int b = 0; b < KB; ++b) store16(y_row + (ow0 + t) * d.k + k0 + 16 * b, acc[t][b]);
+}
+
+template <int KB, int TW>
+void ForwardTileAnyWidth(int64_t width, const Shape& d, const float* x_img, const float* w,
+                         const float* zeros, float* y_img, int64_t oh, int64_t ow0, int64_t k0) {
+  if constexpr (TW >= 1) {
+    if (width == TW) return ForwardTile<TW, KB>(d, x_img, w, zeros, y_img, oh, ow0, k0);
+    return ForwardTileAnyWidth<KB, TW - 1>(width, d, x_img, w, zeros, y_img, oh, ow0, k0);
+  }
+}
+
+template <int KB, int TW>
+void ForwardImage(const Shape& d, const float* x_img, const float* w, const float* zeros,
+                  float* y_img) {
+  for (int64_t oh = 0; oh < d.oh; ++oh)
+    for (int64_t k0 = 0; k0 < d.k; k0 += 16 * KB) {
+      int64_t ow0 = 0;
+      for (; ow0 + TW <= d.ow; ow0 += TW) ForwardTile<TW, KB>(d, x_img, w, zeros, y_img, oh, ow0, k0);
+      if (ow0 < d.ow)
+        ForwardTileAnyWidth<KB, TW - 1>(d.ow - ow0, d, x_img, w, zeros, y_img, oh, ow0, k0);
+    }
+}
+
+void Forward(ffi::ThreadPool& pool, const Shape& d, const float* x, const float* w, float* y) {
+  std::vector<float> zeros(d.c, 0.0f);
+  ParallelFor(pool, d.n, [&](int64_t n) {
+    const float* x_img = x + n * d.h * d.w * d.c;
+    float* y_img = y + n * d.oh * d.ow * d.k;
+    if (d.k % 64 == 0) {
+      ForwardImage<4, 4>(d, x_img, w, zeros.data(), y_img);
+    } else if (d.k % 32 == 0) {
+      ForwardImage<2, 8>(d, x_img, w, zeros.data(), y_img);
+    } else {
+      ForwardImage<1, 16>(d, x_img, w, zeros.data(), y_img);
+    }
+  });
+}
+
+// ---- filter gradient: dw[kh,kw,c,k] = sum_{n,oh,ow} x[n, oh*s+kh-1, ow*s+kw-1, c] dy[n,oh,ow,k] ----
+// Accumulates CB input channels x 16*KB output channels in registers over rows [oh0, oh1).
+template <int CB, int KB>
+void FilterGradBlock(const Shape& d, const float* x_img, const float* dy_img, float* dw,
+                     int64_t oh0, int64_t oh1, int64_t c0, int64_t k0) {
+  for (int64_t kh = 0; kh < 3; ++kh)
+    for (int64_t kw = 0; kw < 3; ++kw) {
+      float* dwp = dw + ((kh * 3 + kw) * d.c + c0) * d.k + k0;
+      v16 acc[CB][KB];
+#pragma GCC unroll 16
+      for (int i = 0; i < CB; ++i)
+#pragma GCC unroll 4
+        for (int b = 0; b < KB; ++b) acc[i][b] = load16(dwp + i * d.k + 16 * b);
+      // output columns whose input column ow*s+kw-1 lies inside the image
+      int64_t ow_lo = kw == 0 ? 1 : 0;
+      int64_t ow_hi = std::min<int64_t>(d.ow, (d.w - kw) / d.s + 1);
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        int64_t ih = oh * d.s + kh - 1;
+        if (ih < 0 || ih >= d.h) continue;
+        const float* dy_row = dy_img + oh * d.ow * d.k + k0;
+        const float* x_row = x_img + ih * d.w * d.c + (kw - 1) * d.c + c0;
+        for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
+          const float* dyp = dy_row + ow * d.k;
+          const float* xp = x_row + ow * d.s * d.c;
+          v16 g[KB];
+#pragma GCC unroll 4
+          for (int b = 0; b < KB; ++b) g[b] = load16(dyp + 16 * b);
+#pragma GCC unroll 16
+          for (int i = 0; i < CB; ++i) {
+            v16 xv = splat(xp[i]);
+#pragma GCC unroll 4
+            for (int b = 0; b < KB; ++b) acc[i][b] += xv * g[b];
+          }
+        }
+      }
+#pragma GCC unroll 16
+      for (int i = 0; i < CB; ++i)
+#pragma GCC unroll 4
+        for (int b = 0; b < KB; ++b) store16(dwp + i * d.k + 16 * b, acc[i][b]);
+    }
+}
+
+template <int KB, int CB>
+void FilterGradBlockAnyC(int64_t cb, const Shape& d, const float* x_img, const float* dy_img,
+                         float* dw, int64_t oh0, int64_t oh1, int64_t c0, int64_t k0) {
+  if constexpr (CB >= 1) {
+    if (cb == CB) return FilterGradBlock<CB, KB>(d, x_img, dy_img, dw, oh0, oh1, c0, k0);
+    return FilterGradBlockAnyC<KB, CB - 1>(cb, d, x_img, dy_img, dw, oh0, oh1, c0, k0);
+  }
+}
+
+template <int KB, int CB>
+void FilterGradImage(const Shape& d, const float* x_img, const float* dy_img, float* dw) {
+  // rows per chunk: about 64 output pixels, so a chunk's rows stay in L1/L2 across the 9 taps
+  int64_t rows = std::max<int64_t>(1, std::min<int64_t>(d.oh, 64 / std::max<int64_t>(1, d.ow)));
+  for (int64_t oh0 = 0; oh0 < d.oh; oh0 += rows) {
+    int64_t oh1 = std::min(d.oh, oh0 + rows);
+    for (int64_t c0 = 0; c0 < d.c; c0 += CB)
+      for (int64_t k0 = 0; k0 < d.k; k0 += 16 * KB) {
+        int64_t cb = std::min<int64_t>(CB, d.c - c0);
+        if (cb == CB)
+          FilterGradBlock<CB, KB>(d, x_img, dy_img, dw, oh0, oh1, c0, k0);
+        else
+          FilterGradBlockAnyC<KB, CB - 1>(cb, d, x_img, dy_img, dw, oh0, oh1, c0, k0);
+      }
+  }
+}
+
+constexpr int64_t kFilterGradBlocks = 16;  // fixed image blocks: the sum order ignores thread count
+
+void FilterGrad(ffi::ThreadPool& pool, const Shape& d, const float* x, const float* dy,
+                float* dw) {
+  const int64_t size = 9 * d.c * d.k;
+  const int64_t blocks = std::min<int64_t>(kFilterGradBlocks, d.n);
+  std::vector<float> partial(blocks * size, 0.0f);
+  ParallelFor(pool, blocks, [&](int64_t blk) {
+    float* acc = partial.data() + blk * size;
+    for (int64_t n = blk * d.n / blocks; n < (blk + 1) * d.n / blocks; ++n) {
+      const float* x_img = x + n * d.h * d.w * d.c;
+      const float* dy_img = dy + n * d.oh * d.ow * d.k;
+      if (d.k % 64 == 0) {
+        FilterGradImage<4, 4>(d, x_img, dy_img, acc);
+      } else if (d.k % 32 == 0) {
+        FilterGradImage<2, 8>(d, x_img, dy_img, acc);
+      } else {
+        FilterGradImage<1, 16>(d, x_img, dy_img, acc);
+      }
+    }
+  });
+  std::fill(dw, dw + size, 0.0f);
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const float* p = partial.data() + blk * size;
+    for (int64_t i = 0; i < size; ++i) dw[i] += p[i];
+  }
+}
+
+ffi::Error CheckShapes(const Shape& d) {
+  if (d.k % 16 != 0) return ffi::Error::InvalidArgument("conv3x3: output channels must be a multiple of 16");
+  if (d.s != 1 && d.s != 2) return ffi::Error::InvalidArgument("conv3x3: stride must be 1 or 2");
+  return ffi::Error::Success();
+}
+
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
+  auto xd = x.dimensions();
+  auto yd = y->dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || w.dimensions().size() != 4)
+    return ffi::Error::InvalidArgument("conv3x3: expected NHWC activations and HWIO kernels");
+  Shape d{xd[0], xd[1], xd[2], xd[3], yd[3], yd[1], yd[2], stride};
+  if (auto err = CheckShapes(d); err.failure()) return err;
+  Forward(pool, d, x.typed_data(), w.typed_data(), y->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dw, int64_t stride) {
+  auto xd = x.dimensions();
+  auto dyd = dy.dimensions();
+  if (xd.size() != 4 || dyd.size() != 4 || dw->dimensions().size() != 4)
+    return ffi::Error::InvalidArgument("conv3x3: expected NHWC activations and HWIO kernels");
+  Shape d{xd[0], xd[1], xd[2], xd[3], dyd[3], dyd[1], dyd[2], stride};
+  if (auto err = CheckShapes(d); err.failure()) return err;
+  FilterGrad(pool, d, x.typed_data(), dy.typed_data(), dw->typed_data());
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdConv3x3Forward, ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdConv3x3FilterGrad, FilterGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride"));
