@@ -14,12 +14,14 @@ pytestmark = pytest.mark.slow
 def test_train_step_benchmark_writes_every_variant_and_the_ratios(tmp_path):
     out = tmp_path / "train_step.json"
     done = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--models", "resnet20",
-                           "--steps", "1", "--repeats", "1", "--out", str(out)], cwd=REPO,
+                           "--steps", "1", "--repeats", "1", "--conv-impls", "xla,auto",
+                           "--out", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     variants = [r["variant"] for r in report["records"]]
-    assert variants == ["dense", "masked", "masked_kd", "eval", "ratios"]
+    assert variants == ["dense", "masked", "masked_kd", "eval", "ratios"] * 2
+    assert [r["conv_impl"] for r in report["records"]] == ["xla"] * 5 + ["auto"] * 5
     for record in report["records"][:4]:
         assert {"model", "variant", "batch", "images_per_sec", "compile_s"} <= set(record)
         assert record["images_per_sec"] > 0
@@ -37,3 +39,16 @@ def test_pruning_benchmark_times_a_resnet50_sized_tree(tmp_path):
     first = records[0]
     assert first["method"] == "magnitude_global" and first["prunable_weights"] > 23_000_000
     assert first["removed"] == -(-first["prunable_weights"] * 2 // 10)  # ceil(0.2 x remaining)
+
+
+def test_conv3x3_benchmark_compares_every_pass_of_every_layer_shape(tmp_path):
+    out = tmp_path / "conv3x3.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.conv3x3", "--batch-size", "8",
+                           "--steps", "1", "--repeats", "1", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(out.read_text())["records"]
+    assert len(records) == 6 * 3 - 1  # the stem has no input gradient
+    for record in records:
+        assert record["xla_ms"] > 0 and record["native_ms"] > 0
+        assert record["max_relative_difference"] < 1e-5
