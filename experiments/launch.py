@@ -40,6 +40,15 @@ class StopOnSignal:
             signal.signal(signum, handler)
 
 
+def invocation() -> list[str]:
+    """The command line that started this process, as `python -m module ...` when run that way
+    (sys.argv[0] is then the module's file path, which does not run from the repository root)."""
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if main_spec is not None and main_spec.name:
+        return [sys.executable, "-m", main_spec.name, *sys.argv[1:]]
+    return [sys.executable, *sys.argv]
+
+
 def run_study(config: ml_collections.ConfigDict, workdir: str) -> int:
     """Run or resume a study; returns the process exit code (0 done, non-zero otherwise)."""
     from lottery_kd import lottery, parallel
@@ -58,7 +67,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> int:
         return 2
     except TrainingInterrupted as stopped:
         print(f"stopped: {stopped}; a resume checkpoint was saved in {workdir}/checkpoints. "
-              f"Resume with the same command:\n  {shlex.join([sys.executable, *sys.argv])}",
+              f"Resume with the same command:\n  {shlex.join(invocation())}",
               file=sys.stderr)
         return 128 + (stop.signum or signal.SIGTERM)
     except lottery.TrainingFailed as error:

@@ -3,6 +3,7 @@ an unusable workdir. The SIGKILL-at-random-moments trial is tests/test_kill_resu
 
 import errno
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -266,7 +267,9 @@ def test_sigterm_saves_a_resume_checkpoint_and_the_same_command_finishes_the_stu
     saved = sorted((workdir / "checkpoints" / "resume" / "level_0_dense").iterdir())
     assert saved, "no resume checkpoint was written"
 
-    again = subprocess.run(args + [f"--workdir={workdir}"], cwd=REPO, capture_output=True,
+    printed = output.split("Resume with the same command:\n", 1)[1].splitlines()[0]
+    assert shlex.split(printed) == args + [f"--workdir={workdir}"]  # runnable as printed
+    again = subprocess.run(shlex.split(printed), cwd=REPO, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "[level 0 dense] epoch 1 " not in again.stdout + again.stderr  # resumed, not redone
