@@ -173,6 +173,13 @@ def validate(config: Any) -> None:
           f"allowed: {', '.join(PRUNE_SCHEDULES)}")
     check(_is_int(prune.levels) and prune.levels >= 0, "prune.levels", prune.levels,
           "an integer >= 0 (0: train the dense network only)")
+    if prune.schedule == "oneshot":
+        check(_is_int(prune.first_level) and 1 <= prune.first_level <= max(1, prune.levels),
+              "prune.first_level", prune.first_level,
+              f"an integer in [1, prune.levels={prune.levels}]")
+    else:
+        check(prune.first_level == 1, "prune.first_level", prune.first_level,
+              "1 unless prune.schedule=oneshot (each iterative level prunes the one before)")
     check(prune.distribution in DISTRIBUTIONS, "prune.distribution", prune.distribution,
           f"allowed: {', '.join(DISTRIBUTIONS)}")
     check(prune.source in PRUNE_SOURCES, "prune.source", prune.source,

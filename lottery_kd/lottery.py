@@ -40,10 +40,12 @@ PyTree = Any
 DENSE = "dense"
 # Keys that change how a run reports progress, not what it computes.
 # and how the work is spread over devices and processes (a run may resume on another machine).
+# Keys that change no result: how a run is shown, placed or checkpointed, and which one-shot
+# levels are run (each level's rows are the same whichever others run).
 COSMETIC_KEYS = ("log.progress", "log.tensorboard", "parallel.distributed",
                  "parallel.coordinator_address", "parallel.num_processes", "parallel.process_id",
                  "parallel.coordinator_bind_address", "parallel.num_cpu_devices",
-                 "checkpoint.every_steps", "checkpoint.keep")
+                 "checkpoint.every_steps", "checkpoint.keep", "prune.first_level")
 
 
 class WorkdirConfigMismatch(ValueError):
@@ -401,7 +403,7 @@ class LotteryRun:
         if self.config.dynamic.method:
             self.run_dynamic()
         else:
-            for level in range(1, self.config.prune.levels + 1):
+            for level in range(self.config.prune.first_level, self.config.prune.levels + 1):
                 done = self._done()
                 for variant in self.variants:
                     if (level, variant.name) not in done:

@@ -47,6 +47,7 @@ BAD_CONFIGS = [
     ("prune.fraction", 1.5, ["prune.fraction", "(0, 1)"]),
     ("prune.fraction", -0.2, ["prune.fraction", "(0, 1)"]),
     ("prune.schedule", "cubic", ["prune.schedule", "iterative", "oneshot"]),
+    ("prune.first_level", 2, ["prune.first_level=2 is invalid", "unless prune.schedule=oneshot"]),
     ("lottery.variants", "lt,bogus", ["lottery.variants", "bogus", "lt", "reinit",
                                       "weight_rewind", "lr_rewind", "finetune", "kd",
                                       "kd_rewind", "kd_lr_rewind"]),

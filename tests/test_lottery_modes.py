@@ -38,6 +38,27 @@ def test_oneshot_prunes_the_dense_network_to_one_minus_keep_to_the_level(tmp_pat
                          masks_lib.apply(dense["params"], finetune_level2["masks"]))
 
 
+def test_oneshot_first_level_runs_only_the_later_levels_with_the_same_rows(tmp_path):
+    """prune.first_level=2 skips level 1 and reproduces the full study's level-2 rows; the key
+    is not part of the config digest, so the same workdir can later run level 1 too."""
+    config = make_tiny_config()
+    config.prune.schedule = "oneshot"
+    config.prune.levels = 2
+    config.lottery.variants = "lt"
+    full = lottery.LotteryRun(config, tmp_path / "full", log=lambda *_: None).run()
+    config.prune.first_level = 2
+    later = lottery.LotteryRun(config, tmp_path / "later", log=lambda *_: None).run()
+    assert [(r["level"], r["variant"]) for r in later] == [(0, "dense"), (2, "lt")]
+
+    def accuracies(row):
+        return {k: v for k, v in row.items() if k != "seconds"}
+
+    assert accuracies(later[1]) == accuracies(full[2])
+    config.prune.first_level = 1  # same workdir, now with level 1: resumes, adds the missing row
+    both = lottery.LotteryRun(config, tmp_path / "later", log=lambda *_: None).run()
+    assert sorted((r["level"], r["variant"]) for r in both) == [(0, "dense"), (1, "lt"), (2, "lt")]
+
+
 def test_distillation_switches_off_at_kd_stop_step():
     dataset = load_dataset("digits")
     model = get_model("digits_convnet", 10)

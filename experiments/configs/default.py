@@ -57,6 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.prune.fraction = 0.2          # of the remaining weights, per level
     config.prune.schedule = "iterative"  # iterative | oneshot (sparsity 1-(1-fraction)^level)
     config.prune.levels = 3
+    config.prune.first_level = 1         # oneshot: run levels first_level..levels only (each prunes
+                                         # the dense network, so the others are not needed)
     config.prune.distribution = "global"  # global | uniform | erk: per-layer budgets, any method
     config.prune.source = "final"        # weights scored: final (IMP) | init (pruning at init)
     config.prune.synflow_rounds = 100    # synflow: rounds of shrinking density
