@@ -57,7 +57,8 @@ def load_run(directory: str | os.PathLike) -> dict:
 
 # Settings that do not make two runs different experiments: the seed (merged as repeats), the
 # variant list (merged as columns), and how a run reports, checkpoints or spreads its work.
-_MERGE_ACROSS = ("seed", "lottery.variants", "log.", "checkpoint.", "parallel.")
+_MERGE_ACROSS = ("seed", "lottery.variants", "prune.first_level", "log.", "checkpoint.",
+                 "parallel.")
 
 
 def group_key(run: dict) -> tuple[str, str, str]:

@@ -80,6 +80,16 @@ def test_report_names_a_directory_that_holds_no_study(tmp_path):
     assert "config.json is missing" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_runs_that_differ_in_seed_variants_or_oneshot_first_level_share_a_protocol():
+    config = lottery.config_to_dict(make_tiny_config())
+    config["prune"]["schedule"] = "oneshot"
+    other = json.loads(json.dumps(config))
+    other["seed"], other["lottery"]["variants"], other["prune"]["first_level"] = 1, "lt", 2
+    assert report.group_key({"config": config}) == report.group_key({"config": other})
+    other["train"]["epochs"] += 1
+    assert report.group_key({"config": config}) != report.group_key({"config": other})
+
+
 def test_published_numbers_are_drawn_only_where_model_and_data_match():
     reference = json.loads(report.REFERENCE.read_text()) if report.REFERENCE.is_file() else None
     if reference is None:
