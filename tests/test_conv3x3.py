@@ -147,3 +147,11 @@ def test_resnet20_train_step_matches_xla():
         if "kernel" in jax.tree_util.keystr(path):
             assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(a), path
         assert np.max(np.abs(a - b)) < 5e-5, path
+
+
+def test_the_kernel_refuses_shapes_it_does_not_cover_with_a_clear_error():
+    x = jnp.ones((1, 8, 8, 16))
+    with pytest.raises(Exception, match="output channels must be a multiple of 16"):
+        jax.block_until_ready(conv_lib.conv3x3(x, jnp.ones((3, 3, 16, 8)), 1))
+    with pytest.raises(Exception, match="stride must be 1 or 2"):
+        jax.block_until_ready(conv_lib.conv3x3(x, jnp.ones((3, 3, 16, 16)), 3))

@@ -242,50 +242,50 @@ void FilterGrad(ffi::ThreadPool& pool, const Shape& d, const float* x, const flo
   }
 }
 
-ffi::Error CheckShapes(const Shape& d) {
-  if (d.k % 16 != 0) return ffi::Error::InvalidArgument("conv3x3: output channels must be a multiple of 16");
-  if (d.s != 1 && d.s != 2) return ffi::Error::InvalidArgument("conv3x3: stride must be 1 or 2");
+// Reads the layer shape from x [N,H,W,C] and the output-side activation [N,OH,OW,K] (y for the
+// forward pass, dy for the filter gradient), and refuses what the kernels do not cover.
+ffi::Error ReadShape(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> yd, size_t other_rank,
+                     int64_t stride, Shape* d) {
+  if (xd.size() != 4 || yd.size() != 4 || other_rank != 4)
+    return ffi::Error::InvalidArgument("conv3x3: expected NHWC activations and HWIO kernels");
+  *d = Shape{xd[0], xd[1], xd[2], xd[3], yd[3], yd[1], yd[2], stride};
+  if (d->k % 16 != 0)
+    return ffi::Error::InvalidArgument("conv3x3: output channels must be a multiple of 16");
+  if (d->s != 1 && d->s != 2) return ffi::Error::InvalidArgument("conv3x3: stride must be 1 or 2");
   return ffi::Error::Success();
 }
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
-  auto xd = x.dimensions();
-  auto yd = y->dimensions();
-  if (xd.size() != 4 || yd.size() != 4 || w.dimensions().size() != 4)
-    return ffi::Error::InvalidArgument("conv3x3: expected NHWC activations and HWIO kernels");
-  Shape d{xd[0], xd[1], xd[2], xd[3], yd[3], yd[1], yd[2], stride};
-  if (auto err = CheckShapes(d); err.failure()) return err;
+  Shape d;
+  if (auto err = ReadShape(x.dimensions(), y->dimensions(), w.dimensions().size(), stride, &d);
+      err.failure())
+    return err;
   Forward(pool, d, x.typed_data(), w.typed_data(), y->typed_data());
   return ffi::Error::Success();
 }
 
 ffi::Error FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                           ffi::ResultBuffer<ffi::F32> dw, int64_t stride) {
-  auto xd = x.dimensions();
-  auto dyd = dy.dimensions();
-  if (xd.size() != 4 || dyd.size() != 4 || dw->dimensions().size() != 4)
-    return ffi::Error::InvalidArgument("conv3x3: expected NHWC activations and HWIO kernels");
-  Shape d{xd[0], xd[1], xd[2], xd[3], dyd[3], dyd[1], dyd[2], stride};
-  if (auto err = CheckShapes(d); err.failure()) return err;
+  Shape d;
+  if (auto err = ReadShape(x.dimensions(), dy.dimensions(), dw->dimensions().size(), stride, &d);
+      err.failure())
+    return err;
   FilterGrad(pool, d, x.typed_data(), dy.typed_data(), dw->typed_data());
   return ffi::Error::Success();
 }
 
+// Both entry points: (x, second operand) -> one result, with the stride as an attribute.
+auto BindTwoOperands() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("stride");
+}
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdConv3x3Forward, ForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdConv3x3FilterGrad, FilterGradImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdConv3x3Forward, ForwardImpl, BindTwoOperands());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdConv3x3FilterGrad, FilterGradImpl, BindTwoOperands());
