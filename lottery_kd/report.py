@@ -151,6 +151,70 @@ def _percent(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f} (n={n})" if n > 1 else f"{100 * mean:.2f} (n=1)"
 
 
+def undistilled_twin(variant: str) -> Optional[str]:
+    """The registered variant with the same weights and schedule but no distillation, if any."""
+    from lottery_kd import variants as variants_lib
+    if variant not in variants_lib.names() or not variants_lib.get(variant).distill:
+        return None
+    spec = variants_lib.get(variant)
+    for name in variants_lib.names():
+        other = variants_lib.get(name)
+        if not other.distill and (other.weights, other.schedule) == (spec.weights, spec.schedule):
+            return name
+    return None
+
+
+def paired_differences(runs: Sequence[dict], key: str) -> list[dict]:
+    """Distillation's effect, seed by seed: at each sparsity, each distilled variant minus its
+    undistilled twin (same weights and schedule) and minus weight rewinding; mean, std and n of
+    the per-seed differences (fractions; `key` "final" or "best_val"). A pair shares the seed,
+    so the dense teacher, the data order and (one-shot) the mask: the std is the spread of the
+    difference itself, usually far smaller than either accuracy's seed-to-seed spread."""
+    field = "test_accuracy" if key == "final" else "test_accuracy_at_best_val"
+    by_seed: dict[int, dict[tuple[str, float], float]] = {}
+    for run in runs:
+        cells = by_seed.setdefault(run["config"]["seed"], {})
+        for row in run["rows"]:
+            if row.get(field) is not None:
+                cells.setdefault((row["variant"], round(row["sparsity"], 4)), row[field])
+    present = list(dict.fromkeys(v for cells in by_seed.values() for v, _ in cells))
+    pairs = []
+    for variant in present:
+        baselines = [undistilled_twin(variant)] if undistilled_twin(variant) else []
+        if undistilled_twin(variant) is not None and "weight_rewind" not in baselines:
+            baselines.append("weight_rewind")
+        pairs += [(variant, b) for b in baselines if b in present]
+    sparsities = sorted({s for cells in by_seed.values() for _, s in cells if s > 0})
+    out = []
+    for sparsity in sparsities:
+        for variant, baseline in pairs:
+            differences = [cells[(variant, sparsity)] - cells[(baseline, sparsity)]
+                           for cells in by_seed.values()
+                           if (variant, sparsity) in cells and (baseline, sparsity) in cells]
+            if differences:
+                mean, std, n = _mean_std(differences)
+                out.append({"sparsity": sparsity, "variant": variant, "baseline": baseline,
+                            "mean": mean, "std": std, "n": n})
+    return out
+
+
+def differences_table(differences: Sequence[dict]) -> str:
+    """Rows: sparsity; columns: 'variant - baseline' in percentage points, mean ± std (n)."""
+    columns = list(dict.fromkeys((d["variant"], d["baseline"]) for d in differences))
+    by_key = {(d["sparsity"], d["variant"], d["baseline"]): d for d in differences}
+    header = ["sparsity %"] + [f"{v} − {b}" for v, b in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for sparsity in sorted({d["sparsity"] for d in differences}):
+        cells = [f"{100 * sparsity:.2f}"]
+        for variant, baseline in columns:
+            d = by_key.get((sparsity, variant, baseline))
+            cells.append("" if d is None else f"{100 * d['mean']:+.2f} ± {100 * d['std']:.2f} "
+                                              f"(n={d['n']})" if d["n"] > 1 else
+                         f"{100 * d['mean']:+.2f} (n=1)")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(entries: Sequence[dict], key: str, published: dict) -> str:
     variants = list(dict.fromkeys(e["variant"] for e in entries if e["variant"] != "dense"))
     sparsities = sorted({e["sparsity"] for e in entries})
@@ -304,6 +368,13 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
                             "These runs use another protocol, so compare trends, not points."),
                          ""]
         key = "best_val" if has_val else "final"
+        differences = paired_differences(members, key)
+        if differences:
+            document += ["Distillation, paired by seed: each distilled variant minus its "
+                         "undistilled twin and minus weight rewinding, in percentage points "
+                         "(+: distillation more accurate), test accuracy "
+                         + ("at the best-validation epoch" if has_val else "at the end")
+                         + ", mean ± std over seeds:", "", differences_table(differences), ""]
         accuracy_png = out / f"accuracy_vs_sparsity_{slug}.png"
         _plot_accuracy(entries, published, same, f"{model} on {dataset}", accuracy_png, key)
         document += [f"![accuracy vs sparsity]({accuracy_png.name})", ""]
@@ -311,7 +382,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
         group = {"model": model, "dataset": dataset,
                  "protocol": protocol_summary(members[0]["config"]), "entries": entries,
                  "published": bool(published), "same_protocol": same,
-                 "layer_densities": densities}
+                 "layer_densities": densities, "paired_differences": differences}
         if densities:
             layers_png = out / f"layer_sparsity_{slug}.png"
             _plot_layers(densities, f"per-layer density of each ticket: {model}", layers_png)

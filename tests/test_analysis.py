@@ -72,6 +72,27 @@ def test_report_tables_equal_the_results_rows_and_plots_are_pngs(studies, tmp_pa
     assert "kd@L2" in text and "weight_rewind@L1" in text  # the overlap table
 
 
+def test_paired_differences_are_per_seed_differences_of_the_rows(studies, tmp_path):
+    seeds, _ = studies
+    runs = [report.load_run(d) for d in seeds]
+    differences = report.paired_differences(runs, "final")
+    assert {(d["variant"], d["baseline"]) for d in differences} == {("kd", "lt"),
+                                                                    ("kd", "weight_rewind")}
+    rows = {seed: {(r["variant"], round(r["sparsity"], 4)): r["test_accuracy"]
+                   for r in results.read_rows(d / "results.jsonl")} for seed, d in enumerate(seeds)}
+    for d in differences:
+        by_hand = [rows[s][(d["variant"], d["sparsity"])] - rows[s][(d["baseline"], d["sparsity"])]
+                   for s in (0, 1)]
+        assert d["n"] == 2
+        assert d["mean"] == pytest.approx(np.mean(by_hand))
+        assert d["std"] == pytest.approx(np.std(by_hand, ddof=1))
+    table = report.differences_table(differences)
+    first = differences[0]
+    assert f"{100 * first['mean']:+.2f} ± {100 * first['std']:.2f} (n=2)" in table
+    assert report.undistilled_twin("kd_rewind") == "weight_rewind"
+    assert report.undistilled_twin("lt") is None
+
+
 def test_report_names_a_directory_that_holds_no_study(tmp_path):
     done = subprocess.run([sys.executable, "-m", "lottery_kd.report", str(tmp_path), "--out",
                            str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
