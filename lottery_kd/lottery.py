@@ -38,10 +38,9 @@ from lottery_kd.train import (Distillation, NonFiniteLossError, Progress, Traine
 
 PyTree = Any
 DENSE = "dense"
-# Keys that change how a run reports progress, not what it computes.
-# and how the work is spread over devices and processes (a run may resume on another machine).
-# Keys that change no result: how a run is shown, placed or checkpointed, and which one-shot
-# levels are run (each level's rows are the same whichever others run).
+# Keys that change no result: how a run is shown or checkpointed, how the work is spread over
+# devices and processes (a run may resume on another machine), and which one-shot levels run
+# (each level's rows are the same whichever others run).
 COSMETIC_KEYS = ("log.progress", "log.tensorboard", "parallel.distributed",
                  "parallel.coordinator_address", "parallel.num_processes", "parallel.process_id",
                  "parallel.coordinator_bind_address", "parallel.num_cpu_devices",
