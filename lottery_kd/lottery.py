@@ -157,6 +157,11 @@ class LotteryRun:
                                        self.fingerprint)
         self.results_path = self.workdir / "results.jsonl"
         self._finals: dict[str, PyTree] = {}
+        if self.parallel.is_main:  # what lottery_kd.status reads to say how far the study is
+            results.write_atomic(self.workdir / "plan.json", json.dumps(
+                {"steps_per_epoch": self.plan.steps_per_epoch,
+                 "total_steps": self.plan.total_steps, "rewind_step": self.plan.rewind_step,
+                 "runs": self.planned_runs()}, indent=1) + "\n")
         self.log(f"{config.model.name} on {data_cfg.name}: train {self.data.train.num_examples}, "
                  f"val {self.data.val.num_examples if self.data.val else 0}, "
                  f"test {self.data.test.num_examples}; "
@@ -339,7 +344,7 @@ class LotteryRun:
 
     def run_variant(self, level: int, variant: variants_lib.RetrainVariant) -> None:
         masks = self.masks_for(level, variant.name)
-        total, k = self.plan.total_steps, self.plan.rewind_step
+        total = self.plan.total_steps
         if variant.weights == "init":
             start = self._load("init")
         elif variant.weights == "rewind":
@@ -359,15 +364,32 @@ class LotteryRun:
                 self.model, _derived_key(self.config.seed, "reinit", level, variant.name),
                 self.data.image_shape)
             start = {"params": params, "batch_stats": batch_stats}
-        if variant.schedule == "zero":
-            start_step, num_steps, schedule = 0, total, self.schedule
-        elif variant.schedule == "rewind":
-            start_step, num_steps, schedule = k, total - k, self.schedule
-        else:  # final: the whole budget at the final learning rate
-            start_step, num_steps = 0, total
+        start_step, num_steps = self.steps_of(variant)
+        schedule = self.schedule
+        if variant.schedule == "final":  # the whole budget at the final learning rate
             schedule = optim.constant_schedule(float(self.schedule(total - 1)))
         self._train(level, variant.name, start, masks, start_step=start_step,
                     num_steps=num_steps, schedule=schedule, distill=variant.distill)
+
+    def steps_of(self, variant: variants_lib.RetrainVariant) -> tuple[int, int]:
+        """(start step, number of steps) of a variant's retraining: its schedule's start."""
+        if variant.schedule == "rewind":
+            return self.plan.rewind_step, self.plan.total_steps - self.plan.rewind_step
+        return 0, self.plan.total_steps  # "zero", and "final" (T steps at the final LR)
+
+    def planned_runs(self) -> list[dict]:
+        """Every training run of the study in order: level, variant, start step, steps, distill."""
+        total = self.plan.total_steps
+        runs = [{"level": 0, "variant": DENSE, "start_step": 0, "steps": total, "distill": False}]
+        if self.config.dynamic.method:
+            return runs + [{"level": 1, "variant": self.dynamic_name(), "start_step": 0,
+                            "steps": total, "distill": bool(self.config.dynamic.distill)}]
+        for level in range(self.config.prune.first_level, self.config.prune.levels + 1):
+            for variant in self.variants:
+                start_step, steps = self.steps_of(variant)
+                runs.append({"level": level, "variant": variant.name, "start_step": start_step,
+                             "steps": steps, "distill": variant.distill})
+        return runs
 
     def dynamic_name(self) -> str:
         dyn = self.config.dynamic
@@ -396,16 +418,27 @@ class LotteryRun:
         self._train(1, name, start, masks, start_step=0, num_steps=total,
                     schedule=self.schedule, distill=dyn.distill, mask_update=update)
 
+    def _announce(self, level: int, variant: str) -> None:
+        planned = [(r["level"], r["variant"]) for r in self.planned_runs()]
+        done = self._done()
+        if (level, variant) not in done:
+            self.log(f"[study] run {planned.index((level, variant)) + 1} of {len(planned)}: "
+                     f"level {level} {variant} ({sum(p in done for p in planned)} done; "
+                     f"python -m lottery_kd.status {self.workdir} estimates the rest)")
+
     def run(self) -> list[dict]:
         """Run (or resume) the whole study; returns all result rows."""
+        self._announce(0, DENSE)
         self.run_dense()
         if self.config.dynamic.method:
+            self._announce(1, self.dynamic_name())
             self.run_dynamic()
         else:
             for level in range(self.config.prune.first_level, self.config.prune.levels + 1):
                 done = self._done()
                 for variant in self.variants:
                     if (level, variant.name) not in done:
+                        self._announce(level, variant.name)
                         self.run_variant(level, variant)
         rows = results.read_rows(self.results_path)
         if self.parallel.is_main:

@@ -1,0 +1,65 @@
+"""lottery_kd.status: done / current / pending runs and a time estimate, from files only."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lottery_kd import lottery, status
+from lottery_kd.train import TrainingInterrupted
+from tests.conftest import REPO, make_tiny_config
+from tests.test_reliability import StopAfter
+
+
+def _config():
+    config = make_tiny_config()
+    config.lottery.variants = "lt,kd_rewind"
+    config.checkpoint.every_steps = 4
+    return config
+
+
+def test_status_follows_a_study_through_a_stop_and_to_the_end(tmp_path):
+    config, messages = _config(), []
+    run = lottery.LotteryRun(config, tmp_path, log=messages.append,
+                             stop_requested=StopAfter(38 + 10))  # dense is 38 steps
+    with pytest.raises(TrainingInterrupted):
+        run.run()
+    assert "[study] run 1 of 5: level 0 dense (0 done;" in messages[1]
+    assert any(m.startswith("[study] run 2 of 5: level 1 lt (1 done;") for m in messages)
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert [(r["level"], r["variant"], r["distill"]) for r in plan["runs"]] == [
+        (0, "dense", False), (1, "lt", False), (1, "kd_rewind", True), (2, "lt", False),
+        (2, "kd_rewind", True)]
+    rewind = plan["rewind_step"]
+    assert plan["runs"][2]["start_step"] == rewind
+    assert plan["runs"][2]["steps"] == plan["total_steps"] - rewind
+
+    stopped = status.study_status(tmp_path)
+    assert [r["variant"] for r in stopped["done"]] == ["dense"]
+    current = stopped["current"]
+    assert (current["level"], current["variant"]) == (1, "lt")
+    assert current["at_step"] in (8, 10)  # the stop's checkpoint (or the last periodic one)
+    assert [(r["level"], r["variant"]) for r in stopped["pending"]] == [
+        (1, "kd_rewind"), (2, "lt"), (2, "kd_rewind")]
+    dense_rate = stopped["seconds_per_step"][False]
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert dense_rate == pytest.approx(rows[0]["seconds"] / rows[0]["steps"])
+    left = (38 - current["at_step"]) + 38 + 2 * (38 - rewind)
+    assert stopped["steps_left"][False] + stopped["steps_left"][True] == left
+    assert stopped["seconds_left"] == pytest.approx(left * dense_rate)  # KD at the CE pace
+    text = status.describe(stopped)
+    assert "1 of 5 runs done" in text and "now: level 1 lt" in text
+    assert "KD runs estimated at the cross-entropy pace" in text
+
+    lottery.LotteryRun(config, tmp_path, log=lambda *_: None).run()
+    finished = status.study_status(tmp_path)
+    assert len(finished["done"]) == 5 and finished["current"] is None
+    assert finished["seconds_left"] == 0 and "finished" in status.describe(finished)
+
+
+def test_status_command_on_a_directory_that_is_not_a_study(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lottery_kd.status", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "plan.json is missing" in done.stderr and "Traceback" not in done.stderr
