@@ -57,7 +57,9 @@ def study_status(workdir: str | Path) -> dict:
                        "fraction": (step - run["start_step"]) / max(1, run["steps"])}
             if len(checkpoints) > 1 and not rates[run["distill"]]:
                 (s0, t0), (s1, t1) = checkpoints[-2], checkpoints[-1]
-                if s1 > s0 and t1 > t0:
+                # at least half an epoch apart: a stop's checkpoint right after an epoch's
+                # evaluation would give a pace that is mostly evaluation
+                if s1 - s0 >= plan["steps_per_epoch"] // 2 and t1 > t0:
                     rates[run["distill"]].append((t1 - t0) / (s1 - s0))
         else:
             pending.append(run)
@@ -87,7 +89,7 @@ def run_left(current: dict) -> int:
 
 def _duration(seconds: Optional[float]) -> str:
     if seconds is None:
-        return "unknown until the first resume checkpoints or results exist"
+        return "unknown"
     hours, rest = divmod(int(round(seconds)), 3600)
     return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
 
@@ -109,9 +111,13 @@ def describe(status: dict) -> str:
     if status["current"] is None and not status["pending"]:
         lines.append("  finished")
     else:
-        lines.append(f"  time left: about {_duration(status['seconds_left'])}"
-                     + (f" ({pace}" + (f"; {status['note']}" if status["note"] else "") + ")"
-                        if pace else ""))
+        if status["seconds_left"] is None:
+            lines.append("  time left: unknown until a run finishes or two resume checkpoints "
+                         "half an epoch apart exist")
+        else:
+            lines.append(f"  time left: about {_duration(status['seconds_left'])}"
+                         + (f" ({pace}" + (f"; {status['note']}" if status["note"] else "")
+                            + ")" if pace else ""))
     return "\n".join(lines)
 
 
