@@ -12,6 +12,10 @@ multiple of 16 output channels; every other convolution goes to `lax.conv_genera
 Gradients of every order are convolutions again (custom VJPs all the way down), so GraSP's
 Hessian-gradient product runs through the kernel too. Results are deterministic and independent
 of the thread count; they differ from XLA's only by float32 summation order (~1e-6 relative).
+
+Environment: LOTTERY_KD_CACHE (build cache root), LOTTERY_KD_NATIVE_CONV=0 (never build or use
+the kernel, whatever the config says for "auto"), LOTTERY_KD_CONV_THREADS (threads per call;
+default: the CPUs this process may run on).
 """
 
 from __future__ import annotations
