@@ -3,39 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional
 
-
-def environment() -> dict:
-    """Where a number was measured: host, CPU count, backend, device, library versions."""
-    import jax
-    versions = {}
-    for package in ("jax", "jaxlib", "flax", "optax", "numpy", "torch"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    device = jax.devices()[0]
-    return {"host": platform.node(), "cpu_count": os.cpu_count(), "processor": _cpu_model(),
-            "backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
-            "device_count": jax.device_count(), "python": platform.python_version(),
-            "versions": versions, "date": time.strftime("%Y-%m-%d")}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from lottery_kd.environment import environment  # noqa: F401  (re-exported for the benchmarks)
 
 
 def timed(run_block: Callable[[], object], wait: Callable[[object], None]) -> float:

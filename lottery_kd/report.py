@@ -151,6 +151,27 @@ def _percent(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f} (n={n})" if n > 1 else f"{100 * mean:.2f} (n=1)"
 
 
+def provenance(members: Sequence[dict]) -> str:
+    """One paragraph: training wall time (sum of the rows' seconds), machines and code versions
+    from each study's environment.jsonl (one record per start)."""
+    from lottery_kd.environment import read_starts
+    seconds = sum(r.get("seconds") or 0 for run in members for r in run["rows"])
+    rows = sum(len(run["rows"]) for run in members)
+    starts = [start for run in members for start in read_starts(run["dir"])]
+    text = (f"Compute: {rows} training run(s), {seconds / 3600:.2f} h in all (the sum of their "
+            "wall times, evaluation included).")
+    if starts:
+        machines = sorted({f"{s.get('processor')} ({s.get('cpu_count')} CPUs), "
+                           f"{s.get('backend')}: {s.get('device_count')} x {s.get('device')}"
+                           for s in starts})
+        versions = sorted({str(s.get("code_version")) for s in starts})
+        text += f" Machine(s): {'; '.join(machines)}. Code: {', '.join(v[:12] for v in versions)}"
+        text += (f" ({len(starts)} start(s))." if len(versions) == 1 else
+                 f": the studies were (re)started under {len(versions)} code versions; see "
+                 "environment.jsonl in each workdir.")
+    return text
+
+
 def undistilled_twin(variant: str) -> Optional[str]:
     """The registered variant with the same weights and schedule but no distillation, if any."""
     from lottery_kd import variants as variants_lib
@@ -355,6 +376,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
                      f"run(s), seeds {', '.join(map(str, seeds))}: "
                      + ", ".join(str(r["dir"]) for r in members) + ".", ""]
         has_val = any(e["best_val_n"] for e in entries)
+        document += [provenance(members), ""]
         if has_val:
             document += ["Test accuracy (%) at the epoch of best validation accuracy, "
                          "mean ± std over runs:", "", markdown_table(entries, "best_val",

@@ -5,6 +5,7 @@ import struct
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -91,6 +92,24 @@ def test_paired_differences_are_per_seed_differences_of_the_rows(studies, tmp_pa
     assert f"{100 * first['mean']:+.2f} ± {100 * first['std']:.2f} (n=2)" in table
     assert report.undistilled_twin("kd_rewind") == "weight_rewind"
     assert report.undistilled_twin("lt") is None
+
+
+def test_each_start_records_its_environment_and_the_report_states_it(studies, tmp_path):
+    from lottery_kd.environment import read_starts
+    seeds, _ = studies
+    starts = read_starts(seeds[0])
+    assert len(starts) == 1
+    assert {"host", "processor", "backend", "device", "versions", "code_version",
+            "conv_impl", "native_conv_available"} <= set(starts[0])
+    assert starts[0]["versions"]["jax"] == jax.__version__
+    with (seeds[0] / "environment.jsonl").open("a") as handle:
+        handle.write('{"torn": ')  # a kill mid-write leaves a torn last line: skipped
+    assert len(read_starts(seeds[0])) == 1
+    runs = [report.load_run(d) for d in seeds]
+    text = report.provenance(runs)
+    hours = sum(r["seconds"] for run in runs for r in run["rows"]) / 3600
+    assert f"{len(runs[0]['rows']) + len(runs[1]['rows'])} training run(s), {hours:.2f} h" in text
+    assert starts[0]["processor"] in text and "(2 start(s))" in text
 
 
 def test_report_names_a_directory_that_holds_no_study(tmp_path):
