@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ from jax import lax
 from lottery_kd import train
 from lottery_kd.kernels import conv3x3 as conv_lib
 from lottery_kd.models import get_model
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(
     not conv_lib.native_available() and conv_lib._compiler() is None,
@@ -155,3 +158,24 @@ def test_the_kernel_refuses_shapes_it_does_not_cover_with_a_clear_error():
         jax.block_until_ready(conv_lib.conv3x3(x, jnp.ones((3, 3, 16, 8)), 1))
     with pytest.raises(Exception, match="stride must be 1 or 2"):
         jax.block_until_ready(conv_lib.conv3x3(x, jnp.ones((3, 3, 16, 16)), 3))
+
+
+def test_with_several_devices_auto_uses_xla_and_native_refuses():
+    """A sharded batch would be gathered onto every device around an opaque custom call."""
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "from lottery_kd.kernels import conv3x3 as k\n"
+        "from lottery_kd.models import get_model\n"
+        "model = get_model('resnet20', 10, conv_impl='auto')\n"
+        "init = lambda x: model.init(jax.random.key(0), x)\n"
+        "jaxpr = jax.make_jaxpr(init)(jnp.ones((2, 8, 8, 3)))\n"
+        "assert 'custom_vjp_call' not in str(jaxpr), 'native kernel used on 2 devices'\n"
+        "try:\n"
+        "    k.make_conv_general_dilated('native')\n"
+        "except k.NativeKernelError as error:\n"
+        "    print(error)\n")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "runs on one device, but there are 2" in done.stdout

@@ -123,6 +123,9 @@ def native_available() -> bool:
 
 
 def _ffi(name: str, out_shape: Sequence[int], *operands: jnp.ndarray, stride: int) -> jnp.ndarray:
+    ok, reason = _load()  # builds and registers the targets on first use
+    if not ok:
+        raise NativeKernelError(f"the native 3x3 convolution is unavailable: {reason}")
     call = jax.ffi.ffi_call(f"lottery_kd_conv3x3_{name}",
                             jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32),
                             vmap_method="sequential")
@@ -208,8 +211,9 @@ def make_conv_general_dilated(conv_impl: str) -> Callable[..., jnp.ndarray] | No
     """The `conv_general_dilated` to give flax.linen.Conv for `model.conv_impl`.
 
     "xla" -> None (Flax's default). "native" -> the kernel wherever it applies; raises
-    NativeKernelError now if it cannot be built. "auto" -> the kernel when the default backend is
-    CPU and it builds, else XLA.
+    NativeKernelError now if it cannot be built, JAX is not on CPU, or there are several devices
+    (the kernel is an opaque custom call: XLA's SPMD partitioner would gather the sharded batch
+    onto every device). "auto" -> the kernel on a single CPU device when it builds, else XLA.
     """
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"model.conv_impl={conv_impl!r} is invalid: allowed: "
@@ -217,6 +221,14 @@ def make_conv_general_dilated(conv_impl: str) -> Callable[..., jnp.ndarray] | No
     if conv_impl == "xla":
         return None
     if conv_impl == "native":
+        if jax.default_backend() != "cpu":
+            raise NativeKernelError(f"model.conv_impl='native' is a CPU kernel, but JAX runs on "
+                                    f"{jax.default_backend()}; use 'auto' or 'xla'")
+        if jax.device_count() > 1:
+            raise NativeKernelError(
+                f"model.conv_impl='native' runs on one device, but there are "
+                f"{jax.device_count()}: XLA's partitioner cannot split the kernel over a sharded "
+                "batch; use 'auto' (XLA's convolution there) or 'xla'")
         ok, reason = _load()
         if not ok:
             raise NativeKernelError(f"model.conv_impl='native' is unavailable: {reason}")
@@ -229,7 +241,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """`lax.conv_general_dilated`, routed to the native 3x3 kernel where it applies."""
     use_native = (
         not kwargs
-        and (require_native or jax.default_backend() == "cpu")
+        and (require_native or (jax.default_backend() == "cpu" and jax.device_count() == 1))
         and _native_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                             dimension_numbers, feature_group_count)
         and native_available()
