@@ -246,7 +246,8 @@ def markdown_table(entries: Sequence[dict], key: str, published: dict) -> str:
     count = "n" if key == "final" else "best_val_n"
     dense = by_key.get(("dense", 0.0))
     if dense is not None:
-        lines.insert(0, f"Dense: {_percent(dense[f'{key}_mean'], dense[f'{key}_std'], dense[count])}"
+        accuracy = _percent(dense[f"{key}_mean"], dense[f"{key}_std"], dense[count])
+        lines.insert(0, f"Dense: {accuracy}"
                         + (f"; published dense {published['dense']:.2f}" if published.get("dense")
                            else "") + "\n")
     for sparsity in sparsities:
