@@ -27,7 +27,7 @@ from lottery_kd import config as config_lib
 from lottery_kd import masks as masks_lib, optim, pruning, results, variants as variants_lib
 from lottery_kd.checkpoints import ResumeStore, SnapshotStore
 from lottery_kd.environment import record_start
-from lottery_kd.kernels.conv3x3 import native_available
+from lottery_kd.kernels.conv3x3 import native_enabled
 from lottery_kd.models import get_model
 from lottery_kd.tensorboard import ScalarWriter
 from lottery_kd.data.augment import normalize
@@ -165,8 +165,7 @@ class LotteryRun:
                  "total_steps": self.plan.total_steps, "rewind_step": self.plan.rewind_step,
                  "runs": self.planned_runs()}, indent=1) + "\n")
             record_start(self.workdir, conv_impl=config.model.conv_impl,
-                         native_conv_available=jax.default_backend() == "cpu"
-                         and config.model.conv_impl != "xla" and native_available())
+                         native_conv_available=native_enabled(config.model.conv_impl))
         self.log(f"{config.model.name} on {data_cfg.name}: train {self.data.train.num_examples}, "
                  f"val {self.data.val.num_examples if self.data.val else 0}, "
                  f"test {self.data.test.num_examples}; "

@@ -201,10 +201,10 @@ def paired_differences(runs: Sequence[dict], key: str) -> list[dict]:
     present = list(dict.fromkeys(v for cells in by_seed.values() for v, _ in cells))
     pairs = []
     for variant in present:
-        baselines = [undistilled_twin(variant)] if undistilled_twin(variant) else []
-        if undistilled_twin(variant) is not None and "weight_rewind" not in baselines:
-            baselines.append("weight_rewind")
-        pairs += [(variant, b) for b in baselines if b in present]
+        twin = undistilled_twin(variant)
+        if twin is not None:
+            baselines = dict.fromkeys([twin, "weight_rewind"])  # once, twin first
+            pairs += [(variant, b) for b in baselines if b in present]
     sparsities = sorted({s for cells in by_seed.values() for _, s in cells if s > 0})
     out = []
     for sparsity in sparsities:

@@ -149,8 +149,9 @@ def conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.ndarray:
                 x, kernel, stride=stride)
 
 
-def _conv3x3_fwd(x, kernel, stride):
-    return conv3x3(x, kernel, stride), (x, kernel)
+def _keep_operands(fn: Callable) -> Callable:
+    """The custom-VJP forward rule of a bilinear fn(a, b, stride): both operands are residuals."""
+    return lambda a, b, stride: (fn(a, b, stride), (a, b))
 
 
 def _conv3x3_bwd(stride, residuals, dy):
@@ -158,7 +159,7 @@ def _conv3x3_bwd(stride, residuals, dy):
     return input_grad(dy, kernel, stride, x.shape), filter_grad(x, dy, stride)
 
 
-conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+conv3x3.defvjp(_keep_operands(conv3x3), _conv3x3_bwd)
 
 
 def input_grad(dy: jnp.ndarray, kernel: jnp.ndarray, stride: int,
@@ -177,17 +178,13 @@ def filter_grad(x: jnp.ndarray, dy: jnp.ndarray, stride: int) -> jnp.ndarray:
     return _ffi("filter_grad", (3, 3, x.shape[-1], dy.shape[-1]), x, dy, stride=stride)
 
 
-def _filter_grad_fwd(x, dy, stride):
-    return filter_grad(x, dy, stride), (x, dy)
-
-
 def _filter_grad_bwd(stride, residuals, ct):
     # dw is bilinear in (x, dy), like the conv itself: its cotangents are the conv's two products.
     x, dy = residuals
     return input_grad(dy, ct, stride, x.shape), conv3x3(x, ct, stride)
 
 
-filter_grad.defvjp(_filter_grad_fwd, _filter_grad_bwd)
+filter_grad.defvjp(_keep_operands(filter_grad), _filter_grad_bwd)
 
 
 def _native_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
@@ -232,19 +229,29 @@ def make_conv_general_dilated(conv_impl: str) -> Callable[..., jnp.ndarray] | No
         ok, reason = _load()
         if not ok:
             raise NativeKernelError(f"model.conv_impl='native' is unavailable: {reason}")
-    return functools.partial(conv_general_dilated, require_native=conv_impl == "native")
+    return functools.partial(conv_general_dilated, conv_impl=conv_impl)
+
+
+def native_enabled(conv_impl: str) -> bool:
+    """Whether `conv_impl` sends the 3x3 convolutions it covers to the kernel here: "native"
+    always (make_conv_general_dilated has checked it can), "auto" on a single CPU device when
+    the kernel builds, "xla" never. The one rule the dispatch and the study's record share."""
+    if conv_impl == "xla":
+        return False
+    if conv_impl == "auto" and (jax.default_backend() != "cpu" or jax.device_count() > 1):
+        return False
+    return native_available()
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None,
-                         *, require_native: bool = False, **kwargs: Any) -> jnp.ndarray:
+                         *, conv_impl: str = "auto", **kwargs: Any) -> jnp.ndarray:
     """`lax.conv_general_dilated`, routed to the native 3x3 kernel where it applies."""
     use_native = (
         not kwargs
-        and (require_native or (jax.default_backend() == "cpu" and jax.device_count() == 1))
         and _native_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                             dimension_numbers, feature_group_count)
-        and native_available()
+        and native_enabled(conv_impl)
     )
     if use_native:
         return conv3x3(lhs, rhs, int(window_strides[0]))
