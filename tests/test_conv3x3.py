@@ -35,10 +35,14 @@ def relative_error(a, b) -> float:
 
 
 # (batch, height, width, in channels, out channels, stride): the CIFAR ResNet shapes plus odd
-# sizes, non-square images, and widths that leave partial register tiles.
+# sizes, non-square images, and widths that leave partial register tiles; the last five are
+# wider rows through the fixed-shape forward tiles, so rows have one tile (left and right border
+# at once) or interior tiles without either border.
 SHAPES = [(3, 32, 32, 3, 16, 1), (2, 32, 32, 16, 16, 1), (2, 16, 16, 32, 32, 1),
           (2, 8, 8, 64, 64, 1), (2, 32, 32, 16, 32, 2), (2, 16, 16, 32, 64, 2),
-          (1, 7, 11, 5, 48, 1), (3, 9, 13, 16, 16, 2), (17, 5, 5, 32, 128, 1)]
+          (1, 7, 11, 5, 48, 1), (3, 9, 13, 16, 16, 2), (17, 5, 5, 32, 128, 1),
+          (2, 16, 16, 16, 16, 1), (1, 5, 64, 16, 16, 1), (1, 6, 32, 32, 32, 1),
+          (1, 5, 48, 16, 32, 2), (1, 4, 12, 64, 64, 1)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
