@@ -195,11 +195,13 @@ void ForwardImageFixed(const Shape& d, const float* x_img, const float* w, float
       }
 }
 
-// The fixed-shape path covers the forward convolutions of the CIFAR ResNets (16 -> 16, 16 -> 32
-// stride 2, 32 -> 32, 32 -> 64 stride 2, 64 -> 64) and the stride-1 input gradients, which are
-// forward convolutions too; false for any other shape (the general tiles then run).
+// The fixed-shape path covers the forward convolutions of the CIFAR ResNets (3 -> 16, 16 -> 16,
+// 16 -> 32 stride 2, 32 -> 32, 32 -> 64 stride 2, 64 -> 64) and the stride-1 input gradients,
+// which are forward convolutions too; false for any other shape (the general tiles then run).
 bool ForwardImageFixedShape(const Shape& d, const float* x_img, const float* w, float* y_img) {
-  if (d.k == 16 && d.c == 16 && d.s == 1 && d.ow % 16 == 0)
+  if (d.k == 16 && d.c == 3 && d.s == 1 && d.ow % 16 == 0)  // the stem, on RGB images
+    ForwardImageFixed<1, 16, 3, 1>(d, x_img, w, y_img);
+  else if (d.k == 16 && d.c == 16 && d.s == 1 && d.ow % 16 == 0)
     ForwardImageFixed<1, 16, 16, 1>(d, x_img, w, y_img);
   else if (d.k == 32 && d.c == 16 && d.s == 2 && d.ow % 8 == 0)
     ForwardImageFixed<2, 8, 16, 2>(d, x_img, w, y_img);
