@@ -20,16 +20,7 @@ default: the CPUs this process may run on).
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
@@ -37,84 +28,23 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lottery_kd.kernels import build
+from lottery_kd.kernels.build import NativeKernelError  # noqa: F401  (re-exported)
+
 CONV_IMPLS: tuple[str, ...] = ("auto", "xla", "native")
-_SOURCE = Path(__file__).with_name("conv3x3_cpu.cc")
-_TARGETS = {"forward": "LotteryKdConv3x3Forward", "filter_grad": "LotteryKdConv3x3FilterGrad"}
+_SOURCE = "conv3x3_cpu.cc"
+_TARGETS = (("lottery_kd_conv3x3_forward", "LotteryKdConv3x3Forward"),
+            ("lottery_kd_conv3x3_filter_grad", "LotteryKdConv3x3FilterGrad"))
 _NHWC = ("NHWC", "HWIO", "NHWC")
-_log = logging.getLogger(__name__)
-
-
-class NativeKernelError(RuntimeError):
-    """The native kernel was asked for (`conv_impl="native"`) but cannot be built or loaded."""
-
-
-def _cpu_signature() -> str:
-    """What -march=native depends on, so a shared cache never hands one CPU another's binary."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return name
-    return None
+    return build.compiler()
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("LOTTERY_KD_CACHE") or Path.home() / ".cache" / "lottery_kd"
-    return Path(root) / "kernels"
-
-
-def _build() -> Path:
-    """Compile the kernel (once per source, compiler, jaxlib and CPU); returns the .so path."""
-    compiler = _compiler()
-    if compiler is None:
-        raise NativeKernelError("no C++ compiler found (set $CXX or install g++)")
-    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
-             f"-I{jax.ffi.include_dir()}"]
-    key = hashlib.sha256("\n".join([
-        _SOURCE.read_text(), compiler, " ".join(flags), jax.__version__, _cpu_signature(),
-    ]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"conv3x3_cpu_{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build into a temporary file and rename, so concurrent processes never load half a file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run([compiler, *flags, str(_SOURCE), "-o", tmp, "-lpthread"],
-                              capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            raise NativeKernelError(f"compiling {_SOURCE.name} failed:\n{proc.stderr[-2000:]}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
-
-
-@functools.cache
 def _load() -> tuple[bool, str]:
     """Build, load and register the FFI targets once per process; (ok, reason if not)."""
-    if os.environ.get("LOTTERY_KD_NATIVE_CONV", "1") == "0":
-        return False, "disabled by LOTTERY_KD_NATIVE_CONV=0"
-    try:
-        library = ctypes.cdll.LoadLibrary(str(_build()))
-        for name, symbol in _TARGETS.items():
-            jax.ffi.register_ffi_target(f"lottery_kd_conv3x3_{name}",
-                                        jax.ffi.pycapsule(getattr(library, symbol)),
-                                        platform="cpu")
-    except (NativeKernelError, OSError, AttributeError, subprocess.SubprocessError) as error:
-        _log.warning("native 3x3 convolution unavailable, using XLA: %s", error)
-        return False, str(error)
-    return True, ""
+    return build.load(_SOURCE, _TARGETS)
 
 
 def native_available() -> bool:

