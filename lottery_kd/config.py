@@ -15,7 +15,7 @@ from lottery_kd import dynamic as dynamic_lib
 from lottery_kd import losses, masks as masks_lib, pruning, variants as variants_lib
 from lottery_kd.distributions import DISTRIBUTIONS
 from lottery_kd.data import DATASET_NAMES, SOURCES
-from lottery_kd.models import BASES, CONV_IMPLS, MODEL_NAMES
+from lottery_kd.models import BASES, CONV_IMPLS, MODEL_NAMES, NORM_IMPLS
 from lottery_kd.parallel import BATCH_NORM_MODES, DISTRIBUTED_MODES
 
 PRUNE_SCHEDULES = ("iterative", "oneshot")
@@ -99,6 +99,8 @@ def validate(config: Any) -> None:
           f"'' (the standard basis) or one of: {', '.join(BASES)}")
     check(config.model.conv_impl in CONV_IMPLS, "model.conv_impl", config.model.conv_impl,
           f"allowed: {', '.join(CONV_IMPLS)}")
+    check(config.model.norm_impl in NORM_IMPLS, "model.norm_impl", config.model.norm_impl,
+          f"allowed: {', '.join(NORM_IMPLS)}")
     data = config.data
     check(data.name in DATASET_NAMES, "data.name", data.name,
           f"allowed: {', '.join(DATASET_NAMES)}")

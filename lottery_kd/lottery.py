@@ -48,6 +48,16 @@ COSMETIC_KEYS = ("log.progress", "log.tensorboard", "parallel.distributed",
                  "parallel.coordinator_bind_address", "parallel.num_cpu_devices",
                  "checkpoint.every_steps", "checkpoint.keep", "prune.first_level")
 
+# Settings added after studies may have started, with the value that reproduces what ran before
+# they existed. A saved config without the key reads as that value, and at that value the key
+# is left out of the config digest (stored in every checkpoint), so older workdirs still resume.
+ADDED_KEYS = {"model.norm_impl": "flax"}
+
+
+def canonical_settings(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flattened config without its added keys at their pre-existing values."""
+    return {k: v for k, v in flat.items() if not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
+
 
 class WorkdirConfigMismatch(ValueError):
     """The workdir holds results made with a different config."""
@@ -86,12 +96,15 @@ def prepare_workdir(workdir: Path, config: Any, *, write: bool = True) -> None:
     path = workdir / "config.json"
     current = config_to_dict(config)
     if path.exists():
-        saved = _flatten(json.loads(path.read_text()))
-        now = _flatten(current)
+        saved = canonical_settings(_flatten(json.loads(path.read_text())))
+        now = canonical_settings(_flatten(current))
+
+        def value(settings: dict, key: str) -> Any:
+            return settings.get(key, ADDED_KEYS.get(key, "<unset>"))
         differing = [key for key in sorted(set(saved) | set(now))
-                     if key not in COSMETIC_KEYS and saved.get(key, "<unset>") != now.get(key, "<unset>")]
+                     if key not in COSMETIC_KEYS and value(saved, key) != value(now, key)]
         if differing:
-            lines = [f"  {k}: {saved.get(k, '<unset>')!r} in the workdir, {now.get(k, '<unset>')!r} now"
+            lines = [f"  {k}: {value(saved, k)!r} in the workdir, {value(now, k)!r} now"
                      for k in differing]
             raise WorkdirConfigMismatch(
                 f"{workdir} holds a run with a different config:\n" + "\n".join(lines) +
@@ -106,7 +119,8 @@ def prepare_workdir(workdir: Path, config: Any, *, write: bool = True) -> None:
 
 def config_digest(config: Any) -> str:
     """sha256 of the settings that decide results (cosmetic and placement keys left out)."""
-    flat = {k: v for k, v in _flatten(config_to_dict(config)).items() if k not in COSMETIC_KEYS}
+    flat = {k: v for k, v in canonical_settings(_flatten(config_to_dict(config))).items()
+            if k not in COSMETIC_KEYS}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -149,7 +163,8 @@ class LotteryRun:
         self.scope = config.prune.scope
         self.model = get_model(config.model.name, self.data.num_classes,
                                basis=config.model.basis, basis_seed=config.seed,
-                               conv_impl=config.model.conv_impl)
+                               conv_impl=config.model.conv_impl,
+                               norm_impl=config.model.norm_impl)
         self.trainer = self.make_trainer(self.data)
         self.schedule = optim.step_schedule(config.train.lr, self.plan.milestone_steps,
                                             decay=config.train.lr_decay,

@@ -63,11 +63,11 @@ _MERGE_ACROSS = ("seed", "lottery.variants", "prune.first_level", "log.", "check
 
 def group_key(run: dict) -> tuple[str, str, str]:
     """(model, data set, protocol digest): runs that differ only in seed or variants merge."""
-    from lottery_kd.lottery import _flatten
+    from lottery_kd.lottery import _flatten, canonical_settings
     config = run["config"]
     model = config["model"]["name"] + (f"@{config['model']['basis']}"
                                        if config["model"].get("basis") else "")
-    protocol = {k: v for k, v in _flatten(config).items()
+    protocol = {k: v for k, v in canonical_settings(_flatten(config)).items()
                 if not any(k == m or (m.endswith(".") and k.startswith(m))
                            for m in _MERGE_ACROSS)}
     return model, config["data"]["name"], json.dumps(protocol, sort_keys=True)

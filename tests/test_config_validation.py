@@ -233,6 +233,7 @@ def test_rigl_experiment_config_is_valid_and_ignores_the_rewind_point():
     ("prune.synflow_rounds", 0, ["prune.synflow_rounds", ">= 1"]),
     ("model.basis", "wavelet", ["model.basis", "dct, random"]),
     ("model.conv_impl", "fast", ["model.conv_impl='fast' is invalid", "auto, xla, native"]),
+    ("model.norm_impl", "batch", ["model.norm_impl='batch' is invalid", "flax, fused"]),
 ])
 def test_bad_mask_source_settings(key, value, needles):
     config = make_config()

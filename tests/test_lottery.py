@@ -2,6 +2,7 @@
 configs are refused before any training."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -166,7 +167,6 @@ def test_rerun_skips_finished_rows(study, monkeypatch):
 
 
 def test_resume_after_a_lost_row_trains_only_that_row(study, tmp_path, monkeypatch):
-    import shutil
     workdir = tmp_path / "copy"
     shutil.copytree(study["workdir"], workdir)
     lines = (workdir / "results.jsonl").read_text().splitlines()
@@ -189,6 +189,31 @@ def test_a_changed_config_in_the_same_workdir_is_refused(study):
         lottery.run(config, study["workdir"], log=lambda *_: None)
     assert "train.lr: 0.05 in the workdir, 0.2 now" in str(error.value)
     assert "prune.levels" in str(error.value)
+
+
+def test_a_workdir_from_before_an_added_setting_resumes_at_the_old_value(tmp_path, monkeypatch):
+    """model.norm_impl came after studies had started: their config.json lacks it. They resume
+    at its old value ("flax"), snapshots and all, and refuse another value by name."""
+    config = make_tiny_config()
+    config.prune.levels = 1
+    config.lottery.variants = "lt"
+    config.model.norm_impl = lottery.ADDED_KEYS["model.norm_impl"]
+    rows = lottery.run(config, tmp_path, log=lambda *_: None)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["model"]["norm_impl"]  # as written before the setting existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    spy = FitSpy(monkeypatch)
+    assert lottery.run(config, tmp_path, log=lambda *_: None) == rows
+    assert spy.calls == []
+    legacy = config.copy_and_resolve_references()  # the digest every snapshot is stamped with
+    with legacy.unlocked():
+        del legacy.model["norm_impl"]
+    assert lottery.config_digest(legacy) == lottery.config_digest(config)
+    config.model.norm_impl = "fused"
+    assert lottery.config_digest(config) != lottery.config_digest(legacy)
+    with pytest.raises(lottery.WorkdirConfigMismatch) as error:
+        lottery.run(config, tmp_path, log=lambda *_: None)
+    assert "model.norm_impl: 'flax' in the workdir, 'fused' now" in str(error.value)
 
 
 @pytest.mark.parametrize("key, value, expected", [

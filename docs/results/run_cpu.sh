@@ -7,6 +7,9 @@
 # 33 of 182 epochs in the KD-ticket recipe. Seed 0 runs all three sparsities; further seeds the
 # two highest (prune.first_level=2), which the seed-to-seed comparison needs most.
 #
+# model.norm_impl=flax: these studies started before the fused BatchNorm existed (and became the
+# default); all their runs keep Flax's BatchNorm, so the seeds stay one protocol.
+#
 # Every command resumes where it stopped (rerun it after a crash, a kill or a new sitting); a
 # finished study is skipped. DATA defaults to ../shared/data/cifar10 (official binary files).
 set -euo pipefail
@@ -24,5 +27,6 @@ for seed in $SEEDS; do
     --config.prune.first_level="$first_level" \
     --config.lottery.variants=lt,reinit,weight_rewind,lr_rewind,kd,kd_rewind \
     --config.lottery.rewind=955it \
+    --config.model.norm_impl=flax \
     --config.log.progress=lines
 done

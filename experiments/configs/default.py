@@ -16,10 +16,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.name = "resnet20"       # lottery_kd.models.MODEL_NAMES
     config.model.basis = ""              # "" | dct | random: train conv kernels as coefficients
-    config.model.conv_impl = "auto"      # auto | xla | native: 3x3 convs of CIFAR ResNets on CPU
                                          # in that orthonormal basis (masks act on coefficients)
     config.model.conv_impl = "auto"      # auto | xla | native: how CIFAR ResNets run 3x3 convs; auto
                                          # = the native CPU kernel on CPU when it builds, else XLA
+    config.model.norm_impl = "fused"     # fused | flax: CIFAR ResNets' BatchNorm + residual + ReLU
+                                         # as one op with a hand-written backward pass (the native
+                                         # CPU kernel on one CPU device), or nn.BatchNorm
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "cifar10"         # cifar10 | cifar100 | imagenet2012 | digits

@@ -32,7 +32,7 @@ MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
 def get_model(name: str, num_classes: int, *, basis: str = "", basis_seed: int = 0,
-              conv_impl: str = "auto", norm_impl: str = "flax"):
+              conv_impl: str = "auto", norm_impl: str = "fused"):
     """Build the named model; raises ValueError listing the known names for an unknown one.
 
     With `basis` ("dct" or "random") the conv kernels are trained as coefficients in that

@@ -52,7 +52,7 @@ class BasicBlock(nn.Module):
     channels: int
     stride: int = 1
     conv: Optional[Callable] = None  # conv_general_dilated for nn.Conv; None: XLA's
-    norm_impl: str = "flax"  # see CifarResNet
+    norm_impl: str = "fused"  # see CifarResNet
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -77,7 +77,7 @@ class BottleneckBlock(nn.Module):
     stride: int = 1
     expansion: int = 4
     conv: Optional[Callable] = None  # conv_general_dilated for nn.Conv; None: XLA's
-    norm_impl: str = "flax"  # see CifarResNet
+    norm_impl: str = "fused"  # see CifarResNet
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -107,7 +107,7 @@ class CifarResNet(nn.Module):
     conv: Optional[Callable] = None
     # "flax": nn.BatchNorm, then the residual add and ReLU; "fused": FusedBatchNorm, the same
     # math with the add and ReLU inside and a hand-written backward pass (models/batch_norm.py)
-    norm_impl: str = "flax"
+    norm_impl: str = "fused"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
