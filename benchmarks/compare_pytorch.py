@@ -22,6 +22,7 @@ import sys
 import time
 
 from benchmarks.common import environment, median, write_json
+from lottery_kd.huge_pages import reexec_with_huge_pages
 
 
 def torch_resnet(depth: int, num_classes: int = 10):
@@ -87,9 +88,10 @@ def measure_torch(model_name: str, batch_size: int, steps: int) -> dict:
     return {"train_images_per_sec": train, "eval_images_per_sec": evaluate}
 
 
-def measure_jax(model_name: str, batch_size: int, steps: int, conv_impl: str) -> dict:
+def measure_jax(model_name: str, batch_size: int, steps: int, conv_impl: str,
+                norm_impl: str) -> dict:
     from benchmarks.train_step import measure
-    records = measure(model_name, batch_size, steps, 1, 0.8, "select", conv_impl)
+    records = measure(model_name, batch_size, steps, 1, 0.8, "select", conv_impl, norm_impl)
     by_variant = {r["variant"]: r for r in records}
     return {"train_images_per_sec": by_variant["masked"]["images_per_sec"],
             "eval_images_per_sec": by_variant["eval"]["images_per_sec"]}
@@ -102,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--conv-impl", default="auto", help="model.conv_impl for the JAX side")
+    parser.add_argument("--norm-impl", default="fused", help="model.norm_impl for the JAX side")
     parser.add_argument("--out", default="")
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         if framework == "torch":
             print(json.dumps(measure_torch(model, args.batch_size, args.steps)))
         else:
-            print(json.dumps(measure_jax(model, args.batch_size, args.steps, args.conv_impl)))
+            print(json.dumps(measure_jax(model, args.batch_size, args.steps, args.conv_impl,
+                                         args.norm_impl)))
         return
     try:
         import torch  # noqa: F401
@@ -125,12 +129,13 @@ def main(argv: list[str] | None = None) -> None:
                 done = subprocess.run(
                     [sys.executable, "-m", "benchmarks.compare_pytorch", "--child", framework,
                      model, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-                     "--conv-impl", args.conv_impl],
+                     "--conv-impl", args.conv_impl, "--norm-impl", args.norm_impl],
                     capture_output=True, text=True)
                 if done.returncode != 0:
                     raise SystemExit(f"{framework} {model} failed:\n{done.stderr[-3000:]}")
                 runs[framework].append(json.loads(done.stdout.strip().splitlines()[-1]))
-        record = {"model": model, "batch": args.batch_size, "conv_impl": args.conv_impl}
+        record = {"model": model, "batch": args.batch_size, "conv_impl": args.conv_impl,
+                  "norm_impl": args.norm_impl}
         for framework, values in runs.items():
             for key in ("train_images_per_sec", "eval_images_per_sec"):
                 record[f"{framework}_{key}"] = round(median([v[key] for v in values]), 1)
@@ -144,4 +149,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # as the training entry points run (lottery_kd.huge_pages)
     main()

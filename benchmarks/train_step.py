@@ -28,10 +28,11 @@ import sys
 import time
 
 from benchmarks.common import environment, median, timed, write_json
+from lottery_kd.huge_pages import reexec_with_huge_pages
 
 
 def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity: float,
-            relu: str, conv_impl: str) -> list[dict]:
+            relu: str, conv_impl: str, norm_impl: str = "fused") -> list[dict]:
     """In a child process: every variant's step for one model."""
     import jax
     import jax.numpy as jnp
@@ -42,7 +43,7 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity
 
     if relu == "plain":  # the XLA-default form, for comparison with the select ReLU
         cifar_resnet.relu_select = jax.nn.relu
-    model = get_model(model_name, 10, conv_impl=conv_impl)
+    model = get_model(model_name, 10, conv_impl=conv_impl, norm_impl=norm_impl)
     params, batch_stats = train.init_variables(model, jax.random.key(0), (32, 32, 3))
     optimizer = optim.sgd_direction(0.9, 2e-4)
     dense_masks = masks_lib.create(params)
@@ -101,18 +102,18 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity
     for variant in calls:
         records.append({
             "model": model_name, "variant": variant, "batch": batch_size, "relu": relu,
-            "conv_impl": conv_impl,
+            "conv_impl": conv_impl, "norm_impl": norm_impl,
             "sparsity": 0.0 if variant == "dense" else masks_lib.sparsity(masks),
             "images_per_sec": round(batch_size / per_step[variant], 1),
             "images_per_sec_blocks": [round(steps * batch_size / s, 1) for s in seconds[variant]],
             "compile_s": round(compile_s[variant], 2)})
     records.append({"model": model_name, "variant": "eval", "batch": batch_size, "relu": relu,
-                    "conv_impl": conv_impl,
+                    "conv_impl": conv_impl, "norm_impl": norm_impl,
                     "sparsity": masks_lib.sparsity(masks),
                     "images_per_sec": round(steps * batch_size / median(eval_seconds), 1),
                     "compile_s": round(eval_compile, 2)})
     records.append({"model": model_name, "variant": "ratios", "batch": batch_size,
-                    "conv_impl": conv_impl,
+                    "conv_impl": conv_impl, "norm_impl": norm_impl,
                     "masked_over_dense": round(per_step["masked"] / per_step["dense"], 3),
                     "masked_kd_over_masked": round(per_step["masked_kd"] / per_step["masked"],
                                                    3)})
@@ -131,20 +132,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conv-impls", default="auto",
                         help="comma-separated model.conv_impl values to run, each in its own "
                              "process (xla,auto gives XLA's convs and the native kernel)")
+    parser.add_argument("--norm-impls", default="fused",
+                        help="comma-separated model.norm_impl values to run, each with every "
+                             "--conv-impls value in its own process (flax,fused)")
     parser.add_argument("--out", default="")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(measure(args.child, args.batch_size, args.steps, args.repeats,
-                                 args.sparsity, args.relu, args.conv_impls)))
+                                 args.sparsity, args.relu, args.conv_impls, args.norm_impls)))
         return
     records = []
-    for model, conv_impl in itertools.product(args.models.split(","),
-                                              args.conv_impls.split(",")):
+    for model, conv_impl, norm_impl in itertools.product(
+            args.models.split(","), args.conv_impls.split(","), args.norm_impls.split(",")):
         command = [sys.executable, "-m", "benchmarks.train_step", "--child", model,
                    "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                    "--repeats", str(args.repeats), "--sparsity", str(args.sparsity),
-                   "--relu", args.relu, "--conv-impls", conv_impl]
+                   "--relu", args.relu, "--conv-impls", conv_impl, "--norm-impls", norm_impl]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{model} failed:\n{done.stderr[-3000:]}")
@@ -156,4 +160,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # as the training entry points run (lottery_kd.huge_pages)
     main()

@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
+from lottery_kd import huge_pages
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch")
 
 
@@ -59,7 +61,8 @@ def environment() -> dict:
             "backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
             "device_count": jax.device_count(), "process_count": jax.process_count(),
             "python": platform.python_version(), "versions": versions,
-            "code_version": code_version(), "date": time.strftime("%Y-%m-%d"),
+            "code_version": code_version(), "malloc_huge_pages": huge_pages.active(),
+            "date": time.strftime("%Y-%m-%d"),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
