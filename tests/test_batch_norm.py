@@ -175,3 +175,12 @@ def test_unknown_norm_impl_is_refused_with_the_allowed_values():
     with pytest.raises(ValueError, match="model.norm_impl='bogus' is invalid: allowed: flax, fused"):
         get_model("resnet20", 10, norm_impl="bogus")
 
+
+
+def test_step_fingerprint_is_reproducible_and_tells_the_norms_apart():
+    """benchmarks.step_fingerprint vouches that a change kept training bit for bit: the same
+    settings hash the same twice, and the two BatchNorms' (1e-7 apart) hash differently."""
+    from benchmarks.step_fingerprint import fingerprint
+    fused = fingerprint("resnet20", "auto", "fused", steps=2, batch_size=8)
+    assert fingerprint("resnet20", "auto", "fused", steps=2, batch_size=8) == fused
+    assert fingerprint("resnet20", "auto", "flax", steps=2, batch_size=8) != fused

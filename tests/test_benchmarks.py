@@ -15,13 +15,14 @@ def test_train_step_benchmark_writes_every_variant_and_the_ratios(tmp_path):
     out = tmp_path / "train_step.json"
     done = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--models", "resnet20",
                            "--steps", "1", "--repeats", "1", "--conv-impls", "xla,auto",
-                           "--out", str(out)], cwd=REPO,
+                           "--norm-impls", "fused", "--out", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     variants = [r["variant"] for r in report["records"]]
     assert variants == ["dense", "masked", "masked_kd", "eval", "ratios"] * 2
     assert [r["conv_impl"] for r in report["records"]] == ["xla"] * 5 + ["auto"] * 5
+    assert {r["norm_impl"] for r in report["records"]} == {"fused"}
     for record in report["records"][:4]:
         assert {"model", "variant", "batch", "images_per_sec", "compile_s"} <= set(record)
         assert record["images_per_sec"] > 0

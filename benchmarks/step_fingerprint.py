@@ -1,0 +1,71 @@
+"""A fingerprint of the training arithmetic: the hash of the full train state after a few steps.
+
+    python -m benchmarks.step_fingerprint --model resnet20 --norm-impl flax
+
+Run it at two commits (same machine, same libraries): equal hashes mean a change kept every
+float of training bit for bit, so a study may resume across it without mixing arithmetic.
+That is how the kernel speed-ups that landed while the CPU reproduction was running
+(docs/results.md) were checked. The steps alternate masked cross-entropy and masked KD steps
+(80% sparse magnitude masks, the teacher being the initial network) on fixed random batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+
+from benchmarks.common import environment, write_json
+
+
+def fingerprint(model_name: str, conv_impl: str, norm_impl: str, steps: int,
+                batch_size: int) -> str:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lottery_kd import masks as masks_lib, optim, pruning, train
+    from lottery_kd.models import get_model
+
+    model = get_model(model_name, 10, conv_impl=conv_impl, norm_impl=norm_impl)
+    params, batch_stats = train.init_variables(model, jax.random.key(0), (32, 32, 3))
+    optimizer = optim.sgd_direction(0.9, 2e-4)
+    masks = pruning.get("magnitude_global")(params, masks_lib.create(params), 0.8)
+    normalization = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
+    ce = jax.jit(train.make_train_step(model, optimizer, None, normalization=normalization))
+    kd = jax.jit(train.make_train_step(model, optimizer, train.Distillation(5.0, 0.9, "mean"),
+                                       normalization=normalization))
+    teacher = {"params": params, "batch_stats": batch_stats}
+    state = train.TrainState(jnp.asarray(0), masks_lib.apply(params, masks), batch_stats,
+                             optimizer.init(params))
+    rng = np.random.default_rng(0)
+    for step in range(steps):
+        images = jnp.asarray(rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8))
+        labels = jnp.asarray(rng.integers(0, 10, batch_size).astype(np.int32))
+        if step % 2:
+            state, _ = kd(state, masks, images, labels, jnp.float32(0.1), teacher)
+        else:
+            state, _ = ce(state, masks, images, labels, jnp.float32(0.1), {})
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves((state.params, state.batch_stats, state.opt_state)):
+        digest.update(np.asarray(leaf).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--conv-impl", default="auto")
+    parser.add_argument("--norm-impl", default="fused")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args(argv)
+    record = {"model": args.model, "conv_impl": args.conv_impl, "norm_impl": args.norm_impl,
+              "steps": args.steps, "batch": args.batch_size,
+              "fingerprint": fingerprint(args.model, args.conv_impl, args.norm_impl, args.steps,
+                                         args.batch_size)}
+    write_json({"benchmark": "step_fingerprint", **environment(), "records": [record]}, args.out)
+
+
+if __name__ == "__main__":
+    main()
