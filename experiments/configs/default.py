@@ -21,7 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
                                          # = the native CPU kernel on CPU when it builds, else XLA
     config.model.norm_impl = "fused"     # fused | flax: CIFAR ResNets' BatchNorm + residual + ReLU
                                          # as one op with a hand-written backward pass (the native
-                                         # CPU kernel on one CPU device), or nn.BatchNorm
+                                         # CPU kernel on one CPU device), or nn.BatchNorm;
+                                         # fused: R20/56/110 CPU step 1.1-1.25x faster (README)
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "cifar10"         # cifar10 | cifar100 | imagenet2012 | digits
