@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import environment, resnet_steps, write_json
 
 
 def fingerprint(model_name: str, conv_impl: str, norm_impl: str, steps: int,
@@ -23,17 +23,12 @@ def fingerprint(model_name: str, conv_impl: str, norm_impl: str, steps: int,
     import jax.numpy as jnp
     import numpy as np
 
-    from lottery_kd import masks as masks_lib, optim, pruning, train
-    from lottery_kd.models import get_model
+    from lottery_kd import masks as masks_lib, train
 
-    model = get_model(model_name, 10, conv_impl=conv_impl, norm_impl=norm_impl)
-    params, batch_stats = train.init_variables(model, jax.random.key(0), (32, 32, 3))
-    optimizer = optim.sgd_direction(0.9, 2e-4)
-    masks = pruning.get("magnitude_global")(params, masks_lib.create(params), 0.8)
-    normalization = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
-    ce = jax.jit(train.make_train_step(model, optimizer, None, normalization=normalization))
-    kd = jax.jit(train.make_train_step(model, optimizer, train.Distillation(5.0, 0.9, "mean"),
-                                       normalization=normalization))
+    setup = resnet_steps(model_name, conv_impl, norm_impl, 0.8)
+    params, batch_stats, optimizer, masks = (setup.params, setup.batch_stats, setup.optimizer,
+                                             setup.masks)
+    ce, kd = jax.jit(setup.ce), jax.jit(setup.kd)
     teacher = {"params": params, "batch_stats": batch_stats}
     state = train.TrainState(jnp.asarray(0), masks_lib.apply(params, masks), batch_stats,
                              optimizer.init(params))

@@ -27,7 +27,8 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import environment, median, timed, write_json
+from benchmarks.common import (CIFAR_NORMALIZATION, environment, median, resnet_steps, timed,
+                               write_json)
 from lottery_kd.huge_pages import reexec_with_huge_pages
 
 
@@ -38,21 +39,15 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity
     import jax.numpy as jnp
     import numpy as np
 
-    from lottery_kd import masks as masks_lib, optim, pruning, train
-    from lottery_kd.models import cifar_resnet, get_model
+    from lottery_kd import masks as masks_lib, train
+    from lottery_kd.models import cifar_resnet
 
     if relu == "plain":  # the XLA-default form, for comparison with the select ReLU
         cifar_resnet.relu_select = jax.nn.relu
-    model = get_model(model_name, 10, conv_impl=conv_impl, norm_impl=norm_impl)
-    params, batch_stats = train.init_variables(model, jax.random.key(0), (32, 32, 3))
-    optimizer = optim.sgd_direction(0.9, 2e-4)
-    dense_masks = masks_lib.create(params)
-    masks = pruning.get("magnitude_global")(params, dense_masks, sparsity) if sparsity else \
-        dense_masks
-    normalization = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
-    ce = train.make_train_step(model, optimizer, None, normalization=normalization)
-    kd = train.make_train_step(model, optimizer, train.Distillation(5.0, 0.9, "mean"),
-                               normalization=normalization)
+    setup = resnet_steps(model_name, conv_impl, norm_impl, sparsity)
+    model, params, batch_stats, optimizer = (setup.model, setup.params, setup.batch_stats,
+                                             setup.optimizer)
+    dense_masks, masks, ce, kd = setup.dense_masks, setup.masks, setup.ce, setup.kd
     constant_true = jax.tree.map(lambda m: np.ones(m.shape, bool), dense_masks)
     dense = jax.jit(lambda state, images, labels, lr: ce(state, constant_true, images, labels,
                                                          lr, {}), donate_argnums=(0,))
@@ -87,7 +82,7 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity
                     states[variant], out = call(states[variant])
                 return out
             seconds[variant].append(timed(block, jax.block_until_ready))
-    evaluate = train.make_eval_step(model, *normalization)
+    evaluate = train.make_eval_step(model, *CIFAR_NORMALIZATION)
     valid = jnp.ones(batch_size, bool)
     eval_state = states["masked"]
     eval_args = (eval_state.params, eval_state.batch_stats, masks, images, labels, valid)

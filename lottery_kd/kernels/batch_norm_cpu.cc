@@ -29,8 +29,8 @@ struct Rows {
   int64_t end(int64_t block) const { return (block + 1) * m / kRowBlocks; }
 };
 
-// Runs fn(block, c0) for every row block and every group of 16 channels... per block, then
-// per-channel partial sums are combined in block order into double.
+// Runs fn(first row, end row, partial sums) for every row block (in parallel), each filling
+// NSUMS x C float partial sums; then adds the blocks' sums in block order, in double.
 template <int NSUMS, class Fn>
 void BlockSums(ffi::ThreadPool& pool, const Rows& rows, Fn fn, std::vector<double>* totals) {
   std::vector<float> partial(kRowBlocks * NSUMS * rows.c, 0.0f);

@@ -168,7 +168,7 @@ def native_enabled(conv_impl: str) -> bool:
     the kernel builds, "xla" never. The one rule the dispatch and the study's record share."""
     if conv_impl == "xla":
         return False
-    if conv_impl == "auto" and (jax.default_backend() != "cpu" or jax.device_count() > 1):
+    if conv_impl == "auto" and not build.single_cpu_device():
         return False
     return native_available()
 

@@ -22,16 +22,33 @@ struct Shape {
   int64_t n, h, w, c, k, oh, ow, s;
 };
 
+// The output tile of the forward passes: TW pixels x KB vectors of 16 channels, in registers.
+template <int TW, int KB>
+__attribute__((always_inline)) inline void ZeroTile(v16 (&acc)[TW][KB]) {
+#pragma GCC unroll 16
+  for (int t = 0; t < TW; ++t)
+#pragma GCC unroll 4
+    for (int b = 0; b < KB; ++b) acc[t][b] = v16{};
+}
+
+template <int TW, int KB>
+__attribute__((always_inline)) inline void StoreTile(const v16 (&acc)[TW][KB], const Shape& d,
+                                                     float* y_img, int64_t oh, int64_t ow0,
+                                                     int64_t k0) {
+  float* y_row = y_img + oh * d.ow * d.k;
+#pragma GCC unroll 16
+  for (int t = 0; t < TW; ++t)
+#pragma GCC unroll 4
+    for (int b = 0; b < KB; ++b) store16(y_row + (ow0 + t) * d.k + k0 + 16 * b, acc[t][b]);
+}
+
 // ---- forward: y[n,oh,ow,k] = sum_{kh,kw,c} x[n, oh*s+kh-1, ow*s+kw-1, c] w[kh,kw,c,k] ----
 // One tile: TW consecutive output pixels of a row x 16*KB output channels, held in registers.
 template <int TW, int KB>
 void ForwardTile(const Shape& d, const float* x_img, const float* w, const float* zeros,
                  float* y_img, int64_t oh, int64_t ow0, int64_t k0) {
   v16 acc[TW][KB];
-#pragma GCC unroll 16
-  for (int t = 0; t < TW; ++t)
-#pragma GCC unroll 4
-    for (int b = 0; b < KB; ++b) acc[t][b] = v16{};
+  ZeroTile<TW, KB>(acc);
   for (int64_t kh = 0; kh < 3; ++kh) {
     int64_t ih = oh * d.s + kh - 1;
     if (ih < 0 || ih >= d.h) continue;
@@ -57,11 +74,7 @@ void ForwardTile(const Shape& d, const float* x_img, const float* w, const float
       }
     }
   }
-  float* y_row = y_img + oh * d.ow * d.k;
-#pragma GCC unroll 16
-  for (int t = 0; t < TW; ++t)
-#pragma GCC unroll 4
-    for (int b = 0; b < KB; ++b) store16(y_row + (ow0 + t) * d.k + k0 + 16 * b, acc[t][b]);
+  StoreTile<TW, KB>(acc, d, y_img, oh, ow0, k0);
 }
 
 template <int KB, int TW>
@@ -96,10 +109,7 @@ template <int TW, int KB, int C, int S, bool LEFT, bool RIGHT>
 void ForwardTileFixed(const Shape& d, const float* x_img, const float* w, float* y_img,
                       int64_t oh, int64_t ow0, int64_t k0) {
   v16 acc[TW][KB];
-#pragma GCC unroll 16
-  for (int t = 0; t < TW; ++t)
-#pragma GCC unroll 4
-    for (int b = 0; b < KB; ++b) acc[t][b] = v16{};
+  ZeroTile<TW, KB>(acc);
   for (int64_t kh = 0; kh < 3; ++kh) {
     int64_t ih = oh * S + kh - 1;
     if (ih < 0 || ih >= d.h) continue;
@@ -123,11 +133,7 @@ void ForwardTileFixed(const Shape& d, const float* x_img, const float* w, float*
       }
     }
   }
-  float* y_row = y_img + oh * d.ow * d.k;
-#pragma GCC unroll 16
-  for (int t = 0; t < TW; ++t)
-#pragma GCC unroll 4
-    for (int b = 0; b < KB; ++b) store16(y_row + (ow0 + t) * d.k + k0 + 16 * b, acc[t][b]);
+  StoreTile<TW, KB>(acc, d, y_img, oh, ow0, k0);
 }
 
 template <int KB, int TW, int C, int S>

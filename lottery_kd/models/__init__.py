@@ -12,7 +12,8 @@ from flax import linen as nn
 
 from lottery_kd.kernels.conv3x3 import CONV_IMPLS, make_conv_general_dilated  # noqa: F401
 from lottery_kd.models.basis import BASES, BasisModel  # noqa: F401  (BASES: re-exported)
-from lottery_kd.models.cifar_resnet import NORM_IMPLS, CifarResNet, build_cifar_resnet  # noqa: F401
+from lottery_kd.models.cifar_resnet import (NORM_IMPLS, CifarResNet,  # noqa: F401
+                                           build_cifar_resnet, check_norm_impl)
 from lottery_kd.models.imagenet_resnet import build_imagenet_resnet
 from lottery_kd.models.small import DigitsConvNet
 
@@ -43,9 +44,7 @@ def get_model(name: str, num_classes: int, *, basis: str = "", basis_seed: int =
     """
     if name not in _BUILDERS:
         raise ValueError(f"model.name: unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}")
-    if norm_impl not in NORM_IMPLS:
-        raise ValueError(f"model.norm_impl={norm_impl!r} is invalid: allowed: "
-                         f"{', '.join(NORM_IMPLS)}")
+    check_norm_impl(norm_impl)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     conv = make_conv_general_dilated(conv_impl)

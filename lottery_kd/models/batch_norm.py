@@ -20,6 +20,7 @@ from flax import linen as nn
 from jax import lax
 
 from lottery_kd.kernels import batch_norm as native
+from lottery_kd.models.layers import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM
 
 
 def _affine(y: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, residual: Optional[jnp.ndarray],
@@ -139,8 +140,8 @@ class FusedBatchNorm(nn.Module):
     `norm(y, residual=r, relu=True)` is relu(batch_norm(y) + r)."""
 
     use_running_average: bool
-    momentum: float = 0.9
-    epsilon: float = 1e-5
+    momentum: float = BATCH_NORM_MOMENTUM
+    epsilon: float = BATCH_NORM_EPSILON
 
     @nn.compact
     def __call__(self, y: jnp.ndarray, residual: Optional[jnp.ndarray] = None,

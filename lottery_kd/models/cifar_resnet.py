@@ -25,13 +25,17 @@ from lottery_kd.models.layers import BatchNorm, conv_init, relu_select
 NORM_IMPLS: tuple[str, ...] = ("flax", "fused")
 
 
-def _norm(norm_impl: str, train: bool) -> Callable[[str], Callable]:
-    """name -> a BatchNorm called as norm(y, residual=None, relu=False): relu(bn(y) + residual)."""
-    if norm_impl == "fused":
-        return lambda name: FusedBatchNorm(use_running_average=not train, name=name)
-    if norm_impl != "flax":
+def check_norm_impl(norm_impl: str) -> None:
+    if norm_impl not in NORM_IMPLS:
         raise ValueError(f"model.norm_impl={norm_impl!r} is invalid: allowed: "
                          f"{', '.join(NORM_IMPLS)}")
+
+
+def _norm(norm_impl: str, train: bool) -> Callable[[str], Callable]:
+    """name -> a BatchNorm called as norm(y, residual=None, relu=False): relu(bn(y) + residual)."""
+    check_norm_impl(norm_impl)
+    if norm_impl == "fused":
+        return lambda name: FusedBatchNorm(use_running_average=not train, name=name)
 
     def flax_norm(name: str) -> Callable:
         batch_norm = BatchNorm(use_running_average=not train, name=name)
