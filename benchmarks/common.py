@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Optional
 
+from lottery_kd import malloc_tuning
 from lottery_kd.environment import environment  # noqa: F401  (re-exported for the benchmarks)
+
+# The malloc a benchmark's child processes run under (--mallocs): "tuned", what the entry points
+# use (lottery_kd.malloc_tuning); "huge_pages", only glibc.malloc.hugetlb=1 (the setting before
+# the step buffers were kept mapped); "glibc", glibc's defaults.
+MALLOC_SETTINGS = ("tuned", "huge_pages", "glibc")
 
 
 def timed(run_block: Callable[[], object], wait: Callable[[object], None]) -> float:
@@ -21,6 +28,32 @@ def timed(run_block: Callable[[], object], wait: Callable[[object], None]) -> fl
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def malloc_settings(names: str) -> list[str]:
+    """The comma-separated --mallocs value as a list, refusing unknown names by name."""
+    chosen = [name for name in names.split(",") if name]
+    unknown = [name for name in chosen if name not in MALLOC_SETTINGS]
+    if unknown or not chosen:
+        raise SystemExit(f"--mallocs: {unknown or names!r} not allowed; choose from "
+                         f"{', '.join(MALLOC_SETTINGS)}")
+    return chosen
+
+
+def malloc_environment(setting: str) -> dict[str, str]:
+    """os.environ for a child process whose malloc runs under `setting` (MALLOC_SETTINGS): its
+    malloc tunables replaced by the setting's, and no restart to change them again."""
+    tunables = {"tuned": malloc_tuning.tunables(),
+                "huge_pages": tuple(t for t in malloc_tuning.tunables()
+                                    if t == malloc_tuning.HUGE_PAGES),
+                "glibc": ()}[setting]
+    kept = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":")
+            if t and not t.startswith("glibc.malloc.")]
+    environ = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    if kept or tunables:
+        environ["GLIBC_TUNABLES"] = ":".join(kept + list(tunables))
+    environ[malloc_tuning.OPT_OUT] = "0"
+    return environ
 
 
 def write_json(report: dict, out: Optional[str]) -> None:

@@ -9,20 +9,23 @@ machine state; medians over rounds. PyTorch: the architecture of lottery_kd.mode
 (basic blocks, option-B shortcuts, BatchNorm), SGD momentum 0.9 + weight decay, cross-entropy,
 channels_last, torch.set_num_threads(os.cpu_count()). JAX: the library's masked train step
 (masks at 80% sparsity, as a ticket trains), and its eval forward. Same batch size, synthetic
-images.
+images. Both frameworks run under the same malloc setting (--mallocs; default "tuned", what
+lottery_kd's entry points use: PyTorch speeds up under it too), each setting compared on its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
 
-from benchmarks.common import environment, median, write_json
-from lottery_kd.huge_pages import reexec_with_huge_pages
+from benchmarks.common import (environment, malloc_environment, malloc_settings, median,
+                               write_json)
+from lottery_kd.malloc_tuning import reexec_with_malloc_tuning
 
 
 def torch_resnet(depth: int, num_classes: int = 10):
@@ -105,9 +108,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--conv-impl", default="auto", help="model.conv_impl for the JAX side")
     parser.add_argument("--norm-impl", default="fused", help="model.norm_impl for the JAX side")
+    parser.add_argument("--mallocs", default="tuned",
+                        help="comma-separated malloc settings both frameworks run under, each "
+                             "compared on its own: tuned (the entry points' default), "
+                             "huge_pages, glibc")
     parser.add_argument("--out", default="")
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    mallocs = malloc_settings(args.mallocs)
     if args.child:
         framework, model = args.child
         if framework == "torch":
@@ -122,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("PyTorch is not installed here; this comparison needs it "
                          "(pip install torch), the package itself never does") from None
     records = []
-    for model in args.models.split(","):
+    for malloc, model in itertools.product(mallocs, args.models.split(",")):
+        environ = malloc_environment(malloc)
         runs = {"jax": [], "torch": []}
         for _ in range(args.rounds):
             for framework in ("jax", "torch"):
@@ -130,12 +139,13 @@ def main(argv: list[str] | None = None) -> None:
                     [sys.executable, "-m", "benchmarks.compare_pytorch", "--child", framework,
                      model, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                      "--conv-impl", args.conv_impl, "--norm-impl", args.norm_impl],
-                    capture_output=True, text=True)
+                    capture_output=True, text=True, env=environ)
                 if done.returncode != 0:
                     raise SystemExit(f"{framework} {model} failed:\n{done.stderr[-3000:]}")
                 runs[framework].append(json.loads(done.stdout.strip().splitlines()[-1]))
         record = {"model": model, "batch": args.batch_size, "conv_impl": args.conv_impl,
-                  "norm_impl": args.norm_impl}
+                  "norm_impl": args.norm_impl, "malloc": malloc,
+                  "malloc_tunables": environ.get("GLIBC_TUNABLES", "")}
         for framework, values in runs.items():
             for key in ("train_images_per_sec", "eval_images_per_sec"):
                 record[f"{framework}_{key}"] = round(median([v[key] for v in values]), 1)
@@ -149,5 +159,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    reexec_with_huge_pages()  # as the training entry points run (lottery_kd.huge_pages)
+    reexec_with_malloc_tuning()  # as the training entry points run (lottery_kd.malloc_tuning)
     main()

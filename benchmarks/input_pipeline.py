@@ -134,6 +134,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from lottery_kd.huge_pages import reexec_with_huge_pages
-    reexec_with_huge_pages()  # as the training entry points run (lottery_kd.huge_pages)
+    from lottery_kd.malloc_tuning import reexec_with_malloc_tuning
+    reexec_with_malloc_tuning()  # as the training entry points run (lottery_kd.malloc_tuning)
     main()

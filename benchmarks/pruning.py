@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from benchmarks.common import environment, median, timed, write_json
-from lottery_kd.huge_pages import reexec_with_huge_pages
+from lottery_kd.malloc_tuning import reexec_with_malloc_tuning
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,5 +61,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    reexec_with_huge_pages()  # as the training entry points run (lottery_kd.huge_pages)
+    reexec_with_malloc_tuning()  # as the training entry points run (lottery_kd.malloc_tuning)
     main()

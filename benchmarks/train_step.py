@@ -27,9 +27,9 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import (CIFAR_NORMALIZATION, environment, median, resnet_steps, timed,
-                               write_json)
-from lottery_kd.huge_pages import reexec_with_huge_pages
+from benchmarks.common import (CIFAR_NORMALIZATION, environment, malloc_environment,
+                               malloc_settings, median, resnet_steps, timed, write_json)
+from lottery_kd.malloc_tuning import reexec_with_malloc_tuning
 
 
 def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity: float,
@@ -72,16 +72,20 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity
         compiled = step.lower(*args(state)).compile()
         compile_s[variant] = time.perf_counter() - began
         calls[variant] = lambda s, compiled=compiled, args=args: compiled(*args(s))
-        states[variant], _ = calls[variant](state)  # a warm-up step
+        states[variant] = state
     seconds = {variant: [] for variant in calls}
-    for _ in range(repeats):
+    # A whole untimed block of each variant first: the first steps after compiling run slowest
+    # (malloc growing its heap, caches), by up to 20% on the 2-core VM.
+    for repeat in range(-1, repeats):
         for variant, call in calls.items():
             def block(variant=variant, call=call):
                 out = None
                 for _ in range(steps):
                     states[variant], out = call(states[variant])
                 return out
-            seconds[variant].append(timed(block, jax.block_until_ready))
+            took = timed(block, jax.block_until_ready)
+            if repeat >= 0:
+                seconds[variant].append(took)
     evaluate = train.make_eval_step(model, *CIFAR_NORMALIZATION)
     valid = jnp.ones(batch_size, bool)
     eval_state = states["masked"]
@@ -130,30 +134,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--norm-impls", default="fused",
                         help="comma-separated model.norm_impl values to run, each with every "
                              "--conv-impls value in its own process (flax,fused)")
+    parser.add_argument("--mallocs", default="tuned",
+                        help="comma-separated malloc settings, each with every model and impl "
+                             "in its own process: tuned (the entry points' default, "
+                             "lottery_kd.malloc_tuning), huge_pages, glibc")
     parser.add_argument("--out", default="")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    mallocs = malloc_settings(args.mallocs)
     if args.child:
         print(json.dumps(measure(args.child, args.batch_size, args.steps, args.repeats,
                                  args.sparsity, args.relu, args.conv_impls, args.norm_impls)))
         return
     records = []
-    for model, conv_impl, norm_impl in itertools.product(
-            args.models.split(","), args.conv_impls.split(","), args.norm_impls.split(",")):
+    for model, conv_impl, norm_impl, malloc in itertools.product(
+            args.models.split(","), args.conv_impls.split(","), args.norm_impls.split(","),
+            mallocs):
         command = [sys.executable, "-m", "benchmarks.train_step", "--child", model,
                    "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                    "--repeats", str(args.repeats), "--sparsity", str(args.sparsity),
                    "--relu", args.relu, "--conv-impls", conv_impl, "--norm-impls", norm_impl]
-        done = subprocess.run(command, capture_output=True, text=True)
+        environ = malloc_environment(malloc)
+        done = subprocess.run(command, capture_output=True, text=True, env=environ)
         if done.returncode != 0:
             raise SystemExit(f"{model} failed:\n{done.stderr[-3000:]}")
         rows = json.loads(done.stdout.strip().splitlines()[-1])
         for row in rows:
+            row.update(malloc=malloc, malloc_tunables=environ.get("GLIBC_TUNABLES", ""))
             print(json.dumps(row), file=sys.stderr, flush=True)
         records += rows
     write_json({"benchmark": "train_step", **environment(), "records": records}, args.out)
 
 
 if __name__ == "__main__":
-    reexec_with_huge_pages()  # as the training entry points run (lottery_kd.huge_pages)
+    reexec_with_malloc_tuning()  # as the training entry points run (lottery_kd.malloc_tuning)
     main()

@@ -87,8 +87,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> int:
 
 def main_for(get_config: Callable[[], ml_collections.ConfigDict], default_workdir: str) -> None:
     """Define the flags for `get_config()` and run `lottery_kd.lottery.run` under absl."""
-    from lottery_kd.huge_pages import reexec_with_huge_pages
-    reexec_with_huge_pages()  # XLA:CPU's per-step buffers on huge pages (results unchanged)
+    from lottery_kd.malloc_tuning import reexec_with_malloc_tuning
+    reexec_with_malloc_tuning()  # keeps XLA:CPU's step buffers mapped (results unchanged)
     config_flags.DEFINE_config_dict("config", get_config(), "experiment config (see get_config)")
     flags.DEFINE_string("workdir", default_workdir, "where results and checkpoints go; "
                         "rerunning the same command there resumes")

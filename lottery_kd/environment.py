@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
-from lottery_kd import huge_pages
+from lottery_kd import malloc_tuning
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch")
 
@@ -61,7 +61,7 @@ def environment() -> dict:
             "backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
             "device_count": jax.device_count(), "process_count": jax.process_count(),
             "python": platform.python_version(), "versions": versions,
-            "code_version": code_version(), "malloc_huge_pages": huge_pages.active(),
+            "code_version": code_version(), "malloc_tunables": malloc_tuning.active(),
             "date": time.strftime("%Y-%m-%d"),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 

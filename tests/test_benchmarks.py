@@ -23,6 +23,7 @@ def test_train_step_benchmark_writes_every_variant_and_the_ratios(tmp_path):
     assert variants == ["dense", "masked", "masked_kd", "eval", "ratios"] * 2
     assert [r["conv_impl"] for r in report["records"]] == ["xla"] * 5 + ["auto"] * 5
     assert {r["norm_impl"] for r in report["records"]} == {"fused"}
+    assert {r["malloc"] for r in report["records"]} == {"tuned"}
     for record in report["records"][:4]:
         assert {"model", "variant", "batch", "images_per_sec", "compile_s"} <= set(record)
         assert record["images_per_sec"] > 0
