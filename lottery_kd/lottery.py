@@ -247,6 +247,11 @@ class LotteryRun:
             if writer is not None:
                 writer.scalars(step, {**{k: v for k, v in row.items() if k != "distill"},
                                       "sparsity": sparsity})
+            if main and "epoch_seconds" in row:  # the pace lottery_kd.status estimates with
+                results.append_epoch_time(self.workdir, {
+                    "level": level, "variant": variant_name, "step": step,
+                    "distill": row["distill"], "steps": row["epoch_steps"],
+                    "seconds": round(row["epoch_seconds"], 3)})
 
         progress = (Progress.for_mode(f"[level {level} {variant_name}]",
                                       self.config.log.progress) if main else None)

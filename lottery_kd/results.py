@@ -49,6 +49,34 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
         os.fsync(handle.fileno())
 
 
+# Wall time of every epoch a study trains (training plus evaluation, measured between epoch ends
+# in one process), one JSON line each: the pace lottery_kd.status estimates the rest with.
+EPOCH_TIMES = "epoch_times.jsonl"
+
+
+def append_epoch_time(workdir: str | os.PathLike, record: dict) -> None:
+    """Append one epoch's timing record to WORKDIR/epoch_times.jsonl (on a line of its own, even
+    after a line a crash tore)."""
+    path = Path(workdir) / EPOCH_TIMES
+    with path.open("ab") as handle:
+        torn = handle.tell() > 0 and path.read_bytes()[-1:] != b"\n"
+        handle.write((("\n" if torn else "") + json.dumps(record) + "\n").encode())
+
+
+def read_epoch_times(workdir: str | os.PathLike) -> list[dict]:
+    """The epoch timing records of a study, oldest first (lines a crash tore are skipped)."""
+    path = Path(workdir) / EPOCH_TIMES
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename: never half a file."""
     path = Path(path)

@@ -3,21 +3,27 @@
     python -m lottery_kd.status runs/cifar10_resnet20 [more workdirs] [--json]
 
 Reads only plan.json (the study's planned runs, written when it starts), results.jsonl and the
-names and times of the resume checkpoints: no data, no JAX, instant, safe beside a running
-study. The estimate uses this study's own speed: seconds per step of its finished runs (KD
-runs and cross-entropy runs apart, since distillation also runs the teacher), else the pace
-between the current run's last two resume checkpoints.
+names and times of the resume checkpoints, and epoch_times.jsonl: no data, no JAX, instant, safe
+beside a running study. The estimate uses this study's own speed, KD and cross-entropy epochs
+apart (distillation also runs the teacher): the median seconds per step of its last
+PACE_EPOCHS epochs of that kind (training plus evaluation; a median, so an epoch slowed by a
+paused or busy machine does not skew it), else, for studies started before epoch times were
+recorded, the mean of its finished runs, else the pace between the current run's last two
+resume checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from lottery_kd import results
+
+PACE_EPOCHS = 10
 
 
 def _latest_checkpoints(directory: Path) -> list[tuple[int, float]]:
@@ -64,6 +70,13 @@ def study_status(workdir: str | Path) -> dict:
         else:
             pending.append(run)
     rate = {kind: (sum(v) / len(v) if v else None) for kind, v in rates.items()}
+    paces: dict[bool, list[float]] = {False: [], True: []}
+    for epoch in results.read_epoch_times(workdir):
+        if epoch.get("steps"):
+            paces[bool(epoch.get("distill"))].append(epoch["seconds"] / epoch["steps"])
+    for kind, values in paces.items():
+        if values:
+            rate[kind] = statistics.median(values[-PACE_EPOCHS:])
     if rate[True] is None and rate[False] is not None:
         rate_note = "KD runs estimated at the cross-entropy pace until one finishes"
         rate[True] = rate[False]

@@ -358,6 +358,9 @@ class Trainer:
                     "seconds": seconds_before + time.perf_counter() - began}
             resume.save(at_step, {"state": state, "masks": masks}, meta)
 
+        # Wall time between consecutive epoch ends in this process (training plus evaluation),
+        # for log_scalars only: history stays a pure function of the run, so resumes match.
+        last_epoch_end: Optional[tuple[int, float]] = None
         if progress is not None:
             progress.start(end - first, done=start - first)
         # One batch ahead: the host prepares step s+1 while the device runs step s (dispatch is
@@ -412,8 +415,13 @@ class Trainer:
             history.append(row)
             if progress is not None:
                 progress.epoch_end(row)
+            now = time.perf_counter()
+            timing = ({} if last_epoch_end is None else
+                      {"epoch_seconds": now - last_epoch_end[1],
+                       "epoch_steps": done_steps - last_epoch_end[0]})
+            last_epoch_end = (done_steps, now)
             if log_scalars is not None:
-                log_scalars(global_step + 1, row)
+                log_scalars(global_step + 1, {**row, **timing})
             if checkpoint_due or stopping:
                 save_resume(done_steps)
             if stopping and done_steps < end:

@@ -1,12 +1,13 @@
 """lottery_kd.status: done / current / pending runs and a time estimate, from files only."""
 
 import json
+import statistics
 import subprocess
 import sys
 
 import pytest
 
-from lottery_kd import lottery, status
+from lottery_kd import lottery, results, status
 from lottery_kd.train import TrainingInterrupted
 from tests.conftest import REPO, make_tiny_config
 from tests.test_reliability import StopAfter
@@ -43,8 +44,11 @@ def test_status_follows_a_study_through_a_stop_and_to_the_end(tmp_path):
     assert [(r["level"], r["variant"]) for r in stopped["pending"]] == [
         (1, "kd_rewind"), (2, "lt"), (2, "kd_rewind")]
     dense_rate = stopped["seconds_per_step"][False]
-    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert dense_rate == pytest.approx(rows[0]["seconds"] / rows[0]["steps"])
+    epochs = results.read_epoch_times(tmp_path)  # every whole epoch timed in this process
+    assert [(e["level"], e["variant"], e["distill"]) for e in epochs][:1] == [(0, "dense", False)]
+    assert all(e["steps"] > 0 and e["seconds"] > 0 for e in epochs)
+    assert dense_rate == pytest.approx(statistics.median(
+        [e["seconds"] / e["steps"] for e in epochs if not e["distill"]][-status.PACE_EPOCHS:]))
     left = (38 - current["at_step"]) + 38 + 2 * (38 - rewind)
     assert stopped["steps_left"][False] + stopped["steps_left"][True] == left
     assert stopped["seconds_left"] == pytest.approx(left * dense_rate)  # KD at the CE pace
@@ -63,3 +67,25 @@ def test_status_command_on_a_directory_that_is_not_a_study(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "plan.json is missing" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_pace_is_the_median_of_recent_epochs_so_a_paused_one_does_not_skew_it(tmp_path):
+    plan = {"steps_per_epoch": 10, "runs": [
+        {"level": 0, "variant": "dense", "distill": False, "start_step": 0, "steps": 100},
+        {"level": 1, "variant": "kd", "distill": True, "start_step": 0, "steps": 100}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    # a finished dense run whose total time includes a long pause: 300 s for 100 steps
+    results.append_row(tmp_path / "results.jsonl", {"level": 0, "variant": "dense", "steps": 100,
+                                                    "seconds": 300.0, "distill": False})
+    old = [{"level": 0, "variant": "dense", "distill": False, "steps": 10, "seconds": 50.0}] * 5
+    recent = [{"level": 0, "variant": "dense", "distill": False, "steps": 10, "seconds": s}
+              for s in (10.0, 11.0, 2000.0, 10.5, 9.5, 10.0, 12.0, 10.0, 11.0, 10.0)]
+    for record in old + recent:
+        results.append_epoch_time(tmp_path, record)
+    with (tmp_path / results.EPOCH_TIMES).open("a") as handle:
+        handle.write('{"level": 0, "varia')  # torn by a crash, then appended after
+    results.append_epoch_time(tmp_path, {"level": 1, "variant": "kd", "distill": True,
+                                         "steps": 10, "seconds": 15.0})
+    found = status.study_status(tmp_path)
+    assert found["seconds_per_step"] == {False: pytest.approx(1.025), True: pytest.approx(1.5)}
+    assert found["seconds_left"] == pytest.approx(100 * 1.5)  # the kd run, not yet started
