@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
-from lottery_kd import malloc_tuning
+from lottery_kd import malloc_tuning, results
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch")
 
@@ -78,13 +78,4 @@ def record_start(workdir: Path, **extra) -> dict:
 
 def read_starts(workdir: Path) -> list[dict]:
     """The environment of every start of a study (a torn last line, from a kill, is skipped)."""
-    path = Path(workdir) / "environment.jsonl"
-    if not path.is_file():
-        return []
-    starts = []
-    for line in path.read_text().splitlines():
-        try:
-            starts.append(json.loads(line))
-        except ValueError:
-            continue
-    return starts
+    return results.read_json_lines(Path(workdir) / "environment.jsonl")

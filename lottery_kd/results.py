@@ -63,10 +63,11 @@ def append_epoch_time(workdir: str | os.PathLike, record: dict) -> None:
         handle.write((("\n" if torn else "") + json.dumps(record) + "\n").encode())
 
 
-def read_epoch_times(workdir: str | os.PathLike) -> list[dict]:
-    """The epoch timing records of a study, oldest first (lines a crash tore are skipped)."""
-    path = Path(workdir) / EPOCH_TIMES
-    if not path.exists():
+def read_json_lines(path: str | os.PathLike) -> list[dict]:
+    """Every complete JSON line of an append-only log, oldest first: lines a crash tore are
+    skipped, and a missing file reads as empty."""
+    path = Path(path)
+    if not path.is_file():
         return []
     records = []
     for line in path.read_text().splitlines():
@@ -75,6 +76,11 @@ def read_epoch_times(workdir: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def read_epoch_times(workdir: str | os.PathLike) -> list[dict]:
+    """The epoch timing records of a study, oldest first."""
+    return read_json_lines(Path(workdir) / EPOCH_TIMES)
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
