@@ -358,9 +358,9 @@ class Trainer:
                     "seconds": seconds_before + time.perf_counter() - began}
             resume.save(at_step, {"state": state, "masks": masks}, meta)
 
-        # Wall time between consecutive epoch ends in this process (training plus evaluation),
-        # for log_scalars only: history stays a pure function of the run, so resumes match.
-        last_epoch_end: Optional[tuple[int, float]] = None
+        # Wall time and steps since the previous epoch end (or this process's first step) for
+        # log_scalars only: history stays a pure function of the run, so resumes match.
+        last_epoch_end = (start, began)
         if progress is not None:
             progress.start(end - first, done=start - first)
         # One batch ahead: the host prepares step s+1 while the device runs step s (dispatch is
@@ -416,9 +416,8 @@ class Trainer:
             if progress is not None:
                 progress.epoch_end(row)
             now = time.perf_counter()
-            timing = ({} if last_epoch_end is None else
-                      {"epoch_seconds": now - last_epoch_end[1],
-                       "epoch_steps": done_steps - last_epoch_end[0]})
+            timing = {"epoch_seconds": now - last_epoch_end[1],
+                      "epoch_steps": done_steps - last_epoch_end[0]}
             last_epoch_end = (done_steps, now)
             if log_scalars is not None:
                 log_scalars(global_step + 1, {**row, **timing})
