@@ -15,15 +15,14 @@ ratio the CIFAR input must keep (>= 5x the train step).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import environment, write_json
 
 DEFAULT_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 
@@ -119,18 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--imagenet-batch-size", type=int, default=32)
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
-    import jax
-    report = {"benchmark": "input_pipeline", "host": platform.node(), "cpu_count": os.cpu_count(),
-              "jax": jax.__version__, "backend": jax.default_backend()}
+    report = {"benchmark": "input_pipeline", **environment()}
     report.update(cifar_and_train_step(args.cifar_dir, args.batch_size, args.steps, args.repeats))
     examples = args.imagenet_batch_size * (args.imagenet_batches + 2)
     report.update(imagenet_mock_input(args.imagenet_batch_size, args.imagenet_batches, 224,
                                       examples))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    write_json(report, args.out)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,20 @@ def test_conv3x3_benchmark_compares_every_pass_of_every_layer_shape(tmp_path):
     for record in records:
         assert record["xla_ms"] > 0 and record["native_ms"] > 0
         assert record["max_relative_difference"] < 1e-5
+
+
+def test_input_pipeline_benchmark_measures_both_inputs_next_to_the_train_step(tmp_path):
+    out = tmp_path / "input_pipeline.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.input_pipeline", "--steps", "1",
+                           "--repeats", "1", "--imagenet-batches", "2",
+                           "--imagenet-batch-size", "4", "--cifar-dir", str(tmp_path / "none"),
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "input_pipeline" and report["backend"] == "cpu"
+    assert "malloc_tunables" in report and "jax" in report["versions"]
+    assert report["cifar_source"].startswith("synthetic")
+    for key in ("cifar_input_images_per_second", "resnet20_train_step_images_per_second",
+                "imagenet_input_images_per_second"):
+        assert report[key] > 0
