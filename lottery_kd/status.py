@@ -50,6 +50,7 @@ def study_status(workdir: str | Path) -> dict:
         if row.get("steps") and row.get("seconds"):
             rates[bool(row.get("distill"))].append(row["seconds"] / row["steps"])
     done, pending, current = [], [], None
+    checkpoint_pace: Optional[bool] = None  # the kind whose pace comes from resume checkpoints
     for run in plan["runs"]:
         key = (run["level"], run["variant"])
         if key in rows:
@@ -67,6 +68,7 @@ def study_status(workdir: str | Path) -> dict:
                 # evaluation would give a pace that is mostly evaluation
                 if s1 - s0 >= plan["steps_per_epoch"] // 2 and t1 > t0:
                     rates[run["distill"]].append((t1 - t0) / (s1 - s0))
+                    checkpoint_pace = run["distill"]
         else:
             pending.append(run)
     rate = {kind: (sum(v) / len(v) if v else None) for kind, v in rates.items()}
@@ -74,9 +76,13 @@ def study_status(workdir: str | Path) -> dict:
     for epoch in results.read_epoch_times(workdir):
         if epoch.get("steps"):
             paces[bool(epoch.get("distill"))].append(epoch["seconds"] / epoch["steps"])
+    source = {kind: ("its last two resume checkpoints" if kind == checkpoint_pace else
+                     "its finished runs") if rates[kind] else None for kind in rates}
     for kind, values in paces.items():
         if values:
             rate[kind] = statistics.median(values[-PACE_EPOCHS:])
+            count = min(len(values), PACE_EPOCHS)
+            source[kind] = f"the median of its last {count} epoch{'s' if count > 1 else ''}"
     if rate[True] is None and rate[False] is not None:
         rate_note = "KD runs estimated at the cross-entropy pace until one finishes"
         rate[True] = rate[False]
@@ -93,7 +99,8 @@ def study_status(workdir: str | Path) -> dict:
                     sum(left_steps[kind] * rate[kind] for kind in (False, True)))
     return {"workdir": str(workdir), "runs": len(plan["runs"]), "done": done,
             "current": current, "pending": pending, "seconds_per_step": rate,
-            "steps_left": left_steps, "seconds_left": seconds_left, "note": rate_note}
+            "steps_left": left_steps, "seconds_left": seconds_left, "note": rate_note,
+            "pace_from": source}
 
 
 def run_left(current: dict) -> int:
@@ -119,7 +126,8 @@ def describe(status: dict) -> str:
     if status["pending"]:
         names = ", ".join(f"L{r['level']} {r['variant']}" for r in status["pending"])
         lines.append(f"  pending ({len(status['pending'])}): {names}")
-    pace = ", ".join(f"{'KD' if kind else 'CE'} {value:.3f} s/step"
+    pace = "; ".join(f"{'KD' if kind else 'CE'} {value:.3f} s/step"
+                     + (f" from {status['pace_from'][kind]}" if status["pace_from"][kind] else "")
                      for kind, value in status["seconds_per_step"].items() if value is not None)
     if status["current"] is None and not status["pending"]:
         lines.append("  finished")

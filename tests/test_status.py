@@ -89,3 +89,6 @@ def test_the_pace_is_the_median_of_recent_epochs_so_a_paused_one_does_not_skew_i
     found = status.study_status(tmp_path)
     assert found["seconds_per_step"] == {False: pytest.approx(1.025), True: pytest.approx(1.5)}
     assert found["seconds_left"] == pytest.approx(100 * 1.5)  # the kd run, not yet started
+    assert found["pace_from"] == {False: "the median of its last 10 epochs",
+                                  True: "the median of its last 1 epoch"}
+    assert "CE 1.025 s/step from the median of its last 10 epochs" in status.describe(found)
