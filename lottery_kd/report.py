@@ -120,8 +120,10 @@ def aggregate(runs: Sequence[dict]) -> list[dict]:
                     "best_val_mean": best[0], "best_val_std": best[1], "best_val_n": best[2],
                     "runs": [str(run["dir"]) for run in runs
                              if any(r in run["rows"] for r in rows)]})
-    order = {variant: i for i, (variant, _) in enumerate(cells)}  # first appearance: the
-    return sorted(out, key=lambda e: (e["sparsity"], order[e["variant"]]))  # config's order
+    order: dict[str, int] = {}  # each variant's first appearance: the config's order, also
+    for variant, _ in cells:    # while a later level has only some variants
+        order.setdefault(variant, len(order))
+    return sorted(out, key=lambda e: (e["sparsity"], order[e["variant"]]))
 
 
 def published_for(model: str, dataset: str, reference: Optional[dict]) -> dict:

@@ -112,6 +112,16 @@ def test_each_start_records_its_environment_and_the_report_states_it(studies, tm
     assert starts[0]["processor"] in text and "(2 start(s))" in text
 
 
+def test_variants_keep_the_configs_order_while_a_level_is_partly_done():
+    rows = [{"level": level, "variant": variant, "sparsity": sparsity, "test_accuracy": 0.8,
+             "test_accuracy_at_best_val": 0.8}
+            for level, sparsity, variants in ((1, 0.59, ("lt", "reinit", "kd")), (2, 0.83, ("lt",)))
+            for variant in variants]
+    entries = report.aggregate([{"config": {"seed": 0}, "rows": rows, "dir": "study"}])
+    assert [(e["variant"], e["sparsity"]) for e in entries] == [
+        ("lt", 0.59), ("reinit", 0.59), ("kd", 0.59), ("lt", 0.83)]
+
+
 def test_report_names_a_directory_that_holds_no_study(tmp_path):
     done = subprocess.run([sys.executable, "-m", "lottery_kd.report", str(tmp_path), "--out",
                            str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
