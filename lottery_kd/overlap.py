@@ -58,6 +58,62 @@ def tickets_of(run_dir: str | os.PathLike) -> dict[str, PyTree]:
                                                       item[0])))
 
 
+def _prunable_leaves(masks: PyTree, scope: masks_lib.Scope) -> list[np.ndarray]:
+    import jax
+    leaves = [(masks_lib.path_name(p), np.asarray(m, bool))
+              for p, m in jax.tree_util.tree_flatten_with_path(masks)[0]]
+    return [m for name, m in leaves if masks_lib.is_prunable(name, m.shape, scope)]
+
+
+def density(masks: PyTree, scope: masks_lib.Scope = "conv") -> float:
+    """The fraction of the in-scope weights that a mask keeps."""
+    leaves = _prunable_leaves(masks, scope)
+    total = sum(m.size for m in leaves)
+    return float(sum(np.count_nonzero(m) for m in leaves) / total) if total else 1.0
+
+
+def random_jaccard(density_a: float, density_b: float) -> float:
+    """The expected Jaccard overlap of two independent random masks of these densities."""
+    union = density_a + density_b - density_a * density_b
+    return density_a * density_b / union if union else 1.0
+
+
+def merge_identical(tickets: dict[str, PyTree],
+                    scope: masks_lib.Scope = "conv") -> tuple[dict[str, PyTree],
+                                                             dict[str, list[str]]]:
+    """Merge tickets whose masks are bit-identical: ({label: masks}, {label: [names]}).
+
+    One-shot pruning gives every variant of a level the same mask, so a matrix over all of them
+    repeats one row per variant. A merged label is "L2 (all 6)" when it covers every ticket of
+    a level, else its first name with "+k" for the k others; the names keep their prefix.
+    """
+    groups: dict[bytes, list[str]] = {}
+    for name, masks in tickets.items():
+        key = b"".join(np.packbits(m).tobytes() + str(m.shape).encode()
+                       for m in _prunable_leaves(masks, scope))
+        groups.setdefault(key, []).append(name)
+
+    def prefix_and_level(name: str) -> str:  # "s0 kd@L2" -> "s0 L2"
+        prefix = name.split(" ", 1)[0] + " " if " " in name else ""
+        return prefix + name.rsplit("@", 1)[-1]
+
+    per_level: dict[str, int] = {}
+    for name in tickets:
+        per_level[prefix_and_level(name)] = per_level.get(prefix_and_level(name), 0) + 1
+    merged, members = {}, {}
+    for names in groups.values():
+        first, label = names[0], names[0]
+        if len(names) > 1:
+            levels = {prefix_and_level(n) for n in names}
+            level = next(iter(levels))
+            label = (f"{level} (all {len(names)})"
+                     if len(levels) == 1 and per_level[level] == len(names)
+                     else f"{first} +{len(names) - 1}")
+        merged[label] = tickets[first]
+        members[label] = names
+    return merged, members
+
+
 def overlap_matrix(tickets: dict[str, PyTree], scope: masks_lib.Scope = "conv") -> dict:
     """{"names": [...], "global": [[J]], "layers": {pair: {layer: J}}} for every pair."""
     names = list(tickets)
@@ -68,7 +124,10 @@ def overlap_matrix(tickets: dict[str, PyTree], scope: masks_lib.Scope = "conv") 
             result = mask_overlap(tickets[a], tickets[names[j]], scope)
             matrix[i][j] = matrix[j][i] = result["global"]
             layers[f"{a} vs {names[j]}"] = result["layers"]
-    return {"names": names, "global": matrix, "layers": layers}
+    densities = [density(tickets[name], scope) for name in names]
+    random = [[random_jaccard(a, b) for b in densities] for a in densities]
+    return {"names": names, "global": matrix, "layers": layers, "densities": densities,
+            "random": random}
 
 
 def markdown(matrix: dict) -> str:

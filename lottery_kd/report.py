@@ -352,6 +352,47 @@ def _plot_layers(densities: dict[str, dict[str, float]], title: str, path: Path)
     plt.close(figure)
 
 
+def ticket_overlap(members: Sequence[dict]) -> dict:
+    """The Jaccard matrix over the distinct tickets of a group's runs ({} if under two).
+
+    Tickets of several runs are named "s<seed> variant@L<level>" (the run directory's name when
+    two runs share a seed), and bit-identical masks are merged into one row.
+    """
+    from lottery_kd import overlap as overlap_lib
+
+    seeds = [run["config"]["seed"] for run in members]
+    tickets = {}
+    for run, seed in zip(members, seeds):
+        prefix = ""
+        if len(members) > 1:
+            prefix = (f"s{seed} " if seeds.count(seed) == 1
+                      else Path(run["dir"]).name.replace(" ", "_") + " ")
+        tickets.update({prefix + name: masks
+                        for name, masks in overlap_lib.tickets_of(run["dir"]).items()})
+    merged, names = overlap_lib.merge_identical(tickets)
+    if len(merged) < 2:
+        return {}
+    matrix = overlap_lib.overlap_matrix(merged)
+    matrix["members"] = names
+    return matrix
+
+
+def overlap_text(matrix: dict, members: Sequence[dict]) -> str:
+    """The sentences above the overlap table: what was compared, merged, and chance level."""
+    text = ("Mask overlap (Jaccard over the pruned conv weights) between the distinct tickets of "
+            + ", ".join(str(run["dir"]) for run in members) + ".")
+    merged = [f"{label} = {', '.join(names)}" for label, names in matrix["members"].items()
+              if len(names) > 1]
+    if merged:
+        text += " Tickets with bit-identical masks share a row: " + "; ".join(merged) + "."
+    chance = sorted({(round(100 * (1 - d), 2), round(r[i], 3))
+                     for i, (d, r) in enumerate(zip(matrix["densities"], matrix["random"]))})
+    text += (" For scale, two independent random masks of one sparsity overlap by d / (2 - d) "
+             "at density d: " + ", ".join(f"{j:.3f} at {s:.2f} % sparsity" for s, j in chance)
+             + ".")
+    return text
+
+
 def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                  reference_path: Optional[str | os.PathLike] = None,
                  overlap: bool = True) -> dict:
@@ -413,15 +454,13 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
             _plot_layers(densities, f"per-layer density of each ticket: {model}", layers_png)
             document += [f"![per-layer density]({layers_png.name})", ""]
         if overlap:
-            tickets = overlap_lib.tickets_of(members[0]["dir"])
-            if len(tickets) > 1:
-                matrix = overlap_lib.overlap_matrix(tickets)
+            matrix = ticket_overlap(members)
+            if matrix:
                 overlap_png = out / f"overlap_{slug}.png"
                 overlap_lib.plot_heatmap(matrix, f"mask overlap (Jaccard): {model}",
                                          overlap_png)
-                document += ["Mask overlap (Jaccard, all prunable weights) between the tickets "
-                             f"of {members[0]['dir']}:", "", overlap_lib.markdown(matrix), "",
-                             f"![overlap]({overlap_png.name})", ""]
+                document += [overlap_text(matrix, members), "", overlap_lib.markdown(matrix),
+                             "", f"![overlap]({overlap_png.name})", ""]
                 group["overlap"] = matrix
         summary["groups"].append(group)
     (out / "report.md").write_text("\n".join(document))

@@ -176,6 +176,42 @@ def test_overlap_of_a_studys_tickets(studies):
     assert matrix["global"][names.index("kd@L2")][names.index("lt@L2")] < 1.0
 
 
+def test_merge_identical_tickets_and_chance_overlap():
+    def ticket(bits):
+        return {"conv": {"kernel": np.array(bits, bool).reshape(1, 1, 1, len(bits))}}
+
+    tickets = {"s0 lt@L1": ticket([1, 1, 0, 0]), "s0 kd@L1": ticket([1, 1, 0, 0]),
+               "s0 lt@L2": ticket([1, 0, 0, 0]), "s0 kd@L2": ticket([0, 1, 0, 0]),
+               "s1 lt@L2": ticket([1, 0, 0, 0])}
+    merged, members = overlap.merge_identical(tickets)
+    assert members == {"s0 L1 (all 2)": ["s0 lt@L1", "s0 kd@L1"],
+                       "s0 lt@L2 +1": ["s0 lt@L2", "s1 lt@L2"], "s0 kd@L2": ["s0 kd@L2"]}
+    assert overlap.density(merged["s0 L1 (all 2)"]) == 0.5
+    assert overlap.random_jaccard(0.5, 0.5) == pytest.approx(1 / 3)  # d / (2 - d)
+    assert overlap.random_jaccard(0.5, 0.25) == pytest.approx(0.125 / 0.625)
+    matrix = overlap.overlap_matrix(merged)
+    assert matrix["densities"] == [0.5, 0.25, 0.25]
+    assert matrix["random"][1][2] == pytest.approx(1 / 7)
+    assert matrix["global"][1][2] == 0.0  # disjoint single weights
+
+
+def test_report_overlap_spans_seeds_and_merges_identical_masks(studies):
+    seeds, _ = studies
+    runs = [report.load_run(d) for d in seeds]
+    matrix = report.ticket_overlap(runs)
+    names = matrix["names"]
+    # level 1 prunes each seed's dense network once, so all three variants share one mask
+    assert matrix["members"]["s0 L1 (all 3)"] == ["s0 kd@L1", "s0 lt@L1", "s0 weight_rewind@L1"]
+    assert "s1 L1 (all 3)" in names and all(n.startswith(("s0 ", "s1 ")) for n in names)
+    across = matrix["global"][names.index("s0 L1 (all 3)")][names.index("s1 L1 (all 3)")]
+    assert 0.0 < across < 1.0  # different seeds, different tickets
+    chance = matrix["random"][names.index("s0 L1 (all 3)")][names.index("s0 L1 (all 3)")]
+    d = matrix["densities"][names.index("s0 L1 (all 3)")]
+    assert chance == pytest.approx(d / (2 - d))
+    text = report.overlap_text(matrix, runs)
+    assert "s0 L1 (all 3) = s0 kd@L1, s0 lt@L1, s0 weight_rewind@L1" in text
+
+
 # --------------------------------------------------------------------------------------------
 # linear mode connectivity
 
