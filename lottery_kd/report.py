@@ -12,7 +12,8 @@ merged by (variant, sparsity) into mean +- std. Writes into DIR:
                                    seed spread, dense dashed, published numbers (labelled) where
                                    the model and data set match
     layer_sparsity_G.png           per-layer density of every ticket
-    overlap_G.png                  Jaccard overlap of the tickets' masks (heat map)
+    curves_G.png                   test accuracy per epoch of each run, one column per sparsity
+    overlap_G.png                  Jaccard overlap of the distinct tickets of all seeds (heat map)
     report.json                    every number above, for scripts
 """
 
@@ -397,6 +398,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
                  reference_path: Optional[str | os.PathLike] = None,
                  overlap: bool = True) -> dict:
     """Write report.md, report.json and the plots for `run_dirs` into `out`; returns the JSON."""
+    from lottery_kd import curves as curves_lib
     from lottery_kd import overlap as overlap_lib
 
     runs = [load_run(d) for d in run_dirs]
@@ -444,11 +446,23 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
         accuracy_png = out / f"accuracy_vs_sparsity_{slug}.png"
         _plot_accuracy(entries, published, same, f"{model} on {dataset}", accuracy_png, key)
         document += [f"![accuracy vs sparsity]({accuracy_png.name})", ""]
+        learning_curves = curves_lib.finished_curves(members)
+        if learning_curves:
+            curves_png = out / f"curves_{slug}.png"
+            variants = list(dict.fromkeys(e["variant"] for e in entries))
+            curves_lib.plot_curves(learning_curves, variants,
+                                   f"test accuracy during training: {model} on {dataset}",
+                                   curves_png)
+            document += ["Learning curves of the finished runs (test accuracy after each "
+                         "epoch, mean over seeds with ± std bands; the dense run dashed), read "
+                         "from the runs' TensorBoard events:", "",
+                         f"![learning curves]({curves_png.name})", ""]
         densities = layer_densities(members)
         group = {"model": model, "dataset": dataset,
                  "protocol": protocol_summary(members[0]["config"]), "entries": entries,
                  "published": bool(published), "same_protocol": same,
-                 "layer_densities": densities, "paired_differences": differences}
+                 "layer_densities": densities, "paired_differences": differences,
+                 "learning_curves": learning_curves}
         if densities:
             layers_png = out / f"layer_sparsity_{slug}.png"
             _plot_layers(densities, f"per-layer density of each ticket: {model}", layers_png)

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from lottery_kd import bootstrap, lmc, lottery, overlap, report, results
+from lottery_kd import bootstrap, curves, lmc, lottery, overlap, report, results
+from lottery_kd.tensorboard import ScalarWriter
 from tests.conftest import REPO, make_tiny_config
 
 
@@ -17,6 +18,7 @@ def _study(root, seed, variants="lt,weight_rewind,kd"):
     config = make_tiny_config()
     config.seed = seed
     config.lottery.variants = variants
+    config.log.tensorboard = True  # the report's learning curves read these events
     workdir = root / f"seed{seed}"
     lottery.run(config, workdir, log=lambda *_: None)
     return workdir
@@ -66,11 +68,45 @@ def test_report_tables_equal_the_results_rows_and_plots_are_pngs(studies, tmp_pa
     assert cell in text
     assert "| sparsity % | lt | weight_rewind | kd |" in text  # the config's order
     pngs = sorted(out.glob("*.png"))
-    assert {p.name.split("_")[0] for p in pngs} >= {"accuracy", "layer", "overlap"}
+    assert {p.name.split("_")[0] for p in pngs} >= {"accuracy", "layer", "overlap", "curves"}
     for png in pngs:
         width, height = _png_size(png)
         assert width >= 400 and height >= 300, png.name
     assert "kd@L2" in text and "weight_rewind@L1" in text  # the overlap table
+
+
+def test_learning_curves_end_at_the_results_rows(studies, tmp_path):
+    seeds, _ = studies
+    runs = [report.load_run(d) for d in seeds]
+    learning = curves.finished_curves(runs)
+    rows = [r for run in runs for r in run["rows"]]
+    assert {(c["sparsity"], c["variant"]) for c in learning} == \
+        {(round(r["sparsity"], 4), r["variant"]) for r in rows}
+    for curve in learning:
+        finals = [r["test_accuracy"] for r in rows if r["variant"] == curve["variant"]
+                  and round(r["sparsity"], 4) == curve["sparsity"]]
+        assert curve["n"] == len(finals) == 2
+        assert curve["epochs"][-1] == 2.0  # the tiny study trains 2 epochs
+        assert curve["test_accuracy_mean"][-1] == pytest.approx(np.mean(finals), abs=1e-6)
+        assert curve["test_accuracy_std"][-1] == pytest.approx(np.std(finals, ddof=1), abs=1e-6)
+    curves.plot_curves(learning, ["lt", "weight_rewind", "kd"], "tiny", tmp_path / "c.png")
+    assert _png_size(tmp_path / "c.png")[0] >= 400
+
+
+def test_read_scalars_later_files_win_and_a_torn_record_ends_a_file(tmp_path):
+    first = ScalarWriter(tmp_path)
+    first.scalars(1, {"epoch": 1.0, "test_accuracy": 0.5})
+    first.scalars(2, {"epoch": 2.0, "test_accuracy": 0.6})  # redone after the resume below
+    first.close()
+    second = ScalarWriter(tmp_path)  # a resumed run: a new events file
+    second.scalars(2, {"epoch": 2.0, "test_accuracy": 0.75})
+    second.scalars(3, {"epoch": 3.0, "test_accuracy": 0.875})
+    second.close()
+    newest = sorted(tmp_path.iterdir(), key=curves._written_at)[-1]
+    newest.write_bytes(newest.read_bytes()[:-7])  # a crash in the middle of the last record
+    assert curves.read_scalars(tmp_path) == [
+        {"step": 1, "epoch": 1.0, "test_accuracy": 0.5},
+        {"step": 2, "epoch": 2.0, "test_accuracy": 0.75}]
 
 
 def test_paired_differences_are_per_seed_differences_of_the_rows(studies, tmp_path):

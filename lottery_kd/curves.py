@@ -1,0 +1,156 @@
+"""Learning curves of a study's runs, read back from the TensorBoard events it wrote.
+
+Each training run logs one scalar event per epoch to WORKDIR/tensorboard/level_<L>_<variant>/
+(lottery_kd.tensorboard). The events are read here without TensorFlow: the TFRecord framing
+(length, its CRC, data, data CRC) around serialized Event protos. A resumed run has several
+event files; where two hold the same step, the later file's values win.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from pathlib import Path
+
+from tensorboard.compat.proto import event_pb2
+
+RUN_DIR = re.compile(r"level_(\d+)_(.+)")
+EVENTS_FILE = re.compile(r"events\.out\.tfevents\.(\d+(?:\.\d+)?)")
+
+
+def _written_at(path: Path) -> tuple[float, str]:
+    """An event file's creation time, from its name (the writer puts time.time() there)."""
+    match = EVENTS_FILE.match(path.name)
+    return (float(match.group(1)) if match else 0.0, path.name)
+
+
+def read_scalars(events_dir: str | os.PathLike) -> list[dict[str, float]]:
+    """[{"step": s, tag: value, ...}] of every event file in `events_dir`, sorted by step."""
+    by_step: dict[int, dict[str, float]] = {}
+    files = sorted(Path(events_dir).glob("events.out.tfevents.*"), key=_written_at)
+    for path in files:
+        for event in _events(path.read_bytes()):
+            if event.summary.value:
+                by_step.setdefault(int(event.step), {}).update(
+                    {value.tag: float(value.simple_value) for value in event.summary.value})
+    return [{"step": step, **values} for step, values in sorted(by_step.items())]
+
+
+def _events(data: bytes):
+    """The Event protos of one file; a torn last record (a crash mid-write) ends the file."""
+    offset = 0
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        end = offset + 12 + length
+        if end + 4 > len(data):
+            return
+        try:
+            yield event_pb2.Event.FromString(data[offset + 12:end])
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError: a damaged record ends it
+            return
+        offset = end + 4
+
+
+def run_curves(run_dir: str | os.PathLike) -> dict[tuple[int, str], list[dict[str, float]]]:
+    """{(level, variant): per-epoch rows} for every training run of a study's workdir."""
+    root = Path(run_dir) / "tensorboard"
+    curves = {}
+    if not root.is_dir():
+        return curves
+    for events_dir in sorted(root.iterdir()):
+        match = RUN_DIR.fullmatch(events_dir.name)
+        if match and events_dir.is_dir():
+            rows = read_scalars(events_dir)
+            if rows:
+                curves[(int(match.group(1)), match.group(2))] = rows
+    return dict(sorted(curves.items()))
+
+
+def finished_curves(runs: list[dict]) -> list[dict]:
+    """Per (sparsity, variant) test-accuracy curves of the finished runs, averaged over seeds.
+
+    `runs` are lottery_kd.report.load_run dicts; a run counts once its row is in results.jsonl
+    (so the curves match the tables). Each entry: level, sparsity, variant, n, and per epoch
+    the mean and standard deviation over the n runs that logged it.
+    """
+    import statistics
+
+    gathered: dict[tuple[float, str], dict] = {}
+    for run in runs:
+        curves = run_curves(run["dir"])
+        for row in run["rows"]:
+            rows = curves.get((row["level"], row["variant"]))
+            if not rows:
+                continue
+            entry = gathered.setdefault((round(row["sparsity"], 4), row["variant"]),
+                                        {"level": row["level"], "per_epoch": {}, "n": 0})
+            entry["n"] += 1
+            for point in rows:
+                if "test_accuracy" in point and "epoch" in point:
+                    entry["per_epoch"].setdefault(round(point["epoch"], 4), []).append(
+                        point["test_accuracy"])
+    out = []
+    for (sparsity, variant), entry in gathered.items():
+        epochs = sorted(entry["per_epoch"])
+        values = [entry["per_epoch"][e] for e in epochs]
+        out.append({"level": entry["level"], "sparsity": sparsity, "variant": variant,
+                    "n": entry["n"], "epochs": epochs,
+                    "test_accuracy_mean": [round(statistics.fmean(v), 6) for v in values],
+                    "test_accuracy_std": [round(statistics.stdev(v), 6) if len(v) > 1 else 0.0
+                                          for v in values]})
+    return out
+
+
+def plot_curves(curves: list[dict], variants: list[str], title: str,
+                path: str | os.PathLike) -> None:
+    """Test accuracy against epoch, one column per sparsity (the dense run dashed in each).
+
+    The top row shows whole runs; the bottom row zooms into the second half of training,
+    where the variants' final accuracies, a few tenths apart, can be told apart.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = [c for c in curves if c["variant"] == "dense"]
+    sparsities = sorted({c["sparsity"] for c in curves if c["variant"] != "dense"}) or [0.0]
+    last_epoch = max((e for c in curves for e in c["epochs"]), default=1.0)
+    figure, axes = plt.subplots(2, len(sparsities), figsize=(4.6 * len(sparsities), 7.2),
+                                dpi=120, squeeze=False)
+    colors = {v: f"C{i}" for i, v in enumerate(v for v in variants if v != "dense")}
+    for column, sparsity in enumerate(sparsities):
+        shown = dense + sorted((c for c in curves if c["sparsity"] == sparsity
+                                and c["variant"] != "dense"),
+                               key=lambda c: (variants.index(c["variant"])
+                                              if c["variant"] in variants else len(variants)))
+        for row, start in enumerate((0.0, last_epoch / 2)):
+            panel = axes[row][column]
+            for curve in shown:
+                points = [(e, 100 * m, 100 * s) for e, m, s in
+                          zip(curve["epochs"], curve["test_accuracy_mean"],
+                              curve["test_accuracy_std"]) if e >= start]
+                if not points:
+                    continue
+                epochs, mean, std = (list(values) for values in zip(*points))
+                label = f"{curve['variant']} (n={curve['n']})"
+                if curve["variant"] == "dense":
+                    panel.plot(epochs, mean, color="gray", linestyle="--", label=label)
+                    continue
+                color = colors.get(curve["variant"])
+                panel.plot(epochs, mean, marker=".", color=color, label=label)
+                if curve["n"] > 1:
+                    panel.fill_between(epochs, [m - s for m, s in zip(mean, std)],
+                                       [m + s for m, s in zip(mean, std)], color=color,
+                                       alpha=0.15)
+            panel.set_title(f"{100 * sparsity:.2f} % sparse"
+                            + (f", epochs {start:g}+" if start else ""), fontsize=9)
+            panel.set_xlabel("epoch")
+            panel.set_ylabel("test accuracy %")
+            panel.grid(alpha=0.3)
+            if row == 0:
+                panel.legend(fontsize=6, loc="lower right")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
