@@ -47,13 +47,14 @@ def malloc_environment(setting: str) -> dict[str, str]:
                 "huge_pages": tuple(t for t in malloc_tuning.tunables()
                                     if t == malloc_tuning.HUGE_PAGES),
                 "glibc": ()}[setting]
-    kept = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":")
-            if t and not t.startswith("glibc.malloc.")]
+    kept = ":".join(t for t in os.environ.get("GLIBC_TUNABLES", "").split(":")
+                    if t and not t.startswith("glibc.malloc."))
     environ = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
-    if kept or tunables:
-        environ["GLIBC_TUNABLES"] = ":".join(kept + list(tunables))
-    environ[malloc_tuning.OPT_OUT] = "0"
-    return environ
+    if kept:
+        environ["GLIBC_TUNABLES"] = kept
+    if tunables:
+        environ = malloc_tuning.with_tunables(environ, tunables)
+    return {**environ, malloc_tuning.OPT_OUT: "0"}
 
 
 def write_json(report: dict, out: Optional[str]) -> None:

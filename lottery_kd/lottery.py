@@ -156,7 +156,8 @@ class LotteryRun:
         self.data = input_data_from_config(data_cfg, seed=config.seed,
                                            device_count=self.parallel.device_count)
         self.plan = config_lib.plan_steps(config, self.data.train.num_examples)
-        self.variants = [variants_lib.get(n) for n in config_lib.parse_names(config.lottery.variants)]
+        self.variants = [variants_lib.get(name)
+                         for name in config_lib.parse_names(config.lottery.variants)]
         prepare_workdir(self.workdir, config, write=self.parallel.is_main)
         if not self.parallel.is_main:
             self.log = lambda *_: None
@@ -374,7 +375,8 @@ class LotteryRun:
         elif variant.weights == "rewind":
             start = self._load("rewind")
         elif variant.weights == "previous":
-            previous_level = 0 if level == 1 or self.config.prune.schedule == "oneshot" else level - 1
+            oneshot = self.config.prune.schedule == "oneshot"
+            previous_level = 0 if level == 1 or oneshot else level - 1
             start = self._load(snapshot_name(previous_level,
                                              DENSE if previous_level == 0 else variant.name))
         elif variant.weights == "sparse_init":
@@ -417,7 +419,8 @@ class LotteryRun:
 
     def dynamic_name(self) -> str:
         dyn = self.config.dynamic
-        return f"{dyn.method}{'_kd' if dyn.distill else ''}{'_sparse_init' if dyn.init == 'sparse' else ''}"
+        return (f"{dyn.method}{'_kd' if dyn.distill else ''}"
+                f"{'_sparse_init' if dyn.init == 'sparse' else ''}")
 
     def run_dynamic(self) -> None:
         """Dynamic sparse training (RigL, SET, ...) from init at dynamic.sparsity, its masks
