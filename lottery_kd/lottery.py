@@ -117,6 +117,15 @@ def prepare_workdir(workdir: Path, config: Any, *, write: bool = True) -> None:
     os.replace(temporary, path)
 
 
+def _merge_into(base: dict, saved: dict) -> None:
+    """Overwrite `base` with `saved`, key by key into nested dicts."""
+    for key, value in saved.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge_into(base[key], value)
+        else:
+            base[key] = value
+
+
 def config_digest(config: Any) -> str:
     """sha256 of the settings that decide results (cosmetic and placement keys left out)."""
     flat = {k: v for k, v in canonical_settings(_flatten(config_to_dict(config))).items()
@@ -141,7 +150,9 @@ class LotteryRun:
     """One experiment: its config, data, model, compiled trainer and snapshot store."""
 
     def __init__(self, config: Any, workdir: str | os.PathLike, *, log=print,
-                 stop_requested: Callable[[], bool] = lambda: False):
+                 stop_requested: Callable[[], bool] = lambda: False, record: bool = True):
+        """`record=False` (the analysis tools) leaves the study's plan.json and
+        environment.jsonl alone: those describe the study's own (re)starts."""
         config_lib.validate(config)
         self.config = config
         self.workdir = Path(workdir)
@@ -175,7 +186,7 @@ class LotteryRun:
                                        self.fingerprint)
         self.results_path = self.workdir / "results.jsonl"
         self._finals: dict[str, PyTree] = {}
-        if self.parallel.is_main:  # what lottery_kd.status reads to say how far the study is
+        if record and self.parallel.is_main:  # what lottery_kd.status reads to say how far
             results.write_atomic(self.workdir / "plan.json", json.dumps(
                 {"steps_per_epoch": self.plan.steps_per_epoch,
                  "total_steps": self.plan.total_steps, "rewind_step": self.plan.rewind_step,
@@ -201,12 +212,23 @@ class LotteryRun:
 
     @classmethod
     def from_workdir(cls, workdir: str | os.PathLike, *, log=print) -> "LotteryRun":
-        """The study in `workdir`, rebuilt from its config.json (for analysis tools)."""
+        """The study in `workdir`, rebuilt from its config.json (for analysis tools). Keys added
+        since the study began read as their values from before (ADDED_KEYS, as on resume), or
+        else as their defaults; the study's plan.json and environment.jsonl are left alone."""
         import ml_collections
+        from experiments.configs import default
         path = Path(workdir) / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"{workdir} holds no study: config.json is missing")
-        return cls(ml_collections.ConfigDict(json.loads(path.read_text())), workdir, log=log)
+        settings = default.get_config().to_dict()
+        for dotted, value in ADDED_KEYS.items():
+            *parents, leaf = dotted.split(".")
+            node = settings
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value
+        _merge_into(settings, json.loads(path.read_text()))
+        return cls(ml_collections.ConfigDict(settings), workdir, log=log, record=False)
 
     # ---- snapshots -------------------------------------------------------------------------
     def _template(self) -> PyTree:

@@ -209,6 +209,16 @@ def test_a_workdir_from_before_an_added_setting_resumes_at_the_old_value(tmp_pat
     with legacy.unlocked():
         del legacy.model["norm_impl"]
     assert lottery.config_digest(legacy) == lottery.config_digest(config)
+    # the analysis tools (lmc, bootstrap) rebuild the study from config.json: keys it lacks
+    # read as before, its snapshots restore, and its start records are left alone
+    del saved["prune"]["first_level"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    records = {name: (tmp_path / name).read_text() for name in ("plan.json", "environment.jsonl")}
+    study = lottery.LotteryRun.from_workdir(tmp_path, log=lambda *_: None)
+    assert (study.config.model.norm_impl, study.config.prune.first_level) == ("flax", 1)
+    assert study.fingerprint["config_digest"] == lottery.config_digest(config)
+    assert study._load(lottery.snapshot_name(1, "lt"))["masks"] is not None
+    assert {name: (tmp_path / name).read_text() for name in records} == records
     config.model.norm_impl = "fused"
     assert lottery.config_digest(config) != lottery.config_digest(legacy)
     with pytest.raises(lottery.WorkdirConfigMismatch) as error:
