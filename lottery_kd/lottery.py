@@ -27,6 +27,7 @@ from lottery_kd import config as config_lib
 from lottery_kd import masks as masks_lib, optim, pruning, results, variants as variants_lib
 from lottery_kd.checkpoints import ResumeStore, SnapshotStore
 from lottery_kd.environment import record_start
+from lottery_kd.kernels.build import NativeKernelError
 from lottery_kd.kernels.conv3x3 import native_enabled
 from lottery_kd.models import get_model
 from lottery_kd.tensorboard import ScalarWriter
@@ -169,14 +170,17 @@ class LotteryRun:
         self.plan = config_lib.plan_steps(config, self.data.train.num_examples)
         self.variants = [variants_lib.get(name)
                          for name in config_lib.parse_names(config.lottery.variants)]
+        try:  # before the workdir is written: a conv_impl this machine cannot run is bad input
+            self.model = get_model(config.model.name, self.data.num_classes,
+                                   basis=config.model.basis, basis_seed=config.seed,
+                                   conv_impl=config.model.conv_impl,
+                                   norm_impl=config.model.norm_impl)
+        except NativeKernelError as error:
+            raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
         prepare_workdir(self.workdir, config, write=self.parallel.is_main)
         if not self.parallel.is_main:
             self.log = lambda *_: None
         self.scope = config.prune.scope
-        self.model = get_model(config.model.name, self.data.num_classes,
-                               basis=config.model.basis, basis_seed=config.seed,
-                               conv_impl=config.model.conv_impl,
-                               norm_impl=config.model.norm_impl)
         self.trainer = self.make_trainer(self.data)
         self.schedule = optim.step_schedule(config.train.lr, self.plan.milestone_steps,
                                             decay=config.train.lr_decay,

@@ -132,11 +132,22 @@ def test_eval_shares_of_two_processes_cover_the_split(mocked):
 
 
 def test_missing_dataset_names_the_config_keys_and_files(tmp_path):
-    with pytest.raises(ValueError) as error:
+    from lottery_kd.data import DataError
+    with pytest.raises(DataError) as error:
         imagenet.ImageNetTrainInput(data_dir=str(tmp_path), download=False)
     message = str(error.value)
     for needle in ("data.tfds_data_dir", "data.manual_dir", "ILSVRC2012_img_train.tar",
                    "ILSVRC2012_img_val.tar", "tfds build imagenet2012"):
+        assert needle in message
+
+
+def test_an_unprepared_imagenet_without_manual_dir_is_refused_before_tfds_tries(tmp_path):
+    from lottery_kd.data import DataError
+    with pytest.raises(DataError) as error:
+        imagenet.ImageNetTrainInput(data_dir=str(tmp_path), download=True)
+    message = str(error.value)
+    for needle in ("data.tfds_download=True", "data.manual_dir", "data.tfds_data_dir",
+                   "ILSVRC2012_img_train.tar"):
         assert needle in message
 
 

@@ -23,6 +23,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from lottery_kd.data.errors import DataError
+
 __all__ = ["MEAN_RGB", "STD_RGB", "ImageNetEvalInput", "ImageNetTrainInput"]
 
 # ImageNet channel statistics in uint8 pixel units (the torchvision constants times 255).
@@ -63,9 +65,9 @@ def _check_process(process_index: int, process_count: int) -> None:
 
 
 def _local_batch_size(batch_size: int, process_count: int, key: str) -> int:
-    """batch_size // process_count; a ValueError naming `key` unless it divides evenly."""
+    """batch_size // process_count; a DataError naming `key` unless it divides evenly."""
     if batch_size <= 0 or batch_size % process_count:
-        raise ValueError(f"{key}={batch_size} must be a positive multiple of the number of "
+        raise DataError(f"{key}={batch_size} must be a positive multiple of the number of "
                          f"processes (process_count={process_count}): every process reads "
                          f"{key} // process_count examples per batch")
     return batch_size // process_count
@@ -78,18 +80,26 @@ def _prepared_builder(name: str, data_dir: str | None, manual_dir: str | None, s
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(name, data_dir=data_dir)
+    if download and not builder.is_prepared() and not manual_dir:
+        raise DataError(
+            f"TFDS data set {name!r} is not prepared under {builder.data_dir_root}, and "
+            f"data.tfds_download=True cannot fetch it: ImageNet is not downloadable. Put the "
+            f"official ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into a folder and set "
+            f"data.manual_dir to that folder (prepared once, then read from "
+            f"data.tfds_data_dir), or set data.tfds_data_dir to a TFDS data directory that "
+            f"already holds it.")
     if download:
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     try:
         builder.info.splits[split]
     except (KeyError, ValueError) as error:
-        raise ValueError(
+        raise DataError(
             f"TFDS data set {name!r} (split {split!r}) is not prepared under "
             f"{builder.data_dir_root} ({error}). Either set data.tfds_data_dir to the TFDS data "
             f"directory that already holds it, or prepare it once: put the official "
             f"ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into a folder, set "
-            f"data.manual_dir to that folder and enable download (download=True), or run "
+            f"data.manual_dir to that folder and set data.tfds_download=True, or run "
             f"`tfds build {name} --data_dir=DATA_DIR --manual_dir=MANUAL_DIR` and set "
             f"data.tfds_data_dir=DATA_DIR."
         ) from None
@@ -215,7 +225,7 @@ class ImageNetTrainInput:
         """Global steps per epoch (the last partial global batch is dropped)."""
         steps = self.num_examples // batch_size
         if steps == 0:
-            raise ValueError(f"train.batch_size={batch_size} is larger than the training split "
+            raise DataError(f"train.batch_size={batch_size} is larger than the training split "
                              f"({self.num_examples} examples)")
         return steps
 
