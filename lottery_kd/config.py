@@ -184,6 +184,11 @@ def validate(config: Any) -> None:
               "1 unless prune.schedule=oneshot (each iterative level prunes the one before)")
     check(prune.distribution in DISTRIBUTIONS, "prune.distribution", prune.distribution,
           f"allowed: {', '.join(DISTRIBUTIONS)}")
+    if prune.method in pruning.names() and prune.distribution in DISTRIBUTIONS:
+        honoured = pruning.distributions(prune.method)
+        check(prune.distribution in honoured, "prune.distribution", prune.distribution,
+              f"prune.method={prune.method!r} ignores it; allowed with that method: "
+              f"{', '.join(honoured)}")
     check(prune.source in PRUNE_SOURCES, "prune.source", prune.source,
           f"allowed: {', '.join(PRUNE_SOURCES)}")
     check(_is_int(prune.synflow_rounds) and prune.synflow_rounds >= 1, "prune.synflow_rounds",

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lottery_kd import masks as masks_lib
-from lottery_kd.distributions import keep_counts, num_to_prune
+from lottery_kd.distributions import DISTRIBUTIONS, keep_counts, num_to_prune
 from lottery_kd.registry import Registry
 
 PyTree = Any
@@ -31,35 +31,54 @@ MaskingFunction = Callable[..., PyTree]
 
 _REGISTRY: Registry[MaskingFunction] = Registry("masking function", "prune.method")
 _USES_DATA: set[str] = set()
+_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {}
 
 
-def register(name: str, *, uses_data: bool = False
+def register(name: str, *, uses_data: bool = False,
+             distributions: Sequence[str] = DISTRIBUTIONS
              ) -> Callable[[MaskingFunction], MaskingFunction]:
     """Decorator registering a masking function under `name` (a name is registered once).
 
-    `uses_data=True` asks the IMP driver for a training batch in context["batch"] (SNIP, GraSP);
-    every function gets context["model"], ["batch_stats"], ["input_shape"], ["distribution"].
+    `uses_data=True` asks the IMP driver for a training batch in context["batch"] (SNIP, GraSP).
+    Every function gets context["model"], ["batch_stats"], ["input_shape"], ["distribution"],
+    ["synflow_rounds"] and ["grasp_temperature"]. `distributions`: the prune.distribution values
+    the function honours (passing context["distribution"] on); config validation refuses others.
     """
     def decorator(fn: MaskingFunction) -> MaskingFunction:
         _REGISTRY.add(name, fn)
         if uses_data:
             _USES_DATA.add(name)
+        _DISTRIBUTIONS[name] = tuple(distributions)
         return fn
     return decorator
 
 
+def _with_builtin_criteria() -> None:
+    """Register snip, grasp and synflow (lottery_kd.criteria imports this module)."""
+    import lottery_kd.criteria  # noqa: F401
+
+
 def uses_data(name: str) -> bool:
     """Whether the masking function `name` scores weights on a batch of training data."""
+    _with_builtin_criteria()
     return name in _USES_DATA
 
 
+def distributions(name: str) -> tuple[str, ...]:
+    """The prune.distribution values the masking function `name` honours."""
+    get(name)
+    return _DISTRIBUTIONS[name]
+
+
 def names() -> tuple[str, ...]:
-    """Registered masking-function names."""
+    """Registered masking-function names (the built-in criteria included)."""
+    _with_builtin_criteria()
     return _REGISTRY.names()
 
 
 def get(name: str) -> MaskingFunction:
     """The masking function registered as `name`; ValueError listing the known names otherwise."""
+    _with_builtin_criteria()
     return _REGISTRY.get(name)
 
 
@@ -164,11 +183,12 @@ def magnitude_global(params: PyTree, masks: PyTree, fraction: float, *,
                            distribution=context.get("distribution", "global"))
 
 
-@register("magnitude_layerwise")
+@register("magnitude_layerwise", distributions=("global", "uniform"))
 def magnitude_layerwise(params: PyTree, masks: PyTree, fraction: float, *,
                         rng: Optional[jax.Array] = None, scope: masks_lib.Scope = "conv",
                         **context: Any) -> PyTree:
-    """Layer-wise magnitude pruning: each prunable layer loses `fraction` of its remaining."""
+    """Layer-wise magnitude pruning: each prunable layer loses `fraction` of its remaining (the
+    uniform distribution, whatever prune.distribution says: its default, global, or uniform)."""
     return prune_by_scores(jax.tree.map(jnp.abs, params), masks, fraction, scope=scope,
                            layerwise=True)
 
@@ -187,13 +207,13 @@ def random_pruning(params: PyTree, masks: PyTree, fraction: float, *,
                            distribution=context.get("distribution", "global"))
 
 
-@register("magnitude_filter")
+@register("magnitude_filter", distributions=("global",))
 def magnitude_filter(params: PyTree, masks: PyTree, fraction: float, *,
                      rng: Optional[jax.Array] = None, scope: masks_lib.Scope = "conv",
                      **context: Any) -> PyTree:
     """Structured unit pruning: every prunable layer loses ceil(fraction x its remaining output
     filters) whole, those with the smallest L2 norm of their remaining weights. Counts are in
-    filters (the last axis of a kernel), not weights."""
+    filters (the last axis of a kernel), not weights, so prune.distribution stays at its default."""
     check_fraction(fraction)
     flat, _ = jax.tree_util.tree_flatten_with_path(masks)
     selected = set(_selected(flat, scope))

@@ -3,6 +3,9 @@ parse_step_count."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from experiments import quickstart
@@ -242,3 +245,29 @@ def test_bad_mask_source_settings(key, value, needles):
         config_lib.validate(config)
     for needle in needles:
         assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("method, distribution, allowed", [
+    ("magnitude_layerwise", "erk", "global, uniform"),
+    ("magnitude_filter", "uniform", "global"),
+    ("magnitude_filter", "erk", "global"),
+])
+def test_a_distribution_the_masking_function_ignores_is_refused(method, distribution, allowed):
+    config = make_config()
+    config.prune.method, config.prune.distribution = method, distribution
+    with pytest.raises(ConfigError) as info:
+        config_lib.validate(config)
+    assert (f"prune.distribution={distribution!r} is invalid: prune.method={method!r} ignores "
+            f"it; allowed with that method: {allowed}") in str(info.value)
+    for method, distribution in (("magnitude_layerwise", "uniform"), ("snip", "erk"),
+                                 ("magnitude_global", "erk"), ("magnitude_filter", "global")):
+        config.prune.method, config.prune.distribution = method, distribution
+        config_lib.validate(config)  # honoured combinations pass
+
+
+def test_the_builtin_criteria_are_in_the_registry_without_importing_them():
+    code = ("import lottery_kd.pruning as p; print(p.get('snip').__name__, "
+            "p.uses_data('grasp'), 'synflow' in p.names())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["snip", "True", "True"]
