@@ -59,7 +59,10 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> int:
 
     try:
         validate(config)
-        parallel.initialize_from_config(config.parallel)  # before any JAX work
+        try:
+            parallel.initialize_from_config(config.parallel)  # before any JAX work
+        except ValueError as error:  # a JAX_* variable standing in for a setting
+            raise ConfigError(f"invalid config:\n  {error}") from None
         with StopOnSignal() as stop:
             lottery.run(config, workdir, stop_requested=stop)
     except (ConfigError, DataError, lottery.WorkdirConfigMismatch) as error:

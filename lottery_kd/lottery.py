@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -155,6 +156,11 @@ class LotteryRun:
         """`record=False` (the analysis tools) leaves the study's plan.json and
         environment.jsonl alone: those describe the study's own (re)starts."""
         config_lib.validate(config)
+        if isinstance(workdir, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", workdir):
+            raise config_lib.ConfigError(
+                f"invalid config:\n  --workdir={workdir!r}: a URL; the workdir must be a "
+                "local or shared-filesystem path visible to every process (data.tfds_data_dir "
+                "may be a gs:// URL)")
         self.config = config
         self.workdir = Path(workdir)
         self.log = log

@@ -13,6 +13,7 @@ Each process supplies only its own rows of every global batch; `shard` assembles
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Optional
 
 import jax
@@ -31,10 +32,11 @@ def initialize(distributed: str = "off", *, coordinator_address: str = "",
     """Set up devices and processes before any JAX computation.
 
     distributed="off": one process. "auto": jax.distributed.initialize() with JAX's cluster
-    auto-detection (Cloud TPU pods, SLURM, Open MPI, Kubernetes; or JAX_COORDINATOR_ADDRESS and
-    friends in the environment). "on": the given coordinator address, process count and id (unset
-    ones fall back to JAX's environment variables and auto-detection). `num_cpu_devices` > 0
-    splits the CPU into that many devices (testing data parallelism without accelerators).
+    auto-detection (Cloud TPU pods, SLURM, Open MPI, Kubernetes; or JAX_COORDINATOR_ADDRESS in
+    the environment). "on": the given coordinator address, process count and id; unset ones come
+    from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (JAX itself reads only the
+    first), else JAX's auto-detection. `num_cpu_devices` > 0 splits the CPU into that many
+    devices (testing data parallelism without accelerators).
     """
     if distributed not in DISTRIBUTED_MODES:
         raise ValueError(f"parallel.distributed={distributed!r}; allowed: "
@@ -44,11 +46,29 @@ def initialize(distributed: str = "off", *, coordinator_address: str = "",
     if distributed == "auto":
         jax.distributed.initialize()
     elif distributed == "on":
+        if not num_processes:
+            num_processes = _int_from_environment("JAX_NUM_PROCESSES", "parallel.num_processes",
+                                                   default=0)
+        if process_id < 0:
+            process_id = _int_from_environment("JAX_PROCESS_ID", "parallel.process_id",
+                                               default=-1)
         jax.distributed.initialize(
             coordinator_address=coordinator_address or None,
             num_processes=num_processes or None,
             process_id=process_id if process_id >= 0 else None,
             coordinator_bind_address=coordinator_bind_address or None)
+
+
+def _int_from_environment(variable: str, key: str, *, default: int) -> int:
+    """An integer environment variable standing in for the unset setting `key`."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{variable}={text!r} (standing in for {key}) is not an integer") \
+            from None
 
 
 def initialize_from_config(parallel: Any) -> None:

@@ -2,8 +2,9 @@
 
     python -m lottery_kd.report RUN_DIR [RUN_DIR ...] --out DIR
 
-Runs are grouped by (model, data set); within a group the rows of every run (seeds, variants) are
-merged by (variant, sparsity) into mean +- std. Writes into DIR:
+Runs are grouped by (model, data set, protocol: every setting but the seed, the variant list and
+how a run reports); within a group the rows of every run (seeds, variants) are merged by
+(variant, sparsity) into mean +- std. Writes into DIR:
 
     report.md                      per group: sparsity x variant tables of the test accuracy at
                                    the best-validation epoch and at the end (mean +- std, n),
@@ -380,7 +381,8 @@ def ticket_overlap(members: Sequence[dict]) -> dict:
 
 def overlap_text(matrix: dict, members: Sequence[dict]) -> str:
     """The sentences above the overlap table: what was compared, merged, and chance level."""
-    text = ("Mask overlap (Jaccard over the pruned conv weights) between the distinct tickets of "
+    text = ("Mask overlap (Jaccard over the conv weights the masks keep) between the distinct "
+            "tickets of "
             + ", ".join(str(run["dir"]) for run in members) + ".")
     merged = [f"{label} = {', '.join(names)}" for label, names in matrix["members"].items()
               if len(names) > 1]

@@ -50,3 +50,10 @@ def test_a_conv_impl_this_machine_cannot_run_is_refused_before_the_workdir_is_wr
     assert "model.conv_impl='native' runs on one device, but there are 2" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "config.json").exists()
+
+
+def test_a_url_workdir_is_refused_naming_what_works(tmp_path):
+    out = _run("experiments.quickstart", "--workdir=gs://bucket/run")
+    assert out.returncode == 2
+    assert "--workdir='gs://bucket/run': a URL" in out.stderr and "Traceback" not in out.stderr
+    assert not (REPO / "gs:").exists()

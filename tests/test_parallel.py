@@ -126,3 +126,18 @@ def test_a_batch_not_divisible_by_the_devices_names_both_numbers(tmp_path):
     assert out.returncode == 2
     assert "train.batch_size=64 is not divisible by the 3 devices" in out.stderr
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_distributed_on_takes_unset_process_count_and_id_from_the_environment(monkeypatch):
+    """JAX reads only JAX_COORDINATOR_ADDRESS; the other two variables are read here."""
+    from lottery_kd import parallel
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    monkeypatch.setenv("JAX_PROCESS_ID", "3")
+    parallel.initialize("on", coordinator_address="host:1234")
+    parallel.initialize("on", num_processes=2, process_id=0)  # settings beat the environment
+    assert [(c["num_processes"], c["process_id"]) for c in calls] == [(4, 3), (2, 0)]
+    monkeypatch.setenv("JAX_PROCESS_ID", "three")
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID='three' .*parallel.process_id"):
+        parallel.initialize("on")

@@ -21,8 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
                                          # = the native CPU kernel on CPU when it builds, else XLA
     config.model.norm_impl = "fused"     # fused | flax: CIFAR ResNets' BatchNorm + residual + ReLU
                                          # as one op with a hand-written backward pass (the native
-                                         # CPU kernel on one CPU device), or nn.BatchNorm;
-                                         # fused: R20/56/110 CPU step 1.1-1.25x faster (README)
+                                         # CPU kernel on one CPU device), or nn.BatchNorm
+                                         # (same math; speeds in the README's CPU table)
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "cifar10"         # cifar10 | cifar100 | imagenet2012 | digits
@@ -88,8 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.parallel = ml_collections.ConfigDict()
     config.parallel.distributed = "off"  # off | auto (TPU pods, SLURM, ...) | on (keys below)
     config.parallel.coordinator_address = ""   # on: "HOST:PORT" of process 0
-    config.parallel.num_processes = 0          # on: number of processes (0: from the environment)
-    config.parallel.process_id = -1            # on: this process's id (-1: from the environment)
+    config.parallel.num_processes = 0          # on: number of processes (0: $JAX_NUM_PROCESSES)
+    config.parallel.process_id = -1            # on: this process's id (-1: $JAX_PROCESS_ID)
     config.parallel.coordinator_bind_address = ""  # on: e.g. "127.0.0.1:PORT" (default all)
     config.parallel.num_cpu_devices = 0        # >0: split the CPU into N devices (testing)
     config.parallel.batch_norm = "global"      # global (whole batch) | per_device statistics
