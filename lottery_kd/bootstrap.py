@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lottery_kd import masks as masks_lib
+from lottery_kd.checkpoints import CheckpointError
 from lottery_kd.data import load_dataset
 from lottery_kd.data.inputs import InputData
 from lottery_kd.lottery import LotteryRun
@@ -111,8 +112,8 @@ class DeepBootstrap:
 
     def compare(self, *, ticket: str, distill: bool, steps: int, eval_every: int,
                 out: Path) -> dict:
-        masks = (self.run._load(ticket)["masks"] if ticket
-                 else self.run._load("init")["masks"])
+        masks = (self.run.load_existing(ticket, "--ticket")["masks"] if ticket
+                 else self.run.load_existing("init", "the study's initial weights")["masks"])
         tag = (ticket or "dense") + ("_kd" if distill else "")
         real = self.world("real", self.real, masks, steps=steps, eval_every=eval_every,
                           distill=distill, tag=tag, out=out)
@@ -222,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run_bootstrap(args.run_dir, args.out, real_size=args.real_size, tickets=tickets,
                           distill_options=distill, steps=saved["settings"]["steps"],
                           eval_every=args.eval_every)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {Path(args.out) / 'bootstrap.md'}")

@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence
 import jax
 
 from lottery_kd import config as config_lib, masks as masks_lib
+from lottery_kd.checkpoints import CheckpointError
 from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.lottery import DENSE, LotteryRun, snapshot_name
 from lottery_kd.results import write_atomic
@@ -59,8 +60,9 @@ class LinearModeConnectivity:
         if not self.run.snapshots.exists(snapshot_name(0, DENSE)) and distill:
             raise ValueError(f"--distill needs the dense teacher ({snapshot_name(0, DENSE)}) in "
                              f"{run_dir}: run the study first")
-        init = self.run.init_snapshot()
-        self.masks = (self.run._load(ticket)["masks"] if ticket else init["masks"])
+        init = self.run.load_existing("init", "the study's initial weights")
+        self.masks = (self.run.load_existing(ticket, "--ticket")["masks"] if ticket
+                      else init["masks"])
         self.plan = self.run.plan
 
     def _trainer(self, data_seed: int) -> Trainer:
@@ -69,7 +71,7 @@ class LinearModeConnectivity:
             self.run.config.data, seed=data_seed, device_count=self.run.parallel.device_count))
 
     def _fit(self, trainer: Trainer, start: PyTree, masks: PyTree, start_step: int,
-             num_steps: int, tag: str, out: Path):
+             num_steps: int, tag: str, out: Path, *, distill: bool):
         progress = Progress.for_mode(f"[lmc {tag}]", self.run.config.log.progress)
         writer = ScalarWriter(out / "tensorboard" / tag)
         sparsity = masks_lib.sparsity(masks, self.run.scope)
@@ -77,7 +79,7 @@ class LinearModeConnectivity:
             return trainer.fit(
                 trainer.init_state(start["params"], start["batch_stats"], masks, start_step),
                 masks, num_steps=num_steps, schedule=self.run.schedule,
-                teacher=self.run.teacher() if self.distill else None,
+                teacher=self.run.teacher() if distill else None,
                 kd_stop_step=self.plan.kd_stop_step, progress=progress,
                 log_scalars=lambda step, row: writer.scalars(
                     step, {**{k: v for k, v in row.items() if k != "distill"},
@@ -87,26 +89,31 @@ class LinearModeConnectivity:
             progress.close()
 
     def spawn_point(self, rewind_step: int, out: Path) -> PyTree:
-        """The dense run's weights at `rewind_step` (retrained from init with its own data
-        order: the batch at a step is pure in (seed, step), so this is the study's trajectory)."""
+        """The dense run's weights at `rewind_step`: the study's rewind snapshot at its own
+        rewind step, else retrained from init with the study's data order and its plain
+        cross-entropy loss (the batch at a step is pure in (seed, step), so this is the
+        study's trajectory, whether or not the copies then distill)."""
         init = self.run._load("init")
         if rewind_step == 0:
             return init
+        if rewind_step == self.plan.rewind_step and self.run.snapshots.exists("rewind"):
+            return self.run._load("rewind")
         fit = self._fit(self.run.trainer, init, init["masks"], 0, rewind_step,
-                        f"spawn_{rewind_step}", out)
+                        f"spawn_{rewind_step}", out, distill=False)
         return {"params": fit.state.params, "batch_stats": fit.state.batch_stats}
 
     def measure(self, rewind_step: int, out: Path, points: int = 11) -> dict:
         """Two copies from `rewind_step` on data orders seed+1 and seed+2; errors on the path."""
         total = self.plan.total_steps
         if not 0 <= rewind_step < total:
-            raise ValueError(f"rewind step {rewind_step} is outside [0, {total}) of this study")
+            raise ValueError(f"--rewind: step {rewind_step} is outside [0, {total}) of this "
+                             "study")
         start = self.spawn_point(rewind_step, out)
         ends = []
         for copy in (1, 2):
             trainer = self._trainer(self.run.config.seed + copy)
             fit = self._fit(trainer, start, self.masks, rewind_step, total - rewind_step,
-                            f"k{rewind_step}_copy{copy}", out)
+                            f"k{rewind_step}_copy{copy}", out, distill=self.distill)
             ends.append(fit)
         alphas = [i / (points - 1) for i in range(points)]
         errors, losses = [], []
@@ -203,7 +210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         run_sweep(args.run_dir, config_lib.parse_names(args.rewind), args.out,
                   ticket=args.ticket, distill=args.distill, points=args.points)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {Path(args.out) / 'lmc.md'}")

@@ -26,7 +26,7 @@ import numpy as np
 
 from lottery_kd import config as config_lib
 from lottery_kd import masks as masks_lib, optim, pruning, results, variants as variants_lib
-from lottery_kd.checkpoints import ResumeStore, SnapshotStore
+from lottery_kd.checkpoints import CheckpointError, ResumeStore, SnapshotStore
 from lottery_kd.environment import record_start
 from lottery_kd.kernels.build import NativeKernelError
 from lottery_kd.kernels.conv3x3 import native_enabled
@@ -257,6 +257,16 @@ class LotteryRun:
                                                         self.parallel.replicated)
         return self._finals[name]
 
+    def load_existing(self, name: str, what: str) -> PyTree:
+        """A snapshot the study wrote, for the analysis tools: a ValueError naming `what` (the
+        option that asked for it) and the tickets there if it is missing, never a new one."""
+        if not self.snapshots.exists(name):
+            tickets = [n for n in self.snapshots.names()
+                       if n.startswith("level_") and n != snapshot_name(0, DENSE)]
+            raise ValueError(f"{what} {name!r}: no such snapshot in {self.workdir} (tickets "
+                             f"there: {', '.join(tickets) or 'none yet: run the study first'})")
+        return self._load(name)
+
     def init_snapshot(self) -> PyTree:
         if not self.snapshots.exists("init"):
             params, batch_stats = init_variables(self.model, jax.random.key(self.config.seed),
@@ -362,8 +372,15 @@ class LotteryRun:
         self._train(0, DENSE, init, init["masks"], start_step=0,
                     num_steps=self.plan.total_steps, schedule=self.schedule, distill=False,
                     on_step=on_step)
-        if not self.snapshots.exists("rewind"):  # rewind point at or past the end: unused
-            self.snapshots.save("rewind", self._load(snapshot_name(0, DENSE)))
+        if self.snapshots.exists("rewind"):
+            return
+        if rewind_step < self.plan.total_steps:  # saved before step k, so it was lost since
+            raise CheckpointError(
+                f"snapshot 'rewind' (the dense weights at step {rewind_step}) is missing from "
+                f"{self.snapshots.directory}, but the dense run has passed that step; restore "
+                "it, or move checkpoints/snapshots/level_0_dense and "
+                "checkpoints/resume/level_0_dense away to retrain the dense network")
+        self.snapshots.save("rewind", self._load(snapshot_name(0, DENSE)))  # unused: past the end
 
     def masks_for(self, level: int, variant: str) -> PyTree:
         """The level's mask for `variant` (pure in the snapshots it reads, so safe to recompute).

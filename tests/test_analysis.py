@@ -282,6 +282,44 @@ def test_lmc_on_digits_gives_barriers_for_rewind_0_and_a_later_step(studies, tmp
         lmc.run_sweep(first, ["0it"], out, points=7, log=lambda *_: None)
 
 
+def test_lmc_spawns_from_the_studys_cross_entropy_trajectory_even_with_distill(studies,
+                                                                                tmp_path):
+    """The spawn point is the dense run's state at step k: retraining it reproduces the
+    study's rewind snapshot bit for bit, and --distill (which trains the copies with KD) does
+    not change it."""
+    (first, _), _ = studies
+    plain = lmc.LinearModeConnectivity(first, log=lambda *_: None)
+    distilled = lmc.LinearModeConnectivity(first, ticket="level_2_kd", distill=True,
+                                           log=lambda *_: None)
+    k = plain.plan.rewind_step
+    rewind = plain.run._load("rewind")
+    init = plain.run._load("init")
+    retrained = plain._fit(plain.run.trainer, init, init["masks"], 0, k, "check", tmp_path,
+                           distill=False)
+    for a, b in zip(jax.tree.leaves(retrained.state.params), jax.tree.leaves(rewind["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(distilled.spawn_point(k, tmp_path)["params"]),
+                    jax.tree.leaves(rewind["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(distilled.spawn_point(5, tmp_path)["params"]),
+                    jax.tree.leaves(plain.spawn_point(5, tmp_path)["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_analysis_tools_name_a_missing_ticket_and_the_ones_there(studies, tmp_path):
+    (first, _), _ = studies
+    with pytest.raises(ValueError, match=r"--ticket 'level_9_lt': no such snapshot .*tickets "
+                                         r"there: .*level_1_lt"):
+        lmc.run_sweep(first, ["0it"], tmp_path / "lmc", ticket="level_9_lt",
+                      log=lambda *_: None)
+    done = subprocess.run([sys.executable, "-m", "lottery_kd.bootstrap", str(first),
+                           "--real-size", "300", "--steps", "10", "--ticket", "level_9_kd",
+                           "--out", str(tmp_path / "boot")], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and "--ticket 'level_9_kd': no such snapshot" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # Deep Bootstrap
 

@@ -226,6 +226,25 @@ def test_a_workdir_from_before_an_added_setting_resumes_at_the_old_value(tmp_pat
     assert "model.norm_impl: 'flax' in the workdir, 'fused' now" in str(error.value)
 
 
+def test_a_lost_rewind_snapshot_is_an_error_not_the_final_dense_weights(tmp_path):
+    """The rewind snapshot is written before step k; if it is gone when the dense run resumes
+    past k, it cannot be recreated there, and weight_rewind must not silently start from the
+    final dense weights."""
+    from lottery_kd.checkpoints import CheckpointError
+    from lottery_kd.train import TrainingInterrupted
+    config = make_tiny_config()
+    config.prune.levels = 1
+    config.lottery.variants = "weight_rewind"
+    rewind = tmp_path / "checkpoints" / "snapshots" / "rewind"
+    with pytest.raises(TrainingInterrupted):  # stopped (and checkpointed) just after step k
+        lottery.run(config, tmp_path, log=lambda *_: None, stop_requested=rewind.exists)
+    shutil.rmtree(rewind)
+    with pytest.raises(CheckpointError, match="snapshot 'rewind' .* step 19\\) is missing"):
+        lottery.run(config, tmp_path, log=lambda *_: None)
+    assert not (tmp_path / "results.jsonl").exists() or \
+        "weight_rewind" not in (tmp_path / "results.jsonl").read_text()
+
+
 @pytest.mark.parametrize("key, value, expected", [
     ("model.name", "resnet21", "model.name='resnet21' is invalid: allowed: "),
     ("lottery.variants", "lt,kd_ticket", "unknown kd_ticket; allowed: lt, reinit"),
