@@ -189,6 +189,11 @@ def validate(config: Any) -> None:
         check(prune.distribution in honoured, "prune.distribution", prune.distribution,
               f"prune.method={prune.method!r} ignores it; allowed with that method: "
               f"{', '.join(honoured)}")
+    if prune.method in pruning.names() and prune.scope in masks_lib.SCOPES:
+        meant = pruning.scopes(prune.method)
+        check(prune.scope in meant, "prune.scope", prune.scope,
+              f"not with prune.method={prune.method!r}; allowed with that method: "
+              f"{', '.join(meant)}")
     check(prune.source in PRUNE_SOURCES, "prune.source", prune.source,
           f"allowed: {', '.join(PRUNE_SOURCES)}")
     check(_is_int(prune.synflow_rounds) and prune.synflow_rounds >= 1, "prune.synflow_rounds",

@@ -32,23 +32,27 @@ MaskingFunction = Callable[..., PyTree]
 _REGISTRY: Registry[MaskingFunction] = Registry("masking function", "prune.method")
 _USES_DATA: set[str] = set()
 _DISTRIBUTIONS: dict[str, tuple[str, ...]] = {}
+_SCOPES: dict[str, tuple[str, ...]] = {}
 
 
 def register(name: str, *, uses_data: bool = False,
-             distributions: Sequence[str] = DISTRIBUTIONS
+             distributions: Sequence[str] = DISTRIBUTIONS,
+             scopes: Sequence[str] = masks_lib.SCOPES
              ) -> Callable[[MaskingFunction], MaskingFunction]:
     """Decorator registering a masking function under `name` (a name is registered once).
 
     `uses_data=True` asks the IMP driver for a training batch in context["batch"] (SNIP, GraSP).
     Every function gets context["model"], ["batch_stats"], ["input_shape"], ["distribution"],
-    ["synflow_rounds"] and ["grasp_temperature"]. `distributions`: the prune.distribution values
-    the function honours (passing context["distribution"] on); config validation refuses others.
+    ["synflow_rounds"] and ["grasp_temperature"]. `distributions` and `scopes`: the
+    prune.distribution and prune.scope values the function is meant for; config validation
+    refuses the others by name.
     """
     def decorator(fn: MaskingFunction) -> MaskingFunction:
         _REGISTRY.add(name, fn)
         if uses_data:
             _USES_DATA.add(name)
         _DISTRIBUTIONS[name] = tuple(distributions)
+        _SCOPES[name] = tuple(scopes)
         return fn
     return decorator
 
@@ -68,6 +72,12 @@ def distributions(name: str) -> tuple[str, ...]:
     """The prune.distribution values the masking function `name` honours."""
     get(name)
     return _DISTRIBUTIONS[name]
+
+
+def scopes(name: str) -> tuple[str, ...]:
+    """The prune.scope values the masking function `name` is meant for."""
+    get(name)
+    return _SCOPES[name]
 
 
 def names() -> tuple[str, ...]:
@@ -207,13 +217,14 @@ def random_pruning(params: PyTree, masks: PyTree, fraction: float, *,
                            distribution=context.get("distribution", "global"))
 
 
-@register("magnitude_filter", distributions=("global",))
+@register("magnitude_filter", distributions=("global",), scopes=("conv",))
 def magnitude_filter(params: PyTree, masks: PyTree, fraction: float, *,
                      rng: Optional[jax.Array] = None, scope: masks_lib.Scope = "conv",
                      **context: Any) -> PyTree:
     """Structured unit pruning: every prunable layer loses ceil(fraction x its remaining output
     filters) whole, those with the smallest L2 norm of their remaining weights. Counts are in
-    filters (the last axis of a kernel), not weights, so prune.distribution stays at its default."""
+    filters (the last axis of a kernel), not weights, so prune.distribution stays at its default;
+    scope conv only (the classifier's output units are the classes)."""
     check_fraction(fraction)
     flat, _ = jax.tree_util.tree_flatten_with_path(masks)
     selected = set(_selected(flat, scope))

@@ -265,6 +265,18 @@ def test_a_distribution_the_masking_function_ignores_is_refused(method, distribu
         config_lib.validate(config)  # honoured combinations pass
 
 
+def test_filter_pruning_is_refused_on_the_classifier():
+    """magnitude_filter removes whole output units: in the fc layer those are classes."""
+    config = make_config()
+    config.prune.method, config.prune.scope = "magnitude_filter", "conv_fc"
+    with pytest.raises(ConfigError, match="prune.scope='conv_fc' is invalid: not with "
+                                          "prune.method='magnitude_filter'; allowed with that "
+                                          "method: conv"):
+        config_lib.validate(config)
+    config.prune.method = "magnitude_global"
+    config_lib.validate(config)
+
+
 def test_the_builtin_criteria_are_in_the_registry_without_importing_them():
     code = ("import lottery_kd.pruning as p; print(p.get('snip').__name__, "
             "p.uses_data('grasp'), 'synflow' in p.names())")
