@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tensorboard.compat.proto import event_pb2
 
+from lottery_kd.results import unique_rows
+
 RUN_DIR = re.compile(r"level_(\d+)_(.+)")
 EVENTS_FILE = re.compile(r"events\.out\.tfevents\.(\d+(?:\.\d+)?)")
 
@@ -77,19 +79,20 @@ def finished_curves(runs: list[dict]) -> list[dict]:
     import statistics
 
     gathered: dict[tuple[float, str], dict] = {}
-    for run in runs:
-        curves = run_curves(run["dir"])
-        for row in run["rows"]:
-            rows = curves.get((row["level"], row["variant"]))
-            if not rows:
-                continue
-            entry = gathered.setdefault((round(row["sparsity"], 4), row["variant"]),
-                                        {"level": row["level"], "per_epoch": {}, "n": 0})
-            entry["n"] += 1
-            for point in rows:
-                if "test_accuracy" in point and "epoch" in point:
-                    entry["per_epoch"].setdefault(round(point["epoch"], 4), []).append(
-                        point["test_accuracy"])
+    curves_of: dict[str, dict] = {}
+    for run, row in unique_rows(runs):
+        if str(run["dir"]) not in curves_of:
+            curves_of[str(run["dir"])] = run_curves(run["dir"])
+        rows = curves_of[str(run["dir"])].get((row["level"], row["variant"]))
+        if not rows:
+            continue
+        entry = gathered.setdefault((round(row["sparsity"], 4), row["variant"]),
+                                    {"level": row["level"], "per_epoch": {}, "n": 0})
+        entry["n"] += 1
+        for point in rows:
+            if "test_accuracy" in point and "epoch" in point:
+                entry["per_epoch"].setdefault(round(point["epoch"], 4), []).append(
+                    point["test_accuracy"])
     out = []
     for (sparsity, variant), entry in gathered.items():
         epochs = sorted(entry["per_epoch"])

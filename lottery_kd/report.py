@@ -58,9 +58,15 @@ def load_run(directory: str | os.PathLike) -> dict:
 
 
 # Settings that do not make two runs different experiments: the seed (merged as repeats), the
-# variant list (merged as columns), and how a run reports, checkpoints or spreads its work.
+# variant list (merged as columns), how a run reports, checkpoints or spreads its work (but not
+# parallel.batch_norm: per-device statistics change results), and where the same data is read
+# from (every source gives the same images in the same order).
 _MERGE_ACROSS = ("seed", "lottery.variants", "prune.first_level", "log.", "checkpoint.",
-                 "parallel.")
+                 "parallel.distributed", "parallel.coordinator_address",
+                 "parallel.coordinator_bind_address", "parallel.num_processes",
+                 "parallel.process_id", "parallel.num_cpu_devices",
+                 "data.dir", "data.source", "data.tfds_data_dir", "data.manual_dir",
+                 "data.tfds_download", "data.verify_checksums")
 
 
 def group_key(run: dict) -> tuple[str, str, str]:
@@ -104,14 +110,8 @@ def aggregate(runs: Sequence[dict]) -> list[dict]:
     """One entry per (variant, sparsity) over all runs: mean/std/n of the final test accuracy and
     of the test accuracy at the best-validation epoch (fractions)."""
     cells: dict[tuple[str, float], list[dict]] = {}
-    seen = set()
-    for run in runs:
-        for row in run["rows"]:
-            key = (row["variant"], round(row["sparsity"], 4))
-            if (run["config"]["seed"], *key) in seen:  # e.g. the dense run of a seed, twice
-                continue
-            seen.add((run["config"]["seed"], *key))
-            cells.setdefault(key, []).append(row)
+    for _, row in results.unique_rows(runs):
+        cells.setdefault((row["variant"], round(row["sparsity"], 4)), []).append(row)
     out = []
     for (variant, sparsity), rows in cells.items():
         final = _mean_std([r["test_accuracy"] for r in rows])
@@ -159,8 +159,9 @@ def provenance(members: Sequence[dict]) -> str:
     """One paragraph: training wall time (sum of the rows' seconds), machines and code versions
     from each study's environment.jsonl (one record per start)."""
     from lottery_kd.environment import read_starts
-    seconds = sum(r.get("seconds") or 0 for run in members for r in run["rows"])
-    rows = sum(len(run["rows"]) for run in members)
+    unique = [row for _, row in results.unique_rows(members)]
+    seconds = sum(r.get("seconds") or 0 for r in unique)
+    rows = len(unique)
     starts = [start for run in members for start in read_starts(run["dir"])]
     text = (f"Compute: {rows} training run(s), {seconds / 3600:.2f} h in all (the sum of their "
             "wall times, evaluation included).")

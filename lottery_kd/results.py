@@ -10,7 +10,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 ROW_KEYS = ("level", "variant", "sparsity", "test_accuracy", "best_val_accuracy",
             "test_accuracy_at_best_val", "best_val_epoch", "epochs", "seconds")
@@ -29,6 +29,19 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError:
                 break
     return rows
+
+
+def unique_rows(runs: Iterable[dict]) -> Iterator[tuple[dict, dict]]:
+    """(run, row) over report-style runs ({"config", "rows", ...}), each (seed, variant,
+    sparsity) once: two workdirs of one seed with different variant lists both hold the
+    seed's dense run, which is one run, not two."""
+    seen = set()
+    for run in runs:
+        for row in run["rows"]:
+            key = (run["config"]["seed"], row["variant"], round(row["sparsity"], 4))
+            if key not in seen:
+                seen.add(key)
+                yield run, row
 
 
 def append_row(path: str | os.PathLike, row: dict) -> None:

@@ -93,6 +93,38 @@ def test_learning_curves_end_at_the_results_rows(studies, tmp_path):
     assert _png_size(tmp_path / "c.png")[0] >= 400
 
 
+def test_a_seeds_runs_count_once_when_two_workdirs_hold_them(studies):
+    """Two workdirs of one seed (e.g. with different variant lists) both hold its dense run:
+    the curves, the tables and the compute time count it once."""
+    seeds, _ = studies
+    run = report.load_run(seeds[0])
+    twice = [run, dict(run)]
+    assert all(c["n"] == 1 for c in curves.finished_curves(twice))
+    assert all(e["n"] == 1 for e in report.aggregate(twice))
+    seconds = sum(r["seconds"] for r in run["rows"])
+    assert f"Compute: {len(run['rows'])} training run(s), {seconds / 3600:.2f} h" in \
+        report.provenance(twice)
+
+
+def test_protocol_groups_ignore_where_the_data_is_read_but_not_per_device_batch_norm():
+    from experiments.configs import default
+    config = default.get_config().to_dict()
+
+    def run_with(**changes):
+        changed = json.loads(json.dumps(config))
+        for dotted, value in changes.items():
+            section, key = dotted.split(".")
+            changed[section][key] = value
+        return {"config": changed}
+
+    base = report.group_key(run_with())
+    assert report.group_key(run_with(**{"data.dir": "/elsewhere/cifar10",
+                                        "data.source": "local"})) == base
+    assert report.group_key(run_with(**{"parallel.num_processes": 4})) == base
+    assert report.group_key(run_with(**{"parallel.batch_norm": "per_device"})) != base
+    assert report.group_key(run_with(**{"train.epochs": 30})) != base
+
+
 def test_read_scalars_later_files_win_and_a_torn_record_ends_a_file(tmp_path):
     first = ScalarWriter(tmp_path)
     first.scalars(1, {"epoch": 1.0, "test_accuracy": 0.5})
