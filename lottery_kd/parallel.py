@@ -115,6 +115,14 @@ class DataParallel:
         """Only the main process writes results, summaries, plots and TensorBoard events."""
         return self.process_index == 0
 
+    def any_process(self, flag: bool) -> bool:
+        """Whether `flag` is true on any process: a collective, so every process must call it
+        at the same point (with one process, just `flag`)."""
+        if self.process_count == 1:
+            return bool(flag)
+        from jax.experimental import multihost_utils
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.bool_))))
+
     def check_batch_size(self, batch_size: int, key: str = "train.batch_size") -> None:
         if batch_size % self.device_count:
             raise ValueError(

@@ -27,6 +27,10 @@ from lottery_kd.checkpoints import CheckpointError, ResumeStore
 from lottery_kd.parallel import BATCH_NORM_MODES, DataParallel
 
 PyTree = Any
+# With several processes a stop request (SIGTERM reaches each worker at its own moment) is
+# agreed every this many steps, and at epoch ends and checkpoints: an all-gather of one flag,
+# so no process enters a collective checkpoint save while another runs the next step.
+STOP_POLL_STEPS = 10
 
 
 @flax.struct.dataclass
@@ -366,6 +370,7 @@ class Trainer:
         # One batch ahead: the host prepares step s+1 while the device runs step s (dispatch is
         # asynchronous), which keeps streamed inputs off the critical path.
         upcoming = self.device_batch(start) if num_steps > 0 else None
+        multi_process, local_stop = self.parallel.process_count > 1, False
         for global_step in range(start, end):
             if global_step in on_step:
                 on_step[global_step](state)
@@ -385,6 +390,10 @@ class Trainer:
             epoch_done = done_steps % self.steps_per_epoch == 0 or done_steps == end
             checkpoint_due = done_steps % every == 0 or done_steps == end
             stopping = stop_requested()
+            if multi_process:  # a stop (a signal to one worker) is acted on by all, together
+                local_stop = local_stop or stopping
+                stopping = ((done_steps % STOP_POLL_STEPS == 0 or epoch_done or checkpoint_due)
+                            and self.parallel.any_process(local_stop))
             if progress is not None:
                 progress.advance(1)
             if not (epoch_done or checkpoint_due or stopping):

@@ -141,3 +141,50 @@ def test_distributed_on_takes_unset_process_count_and_id_from_the_environment(mo
     monkeypatch.setenv("JAX_PROCESS_ID", "three")
     with pytest.raises(ValueError, match="JAX_PROCESS_ID='three' .*parallel.process_id"):
         parallel.initialize("on")
+
+
+@pytest.mark.slow
+def test_a_pod_stops_together_when_one_worker_is_signalled_and_resumes_exactly(three_runs,
+                                                                              tmp_path):
+    """SIGTERM reaches the workers of a pod at different moments; here only process 1 gets it.
+    Both must agree on the step, save the (collective) resume checkpoint, exit 143, and the
+    rerun must end with the uninterrupted pod's rows."""
+    import signal
+    import time
+    root, _ = three_runs
+    port = _free_port()
+    pod = ["--config.parallel.distributed=on",
+           f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+           f"--config.parallel.coordinator_bind_address=127.0.0.1:{port}",
+           "--config.parallel.num_processes=2", "--config.parallel.num_cpu_devices=2"]
+    workdir = tmp_path / "pod"
+
+    def start(index, log):
+        return subprocess.Popen(
+            [sys.executable, "-m", "experiments.quickstart", f"--workdir={workdir}", *QUICK,
+             *pod, f"--config.parallel.process_id={index}"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+    logs = [open(tmp_path / f"log{index}.txt", "w") for index in (0, 1)]
+    processes = [start(index, logs[index]) for index in (0, 1)]
+    try:
+        deadline = time.monotonic() + 300
+        while "[study] run 1 of" not in (tmp_path / "log0.txt").read_text():
+            assert time.monotonic() < deadline and processes[0].poll() is None, \
+                (tmp_path / "log0.txt").read_text()[-3000:]
+            time.sleep(0.05)
+        processes[1].send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=300) for p in processes]
+    finally:  # a deadlocked pod must not outlive the test
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        for log in logs:
+            log.close()
+    texts = [(tmp_path / f"log{index}.txt").read_text() for index in (0, 1)]
+    assert codes == [128 + signal.SIGTERM] * 2, texts[0][-2000:] + texts[1][-2000:]
+    assert all("stopped: stopped level 0" in text for text in texts)
+    resumed = [start(index, subprocess.DEVNULL) for index in (0, 1)]
+    assert [p.wait(timeout=600) for p in resumed] == [0, 0]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(_rows(workdir)) == strip(_rows(root / "pod"))
