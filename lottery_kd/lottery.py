@@ -400,8 +400,10 @@ class LotteryRun:
             fraction = prune.fraction
             rng = _derived_key(self.config.seed, "prune", level, variant)
         scored = self._load("init") if prune.source == "init" else chain
-        return method(scored["params"], chain["masks"], fraction, rng=rng, scope=self.scope,
-                      **self.prune_context(scored, with_batch=pruning.uses_data(prune.method)))
+        masks = method(scored["params"], chain["masks"], fraction, rng=rng, scope=self.scope,
+                       **self.prune_context(scored, with_batch=pruning.uses_data(prune.method)))
+        pruning.check_result(prune.method, masks, chain["masks"], scored["params"], self.scope)
+        return masks
 
     def prune_context(self, scored: PyTree, *, with_batch: bool) -> dict:
         """What criteria may need: the model, BatchNorm statistics, the input shape, the pruning

@@ -92,6 +92,22 @@ def get(name: str) -> MaskingFunction:
     return _REGISTRY.get(name)
 
 
+def check_result(name: str, new_masks: PyTree, old_masks: PyTree, params: PyTree,
+                 scope: masks_lib.Scope) -> None:
+    """ValueError naming the masking function `name` unless its output keeps the contract:
+    a bool mask per parameter, in-scope leaves only pruned, no pruned weight revived."""
+    try:
+        masks_lib.validate(new_masks, params, scope)
+    except ValueError as error:
+        raise ValueError(f"masking function {name!r} returned invalid masks: {error}") from None
+    flat_new = jax.tree_util.tree_flatten_with_path(new_masks)[0]
+    for (path, new), old in zip(flat_new, jax.tree.leaves(old_masks)):
+        revived = int(np.count_nonzero(np.asarray(new) & ~np.asarray(old, dtype=bool)))
+        if revived:
+            raise ValueError(f"masking function {name!r} revived {revived} pruned weight(s) of "
+                             f"{masks_lib.path_name(path)}; a masking function only removes")
+
+
 def check_fraction(fraction: float) -> None:
     """ValueError unless `fraction` is a real number (Python or NumPy/JAX scalar) in (0, 1)."""
     try:

@@ -525,3 +525,38 @@ def test_every_registry_refuses_a_second_entry_under_a_taken_name():
     variants.register(variants.get("lt"))  # the same entry again is fine
     with pytest.raises(ValueError, match="dynamic.method: unknown dynamic sparse method 'x'"):
         dynamic.get("x")
+
+
+def test_check_result_refuses_revived_weights_and_bad_masks():
+    params = {"conv": {"kernel": np.ones((1, 1, 1, 4), np.float32)},
+              "bn": {"scale": np.ones(2, np.float32)}}
+    old = {"conv": {"kernel": np.array([True, True, False, False]).reshape(1, 1, 1, 4)},
+           "bn": {"scale": np.ones(2, bool)}}
+    fewer = {"conv": {"kernel": np.array([True, False, False, False]).reshape(1, 1, 1, 4)},
+             "bn": {"scale": np.ones(2, bool)}}
+    pruning.check_result("mine", fewer, old, params, "conv")  # removes only: fine
+    revived = {"conv": {"kernel": np.array([True, False, True, False]).reshape(1, 1, 1, 4)},
+               "bn": {"scale": np.ones(2, bool)}}
+    with pytest.raises(ValueError, match="'mine' revived 1 pruned weight.* of conv/kernel"):
+        pruning.check_result("mine", revived, old, params, "conv")
+    scale_pruned = {"conv": fewer["conv"], "bn": {"scale": np.array([True, False])}}
+    with pytest.raises(ValueError, match="'mine' returned invalid masks: .*out-of-scope"):
+        pruning.check_result("mine", scale_pruned, old, params, "conv")
+
+
+def test_a_study_refuses_a_masking_function_that_breaks_the_contract(tmp_path):
+    """A user's function returning float masks stops the study naming it, before the level."""
+    from lottery_kd import lottery
+    from tests.conftest import make_tiny_config
+
+    @pruning.register("test_float_masks")
+    def float_masks(params, masks, fraction, *, rng=None, scope="conv", **context):
+        return jax.tree.map(lambda m: jnp.ones(np.shape(m), jnp.float32), masks)
+
+    config = make_tiny_config()
+    config.prune.levels, config.lottery.variants = 1, "lt"
+    config.prune.method = "test_float_masks"
+    with pytest.raises(ValueError, match="'test_float_masks' returned invalid masks: .*dtype "
+                                         "float32, expected bool"):
+        lottery.run(config, tmp_path, log=lambda *_: None)
+    assert not (tmp_path / "checkpoints" / "snapshots" / "level_1_lt").exists()
