@@ -4,9 +4,10 @@ A masking function is pure:
 
     fn(params, masks, fraction, *, rng=None, scope="conv", **context) -> new_masks
 
-It removes ceil(fraction * remaining) of the weights still unpruned in scope (open_lth's rule), never
-revives a pruned weight and never touches out-of-scope leaves. Most criteria only need a score per
-weight: write `scores(params, rng, context) -> tree` and hand it to `prune_by_scores`.
+It removes ceil(fraction * remaining) of the weights still unpruned in scope (open_lth's rule),
+never revives a pruned weight and never touches out-of-scope leaves (the driver checks:
+check_result). Most criteria only need a score per weight: write `scores(params, rng, context)
+-> tree` and hand it to `prune_by_scores`.
 
     @lottery_kd.pruning.register("my_criterion")
     def my_criterion(params, masks, fraction, *, rng=None, scope="conv", **context):
@@ -16,6 +17,7 @@ weight: write `scores(params, rng, context) -> tree` and hand it to `prune_by_sc
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -29,10 +31,18 @@ from lottery_kd.registry import Registry
 PyTree = Any
 MaskingFunction = Callable[..., PyTree]
 
-_REGISTRY: Registry[MaskingFunction] = Registry("masking function", "prune.method")
-_USES_DATA: set[str] = set()
-_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {}
-_SCOPES: dict[str, tuple[str, ...]] = {}
+@dataclasses.dataclass(frozen=True)
+class MaskingEntry:
+    """A registered masking function and what the driver and config validation need to know."""
+    fn: MaskingFunction
+    uses_data: bool = False
+    distributions: tuple[str, ...] = DISTRIBUTIONS
+    scopes: tuple[str, ...] = masks_lib.SCOPES
+
+
+# The one registry of masking functions (the extension point: registered at import, never
+# changed after; a name is taken once).
+_REGISTRY: Registry[MaskingEntry] = Registry("masking function", "prune.method")
 
 
 def register(name: str, *, uses_data: bool = False,
@@ -48,11 +58,7 @@ def register(name: str, *, uses_data: bool = False,
     refuses the others by name.
     """
     def decorator(fn: MaskingFunction) -> MaskingFunction:
-        _REGISTRY.add(name, fn)
-        if uses_data:
-            _USES_DATA.add(name)
-        _DISTRIBUTIONS[name] = tuple(distributions)
-        _SCOPES[name] = tuple(scopes)
+        _REGISTRY.add(name, MaskingEntry(fn, uses_data, tuple(distributions), tuple(scopes)))
         return fn
     return decorator
 
@@ -62,22 +68,25 @@ def _with_builtin_criteria() -> None:
     import lottery_kd.criteria  # noqa: F401
 
 
+def entry(name: str) -> MaskingEntry:
+    """The registration of `name`; ValueError listing the known names otherwise."""
+    _with_builtin_criteria()
+    return _REGISTRY.get(name)
+
+
 def uses_data(name: str) -> bool:
     """Whether the masking function `name` scores weights on a batch of training data."""
-    _with_builtin_criteria()
-    return name in _USES_DATA
+    return entry(name).uses_data
 
 
 def distributions(name: str) -> tuple[str, ...]:
     """The prune.distribution values the masking function `name` honours."""
-    get(name)
-    return _DISTRIBUTIONS[name]
+    return entry(name).distributions
 
 
 def scopes(name: str) -> tuple[str, ...]:
     """The prune.scope values the masking function `name` is meant for."""
-    get(name)
-    return _SCOPES[name]
+    return entry(name).scopes
 
 
 def names() -> tuple[str, ...]:
@@ -88,8 +97,7 @@ def names() -> tuple[str, ...]:
 
 def get(name: str) -> MaskingFunction:
     """The masking function registered as `name`; ValueError listing the known names otherwise."""
-    _with_builtin_criteria()
-    return _REGISTRY.get(name)
+    return entry(name).fn
 
 
 def check_result(name: str, new_masks: PyTree, old_masks: PyTree, params: PyTree,
