@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 from lottery_kd import masks as masks_lib
 from lottery_kd.checkpoints import CheckpointError
-from lottery_kd.data import load_dataset
+from lottery_kd.data import Dataset, load_dataset
 from lottery_kd.data.inputs import InputData
 from lottery_kd.lottery import LotteryRun
 from lottery_kd.results import write_atomic
@@ -35,7 +35,7 @@ from lottery_kd.tensorboard import ScalarWriter
 from lottery_kd.train import Progress, Trainer
 
 
-def split_worlds(dataset, real_size: int):
+def split_worlds(dataset: Dataset, real_size: int) -> tuple[Dataset, Dataset]:
     """(real, ideal) datasets: the first `real_size` training examples, and the rest."""
     n = len(dataset.train_labels)
     if not 0 < real_size < n:
@@ -73,6 +73,7 @@ class DeepBootstrap:
             device_count=self.run.parallel.device_count))
 
     def max_steps(self) -> int:
+        """Steps the fresh (ideal-world) stream allows without repeating an example."""
         return len(self.ideal.train_labels) // self.batch_size
 
     def world(self, name: str, dataset, masks, *, steps: int, eval_every: int, distill: bool,
@@ -112,6 +113,7 @@ class DeepBootstrap:
 
     def compare(self, *, ticket: str, distill: bool, steps: int, eval_every: int,
                 out: Path) -> dict:
+        """Real vs ideal world for one ticket's mask (dense without one), with or without KD."""
         masks = (self.run.load_existing(ticket, "--ticket")["masks"] if ticket
                  else self.run.load_existing("init", "the study's initial weights")["masks"])
         tag = (ticket or "dense") + ("_kd" if distill else "")
@@ -157,6 +159,7 @@ def _plot(comparisons: Sequence[dict], title: str, path: Path) -> None:
 def run_bootstrap(run_dir: str | os.PathLike, out: str | os.PathLike, *, real_size: int,
                   tickets: Sequence[str] = ("",), distill_options: Sequence[bool] = (False,),
                   steps: int = 0, eval_every: int = 50, log=print) -> dict:
+    """Compare every (ticket, distill) pair, resuming from DIR/bootstrap.json."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bootstrap = DeepBootstrap(run_dir, real_size, log=log)

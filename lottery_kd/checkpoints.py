@@ -85,6 +85,7 @@ class SnapshotStore:
         self._checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
     def path(self, name: str) -> Path:
+        """Where the snapshot `name` lives (names are checked: no path tricks)."""
         if not _NAME.match(name):
             raise ValueError(f"snapshot name {name!r} must match {_NAME.pattern}")
         return self.directory / name
@@ -94,6 +95,7 @@ class SnapshotStore:
         return self.path(name).is_dir() and ocp.utils.is_checkpoint_finalized(self.path(name))
 
     def names(self) -> list[str]:
+        """The committed snapshots, sorted."""
         if not self.directory.is_dir():
             return []
         return sorted(p.name for p in self.directory.iterdir() if self.exists(p.name))
@@ -122,6 +124,7 @@ class SnapshotStore:
                                   f"{str(error)[:300]})") from None
 
     def close(self) -> None:
+        """Wait for pending writes and release the checkpointer."""
         self._checkpointer.close()
 
 
@@ -147,9 +150,11 @@ class ResumeStore:
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=False))
 
     def steps(self) -> list[int]:
+        """The steps of the resume checkpoints kept, oldest first."""
         return sorted(self._manager.all_steps()) if self.directory.is_dir() else []
 
     def save(self, step: int, tree: PyTree, meta: dict) -> None:
+        """Save the training state at `step` with its metadata and fingerprint."""
         self.directory.mkdir(parents=True, exist_ok=True)
         meta = {**meta, "fingerprint": {**self.fingerprint, "shapes": tree_shapes(tree)}}
         self._manager.save(step, args=_composite(tree, meta), force=True)
@@ -180,6 +185,7 @@ class ResumeStore:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def close(self) -> None:
+        """Wait for pending saves and release the checkpoint manager."""
         self._manager.close()
 
 

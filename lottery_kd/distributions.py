@@ -24,6 +24,7 @@ DISTRIBUTIONS: tuple[str, ...] = ("global", "uniform", "erk")
 
 
 def check_distribution(name: str) -> None:
+    """ValueError naming prune.distribution and the allowed values unless `name` is one."""
     if name not in DISTRIBUTIONS:
         raise ValueError(f"prune.distribution: unknown distribution {name!r}; allowed: "
                          f"{', '.join(DISTRIBUTIONS)}")

@@ -41,10 +41,12 @@ def register(name: str) -> Callable[[DynamicMethod], DynamicMethod]:
 
 
 def names() -> tuple[str, ...]:
+    """Registered dynamic sparse method names."""
     return _REGISTRY.names()
 
 
 def get(name: str) -> DynamicMethod:
+    """The method registered as `name`; ValueError naming dynamic.method otherwise."""
     return _REGISTRY.get(name)
 
 
@@ -116,9 +118,11 @@ class MaskUpdate:
     scope: masks_lib.Scope = "conv"
 
     def due(self, step: int) -> bool:
+        """Whether the masks change before global step `step`."""
         return 0 < step < self.end_step and step % self.delta_t == 0
 
     def new_masks(self, step: int, params: PyTree, masks: PyTree, grads: PyTree) -> PyTree:
+        """The masks after the update at `step` (drop fraction on its cosine schedule)."""
         rng = jax.random.fold_in(jax.random.key(self.seed), step)
         return get(self.method)(params, masks, grads,
                                 cosine_drop_fraction(step, self.alpha, self.end_step),

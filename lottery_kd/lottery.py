@@ -80,6 +80,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def config_to_dict(config: Any) -> dict:
+    """A config (ml_collections) as the plain JSON dict written to config.json."""
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
@@ -145,6 +146,7 @@ def _derived_key(seed: int, *tags: Any) -> jax.Array:
 
 
 def snapshot_name(level: int, variant: str) -> str:
+    """The snapshot (and TensorBoard run) name of one training run: level_<L>_<variant>."""
     return f"level_{level}_{variant}"
 
 
@@ -268,6 +270,7 @@ class LotteryRun:
         return self._load(name)
 
     def init_snapshot(self) -> PyTree:
+        """The study's initial weights (step 0), created from the seed on first use."""
         if not self.snapshots.exists("init"):
             params, batch_stats = init_variables(self.model, jax.random.key(self.config.seed),
                                                  self.data.image_shape)
@@ -352,6 +355,7 @@ class LotteryRun:
         return row
 
     def teacher(self) -> PyTree:
+        """The KD teacher: the trained dense network's parameters and BatchNorm statistics."""
         dense = self._load(snapshot_name(0, DENSE))
         return {"params": dense["params"], "batch_stats": dense["batch_stats"]}
 
@@ -360,6 +364,7 @@ class LotteryRun:
                 if self.snapshots.exists(snapshot_name(r["level"], r["variant"]))}
 
     def run_dense(self) -> None:
+        """Train (or resume) the dense network, snapshotting its weights at the rewind step."""
         if (0, DENSE) in self._done() and self.snapshots.exists("rewind"):
             return
         init = self.init_snapshot()
@@ -419,6 +424,7 @@ class LotteryRun:
         return context
 
     def run_variant(self, level: int, variant: variants_lib.RetrainVariant) -> None:
+        """Train (or resume) one retrain variant at one level: its mask, start and schedule."""
         masks = self.masks_for(level, variant.name)
         total = self.plan.total_steps
         if variant.weights == "init":
@@ -469,6 +475,7 @@ class LotteryRun:
         return runs
 
     def dynamic_name(self) -> str:
+        """The row name of a dynamic sparse run, e.g. rigl_kd_sparse_init."""
         dyn = self.config.dynamic
         return (f"{dyn.method}{'_kd' if dyn.distill else ''}"
                 f"{'_sparse_init' if dyn.init == 'sparse' else ''}")

@@ -20,6 +20,7 @@ PyTree = Any
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """|a and b| / |a or b| of two boolean arrays (1.0 when both are empty)."""
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     union = np.count_nonzero(a | b)
     return float(np.count_nonzero(a & b) / union) if union else 1.0
@@ -131,6 +132,7 @@ def overlap_matrix(tickets: dict[str, PyTree], scope: masks_lib.Scope = "conv") 
 
 
 def markdown(matrix: dict) -> str:
+    """The global overlap matrix as a markdown table."""
     names = matrix["names"]
     lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for name, row in zip(names, matrix["global"]):
@@ -139,6 +141,7 @@ def markdown(matrix: dict) -> str:
 
 
 def plot_heatmap(matrix: dict, title: str, path: str | os.PathLike) -> None:
+    """The global overlap matrix as an annotated heat map (PNG)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -242,6 +242,7 @@ def differences_table(differences: Sequence[dict]) -> str:
 
 
 def markdown_table(entries: Sequence[dict], key: str, published: dict) -> str:
+    """Sparsity x variant table of `key` ("final" or "best_val"), published columns last."""
     variants = list(dict.fromkeys(e["variant"] for e in entries if e["variant"] != "dense"))
     sparsities = sorted({e["sparsity"] for e in entries})
     by_key = {(e["variant"], e["sparsity"]): e for e in entries}

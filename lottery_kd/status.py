@@ -104,6 +104,7 @@ def study_status(workdir: str | Path) -> dict:
 
 
 def run_left(current: dict) -> int:
+    """Steps left in the training run a resume checkpoint belongs to."""
     return max(0, current["start_step"] + current["steps"] - current["at_step"])
 
 

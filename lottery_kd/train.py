@@ -69,7 +69,8 @@ class TrainingInterrupted(Exception):
         self.where = where
 
 
-def init_variables(model, rng: jax.Array, input_shape: Sequence[int]) -> tuple[PyTree, PyTree]:
+def init_variables(model: flax.linen.Module, rng: jax.Array,
+                   input_shape: Sequence[int]) -> tuple[PyTree, PyTree]:
     """(params, batch_stats) of a freshly initialised model for inputs of `input_shape` (HWC)."""
     variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, *input_shape)), train=False))(rng)
     return variables["params"], variables.get("batch_stats", {})
@@ -113,7 +114,7 @@ def _training_loss(model, distillation: Optional[Distillation],
     return loss
 
 
-def make_dense_gradient(model, distillation: Optional[Distillation], *,
+def make_dense_gradient(model: flax.linen.Module, distillation: Optional[Distillation], *,
                         normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None,
                         parallel: Optional[DataParallel] = None,
                         batch_norm: str = "global") -> Callable:
@@ -135,7 +136,7 @@ def make_dense_gradient(model, distillation: Optional[Distillation], *,
                    out_shardings=replicated)
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation,
+def make_train_step(model: flax.linen.Module, optimizer: optax.GradientTransformation,
                     distillation: Optional[Distillation], *,
                     normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None,
                     parallel: Optional[DataParallel] = None,
@@ -181,7 +182,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
                    out_shardings=(replicated, replicated))
 
 
-def make_eval_step(model, mean: Sequence[float], std: Sequence[float],
+def make_eval_step(model: flax.linen.Module, mean: Sequence[float], std: Sequence[float],
                    parallel: Optional[DataParallel] = None) -> Callable:
     """jit(eval_step(params, batch_stats, masks, images, labels, valid) -> (correct, nll_sum)).
 
@@ -223,8 +224,8 @@ class FitResult:
 class Trainer:
     """Compiled steps for one model, data set and optimizer; `fit` runs the epoch loop."""
 
-    def __init__(self, model, data: InputData, *, batch_size: int, momentum: float,
-                 weight_decay: float, distillation: Optional[Distillation],
+    def __init__(self, model: flax.linen.Module, data: InputData, *, batch_size: int,
+                 momentum: float, weight_decay: float, distillation: Optional[Distillation],
                  parallel: Optional[DataParallel] = None, batch_norm: str = "global"):
         if data.train.num_examples < batch_size:
             raise ValueError(f"train.batch_size={batch_size} is larger than the training set "

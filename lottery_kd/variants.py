@@ -47,6 +47,7 @@ class RetrainVariant:
 
     @property
     def uses_rewind_point(self) -> bool:
+        """Whether the variant starts from, or schedules from, the rewind step."""
         return self.weights == "rewind" or self.schedule == "rewind"
 
 
@@ -59,10 +60,12 @@ def register(variant: RetrainVariant) -> RetrainVariant:
 
 
 def names() -> tuple[str, ...]:
+    """Registered retrain variant names."""
     return _REGISTRY.names()
 
 
 def get(name: str) -> RetrainVariant:
+    """The variant registered as `name`; ValueError naming lottery.variants otherwise."""
     return _REGISTRY.get(name)
 
 
