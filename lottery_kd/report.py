@@ -66,7 +66,9 @@ _MERGE_ACROSS = ("seed", "lottery.variants", "prune.first_level", "log.", "check
                  "parallel.coordinator_bind_address", "parallel.num_processes",
                  "parallel.process_id", "parallel.num_cpu_devices",
                  "data.dir", "data.source", "data.tfds_data_dir", "data.manual_dir",
-                 "data.tfds_download", "data.verify_checksums")
+                 "data.tfds_download", "data.verify_checksums",
+                 # a dynamic run's name carries these (rigl, rigl_kd, rigl_sparse_init): columns
+                 "dynamic.distill", "dynamic.init")
 
 
 def group_key(run: dict) -> tuple[str, str, str]:
@@ -178,9 +180,13 @@ def provenance(members: Sequence[dict]) -> str:
 
 
 def undistilled_twin(variant: str) -> Optional[str]:
-    """The registered variant with the same weights and schedule but no distillation, if any."""
-    from lottery_kd import variants as variants_lib
-    if variant not in variants_lib.names() or not variants_lib.get(variant).distill:
+    """The registered variant with the same weights and schedule but no distillation, if any;
+    for a dynamic sparse run (rigl_kd, set_kd_sparse_init) the same run without "_kd"."""
+    from lottery_kd import dynamic, variants as variants_lib
+    if variant not in variants_lib.names():
+        method, _, rest = variant.partition("_kd")
+        return method + rest if _ and method in dynamic.names() else None
+    if not variants_lib.get(variant).distill:
         return None
     spec = variants_lib.get(variant)
     for name in variants_lib.names():

@@ -125,6 +125,28 @@ def test_protocol_groups_ignore_where_the_data_is_read_but_not_per_device_batch_
     assert report.group_key(run_with(**{"train.epochs": 30})) != base
 
 
+def test_dynamic_runs_with_and_without_kd_share_a_table_and_are_paired():
+    from experiments.configs import default
+    config = default.get_config().to_dict()
+    config["dynamic"].update(method="rigl", sparsity=0.9)
+    distilled = json.loads(json.dumps(config))
+    distilled["dynamic"]["distill"] = True
+    assert report.group_key({"config": config}) == report.group_key({"config": distilled})
+    assert report.undistilled_twin("rigl_kd") == "rigl"
+    assert report.undistilled_twin("set_kd_sparse_init") == "set_sparse_init"
+    assert report.undistilled_twin("rigl") is None and report.undistilled_twin("lt") is None
+    assert report.undistilled_twin("kd_rewind") == "weight_rewind"
+    runs = [{"config": {**config, "seed": seed}, "rows": [
+        {"variant": "dense", "sparsity": 0.0, "test_accuracy": 0.9},
+        {"variant": "rigl", "sparsity": 0.9, "test_accuracy": 0.80 + seed / 100},
+        {"variant": "rigl_kd", "sparsity": 0.9, "test_accuracy": 0.83 + seed / 50}]}
+        for seed in (0, 1)]
+    [difference] = report.paired_differences(runs, "final")
+    assert (difference["variant"], difference["baseline"], difference["n"]) == \
+        ("rigl_kd", "rigl", 2)
+    assert difference["mean"] == pytest.approx(0.035)
+
+
 def test_read_scalars_later_files_win_and_a_torn_record_ends_a_file(tmp_path):
     first = ScalarWriter(tmp_path)
     first.scalars(1, {"epoch": 1.0, "test_accuracy": 0.5})
