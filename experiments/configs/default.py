@@ -62,7 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.prune.levels = 3
     config.prune.first_level = 1         # oneshot: run levels first_level..levels only (each prunes
                                          # the dense network, so the others are not needed)
-    config.prune.distribution = "global"  # global | uniform | erk: per-layer budgets, any method
+    config.prune.distribution = "global"  # global | uniform | erk: per-layer budgets (methods that
+                                         # honour it; validation names the others)
     config.prune.source = "final"        # weights scored: final (IMP) | init (pruning at init)
     config.prune.synflow_rounds = 100    # synflow: rounds of shrinking density
     config.prune.grasp_temperature = 200.0  # grasp: logits / T for the gradient (authors' code)
