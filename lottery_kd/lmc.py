@@ -14,7 +14,8 @@ rewinding) and with the KD loss from the study's dense teacher.
         [--distill] [--points 11]
 
 Writes DIR/lmc.json (every point of every path), lmc.md (a table of barriers) and lmc.png; a
-rerun skips rewind points already done with the same settings.
+rerun skips rewind points already done with the same settings, and resumes a killed one from
+its last epoch (DIR/checkpoints).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -29,7 +31,7 @@ from typing import Any, Optional, Sequence
 import jax
 
 from lottery_kd import config as config_lib, masks as masks_lib
-from lottery_kd.checkpoints import CheckpointError
+from lottery_kd.checkpoints import CheckpointError, ResumeStore
 from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.lottery import DENSE, LotteryRun, snapshot_name
 from lottery_kd.results import write_atomic
@@ -75,16 +77,21 @@ class LinearModeConnectivity:
         progress = Progress.for_mode(f"[lmc {tag}]", self.run.config.log.progress)
         writer = ScalarWriter(out / "tensorboard" / tag)
         sparsity = masks_lib.sparsity(masks, self.run.scope)
+        # checkpointed every epoch under --out: a killed sweep resumes inside the copy it was
+        # training (lmc.json pins --out to one study and one set of settings)
+        resume = ResumeStore(out / "checkpoints" / tag, keep=2, fingerprint=self.run.fingerprint,
+                             log=self.log)
         try:
             return trainer.fit(
                 trainer.init_state(start["params"], start["batch_stats"], masks, start_step),
                 masks, num_steps=num_steps, schedule=self.run.schedule,
                 teacher=self.run.teacher() if distill else None,
-                kd_stop_step=self.plan.kd_stop_step, progress=progress,
+                kd_stop_step=self.plan.kd_stop_step, progress=progress, resume=resume,
                 log_scalars=lambda step, row: writer.scalars(
                     step, {**{k: v for k, v in row.items() if k != "distill"},
                            "sparsity": sparsity}))
         finally:
+            resume.close()
             writer.close()
             progress.close()
 
@@ -173,12 +180,14 @@ def run_sweep(run_dir: str | os.PathLike, rewinds: Sequence[str], out: str | os.
         raise ValueError(f"{out} holds LMC results with other settings ({saved['settings']}); "
                          "use another --out")
     lmc = LinearModeConnectivity(run_dir, ticket=ticket, distill=distill, log=log)
+    write_atomic(path, json.dumps(saved, indent=1) + "\n")  # claims --out before any training
     steps = [config_lib.parse_step_count(r, lmc.plan.steps_per_epoch) for r in rewinds]
     for step in steps:
         if any(r["rewind_step"] == step for r in saved["results"]):
             continue
         saved["results"].append(lmc.measure(step, out, points))
         write_atomic(path, json.dumps(saved, indent=1) + "\n")
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # that point is in lmc.json now
     results = sorted(saved["results"], key=lambda r: r["rewind_step"])
     what = (f"{lmc.run.config.model.name} on {lmc.run.config.data.name}, "
             f"{'ticket ' + ticket if ticket else 'dense'}{', KD' if distill else ''}")

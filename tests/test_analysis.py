@@ -360,6 +360,35 @@ def test_lmc_spawns_from_the_studys_cross_entropy_trajectory_even_with_distill(s
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_killed_lmc_sweep_resumes_inside_its_copy_and_ends_as_an_uninterrupted_one(
+        studies, tmp_path, monkeypatch):
+    (first, _), _ = studies
+    whole = lmc.run_sweep(first, ["1ep"], tmp_path / "whole", points=3, log=lambda *_: None)
+    fits = []
+    original = lmc.LinearModeConnectivity._fit
+
+    def crash_on_the_second_copy(self, trainer, start, masks, start_step, num_steps, tag, out,
+                                 **kwargs):
+        fits.append(tag)
+        if tag.endswith("copy2") and len(fits) == 2:
+            raise KeyboardInterrupt  # a kill after copy 1 was trained and checkpointed
+        return original(self, trainer, start, masks, start_step, num_steps, tag, out, **kwargs)
+
+    monkeypatch.setattr(lmc.LinearModeConnectivity, "_fit", crash_on_the_second_copy)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        lmc.run_sweep(first, ["1ep"], out, points=3, log=lambda *_: None)
+    assert (out / "checkpoints" / "k19_copy1").is_dir()
+    with pytest.raises(ValueError, match="other settings"):  # --out is claimed already
+        lmc.run_sweep(first, ["1ep"], out, points=3, distill=True, log=lambda *_: None)
+    resumed = lmc.run_sweep(first, ["1ep"], out, points=3, log=lambda *_: None)
+    assert resumed["results"] == whole["results"]
+    assert not (out / "checkpoints").exists()
+    events = sorted((out / "tensorboard" / "k19_copy1").iterdir(), key=curves._written_at)
+    assert len(events) == 2  # copy 1 ran twice, and the second time trained no epoch
+    assert not [e for e in curves._events(events[1].read_bytes()) if e.summary.value]
+
+
 def test_analysis_tools_name_a_missing_ticket_and_the_ones_there(studies, tmp_path):
     (first, _), _ = studies
     with pytest.raises(ValueError, match=r"--ticket 'level_9_lt': no such snapshot .*tickets "
