@@ -314,10 +314,18 @@ def test_barrier_by_hand():
                                [1.0, 3.0])
 
 
-def test_lmc_on_digits_gives_barriers_for_rewind_0_and_a_later_step(studies, tmp_path):
+@pytest.fixture(scope="module")
+def lmc_sweep(studies, tmp_path_factory):
+    """An uninterrupted LMC sweep of the first study at 0it and 1ep (5 points)."""
     (first, _), _ = studies
-    out = tmp_path / "lmc"
-    saved = lmc.run_sweep(first, ["0it", "1ep"], out, points=5, log=lambda *_: None)
+    out = tmp_path_factory.mktemp("lmc") / "lmc"
+    return out, lmc.run_sweep(first, ["0it", "1ep"], out, points=5, log=lambda *_: None)
+
+
+def test_lmc_on_digits_gives_barriers_for_rewind_0_and_a_later_step(studies, lmc_sweep,
+                                                                    tmp_path):
+    (first, _), _ = studies
+    out, saved = lmc_sweep
     assert [r["rewind_step"] for r in saved["results"]] == [0, 19]
     for result in saved["results"]:
         assert len(result["test_error"]) == 5 and result["alphas"] == [0, 0.25, 0.5, 0.75, 1]
@@ -361,9 +369,9 @@ def test_lmc_spawns_from_the_studys_cross_entropy_trajectory_even_with_distill(s
 
 
 def test_a_killed_lmc_sweep_resumes_inside_its_copy_and_ends_as_an_uninterrupted_one(
-        studies, tmp_path, monkeypatch):
+        studies, lmc_sweep, tmp_path, monkeypatch):
     (first, _), _ = studies
-    whole = lmc.run_sweep(first, ["1ep"], tmp_path / "whole", points=3, log=lambda *_: None)
+    whole = [r for r in lmc_sweep[1]["results"] if r["rewind_step"] == 19]
     fits = []
     original = lmc.LinearModeConnectivity._fit
 
@@ -377,30 +385,30 @@ def test_a_killed_lmc_sweep_resumes_inside_its_copy_and_ends_as_an_uninterrupted
     monkeypatch.setattr(lmc.LinearModeConnectivity, "_fit", crash_on_the_second_copy)
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        lmc.run_sweep(first, ["1ep"], out, points=3, log=lambda *_: None)
+        lmc.run_sweep(first, ["1ep"], out, points=5, log=lambda *_: None)
     assert (out / "checkpoints" / "k19_copy1").is_dir()
     with pytest.raises(ValueError, match="other settings"):  # --out is claimed already
-        lmc.run_sweep(first, ["1ep"], out, points=3, distill=True, log=lambda *_: None)
-    resumed = lmc.run_sweep(first, ["1ep"], out, points=3, log=lambda *_: None)
-    assert resumed["results"] == whole["results"]
+        lmc.run_sweep(first, ["1ep"], out, points=5, distill=True, log=lambda *_: None)
+    resumed = lmc.run_sweep(first, ["1ep"], out, points=5, log=lambda *_: None)
+    assert resumed["results"] == whole
     assert not (out / "checkpoints").exists()
     events = sorted((out / "tensorboard" / "k19_copy1").iterdir(), key=curves._written_at)
     assert len(events) == 2  # copy 1 ran twice, and the second time trained no epoch
     assert not [e for e in curves._events(events[1].read_bytes()) if e.summary.value]
 
 
-def test_analysis_tools_name_a_missing_ticket_and_the_ones_there(studies, tmp_path):
+def test_analysis_tools_name_a_missing_ticket_and_the_ones_there(studies, tmp_path,
+                                                                 capsys):
     (first, _), _ = studies
     with pytest.raises(ValueError, match=r"--ticket 'level_9_lt': no such snapshot .*tickets "
                                          r"there: .*level_1_lt"):
         lmc.run_sweep(first, ["0it"], tmp_path / "lmc", ticket="level_9_lt",
                       log=lambda *_: None)
-    done = subprocess.run([sys.executable, "-m", "lottery_kd.bootstrap", str(first),
-                           "--real-size", "300", "--steps", "10", "--ticket", "level_9_kd",
-                           "--out", str(tmp_path / "boot")], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 2 and "--ticket 'level_9_kd': no such snapshot" in done.stderr
-    assert "Traceback" not in done.stderr
+    code = lmc.main([str(first), "--ticket", "level_9_kd", "--out", str(tmp_path / "cli")])
+    assert code == 2 and "--ticket 'level_9_kd': no such snapshot" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"--ticket 'level_9_kd': no such snapshot"):
+        bootstrap.DeepBootstrap(first, 300).compare(ticket="level_9_kd", distill=False,
+                                                    steps=10, eval_every=5, out=tmp_path)
 
 
 # --------------------------------------------------------------------------------------------
