@@ -184,16 +184,15 @@ def validate(config: Any) -> None:
               "1 unless prune.schedule=oneshot (each iterative level prunes the one before)")
     check(prune.distribution in DISTRIBUTIONS, "prune.distribution", prune.distribution,
           f"allowed: {', '.join(DISTRIBUTIONS)}")
-    if prune.method in pruning.names() and prune.distribution in DISTRIBUTIONS:
-        honoured = pruning.distributions(prune.method)
-        check(prune.distribution in honoured, "prune.distribution", prune.distribution,
-              f"prune.method={prune.method!r} ignores it; allowed with that method: "
-              f"{', '.join(honoured)}")
-    if prune.method in pruning.names() and prune.scope in masks_lib.SCOPES:
-        meant = pruning.scopes(prune.method)
-        check(prune.scope in meant, "prune.scope", prune.scope,
-              f"not with prune.method={prune.method!r}; allowed with that method: "
-              f"{', '.join(meant)}")
+    if prune.method in pruning.names():  # what the registered function is meant for
+        method = pruning.entry(prune.method)
+        check(prune.distribution not in DISTRIBUTIONS
+              or prune.distribution in method.distributions, "prune.distribution",
+              prune.distribution, f"prune.method={prune.method!r} ignores it; allowed with that "
+              f"method: {', '.join(method.distributions)}")
+        check(prune.scope not in masks_lib.SCOPES or prune.scope in method.scopes,
+              "prune.scope", prune.scope, f"not with prune.method={prune.method!r}; allowed "
+              f"with that method: {', '.join(method.scopes)}")
     check(prune.source in PRUNE_SOURCES, "prune.source", prune.source,
           f"allowed: {', '.join(PRUNE_SOURCES)}")
     check(_is_int(prune.synflow_rounds) and prune.synflow_rounds >= 1, "prune.synflow_rounds",

@@ -232,13 +232,9 @@ class LotteryRun:
         path = Path(workdir) / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"{workdir} holds no study: config.json is missing")
-        settings = default.get_config().to_dict()
-        for dotted, value in ADDED_KEYS.items():
-            *parents, leaf = dotted.split(".")
-            node = settings
-            for parent in parents:
-                node = node.setdefault(parent, {})
-            node[leaf] = value
+        defaults = default.get_config()
+        defaults.update_from_flattened_dict(ADDED_KEYS)
+        settings = defaults.to_dict()
         _merge_into(settings, json.loads(path.read_text()))
         return cls(ml_collections.ConfigDict(settings), workdir, log=log, record=False)
 

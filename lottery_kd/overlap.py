@@ -68,9 +68,8 @@ def _prunable_leaves(masks: PyTree, scope: masks_lib.Scope) -> list[np.ndarray]:
 
 def density(masks: PyTree, scope: masks_lib.Scope = "conv") -> float:
     """The fraction of the in-scope weights that a mask keeps."""
-    leaves = _prunable_leaves(masks, scope)
-    total = sum(m.size for m in leaves)
-    return float(sum(np.count_nonzero(m) for m in leaves) / total) if total else 1.0
+    remaining, total = masks_lib.count(masks, scope)
+    return remaining / total if total else 1.0
 
 
 def random_jaccard(density_a: float, density_b: float) -> float:

@@ -31,6 +31,7 @@ from lottery_kd.registry import Registry
 PyTree = Any
 MaskingFunction = Callable[..., PyTree]
 
+
 @dataclasses.dataclass(frozen=True)
 class MaskingEntry:
     """A registered masking function and what the driver and config validation need to know."""

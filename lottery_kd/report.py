@@ -57,29 +57,25 @@ def load_run(directory: str | os.PathLike) -> dict:
     return {"dir": directory, "config": config, "rows": results.read_rows(rows_path)}
 
 
-# Settings that do not make two runs different experiments: the seed (merged as repeats), the
-# variant list (merged as columns), how a run reports, checkpoints or spreads its work (but not
-# parallel.batch_norm: per-device statistics change results), and where the same data is read
-# from (every source gives the same images in the same order).
-_MERGE_ACROSS = ("seed", "lottery.variants", "prune.first_level", "log.", "checkpoint.",
-                 "parallel.distributed", "parallel.coordinator_address",
-                 "parallel.coordinator_bind_address", "parallel.num_processes",
-                 "parallel.process_id", "parallel.num_cpu_devices",
+# Settings that do not make two runs different experiments, beyond lottery.COSMETIC_KEYS (how a
+# run reports, checkpoints or spreads its work; not parallel.batch_norm): the seed (merged as
+# repeats), the variant list (merged as columns), where the same data is read from (every source
+# gives the same images in the same order), and what a dynamic run's name carries (rigl,
+# rigl_kd, rigl_sparse_init: columns).
+_MERGE_ACROSS = ("seed", "lottery.variants",
                  "data.dir", "data.source", "data.tfds_data_dir", "data.manual_dir",
                  "data.tfds_download", "data.verify_checksums",
-                 # a dynamic run's name carries these (rigl, rigl_kd, rigl_sparse_init): columns
                  "dynamic.distill", "dynamic.init")
 
 
 def group_key(run: dict) -> tuple[str, str, str]:
     """(model, data set, protocol digest): runs that differ only in seed or variants merge."""
-    from lottery_kd.lottery import _flatten, canonical_settings
+    from lottery_kd.lottery import COSMETIC_KEYS, _flatten, canonical_settings
     config = run["config"]
     model = config["model"]["name"] + (f"@{config['model']['basis']}"
                                        if config["model"].get("basis") else "")
-    protocol = {k: v for k, v in canonical_settings(_flatten(config)).items()
-                if not any(k == m or (m.endswith(".") and k.startswith(m))
-                           for m in _MERGE_ACROSS)}
+    merged = set(_MERGE_ACROSS + COSMETIC_KEYS)
+    protocol = {k: v for k, v in canonical_settings(_flatten(config)).items() if k not in merged}
     return model, config["data"]["name"], json.dumps(protocol, sort_keys=True)
 
 
