@@ -66,11 +66,16 @@ class DeepBootstrap:
         self.real, self.ideal = split_worlds(dataset, real_size)
         self.batch_size = config.train.batch_size
         self.log = log
+        self._trainers: dict[str, Trainer] = {}
 
-    def _trainer(self, dataset) -> Trainer:
-        return self.run.make_trainer(InputData.from_dataset(
-            dataset, seed=self.run.config.seed, eval_batch_size=self.run.config.data.eval_batch_size,
-            device_count=self.run.parallel.device_count))
+    def _trainer(self, name: str, dataset) -> Trainer:
+        """One trainer per world, kept: its steps compile once for every comparison."""
+        if name not in self._trainers:
+            self._trainers[name] = self.run.make_trainer(InputData.from_dataset(
+                dataset, seed=self.run.config.seed,
+                eval_batch_size=self.run.config.data.eval_batch_size,
+                device_count=self.run.parallel.device_count))
+        return self._trainers[name]
 
     def max_steps(self) -> int:
         """Steps the fresh (ideal-world) stream allows without repeating an example."""
@@ -80,7 +85,7 @@ class DeepBootstrap:
               tag: str, out: Path) -> list[dict]:
         """Test error every `eval_every` steps of one world (a constant learning rate: the
         study's base rate, as the ideal world has no epochs to schedule by)."""
-        trainer = self._trainer(dataset)
+        trainer = self._trainer(name, dataset)
         init = self.run._load("init")
         state = trainer.init_state(init["params"], init["batch_stats"], masks, 0)
         teacher = self.run.teacher() if distill else None

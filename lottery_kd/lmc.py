@@ -66,11 +66,16 @@ class LinearModeConnectivity:
         self.masks = (self.run.load_existing(ticket, "--ticket")["masks"] if ticket
                       else init["masks"])
         self.plan = self.run.plan
+        self._trainers: dict[int, Trainer] = {}
 
     def _trainer(self, data_seed: int) -> Trainer:
-        """A trainer identical to the study's but for its data order (seed)."""
-        return self.run.make_trainer(input_data_from_config(
-            self.run.config.data, seed=data_seed, device_count=self.run.parallel.device_count))
+        """A trainer identical to the study's but for its data order (seed); kept, so that
+        its steps compile once for every rewind point of a sweep."""
+        if data_seed not in self._trainers:
+            self._trainers[data_seed] = self.run.make_trainer(input_data_from_config(
+                self.run.config.data, seed=data_seed,
+                device_count=self.run.parallel.device_count))
+        return self._trainers[data_seed]
 
     def _fit(self, trainer: Trainer, start: PyTree, masks: PyTree, start_step: int,
              num_steps: int, tag: str, out: Path, *, distill: bool):
