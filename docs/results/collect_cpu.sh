@@ -11,7 +11,7 @@ for workdir in "$OUT"/resnet20_15ep_seed*; do
   [ -f "$workdir/results.jsonl" ] || continue
   name=$(basename "$workdir")
   mkdir -p "$DEST/$name"
-  for file in config.json plan.json results.jsonl environment.jsonl summary.md; do
+  for file in config.json plan.json results.jsonl environment.jsonl epoch_times.jsonl summary.md; do
     [ -f "$workdir/$file" ] && cp "$workdir/$file" "$DEST/$name/"
   done
   workdirs+=("$workdir")
