@@ -27,7 +27,7 @@ import numpy as np
 from lottery_kd import config as config_lib
 from lottery_kd import masks as masks_lib, optim, pruning, results, variants as variants_lib
 from lottery_kd.checkpoints import CheckpointError, ResumeStore, SnapshotStore
-from lottery_kd.environment import record_start
+from lottery_kd.environment import read_starts, record_start
 from lottery_kd.kernels.build import NativeKernelError
 from lottery_kd.kernels.conv3x3 import native_enabled
 from lottery_kd.models import get_model
@@ -150,6 +150,27 @@ def snapshot_name(level: int, variant: str) -> str:
     return f"level_{level}_{variant}"
 
 
+def check_batch_norm_groups(workdir: Path, batch_norm: str, device_count: int) -> None:
+    """Refuse to go on with per-device BatchNorm on another device count than the study's.
+
+    With parallel.batch_norm=per_device the statistics are those of each device's slice of the
+    batch, so the device count is part of the computation (unlike global BatchNorm, where 1 and
+    4 devices train the same network). Every start records its count in environment.jsonl;
+    resuming, or analysing, on a different count would mix two computations in one study.
+    """
+    if batch_norm != "per_device":
+        return
+    for start in read_starts(workdir):
+        before = start.get("batch_norm_groups", start.get("device_count"))
+        if before is not None and before != device_count:
+            raise config_lib.ConfigError(
+                f"invalid config:\n  parallel.batch_norm='per_device': {workdir} was trained "
+                f"with BatchNorm statistics per device over {before} devices (environment.jsonl,"
+                f" {start.get('time', 'an earlier start')}); this process has {device_count}. "
+                f"The groups change the computation: run on {before} devices (on CPU, "
+                f"--config.parallel.num_cpu_devices={before}), or use another --workdir")
+
+
 class LotteryRun:
     """One experiment: its config, data, model, compiled trainer and snapshot store."""
 
@@ -186,6 +207,8 @@ class LotteryRun:
         except NativeKernelError as error:
             raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
         prepare_workdir(self.workdir, config, write=self.parallel.is_main)
+        check_batch_norm_groups(self.workdir, config.parallel.batch_norm,
+                                self.parallel.device_count)
         if not self.parallel.is_main:
             self.log = lambda *_: None
         self.scope = config.prune.scope
@@ -204,7 +227,9 @@ class LotteryRun:
                  "total_steps": self.plan.total_steps, "rewind_step": self.plan.rewind_step,
                  "runs": self.planned_runs()}, indent=1) + "\n")
             record_start(self.workdir, conv_impl=config.model.conv_impl,
-                         native_conv_available=native_enabled(config.model.conv_impl))
+                         native_conv_available=native_enabled(config.model.conv_impl),
+                         batch_norm_groups=(self.parallel.device_count
+                                            if config.parallel.batch_norm == "per_device" else 1))
         self.log(f"{config.model.name} on {data_cfg.name}: train {self.data.train.num_examples}, "
                  f"val {self.data.val.num_examples if self.data.val else 0}, "
                  f"test {self.data.test.num_examples}; "

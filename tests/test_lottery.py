@@ -226,6 +226,40 @@ def test_a_workdir_from_before_an_added_setting_resumes_at_the_old_value(tmp_pat
     assert "model.norm_impl: 'flax' in the workdir, 'fused' now" in str(error.value)
 
 
+def test_per_device_batch_norm_refuses_another_device_count_than_the_study_had(tmp_path):
+    """Per-device BatchNorm statistics depend on the device count: a study started on 4
+    devices does not resume (or get analysed) on 1. Global BatchNorm does not care."""
+    def starts_with_devices(workdir, count, with_groups):
+        lines = []
+        for start in results.read_json_lines(workdir / "environment.jsonl"):
+            start["device_count"] = count
+            if with_groups:
+                start["batch_norm_groups"] = count
+            else:
+                start.pop("batch_norm_groups", None)  # a start from before the groups were kept
+            lines.append(json.dumps(start))
+        (workdir / "environment.jsonl").write_text("\n".join(lines) + "\n")
+
+    config = make_tiny_config()
+    config.parallel.batch_norm = "per_device"
+    lottery.LotteryRun(config, tmp_path / "per_device", log=lambda *_: None)
+    started = results.read_json_lines(tmp_path / "per_device" / "environment.jsonl")
+    assert [s["batch_norm_groups"] for s in started] == [1]
+    lottery.LotteryRun(config, tmp_path / "per_device", log=lambda *_: None)  # same count: fine
+    for with_groups in (True, False):
+        starts_with_devices(tmp_path / "per_device", 4, with_groups)
+        with pytest.raises(ConfigError, match=r"parallel.batch_norm='per_device': .* over 4 "
+                                              r"devices .* this process has 1.*"
+                                              r"num_cpu_devices=4"):
+            lottery.LotteryRun(config, tmp_path / "per_device", log=lambda *_: None)
+        with pytest.raises(ConfigError, match="over 4 devices"):
+            lottery.LotteryRun.from_workdir(tmp_path / "per_device", log=lambda *_: None)
+    config.parallel.batch_norm = "global"
+    lottery.LotteryRun(config, tmp_path / "global", log=lambda *_: None)
+    starts_with_devices(tmp_path / "global", 4, True)
+    lottery.LotteryRun(config, tmp_path / "global", log=lambda *_: None)
+
+
 def test_a_lost_rewind_snapshot_is_an_error_not_the_final_dense_weights(tmp_path):
     """The rewind snapshot is written before step k; if it is gone when the dense run resumes
     past k, it cannot be recreated there, and weight_rewind must not silently start from the
