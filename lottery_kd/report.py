@@ -280,7 +280,7 @@ def _plot_accuracy(entries: Sequence[dict], published: dict, same_protocol: bool
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
+    figure, axes = plt.subplots(figsize=(10.5, 5), dpi=120)
     dense = [e for e in entries if e["variant"] == "dense"]
     for variant in dict.fromkeys(e["variant"] for e in entries if e["variant"] != "dense"):
         points = sorted((1 - e["sparsity"], 100 * e[f"{key}_mean"], 100 * e[f"{key}_std"])
@@ -317,7 +317,8 @@ def _plot_accuracy(entries: Sequence[dict], published: dict, same_protocol: bool
                                           "at the end"))
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="lower left")
+    # beside the axes, not on them: with the published lines the legend is as tall as the plot
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
