@@ -12,7 +12,8 @@ sparse ticket of a study, with and without the KD loss from the study's dense te
 The ticket's mask is trained from the init snapshot (as `lt`, or `kd` with the teacher). The
 number of steps is what the fresh stream allows (rest // batch size) unless --steps is smaller.
 Writes DIR/bootstrap.json, bootstrap.md (error gap per evaluation point) and bootstrap.png; a
-rerun skips the settings already done.
+rerun skips the settings already done, and a killed run resumes inside the world it was training
+(checkpoints at every evaluation point under DIR/checkpoints).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from lottery_kd import masks as masks_lib
-from lottery_kd.checkpoints import CheckpointError
+from lottery_kd.checkpoints import CheckpointError, ResumeStore
 from lottery_kd.data import Dataset, load_dataset
 from lottery_kd.data.inputs import InputData
 from lottery_kd.lottery import LotteryRun
@@ -84,18 +86,28 @@ class DeepBootstrap:
     def world(self, name: str, dataset, masks, *, steps: int, eval_every: int, distill: bool,
               tag: str, out: Path) -> list[dict]:
         """Test error every `eval_every` steps of one world (a constant learning rate: the
-        study's base rate, as the ideal world has no epochs to schedule by)."""
+        study's base rate, as the ideal world has no epochs to schedule by). The state and the
+        curve so far are checkpointed at every evaluation point under out/checkpoints: a killed
+        run goes on from the last one (the batch at a step is pure in the step, so it ends as an
+        uninterrupted run would)."""
         trainer = self._trainer(name, dataset)
         init = self.run._load("init")
         state = trainer.init_state(init["params"], init["batch_stats"], masks, 0)
+        masks = self.run.parallel.replicate(masks)
         teacher = self.run.teacher() if distill else None
         lr = self.run.config.train.lr
         progress = Progress.for_mode(f"[bootstrap {tag} {name}]", self.run.config.log.progress)
+        resume = ResumeStore(out / "checkpoints" / f"{tag}_{name}", keep=2,
+                             fingerprint=self.run.fingerprint, log=self.log)
+        curve: list[dict] = []
+        restored = resume.restore_latest({"state": state, "masks": masks},
+                                         self.run.parallel.replicated)
+        if restored is not None:
+            state, curve = restored[0]["state"], restored[1]["curve"]
         writer = ScalarWriter(out / "tensorboard" / f"{tag}_{name}")
-        curve = []
         try:
-            progress.start(steps)
-            done = 0
+            done = int(state.step)
+            progress.start(steps, done=done)
             while done < steps:
                 chunk = min(eval_every, steps - done)
                 fit = trainer.fit(state, masks, num_steps=chunk, schedule=lambda s: lr,
@@ -111,7 +123,9 @@ class DeepBootstrap:
                                       row["train_grad_norm"],
                                       "sparsity": masks_lib.sparsity(masks, self.run.scope)})
                 curve.append(point)
+                resume.save(done, {"state": state, "masks": masks}, {"curve": curve})
         finally:
+            resume.close()
             writer.close()
             progress.close()
         return curve
@@ -180,6 +194,7 @@ def run_bootstrap(run_dir: str | os.PathLike, out: str | os.PathLike, *, real_si
     if saved["settings"] != settings:
         raise ValueError(f"{out} holds Deep Bootstrap results with other settings "
                          f"({saved['settings']}); use another --out")
+    write_atomic(path, json.dumps(saved, indent=1) + "\n")  # claims --out before any training
     for ticket in tickets:
         for distill in distill_options:
             tag = (ticket or "dense") + ("_kd" if distill else "")
@@ -189,6 +204,7 @@ def run_bootstrap(run_dir: str | os.PathLike, out: str | os.PathLike, *, real_si
                                                           steps=steps, eval_every=eval_every,
                                                           out=out))
             write_atomic(path, json.dumps(saved, indent=1) + "\n")
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # in bootstrap.json now
     config = bootstrap.run.config
     title = (f"Deep Bootstrap: {config.model.name} on {config.data.name}, real world "
              f"{real_size} examples, {steps} steps of batch {bootstrap.batch_size}")

@@ -11,6 +11,7 @@ import pytest
 
 from lottery_kd import bootstrap, curves, lmc, lottery, overlap, report, results
 from lottery_kd.tensorboard import ScalarWriter
+from lottery_kd.train import Trainer
 from tests.conftest import REPO, make_tiny_config
 
 
@@ -413,6 +414,36 @@ def test_analysis_tools_name_a_missing_ticket_and_the_ones_there(studies, tmp_pa
 
 # --------------------------------------------------------------------------------------------
 # Deep Bootstrap
+
+
+def test_a_killed_deep_bootstrap_resumes_inside_its_world_and_ends_as_an_uninterrupted_one(
+        studies, tmp_path, monkeypatch):
+    (first, _), _ = studies
+    settings = dict(real_size=300, tickets=("level_2_lt",), distill_options=(True,), steps=15,
+                    eval_every=5, log=lambda *_: None)
+    whole = bootstrap.run_bootstrap(first, tmp_path / "whole", **settings)
+    fits, crash = [], [True]
+    original = Trainer.fit
+
+    def crash_in_the_second_chunk(trainer, state, masks, **kwargs):
+        fits.append(int(state.step))
+        if crash[0] and len(fits) == 2:
+            raise KeyboardInterrupt  # a kill 5 steps into the real world
+        return original(trainer, state, masks, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", crash_in_the_second_chunk)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        bootstrap.run_bootstrap(first, out, **settings)
+    assert (out / "checkpoints" / "level_2_lt_kd_real").is_dir()
+    with pytest.raises(ValueError, match="other settings"):  # --out is claimed already
+        bootstrap.run_bootstrap(first, out, **{**settings, "steps": 10})
+    fits.clear()
+    crash[0] = False
+    resumed = bootstrap.run_bootstrap(first, out, **settings)
+    assert fits == [5, 10, 0, 5, 10]  # the real world from its checkpoint, then the ideal one
+    assert resumed["comparisons"] == whole["comparisons"]
+    assert not (out / "checkpoints").exists()
 
 
 def test_deep_bootstrap_real_vs_ideal_for_dense_and_a_ticket_with_and_without_kd(studies,
