@@ -14,6 +14,9 @@ for workdir in "$OUT"/resnet20_15ep_seed*; do
   for file in config.json plan.json results.jsonl environment.jsonl epoch_times.jsonl summary.md; do
     [ -f "$workdir/$file" ] && cp "$workdir/$file" "$DEST/$name/"
   done
+  # the learning curves' source (about 200 KB a study), so they rebuild without the workdir
+  [ -d "$workdir/tensorboard" ] && rm -rf "$DEST/$name/tensorboard" && \
+    cp -r "$workdir/tensorboard" "$DEST/$name/"
   workdirs+=("$workdir")
 done
 [ ${#workdirs[@]} -gt 0 ] || { echo "no finished rows under $OUT yet" >&2; exit 1; }
