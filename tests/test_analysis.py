@@ -62,11 +62,23 @@ def test_report_tables_equal_the_results_rows_and_plots_are_pngs(studies, tmp_pa
         assert entry["n"] == 2 and len(values) == 2
         assert entry["final_mean"] == pytest.approx(np.mean(values), abs=1e-12)
         assert entry["final_std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+        at_best = [r["test_accuracy_at_best_val"] for rs in rows for r in rs
+                   if r["variant"] == entry["variant"] and
+                   round(r["sparsity"], 4) == entry["sparsity"]]
+        assert entry["best_val_mean"] == pytest.approx(np.mean(at_best), abs=1e-12)
+        assert entry["best_val_std"] == pytest.approx(np.std(at_best, ddof=1), abs=1e-12)
     text = (out / "report.md").read_text()
     kd_level2 = [r["test_accuracy"] for rs in rows for r in rs
                  if r["variant"] == "kd" and r["level"] == 2]
     cell = f"{100 * np.mean(kd_level2):.2f} ± {100 * np.std(kd_level2, ddof=1):.2f} (n=2)"
     assert cell in text
+    kd_level2_best = [r["test_accuracy_at_best_val"] for rs in rows for r in rs
+                      if r["variant"] == "kd" and r["level"] == 2]
+    best_cell = (f"{100 * np.mean(kd_level2_best):.2f} ± "
+                 f"{100 * np.std(kd_level2_best, ddof=1):.2f} (n=2)")
+    best_table = text[text.index("at the epoch of best validation"):
+                      text.index("at the end of training")]
+    assert best_cell in best_table
     assert "| sparsity % | lt | weight_rewind | kd |" in text  # the config's order
     pngs = sorted(out.glob("*.png"))
     assert {p.name.split("_")[0] for p in pngs} >= {"accuracy", "layer", "overlap", "curves"}
@@ -455,6 +467,10 @@ def test_deep_bootstrap_real_vs_ideal_for_dense_and_a_ticket_with_and_without_kd
                                     log=lambda *_: None)
     tags = [c["tag"] for c in saved["comparisons"]]
     assert tags == ["dense", "dense_kd", "level_2_lt", "level_2_lt_kd"]
+    by_tag = {c["tag"]: c for c in saved["comparisons"]}
+    for plain, distilled in (("dense", "dense_kd"), ("level_2_lt", "level_2_lt_kd")):
+        assert by_tag[plain]["real"] != by_tag[distilled]["real"]  # the KD flag is used
+    assert by_tag["dense"]["sparsity"] == 0.0 and by_tag["level_2_lt"]["sparsity"] > 0.3
     steps = saved["settings"]["steps"]
     assert steps == (1257 - 300) // 64
     for comparison in saved["comparisons"]:
@@ -464,5 +480,10 @@ def test_deep_bootstrap_real_vs_ideal_for_dense_and_a_ticket_with_and_without_kd
                                                                 comparison["ideal"])])
     assert _png_size(out / "bootstrap.png")[0] >= 400
     assert "| level_2_lt_kd | 36.0 |" in (out / "bootstrap.md").read_text()
+    world = bootstrap.DeepBootstrap(first, 300)
+    whole = np.concatenate([world.real.train_images, world.ideal.train_images])
+    assert len(world.real.train_labels) == 300 and len(whole) == 1257  # a split, nothing lost
+    study_train = lottery.LotteryRun.from_workdir(first, log=lambda *_: None).data.train
+    assert len(whole) == study_train.num_examples  # the study's training split, no more
     with pytest.raises(ValueError, match="--real-size"):
-        bootstrap.split_worlds(bootstrap.DeepBootstrap(first, 300).real, 5000)
+        bootstrap.split_worlds(world.real, 5000)

@@ -34,6 +34,7 @@ class FitSpy:
                 "lr_at_start": float(kwargs["schedule"](int(state.step))),
                 "lr_at_end": float(kwargs["schedule"](int(state.step) + kwargs["num_steps"] - 1)),
                 "teacher": kwargs.get("teacher") is not None,
+                "teacher_tree": jax.device_get(kwargs.get("teacher")),
             })
             return original(trainer, state, masks, **kwargs)
 
@@ -125,6 +126,9 @@ def test_variants_start_from_their_weights_and_schedule_step(study):
             assert _leaves_equal(call["params"], expected), (level, variant)
             assert call["start_step"] == start, (level, variant)
             assert call["teacher"] == teacher, (level, variant)
+            if teacher:  # always the level-0 dense network, whatever the level
+                assert _leaves_equal(call["teacher_tree"]["params"], dense["params"])
+                assert _leaves_equal(call["teacher_tree"]["batch_stats"], dense["batch_stats"])
             if variant == "finetune":
                 assert call["num_steps"] == total
                 final_lr = base_lr * 0.1 ** len(plan.milestone_steps)
