@@ -15,8 +15,17 @@ from lottery_kd.kernels import batch_norm as native, build
 from lottery_kd.models import get_model
 from lottery_kd.models.batch_norm import FusedBatchNorm
 
-HAVE_NATIVE = build.load("batch_norm_cpu.cc", native._TARGETS)[0] if build.compiler() else False
+NATIVE_LOAD = (build.load("batch_norm_cpu.cc", native._TARGETS) if build.compiler()
+               else (False, "no C++ compiler"))
+HAVE_NATIVE = NATIVE_LOAD[0]
 PATHS = ["native", "jnp"] if HAVE_NATIVE else ["jnp"]
+
+
+def test_the_native_kernel_builds_wherever_a_compiler_is_found():
+    """Its tests are skipped without the kernel; that must mean no compiler (or switched off
+    on purpose), never a kernel that stopped compiling."""
+    if build.compiler() and os.environ.get("LOTTERY_KD_NATIVE_CONV", "1") != "0":
+        assert HAVE_NATIVE, f"batch_norm_cpu.cc did not build: {NATIVE_LOAD[1]}"
 
 
 @pytest.fixture(params=PATHS)
