@@ -80,10 +80,12 @@ def test_the_active_count_is_exact_at_every_step_and_pruned_weights_stay_zero(me
     masks = pruning.get("random")(params, masks_lib.create(params), 0.8, rng=jax.random.key(1),
                                   distribution="erk")
     expected = masks_lib.count(masks)
-    seen, original = [], trainer.train_step_kd
+    seen, layouts, original = [], [], trainer.train_step_kd
 
     def spy(state, step_masks, *args):
         seen.append(masks_lib.layer_counts(step_masks))
+        layouts.append((int(state.step), b"".join(np.asarray(m).tobytes()
+                                                   for m in jax.tree.leaves(step_masks))))
         new_state, metrics = original(state, step_masks, *args)
         for p, m in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(step_masks)):
             assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)
@@ -100,20 +102,35 @@ def test_the_active_count_is_exact_at_every_step_and_pruned_weights_stay_zero(me
     changed = sum(int(np.sum(np.asarray(a) != np.asarray(b)))
                   for a, b in zip(jax.tree.leaves(fit.masks), jax.tree.leaves(masks)))
     assert changed > 0  # the masks really moved
+    # ... only before the due steps: every delta_t = 5 steps, from step 5 until end_step = 30
+    moved_at = [step for (step, now), (_, before) in zip(layouts[1:], layouts) if now != before]
+    assert moved_at and set(moved_at) <= {5, 10, 15, 20, 25}
+    if method == "set":  # random growth moves the masks at every update
+        assert moved_at == [5, 10, 15, 20, 25]
 
 
 def test_grown_weights_start_at_zero_with_fresh_momentum():
+    """Dropped weights become 0.0, grown ones 0.0 (they were pruned) with zero momentum; the
+    weights kept through the update keep their values and their momentum."""
     params, masks = _tiny_tree()
     from lottery_kd import optim
     optimizer = optim.sgd_direction(0.9, 0.0)
+    params = masks_lib.apply(params, masks)  # as in training: pruned weights are 0.0
     opt_state = jax.tree.map(lambda x: jnp.ones_like(x), optimizer.init(params))
-    new_masks = {"conv": {"kernel": jnp.logical_not(masks["conv"]["kernel"])},
-                 "bn": masks["bn"]}
+    old = np.asarray(masks["conv"]["kernel"])
+    flip = np.random.default_rng(3).random(old.shape) < 0.3  # swap a third of the positions
+    new = np.where(flip, ~old, old)
+    assert (new & ~old).any() and (old & ~new).any() and (old & new).any()
+    new_masks = {"conv": {"kernel": jnp.asarray(new)}, "bn": masks["bn"]}
     new_params, new_state = dynamic.reset_grown(optimizer, opt_state, params, masks, new_masks)
-    grown = np.asarray(new_masks["conv"]["kernel"])
-    assert np.all(np.asarray(new_params["conv"]["kernel"])[~grown] == 0.0)
+    weights = np.asarray(new_params["conv"]["kernel"])
+    before = np.asarray(params["conv"]["kernel"])
     trace = np.asarray(new_state[1].trace["conv"]["kernel"])
-    assert np.all(trace == 0.0)  # every position changed here, so every momentum was reset
+    assert np.all(weights[~new] == 0.0)  # dropped and never alive: zero
+    assert np.all(weights[new & ~old] == 0.0) and np.all(trace[new & ~old] == 0.0)  # grown
+    assert np.all(trace[old & ~new] == 0.0)  # dropped: its momentum goes too
+    np.testing.assert_array_equal(weights[old & new], before[old & new])  # kept: untouched
+    assert np.all(trace[old & new] == 1.0)
     assert np.all(np.asarray(new_state[1].trace["bn"]["scale"]) == 1.0)
 
 
