@@ -8,11 +8,26 @@ import jax
 import numpy as np
 import pytest
 
-from lottery_kd import lottery, masks as masks_lib, results
+from lottery_kd import lottery, masks as masks_lib, pruning, results
 from lottery_kd.config import ConfigError
 from lottery_kd.data import DataError
+from lottery_kd.data.augment import normalize
 from lottery_kd.train import Trainer
 from tests.conftest import make_tiny_config
+
+
+SEEN_BY_DATA_CRITERION: list[dict] = []  # what the function below was called with
+
+
+@pruning.register("test_snip_that_records", uses_data=True, distributions=("global",),
+                  scopes=("conv",))
+def snip_that_records(params, masks, fraction, **context):
+    """SNIP, keeping a copy of its inputs: a user's data-using masking function."""
+    result = pruning.get("snip")(params, masks, fraction, **context)
+    SEEN_BY_DATA_CRITERION.append({"params": jax.device_get(params), "result": result,
+                                   "batch": jax.device_get(context["batch"]),
+                                   "distribution": context["distribution"]})
+    return result
 
 
 def _leaves_equal(a, b):
@@ -262,6 +277,40 @@ def test_per_device_batch_norm_refuses_another_device_count_than_the_study_had(t
     lottery.LotteryRun(config, tmp_path / "global", log=lambda *_: None)
     starts_with_devices(tmp_path / "global", 4, True)
     lottery.LotteryRun(config, tmp_path / "global", log=lambda *_: None)
+
+
+def test_pruning_at_init_with_a_registered_data_criterion_scores_init_on_batch_0(tmp_path):
+    """prune.source=init with a user function registered with uses_data=True: the driver
+    scores the init snapshot (not the trained weights) on the normalised batch of step 0, and
+    the ticket trains the mask the function returned."""
+    config = make_tiny_config()
+    config.prune.method = "test_snip_that_records"
+    config.prune.source = "init"
+    config.prune.schedule = "oneshot"
+    config.prune.fraction = 0.5
+    config.prune.levels = 1
+    config.lottery.variants = "lt"
+    SEEN_BY_DATA_CRITERION.clear()
+    run = lottery.LotteryRun(config, tmp_path, log=lambda *_: None)
+    run.run()
+    [call] = SEEN_BY_DATA_CRITERION
+    init = run._load("init")
+    assert _leaves_equal(call["params"], init["params"])
+    assert not _leaves_equal(call["params"], run._load("level_0_dense")["params"])
+    images, labels = run.trainer.device_batch(0)
+    expected_images = normalize(images, run.data.mean, run.data.std)
+    np.testing.assert_array_equal(call["batch"][0], np.asarray(expected_images))
+    np.testing.assert_array_equal(call["batch"][1], np.asarray(labels))
+    assert _leaves_equal(run._load("level_1_lt")["masks"], call["result"])
+    assert masks_lib.sparsity(call["result"], "conv") == pytest.approx(0.5, abs=0.01)
+    # what the function declared it is for is enforced by config validation, by name
+    for key, value in (("prune.distribution", "erk"), ("prune.scope", "conv_fc")):
+        bad = config.copy_and_resolve_references()
+        section, name = key.split(".")
+        bad[section][name] = value
+        with pytest.raises(ConfigError, match=rf"{key}.*test_snip_that_records"):
+            lottery.LotteryRun(bad, tmp_path / "refused", log=lambda *_: None)
+        assert not (tmp_path / "refused").exists()
 
 
 def test_a_lost_rewind_snapshot_is_an_error_not_the_final_dense_weights(tmp_path):
