@@ -179,13 +179,36 @@ def test_sparse_aware_init_scales_each_unit_by_its_sparse_fan_in():
     assert kernel[flat_mask[:, 3], 3].std() > 2 * math.sqrt(2.0 / (9 * 64))
 
 
-def test_sparse_init_variants_run_in_a_study_and_log_the_gradient_norm(tmp_path):
+def test_sparse_init_variants_run_in_a_study_and_log_the_gradient_norm(tmp_path, monkeypatch):
     config = make_tiny_config()
     config.prune.levels = 1
     config.lottery.variants = "lt,sparse_init,kd_sparse_init"
     config.log.tensorboard = True
-    rows = lottery.run(config, tmp_path, log=lambda *_: None)
+    starts, original = [], Trainer.fit
+
+    def record(trainer, state, masks, **kwargs):
+        starts.append((jax.device_get(state.params), jax.device_get(masks),
+                       jax.device_get(kwargs.get("teacher"))))
+        return original(trainer, state, masks, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", record)
+    run = lottery.LotteryRun(config, tmp_path, log=lambda *_: None)
+    rows = run.run()
     assert [r["variant"] for r in rows] == ["dense", "lt", "sparse_init", "kd_sparse_init"]
+    init, dense = run._load("init"), run._load("level_0_dense")
+    for index, variant in ((2, "sparse_init"), (3, "kd_sparse_init")):
+        params, masks, teacher = starts[index]
+        expected = sparse_init.sparse_aware_init(  # fresh weights from (seed, level, name)
+            init["params"], masks, lottery._derived_key(config.seed, "sparse_init", 1, variant),
+            scope=config.prune.scope)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert (teacher is not None) == (variant == "kd_sparse_init")
+        if teacher is not None:
+            for a, b in zip(jax.tree.leaves(teacher["params"]), jax.tree.leaves(dense["params"])):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+        jax.tree.leaves(starts[2][0]), jax.tree.leaves(starts[3][0])))  # own seeds
     assert rows[2]["test_accuracy"] != rows[1]["test_accuracy"] or \
         rows[2]["best_val_accuracy"] != rows[1]["best_val_accuracy"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
