@@ -107,6 +107,25 @@ def test_bad_config_raises(key, value, needles):
     assert message.count("is invalid") == 1, message
 
 
+def test_imagenet_is_read_through_tfds_and_has_no_validation_holdout():
+    from experiments import imagenet_resnet50
+    config_lib.validate(imagenet_resnet50.get_config())
+    for key, value, needles in (
+            ("data.dir", "/data/imagenet", ["data.source", "read through tfds",
+                                            "data.manual_dir"]),
+            ("data.source", "local", ["data.source='local' is invalid", "'tfds' (or 'auto')"]),
+            ("data.validation_size", 5000, ["data.validation_size=5000 is invalid",
+                                            "0 for imagenet2012"])):
+        config = imagenet_resnet50.get_config()
+        set_key(config, key, value)
+        with pytest.raises(ConfigError) as info:
+            config_lib.validate(config)
+        message = str(info.value)
+        assert message.count("is invalid") == 1, message
+        for needle in needles:
+            assert needle in message, f"{needle!r} not in {message!r}"
+
+
 def test_config_error_is_value_error():
     assert issubclass(ConfigError, ValueError)
 

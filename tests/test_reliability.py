@@ -2,6 +2,7 @@
 an unusable workdir. The SIGKILL-at-random-moments trial is tests/test_kill_resume.py (slow)."""
 
 import errno
+import json
 import os
 import shlex
 import signal
@@ -195,6 +196,23 @@ def test_a_study_whose_loss_blows_up_stops_naming_level_variant_and_step(tmp_pat
     assert "level 0, variant dense: non-finite loss at global step" in message
     assert "No result row was written" in message
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_damaged_snapshot_the_study_needs_stops_it_with_exit_code_4(tmp_path, capsys):
+    config = make_tiny_config()
+    config.train.epochs = 1
+    config.prune.levels = 1
+    config.lottery.variants = "lt"
+    assert launch.run_study(config, str(tmp_path)) == 0
+    rows = results.read_rows(tmp_path / "results.jsonl")
+    (tmp_path / "results.jsonl").write_text(json.dumps(rows[0]) + "\n")  # lt must be redone
+    (tmp_path / "checkpoints" / "snapshots" / "init" / "meta" / "metadata").write_text("{")
+    capsys.readouterr()
+    assert launch.run_study(config, str(tmp_path)) == 4
+    message = capsys.readouterr().err
+    assert "snapshot 'init'" in message and "Move the damaged checkpoint away" in message
+    assert "Traceback" not in message
+    assert len(results.read_rows(tmp_path / "results.jsonl")) == 1  # nothing half-written
 
 
 # --------------------------------------------------------------------------------------------
