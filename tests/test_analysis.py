@@ -336,7 +336,7 @@ def lmc_sweep(studies, tmp_path_factory):
 
 
 def test_lmc_on_digits_gives_barriers_for_rewind_0_and_a_later_step(studies, lmc_sweep,
-                                                                    tmp_path):
+                                                                    tmp_path, monkeypatch):
     (first, _), _ = studies
     out, saved = lmc_sweep
     assert [r["rewind_step"] for r in saved["results"]] == [0, 19]
@@ -347,12 +347,24 @@ def test_lmc_on_digits_gives_barriers_for_rewind_0_and_a_later_step(studies, lmc
             result["test_error"][2] != result["test_error"][0]  # the copies really differ
     assert _png_size(out / "lmc.png")[0] >= 400
     assert "| 19 | 1 |" in (out / "lmc.md").read_text()
-    # A ticket with KD; and a rerun with the same settings does nothing new.
+    # A ticket with KD, its two copies on the data orders seed+1 and seed+2 ...
+    data_seeds, original = [], lmc.LinearModeConnectivity._trainer
+
+    def record(self, data_seed):
+        data_seeds.append(data_seed)
+        return original(self, data_seed)
+
+    monkeypatch.setattr(lmc.LinearModeConnectivity, "_trainer", record)
     ticket = lmc.run_sweep(first, ["1ep"], tmp_path / "ticket", ticket="level_2_kd",
                            distill=True, points=3, log=lambda *_: None)
+    seed = lottery.LotteryRun.from_workdir(first, log=lambda *_: None).config.seed
+    assert data_seeds == [seed + 1, seed + 2]
     assert ticket["results"][0]["sparsity"] == pytest.approx(0.36, abs=1e-3)
-    again = lmc.run_sweep(first, ["0it", "1ep"], out, points=5, log=lambda *_: None)
-    assert again["results"] == saved["results"]
+    # ... and the command, rerun with the same settings, does nothing new and succeeds.
+    before = (out / "lmc.json").read_text()
+    assert lmc.main([str(first), "--rewind", "0it,1ep", "--out", str(out), "--points", "5"]) == 0
+    assert data_seeds == [seed + 1, seed + 2]  # nothing trained
+    assert json.loads((out / "lmc.json").read_text())["results"] == json.loads(before)["results"]
     with pytest.raises(ValueError, match="other settings"):
         lmc.run_sweep(first, ["0it"], out, points=7, log=lambda *_: None)
 
