@@ -228,8 +228,8 @@ class LotteryRun:
                  "runs": self.planned_runs()}, indent=1) + "\n")
             record_start(self.workdir, conv_impl=config.model.conv_impl,
                          native_conv_available=native_enabled(config.model.conv_impl),
-                         batch_norm_groups=(self.parallel.device_count
-                                            if config.parallel.batch_norm == "per_device" else 1))
+                         batch_norm_groups=self.parallel.batch_norm_groups(
+                             config.parallel.batch_norm))
         self.log(f"{config.model.name} on {data_cfg.name}: train {self.data.train.num_examples}, "
                  f"val {self.data.val.num_examples if self.data.val else 0}, "
                  f"test {self.data.test.num_examples}; "

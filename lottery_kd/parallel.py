@@ -102,6 +102,11 @@ class DataParallel:
     def device_count(self) -> int:
         return self.mesh.devices.size
 
+    def batch_norm_groups(self, batch_norm: str) -> int:
+        """How many slices of the batch BatchNorm takes its statistics over: one per device
+        with parallel.batch_norm=per_device, else the whole global batch."""
+        return self.device_count if batch_norm == "per_device" else 1
+
     @property
     def process_index(self) -> int:
         return jax.process_index()

@@ -94,7 +94,7 @@ def _training_loss(model, distillation: Optional[Distillation],
     if batch_norm not in BATCH_NORM_MODES:
         raise ValueError(f"parallel.batch_norm={batch_norm!r}; allowed: "
                          f"{', '.join(BATCH_NORM_MODES)}")
-    groups = parallel.device_count if (parallel is not None and batch_norm == "per_device") else 1
+    groups = parallel.batch_norm_groups(batch_norm) if parallel is not None else 1
 
     def loss(weights, batch_stats, images, labels, teacher):
         variables = {"params": weights, "batch_stats": batch_stats}
