@@ -295,3 +295,31 @@ def test_sigterm_saves_a_resume_checkpoint_and_the_same_command_finishes_the_stu
                           for r in results.read_rows(path / "results.jsonl")]
     assert strip(workdir) == strip(tmp_path / "reference")
     assert not (workdir / "checkpoints" / "resume" / "level_1_lt").exists()  # cleaned up
+
+
+def test_the_first_signal_requests_a_stop_and_a_second_one_stops_at_once(capsys):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with launch.StopOnSignal() as stop:
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before os.kill returns (main thread)
+        assert stop() and stop.signum == signal.SIGTERM
+        assert "received SIGTERM: saving a resume checkpoint" in capsys.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGTERM  # the first signal decides the exit code
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_study_stopped_by_sigint_exits_130_and_prints_the_resume_command(tmp_path, capsys,
+                                                                            monkeypatch):
+    def interrupted_run(config, workdir, *, stop_requested, **_):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while training
+        assert stop_requested()
+        raise TrainingInterrupted(42, "in level 0 dense")
+
+    monkeypatch.setattr(lottery, "run", interrupted_run)
+    assert launch.run_study(make_tiny_config(), str(tmp_path)) == 128 + signal.SIGINT == 130
+    err = capsys.readouterr().err
+    assert "received SIGINT" in err
+    assert "stopped in level 0 dense at global step 42" in err
+    assert "Resume with the same command" in err
