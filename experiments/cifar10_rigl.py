@@ -1,4 +1,4 @@
-"""RigL (dynamic sparse training) on CIFAR-10 ResNets, with an optional KD loss from a dense teacher.
+"""RigL (dynamic sparse training) on CIFAR-10 ResNets, optionally with KD from a dense teacher.
 
     python -m experiments.cifar10_rigl --config.data.dir=PATH/TO/cifar-10-batches-bin \
         --config.model.name=resnet56 --config.dynamic.sparsity=0.9 --config.dynamic.distill=True

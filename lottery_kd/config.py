@@ -262,8 +262,9 @@ def plan_steps(config: Any, train_size: int) -> StepPlan:
     steps_per_epoch = train_size // batch_size
     total = config.train.epochs * steps_per_epoch
     rewind = parse_step_count(config.lottery.rewind, steps_per_epoch)
-    uses_rewind = not config.dynamic.method and config.prune.levels > 0 and any(variants_lib.get(n).uses_rewind_point
-                                                  for n in parse_names(config.lottery.variants))
+    uses_rewind = (not config.dynamic.method and config.prune.levels > 0
+                   and any(variants_lib.get(n).uses_rewind_point
+                           for n in parse_names(config.lottery.variants)))
     if rewind >= total and uses_rewind:
         raise ConfigError(
             f"invalid config:\n  lottery.rewind={config.lottery.rewind!r} is step {rewind}, not "

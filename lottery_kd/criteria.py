@@ -134,7 +134,8 @@ def synflow(params: PyTree, masks: PyTree, fraction: float, *, rng: Optional[jax
     for k in range(1, rounds + 1):
         scores = scores_fn(params, current)
         if distribution == "global":
-            keep_total = int(round(start.sum() * (target.sum() / max(start.sum(), 1)) ** (k / rounds)))
+            keep_total = int(round(start.sum()
+                                   * (target.sum() / max(start.sum(), 1)) ** (k / rounds)))
             keep: Sequence[int] | int = int(target.sum()) if k == rounds else keep_total
         else:
             ratio = np.divide(target, start, out=np.zeros_like(target), where=start > 0)

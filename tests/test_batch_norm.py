@@ -181,7 +181,8 @@ def test_resnet_train_step_with_fused_norm_matches_flax():
 
 
 def test_unknown_norm_impl_is_refused_with_the_allowed_values():
-    with pytest.raises(ValueError, match="model.norm_impl='bogus' is invalid: allowed: flax, fused"):
+    with pytest.raises(ValueError,
+                       match="model.norm_impl='bogus' is invalid: allowed: flax, fused"):
         get_model("resnet20", 10, norm_impl="bogus")
 
 

@@ -1,4 +1,4 @@
-"""Tests for lottery_kd.data: digits splits, the CIFAR-10 binary reader, load_dataset and its errors."""
+"""lottery_kd.data: digits splits, the CIFAR-10 binary reader, load_dataset and its errors."""
 
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def test_digits_splits_are_disjoint_and_cover_everything() -> None:
 def test_digits_is_deterministic_and_ignores_seed_and_validation_size() -> None:
     first = load_dataset("digits", seed=0)
     second = load_dataset("digits", seed=123, validation_size=999, directory="/nonexistent")
-    for field in ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels"):
+    for field in ("train_images", "train_labels", "val_images", "val_labels", "test_images",
+                  "test_labels"):
         assert np.array_equal(getattr(first, field), getattr(second, field)), field
 
 
@@ -161,7 +162,8 @@ def test_cifar_test_split() -> None:
 
 def test_cifar_pixels_match_raw_bytes(cifar_train: tuple[np.ndarray, np.ndarray]) -> None:
     images, labels = cifar_train
-    raw = np.fromfile(CIFAR10_DIR / "data_batch_1.bin", dtype=np.uint8, count=2 * cifar.RECORD_BYTES)
+    raw = np.fromfile(CIFAR10_DIR / "data_batch_1.bin", dtype=np.uint8,
+                      count=2 * cifar.RECORD_BYTES)
     assert labels[0] == raw[0]
     for channel in range(3):
         plane = raw[1 + 1024 * channel : 1 + 1024 * (channel + 1)].reshape(32, 32)
@@ -170,7 +172,8 @@ def test_cifar_pixels_match_raw_bytes(cifar_train: tuple[np.ndarray, np.ndarray]
     assert labels[1] == second_record[0]
     assert np.array_equal(images[1, :, :, 2], second_record[1 + 2048 :].reshape(32, 32))
     # First record of the second file lands at index 10000.
-    raw_batch2 = np.fromfile(CIFAR10_DIR / "data_batch_2.bin", dtype=np.uint8, count=cifar.RECORD_BYTES)
+    raw_batch2 = np.fromfile(CIFAR10_DIR / "data_batch_2.bin", dtype=np.uint8,
+                             count=cifar.RECORD_BYTES)
     assert labels[10000] == raw_batch2[0]
     assert np.array_equal(images[10000, :, :, 0], raw_batch2[1:1025].reshape(32, 32))
 
@@ -199,7 +202,8 @@ def test_cifar_load_dataset_with_validation(
 
 @needs_cifar10
 def test_cifar_split_ignores_run_seed_and_subset(cifar_with_validation: Dataset) -> None:
-    other = load_dataset("cifar10", directory=str(CIFAR10_DIR), validation_size=5000, seed=7, train_subset=5000)
+    other = load_dataset("cifar10", directory=str(CIFAR10_DIR), validation_size=5000, seed=7,
+                         train_subset=5000)
     assert other.train_images.shape == (5000, 32, 32, 3) and other.train_labels.shape == (5000,)
     assert np.array_equal(other.train_labels, cifar_with_validation.train_labels[:5000])
     assert np.array_equal(other.train_images, cifar_with_validation.train_images[:5000])
@@ -219,8 +223,8 @@ def test_fake_correct_size_files_load_as_zeros(fake_cifar_dir: Path) -> None:
 
 
 def test_fake_load_dataset_and_subset(fake_cifar_dir: Path) -> None:
-    ds = load_dataset("cifar10", directory=str(fake_cifar_dir), validation_size=1000, train_subset=300,
-                      verify_checksums=False)
+    ds = load_dataset("cifar10", directory=str(fake_cifar_dir), validation_size=1000,
+                      train_subset=300, verify_checksums=False)
     assert ds.train_images.shape == (300, 32, 32, 3)
     assert ds.val_images.shape == (1000, 32, 32, 3) and ds.test_labels.shape == (10000,)
     assert ds.mean == (0.0, 0.0, 0.0) and ds.std == (0.0, 0.0, 0.0)
@@ -290,15 +294,15 @@ def test_unknown_name_source_and_split(fake_cifar_dir: Path) -> None:
 
     with pytest.raises(DataError) as info:
         cifar.load_local(fake_cifar_dir, "validation")
-    assert "'validation'" in str(info.value) and "'train'" in str(info.value) and "'test'" in str(info.value)
+    assert all(name in str(info.value) for name in ("'validation'", "'train'", "'test'"))
 
 
 def test_train_subset_limits(fake_cifar_dir: Path) -> None:
     with pytest.raises(DataError, match=r"data\.train_subset=1258.*maximum 1257"):
         load_dataset("digits", train_subset=1258)
     with pytest.raises(DataError, match=r"data\.train_subset=45001.*maximum 45000"):
-        load_dataset("cifar10", directory=str(fake_cifar_dir), validation_size=5000, train_subset=45001,
-                     verify_checksums=False)
+        load_dataset("cifar10", directory=str(fake_cifar_dir), validation_size=5000,
+                     train_subset=45001, verify_checksums=False)
     with pytest.raises(DataError, match=r"data\.train_subset"):
         load_dataset("digits", train_subset=-1)
     assert load_dataset("digits", train_subset=1257).train_images.shape[0] == 1257

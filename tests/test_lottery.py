@@ -113,9 +113,10 @@ def test_pruned_weights_are_exactly_zero_in_every_final_snapshot(study):
 def test_kd_rows_differ_from_lt_rows(study):
     by_key = {(r["level"], r["variant"]): r for r in study["rows"]}
     for level in (1, 2):
-        assert by_key[(level, "kd")]["test_accuracy"] != by_key[(level, "lt")]["test_accuracy"] \
-            or by_key[(level, "kd")]["best_val_accuracy"] != by_key[(level, "lt")]["best_val_accuracy"]
-        assert by_key[(level, "kd")]["distill"] and not by_key[(level, "lt")]["distill"]
+        kd_row, lt_row = by_key[(level, "kd")], by_key[(level, "lt")]
+        assert (kd_row["test_accuracy"] != lt_row["test_accuracy"]
+                or kd_row["best_val_accuracy"] != lt_row["best_val_accuracy"])
+        assert kd_row["distill"] and not lt_row["distill"]
     lt, kd = _snapshot(study, "level_1_lt"), _snapshot(study, "level_1_kd")
     assert not _leaves_equal(lt["params"], kd["params"])
 
@@ -150,8 +151,8 @@ def test_variants_start_from_their_weights_and_schedule_step(study):
                 assert call["lr_at_start"] == call["lr_at_end"] == pytest.approx(final_lr)
             else:
                 assert call["num_steps"] == total - start
-                assert call["lr_at_start"] == pytest.approx(base_lr if start < plan.milestone_steps[0]
-                                                            else base_lr * 0.1)
+                expected_lr = base_lr if start < plan.milestone_steps[0] else base_lr * 0.1
+                assert call["lr_at_start"] == pytest.approx(expected_lr)
         reinit = _call(study, level, "reinit")
         assert not _leaves_equal(reinit["params"], masks_lib.apply(init["params"], reinit["masks"]))
 

@@ -97,7 +97,7 @@ def test_create_all_true_bool_with_param_shapes(resnet_params):
         m = masks_lib.create(resnet_params, scope)
         assert jax.tree.structure(m) == jax.tree.structure(resnet_params)
         flat_m = flat_named(m)
-        flat_p = {n: l for n, l in zip(flat_m, jax.tree.leaves(resnet_params))}
+        flat_p = {n: leaf for n, leaf in zip(flat_m, jax.tree.leaves(resnet_params))}
         assert len(flat_m) == len(jax.tree.leaves(resnet_params)) == 65
         for name, leaf in flat_m.items():
             assert leaf is not None

@@ -141,7 +141,8 @@ def test_cifar100_through_tfds_mock_data(monkeypatch, tmp_path):
 
 def test_prepare_command_line_reports_bad_files(tmp_path, capsys):
     from lottery_kd.data import prepare
-    assert prepare.main(["cifar10", "--from", str(tmp_path), "--data-dir", str(tmp_path / "x")]) == 2
+    assert prepare.main(["cifar10", "--from", str(tmp_path),
+                         "--data-dir", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "missing (6)" in err and "data_batch_1.bin" in err
     shutil.rmtree(tmp_path / "x", ignore_errors=True)

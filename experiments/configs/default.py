@@ -17,8 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "resnet20"       # lottery_kd.models.MODEL_NAMES
     config.model.basis = ""              # "" | dct | random: train conv kernels as coefficients
                                          # in that orthonormal basis (masks act on coefficients)
-    config.model.conv_impl = "auto"      # auto | xla | native: how CIFAR ResNets run 3x3 convs; auto
-                                         # = the native CPU kernel on CPU when it builds, else XLA
+    config.model.conv_impl = "auto"      # auto | xla | native: how CIFAR ResNets run 3x3 convs;
+                                         # auto = the native CPU kernel on CPU when it builds,
+                                         # else XLA
     config.model.norm_impl = "fused"     # fused | flax: CIFAR ResNets' BatchNorm + residual + ReLU
                                          # as one op with a hand-written backward pass (the native
                                          # CPU kernel on one CPU device), or nn.BatchNorm
@@ -51,7 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.kd = ml_collections.ConfigDict()
     config.kd.temperature = 5.0
     config.kd.alpha = 0.9                # weight of the distillation term
-    config.kd.reduction = "mean"         # KD-ticket CIFAR code (torch KLDivLoss default); or batchmean
+    config.kd.reduction = "mean"         # as the KD-ticket CIFAR code (torch KLDivLoss's
+                                         # default); or batchmean
     config.kd.stop_epoch = config_dict.placeholder(int)  # plain CE from this epoch on; unset: never
 
     config.prune = ml_collections.ConfigDict()

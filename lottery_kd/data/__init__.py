@@ -1,9 +1,9 @@
 """Classification data sets held in host memory as uint8 NHWC images and int32 labels.
 
-`load_dataset` is the single entry point for in-memory data sets: it reads a data set from a source
-("local" official files or "tfds"), makes the fixed train/validation split, optionally keeps a train
-subset, and records the per-channel train mean/std the trainer normalises with. ImageNet is too large
-for memory and is streamed instead (lottery_kd.data.imagenet).
+`load_dataset` is the single entry point for in-memory data sets: it reads a data set from a
+source ("local" official files or "tfds"), makes the fixed train/validation split, optionally
+keeps a train subset, and records the per-channel train mean/std the trainer normalises with.
+ImageNet is too large for memory and is streamed instead (lottery_kd.data.imagenet).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ CIFAR10_TRAIN_SIZE = cifar.RECORDS_PER_FILE * len(cifar.TRAIN_FILES)
 VALIDATION_SPLIT_SEED = 0  # fixed so the validation split never depends on the run seed
 
 
-@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: field-wise == on numpy arrays is ambiguous
+# eq=False: field-wise == on numpy arrays is ambiguous
+@dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """A classification dataset held in host memory as uint8 images (NHWC) and int32 labels."""
 
@@ -59,9 +60,9 @@ def _read_cifar(name: str, source: str, directory: str, tfds_data_dir: str, tfds
     fmt = cifar.get_format(name)
     if not directory:
         raise DataError(
-            "data.source='local' needs data.dir: set --config.data.dir=PATH to a folder holding the "
-            f"official {name} binary files ({', '.join(fmt.train_files + fmt.test_files)}), or use "
-            "data.source='tfds'.")
+            "data.source='local' needs data.dir: set --config.data.dir=PATH to a folder holding "
+            f"the official {name} binary files "
+            f"({', '.join(fmt.train_files + fmt.test_files)}), or use data.source='tfds'.")
     cifar.check_local(directory, name, verify_checksums=verify_checksums)
     train_images, train_labels = cifar.load_local(directory, "train", name)
     test_images, test_labels = cifar.load_local(directory, "test", name)
@@ -87,7 +88,8 @@ def train_validation_indices(num_train: int, validation_size: int) -> tuple[np.n
     """
     if not 0 <= validation_size < num_train:
         raise DataError(
-            f"data.validation_size={validation_size} is out of range; allowed: 0 <= data.validation_size < {num_train}."
+            f"data.validation_size={validation_size} is out of range; allowed: "
+            f"0 <= data.validation_size < {num_train}."
         )
     if validation_size == 0:
         return np.arange(num_train), np.arange(0)
@@ -102,7 +104,8 @@ def channel_mean_std(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float
     of the images (which for CIFAR-10 would take over a gigabyte).
     """
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"expected non-empty uint8 [N, H, W, C] images, got {images.dtype} {images.shape}")
+        raise ValueError("expected non-empty uint8 [N, H, W, C] images, got "
+                         f"{images.dtype} {images.shape}")
     pixel_values = np.arange(256, dtype=np.float64)
     means, stds = [], []
     for channel in range(images.shape[-1]):
@@ -135,8 +138,9 @@ def load_dataset(
       checked against the official SHA-256s with `verify_checksums`) or "tfds" (tfds.load from
       `tfds_data_dir`, downloading if allowed; records put back in official order). The last
       `validation_size` of a fixed-seed permutation of the 50,000 train images become validation.
-    `train_subset` > 0 keeps the first `train_subset` train images (0 keeps all). `seed` is accepted
-    for a uniform call signature; no split depends on it, so runs with different seeds compare fairly.
+    `train_subset` > 0 keeps the first `train_subset` train images (0 keeps all). `seed` is
+    accepted for a uniform call signature; no split depends on it, so runs with different seeds
+    compare fairly.
     """
     del seed  # every split uses a fixed seed on purpose
     if name not in DATASET_NAMES:
@@ -148,7 +152,8 @@ def load_dataset(
         raise DataError(f"Unknown data.source={source!r}; allowed values: {_allowed(SOURCES)}.")
     source = resolve_source(source, directory)
     if train_subset < 0:
-        raise DataError(f"data.train_subset={train_subset} is negative; use 0 for all train images.")
+        raise DataError(f"data.train_subset={train_subset} is negative; "
+                        "use 0 for all train images.")
 
     if name == "digits":
         train_x, train_y, val_x, val_y, test_x, test_y = digits.load_digits_splits()
@@ -174,7 +179,8 @@ def load_dataset(
 
     if train_subset > len(train_y):
         raise DataError(
-            f"data.train_subset={train_subset} is larger than the {name} train set; maximum {len(train_y)}."
+            f"data.train_subset={train_subset} is larger than the {name} train set; "
+            f"maximum {len(train_y)}."
         )
     if train_subset:
         # copy, so the full train arrays can be freed rather than kept alive behind a view

@@ -46,7 +46,8 @@ class CifarFormat:
 
     def split_files(self, split: str) -> tuple[str, ...]:
         if split not in ("train", "test"):
-            raise DataError(f"Unknown {self.name} split {split!r}; allowed values: 'train', 'test'.")
+            raise DataError(f"Unknown {self.name} split {split!r}; "
+                            "allowed values: 'train', 'test'.")
         return self.train_files if split == "train" else self.test_files
 
 

@@ -1,4 +1,4 @@
-"""scikit-learn's bundled 8x8 handwritten digits, split into fixed train/val/test sets (no download)."""
+"""scikit-learn's bundled 8x8 handwritten digits in fixed train/val/test splits (no download)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ SPLIT_SEED = 0  # fixed so the split never depends on the run seed
 
 
 def digits_split_indices(num_examples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (train, val, test) index arrays: a fixed permutation, test first, then val, then train."""
+    """(train, val, test) index arrays: a fixed permutation, test first, then val, then train."""
     order = np.random.default_rng(SPLIT_SEED).permutation(num_examples)
     test = order[:NUM_TEST]
     val = order[NUM_TEST:NUM_TEST + NUM_VALIDATION]
@@ -18,7 +18,8 @@ def digits_split_indices(num_examples: int) -> tuple[np.ndarray, np.ndarray, np.
     return train, val, test
 
 
-def load_digits_splits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load_digits_splits() -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                  np.ndarray, np.ndarray, np.ndarray]:
     """Load the digits as uint8 [N, 8, 8, 1] (values 0..16, not rescaled) and int32 labels.
 
     Returns (train_x, train_y, val_x, val_y, test_x, test_y) with 1257 / 180 / 360 examples.

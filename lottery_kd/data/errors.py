@@ -1,4 +1,4 @@
-"""The data package's user-facing error type, kept in its own module so every loader can import it."""
+"""The data package's user-facing error type, in its own module so every loader can import it."""
 
 
 class DataError(ValueError):

@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="local_dir", required=True,
                         help="folder of the official binary files (cifar-10-batches-bin)")
     parser.add_argument("--data-dir", default="",
-                        help="tfds data_dir to prepare into (default: tfds's, ~/tensorflow_datasets)")
+                        help="tfds data_dir to prepare into "
+                             "(default: tfds's, ~/tensorflow_datasets)")
     args = parser.parse_args(argv)
     try:
         path = prepare_from_local(args.name, args.local_dir, args.data_dir or None)

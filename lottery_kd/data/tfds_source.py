@@ -1,4 +1,5 @@
-"""tensorflow-datasets as a data source, and offline preparation of tfds CIFAR from the official files.
+"""tensorflow-datasets as a data source, and offline preparation of tfds CIFAR from the official
+binary files.
 
 `tfds.load("cifar10")` downloads the archive on a connected machine. Offline, prepare the same
 dataset once from a folder of the official binary files:
@@ -41,7 +42,8 @@ def _import_tfds():
 
 def prepare_command(name: str, data_dir: Optional[str]) -> str:
     target = f" --data-dir {data_dir}" if data_dir else ""
-    return f"python -m lottery_kd.data.prepare {name} --from PATH/TO/{cifar.get_format(name).folder}{target}"
+    folder = cifar.get_format(name).folder
+    return f"python -m lottery_kd.data.prepare {name} --from PATH/TO/{folder}{target}"
 
 
 class _LocalFiles:
@@ -80,7 +82,8 @@ def prepare_from_local(name: str, local_dir: str, data_dir: Optional[str] = None
     written if one fails. Returns the prepared dataset folder. Already prepared: nothing to do.
     """
     if name not in TFDS_CIFAR_NAMES:
-        raise DataError(f"Offline preparation supports {', '.join(TFDS_CIFAR_NAMES)}, not {name!r}.")
+        raise DataError(f"Offline preparation supports {', '.join(TFDS_CIFAR_NAMES)}, "
+                        f"not {name!r}.")
     cifar.check_local(local_dir, name, verify_checksums=True)
     builder = _builder_from_local_files(name, local_dir, data_dir)
     if not builder.is_prepared():
@@ -91,7 +94,8 @@ def prepare_from_local(name: str, local_dir: str, data_dir: Optional[str] = None
 
 
 def _check_reachable(url: Optional[str], timeout: float = 5.0) -> None:
-    """Fail in seconds, not after tfds's minutes of retries, when the archive's host is out of reach."""
+    """Fail in seconds, not after tfds's minutes of retries, when the archive's host is out of
+    reach."""
     if not url:
         return
     parsed = urllib.parse.urlparse(url)
