@@ -15,6 +15,11 @@ from lottery_kd.train import Distillation, Trainer, init_variables
 from tests.conftest import make_tiny_config
 
 
+def _leaves_equal(a, b) -> bool:
+    return all(np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 def _tiny_tree():
     rng = np.random.default_rng(0)
     params = {"conv": {"kernel": jnp.asarray(rng.standard_normal((3, 3, 2, 4)), jnp.float32)},
@@ -150,6 +155,48 @@ def test_rigl_with_kd_on_digits_at_80_percent_stays_within_2_points_of_dense(tmp
     final = run.snapshots.restore("level_1_rigl_kd", run._template())
     assert masks_lib.count(final["masks"])[0] == rigl["remaining_weights"]
     assert results.read_rows(tmp_path / "results.jsonl") == rows
+
+
+def test_set_with_uniform_layers_and_sparse_init_runs_through_a_study(tmp_path, monkeypatch):
+    """SET, a uniform layer-wise distribution and the sparse-aware start, end to end: the run
+    starts from sparse_aware_init(init, its random mask), without a teacher, each in-scope layer
+    at the same density; the masks move and keep every layer's count."""
+    config = make_tiny_config()
+    config.dynamic.method = "set"
+    config.dynamic.distribution = "uniform"
+    config.dynamic.init = "sparse"
+    config.dynamic.sparsity = 0.7
+    config.dynamic.delta_t = 5
+    starts, original = [], Trainer.fit
+
+    def record(trainer, state, masks, **kwargs):
+        starts.append((jax.device_get(state.params), jax.device_get(masks),
+                       kwargs.get("teacher"), kwargs.get("mask_update")))
+        return original(trainer, state, masks, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", record)
+    run = lottery.LotteryRun(config, tmp_path, log=lambda *_: None)
+    rows = run.run()
+    assert [(r["level"], r["variant"]) for r in rows] == [(0, "dense"), (1, "set_sparse_init")]
+    params, masks, teacher, update = starts[1]
+    assert teacher is None and update.method == "set" and update.delta_t == 5
+    init = run._load("init")
+    expected_masks = pruning.get("random")(
+        init["params"], init["masks"], 0.7, rng=lottery._derived_key(config.seed, "dynamic",
+                                                                     "masks"),
+        scope=run.scope, distribution="uniform")
+    assert _leaves_equal(masks, expected_masks)
+    expected = sparse_init.sparse_aware_init(
+        init["params"], masks, lottery._derived_key(config.seed, "dynamic", "sparse_init"),
+        scope=run.scope)
+    assert _leaves_equal(params, expected) and not _leaves_equal(params, init["params"])
+    start_counts = masks_lib.layer_counts(masks, run.scope)
+    densities = [kept / total for kept, total in start_counts.values()]
+    assert len(densities) >= 2 and max(densities) - min(densities) < 0.02, start_counts
+    final = run.snapshots.restore("level_1_set_sparse_init", run._template())
+    assert masks_lib.layer_counts(final["masks"], run.scope) == start_counts  # same count in every layer
+    assert not _leaves_equal(final["masks"], masks)  # SET moved them
+    assert rows[1]["sparsity"] == pytest.approx(0.7, abs=0.01)
 
 
 # --------------------------------------------------------------------------------------------
