@@ -1,12 +1,16 @@
 """Prints the tables docs/results.md quotes, from the committed results.jsonl files alone.
 
     python docs/results/tables.py [STUDY_DIR ...]
+    python docs/results/tables.py --follow-up FOLLOW_UP_STUDY_DIR BASE_STUDY_DIR
 
 STUDY_DIR defaults to docs/results/cpu_resnet20_15ep/resnet20_15ep_seed*. For each study: test
 accuracy (%) at the end of training and, in brackets, at the best-validation epoch. Then, over
 the studies, paired differences (within a seed: same mask, teacher and data order) in points, at
 best validation and at the end, each seed's value and their mean; and the seed-to-seed spread of
 every cell that more than one study has. The seed is read from each study's config.json.
+
+--follow-up: a study that repeats some variants of a base study with one setting changed (e.g.
+run_cpu_kd_stop.sh), each of its rows minus the base's rows, paired within the seed.
 """
 
 import glob
@@ -81,8 +85,46 @@ def seed_spread(studies: dict) -> None:
               f"  end std {statistics.stdev(end):.2f}  end range {max(end) - min(end):.2f}")
 
 
-def main(paths: list[str]) -> None:
-    studies = dict(sorted(load_study(path) for path in paths))
+def follow_up(follow_path: str, base_path: str) -> None:
+    """A follow-up study (same seed, protocol changed in one setting) against its base study:
+    both dense rows, its own rows, and each of its rows minus the base's rows at the same
+    sparsity (the base's twin of the same variant first), in points."""
+    (follow_seed, follow), (base_seed, base) = load_study(follow_path), load_study(base_path)
+    if follow_seed != base_seed:
+        sys.exit(f"error: {follow_path} has seed {follow_seed}, {base_path} seed {base_seed}; "
+                 "a follow-up pairs with the study of its own seed")
+    dense = [100 * rows[(0.0, "dense")]["test_accuracy"] for rows in (follow, base)]
+    print(f"Dense (end): follow-up {dense[0]:.2f}, base {dense[1]:.2f} "
+          f"({'identical' if dense[0] == dense[1] else 'DIFFERENT: not paired'})")
+    print(f"\nFollow-up {follow_path}: test accuracy (%) at the end (at best validation)")
+    accuracy_table(follow)
+    for metric, label in METRICS:
+        print(f"\nFollow-up minus base (points), test accuracy at {label}:")
+        print("| sparsity % | follow-up variant | − base twin | − base lt | − base weight_rewind "
+              "| − base lr_rewind |")
+        print("|---" * 6 + "|")
+        for (sparsity, variant), row in sorted(follow.items()):
+            if variant == "dense":
+                continue
+            cells = [f"{100 * (row[metric] - base[(sparsity, other)][metric]):+.2f}"
+                     if (sparsity, other) in base else ""
+                     for other in (variant, "lt", "weight_rewind", "lr_rewind")]
+            print(f"| {sparsity:.2f} | {variant} | " + " | ".join(cells) + " |")
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--follow-up"]:
+        if len(argv) != 3:
+            sys.exit("usage: tables.py --follow-up FOLLOW_UP_STUDY BASE_STUDY")
+        follow_up(argv[1], argv[2])
+        return
+    paths = argv or sorted(glob.glob("docs/results/cpu_resnet20_15ep/resnet20_15ep_seed*"))
+    loaded = [load_study(path) for path in paths]
+    seeds = [seed for seed, _ in loaded]
+    if len(set(seeds)) != len(seeds):
+        sys.exit(f"error: two studies share a seed ({seeds}); pass one study per seed, or use "
+                 "--follow-up for a variant of a study")
+    studies = dict(sorted(loaded))
     for seed, rows in studies.items():
         print(f"\nSeed {seed}: test accuracy (%) at the end (at best validation)")
         accuracy_table(rows)
@@ -91,4 +133,4 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or sorted(glob.glob("docs/results/cpu_resnet20_15ep/resnet20_15ep_seed*")))
+    main(sys.argv[1:])
