@@ -6,8 +6,9 @@
 STUDY_DIR defaults to docs/results/cpu_resnet20_15ep/resnet20_15ep_seed*. For each study: test
 accuracy (%) at the end of training and, in brackets, at the best-validation epoch. Then, over
 the studies, paired differences (within a seed: same mask, teacher and data order) in points, at
-best validation and at the end, each seed's value and their mean; and the seed-to-seed spread of
-every cell that more than one study has. The seed is read from each study's config.json.
+best validation and at the end, each seed's value and their mean; each cell minus its seed's
+dense network; and the seed-to-seed spread of every cell that more than one study has. The seed
+is read from each study's config.json.
 
 --follow-up: a study that repeats some variants of a base study with one setting changed (e.g.
 run_cpu_kd_stop.sh), each of its rows minus the base's rows, paired within the seed.
@@ -71,6 +72,23 @@ def paired_differences(studies: dict) -> None:
             print(f"| {sparsity:.2f} | " + " | ".join(cells) + " |")
 
 
+def against_dense(studies: dict) -> None:
+    """Each sparse cell minus its own seed's dense network (same init and data order)."""
+    sparsities = sorted({s for rows in studies.values() for s, v in rows if v != "dense"})
+    print("\nMinus the seed's dense network (points), test accuracy at best validation; "
+          "seeds " + ", ".join(map(str, studies)) + ":")
+    print("| sparsity % | " + " | ".join(VARIANTS) + " |")
+    print("|---" * (len(VARIANTS) + 1) + "|")
+    for sparsity in sparsities:
+        cells = []
+        for variant in VARIANTS:
+            values = [100 * (rows[(sparsity, variant)]["test_accuracy_at_best_val"]
+                             - rows[(0.0, "dense")]["test_accuracy_at_best_val"])
+                      for rows in studies.values() if (sparsity, variant) in rows]
+            cells.append(" / ".join(f"{v:+.2f}" for v in values))
+        print(f"| {sparsity:.2f} | " + " | ".join(cells) + " |")
+
+
 def seed_spread(studies: dict) -> None:
     cells = sorted({key for rows in studies.values() for key in rows})
     print("\nSeed-to-seed spread of the cells more than one seed has (points): "
@@ -129,6 +147,7 @@ def main(argv: list[str]) -> None:
         print(f"\nSeed {seed}: test accuracy (%) at the end (at best validation)")
         accuracy_table(rows)
     paired_differences(studies)
+    against_dense(studies)
     seed_spread(studies)
 
 
