@@ -194,7 +194,7 @@ def test_set_with_uniform_layers_and_sparse_init_runs_through_a_study(tmp_path, 
     densities = [kept / total for kept, total in start_counts.values()]
     assert len(densities) >= 2 and max(densities) - min(densities) < 0.02, start_counts
     final = run.snapshots.restore("level_1_set_sparse_init", run._template())
-    assert masks_lib.layer_counts(final["masks"], run.scope) == start_counts  # same count in every layer
+    assert masks_lib.layer_counts(final["masks"], run.scope) == start_counts  # every layer
     assert not _leaves_equal(final["masks"], masks)  # SET moved them
     assert rows[1]["sparsity"] == pytest.approx(0.7, abs=0.01)
 
