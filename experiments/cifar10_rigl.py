@@ -5,8 +5,9 @@
 
 The dense network is trained first (level 0: the teacher, and the baseline row); then one RigL run
 from init at dynamic.sparsity with ERK layer densities, masks updated every 100 steps (drop
-fraction 0.3, cosine-decayed, updates until 75% of training). The training recipe is the CIFAR
-one of experiments.cifar10_resnet20 (182 epochs, batch 128, lr 0.1). Any model by
+fraction 0.3, cosine-decayed, updates until 75% of training). The training recipe is the KD-ticket
+release's CIFAR one (lottery_kd.config.defaults: 182 epochs, batch 128, lr 0.1, x0.1 after epochs
+90 and 135, 45k/5k train/validation); no paper's protocol is named (`protocol=""`). Any model by
 --config.model.name; SET by --config.dynamic.method=set; sparse-aware init by
 --config.dynamic.init=sparse.
 """
@@ -15,12 +16,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import default
+from lottery_kd.config import protocols
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
-    config.model.name = "resnet20"
+    config = protocols.experiment_config(protocols.NONE, dataset="cifar10", network="resnet20")
     config.dynamic.method = "rigl"
     config.dynamic.sparsity = 0.9
     config.dynamic.distribution = "erk"

@@ -1,11 +1,18 @@
-"""Shared command line: --workdir and --config.KEY=VALUE overrides, then run the study."""
+"""Shared command line: --workdir and --config.KEY=VALUE overrides, then run the study.
+
+`--config.protocol=NAME` switches the experiment to another protocol (lottery_kd.config.
+protocols): the experiment's config is rebuilt for it, then every other --config.KEY=VALUE is
+applied on top. A misspelt key or a value of the wrong type is refused in one line (exit 2).
+"""
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import shlex
 import signal
 import sys
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import ml_collections
 from absl import app, flags, logging
@@ -88,19 +95,95 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> int:
     return 0
 
 
-def main_for(get_config: Callable[[], ml_collections.ConfigDict], default_workdir: str) -> None:
+def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            keys += _flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def unknown_config_key(argv: Sequence[str], config: ml_collections.ConfigDict) -> Optional[str]:
+    """One line naming the first --config.KEY in `argv` that `config` lacks, and the closest
+    key it has; None when every key exists."""
+    known = _flat_keys(config)
+    for arg in argv[1:]:
+        if not arg.startswith("--config."):
+            continue
+        key = arg[len("--config."):].split("=", 1)[0]
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        nearest = close or difflib.get_close_matches(key, known, n=1, cutoff=0.0)
+        hint = (f"did you mean --config.{close[0]}?" if close else
+                f"the closest setting is --config.{nearest[0]} (all of them: "
+                "lottery_kd/config/defaults.py)")
+        return f"--config.{key}: no such setting; {hint}"
+    return None
+
+
+def _protocol_parameter(get_config: Callable[..., ml_collections.ConfigDict]) -> bool:
+    return "protocol" in inspect.signature(get_config).parameters
+
+
+def resolve_protocol(get_config: Callable[..., ml_collections.ConfigDict],
+                     parsed: ml_collections.ConfigDict,
+                     overrides: dict) -> ml_collections.ConfigDict:
+    """The config to run: `parsed` as is, or, when --config.protocol chose another protocol,
+    the experiment's config for that protocol with every other override applied on top.
+    ConfigError for a protocol the experiment cannot switch to."""
+    from lottery_kd.config import ConfigError
+    if "protocol" not in overrides or overrides["protocol"] == get_config().protocol:
+        return parsed
+    name = overrides["protocol"]
+    if not _protocol_parameter(get_config):
+        raise ConfigError(f"invalid config:\n  protocol={name!r} is invalid: this experiment "
+                          "has its own settings and no protocols to switch to; use "
+                          "experiments.cifar10_resnet20/56/110 or imagenet_resnet50")
+    try:
+        config = get_config(protocol=name)
+    except ValueError as error:
+        raise ConfigError(f"invalid config:\n  {error}") from None
+    config.update_from_flattened_dict({key: value for key, value in overrides.items()
+                                       if key != "protocol"})
+    return config
+
+
+def main_for(get_config: Callable[..., ml_collections.ConfigDict], default_workdir: str) -> None:
     """Define the flags for `get_config()` and run `lottery_kd.lottery.run` under absl."""
     from lottery_kd.malloc_tuning import reexec_with_malloc_tuning
     reexec_with_malloc_tuning()  # keeps XLA:CPU's step buffers mapped (results unchanged)
+    problem = unknown_config_key(sys.argv, get_config())  # config_flags reads argv right here
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     config_flags.DEFINE_config_dict("config", get_config(), "experiment config (see get_config)")
     flags.DEFINE_string("workdir", default_workdir, "where results and checkpoints go; "
                         "rerunning the same command there resumes")
 
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(argv)
+        except (flags.Error, ValueError, TypeError, AttributeError) as error:
+            print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+            sys.exit(2)
+
     def main(argv):
+        from lottery_kd.config import ConfigError
         if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+            print(f"error: unexpected arguments: {' '.join(argv[1:])} (settings are given as "
+                  "--config.KEY=VALUE)", file=sys.stderr)
+            sys.exit(2)
         if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
             logging.set_verbosity(logging.WARNING)
-        sys.exit(run_study(flags.FLAGS.config, flags.FLAGS.workdir))
+        try:
+            config = resolve_protocol(get_config, flags.FLAGS.config,
+                                      config_flags.get_override_values(flags.FLAGS["config"]))
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(run_study(config, flags.FLAGS.workdir))
 
-    app.run(main)
+    app.run(main, flags_parser=parse)

@@ -1,4 +1,4 @@
-"""Losses (contract: distillation in ../shared/DESIGN.md)."""
+"""Losses: cross-entropy and the distillation loss of the KD ticket."""
 
 from __future__ import annotations
 

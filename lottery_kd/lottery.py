@@ -13,10 +13,10 @@ config in the same workdir is refused, naming the keys that differ.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
+import shlex
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -25,6 +25,9 @@ import jax
 import numpy as np
 
 from lottery_kd import config as config_lib
+from lottery_kd.config import identity, protocols
+from lottery_kd.config.identity import (ADDED_KEYS, COSMETIC_KEYS,  # noqa: F401  (re-exported)
+                                        canonical_settings, config_digest, config_to_dict)
 from lottery_kd import masks as masks_lib, optim, pruning, results, variants as variants_lib
 from lottery_kd.checkpoints import CheckpointError, ResumeStore, SnapshotStore
 from lottery_kd.environment import read_starts, record_start
@@ -42,23 +45,6 @@ from lottery_kd.train import (Distillation, NonFiniteLossError, Progress, Traine
 
 PyTree = Any
 DENSE = "dense"
-# Keys that change no result: how a run is shown or checkpointed, how the work is spread over
-# devices and processes (a run may resume on another machine), and which one-shot levels run
-# (each level's rows are the same whichever others run).
-COSMETIC_KEYS = ("log.progress", "log.tensorboard", "parallel.distributed",
-                 "parallel.coordinator_address", "parallel.num_processes", "parallel.process_id",
-                 "parallel.coordinator_bind_address", "parallel.num_cpu_devices",
-                 "checkpoint.every_steps", "checkpoint.keep", "prune.first_level")
-
-# Settings added after studies may have started, with the value that reproduces what ran before
-# they existed. A saved config without the key reads as that value, and at that value the key
-# is left out of the config digest (stored in every checkpoint), so older workdirs still resume.
-ADDED_KEYS = {"model.norm_impl": "flax"}
-
-
-def canonical_settings(flat: dict[str, Any]) -> dict[str, Any]:
-    """A flattened config without its added keys at their pre-existing values."""
-    return {k: v for k, v in flat.items() if not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
 
 
 class WorkdirConfigMismatch(ValueError):
@@ -69,19 +55,20 @@ class WorkdirError(OSError):
     """The workdir cannot be created or written."""
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def config_to_dict(config: Any) -> dict:
-    """A config (ml_collections) as the plain JSON dict written to config.json."""
-    return json.loads(config.to_json_best_effort(sort_keys=True))
+def _resume_flags(saved: dict, current: dict) -> str:
+    """The --config flags that turn the `current` config into the `saved` one (repeated until
+    no key differs: setting one key can bring out another, e.g. a validation split that only
+    matters once data.validation_size is set back)."""
+    saved_flat, current_flat = identity.flatten(saved), identity.flatten(current)
+    chosen: dict[str, Any] = {}
+    for _ in range(10):
+        merged = {**current_flat, **chosen}
+        keys = identity.differing_keys(saved, identity.unflatten(merged))
+        if not keys:
+            break
+        chosen.update({key: identity.setting(saved_flat, key) for key in keys})
+    return " ".join(shlex.quote(f"--config.{key}={'' if value is None else value}")
+                    for key, value in sorted(chosen.items()))
 
 
 def prepare_workdir(workdir: Path, config: Any, *, write: bool = True) -> None:
@@ -97,43 +84,25 @@ def prepare_workdir(workdir: Path, config: Any, *, write: bool = True) -> None:
                            "choose another --workdir or fix its permissions or free space") \
             from None
     path = workdir / "config.json"
-    current = config_to_dict(config)
+    current = identity.config_to_dict(config)
     if path.exists():
-        saved = canonical_settings(_flatten(json.loads(path.read_text())))
-        now = canonical_settings(_flatten(current))
-
-        def value(settings: dict, key: str) -> Any:
-            return settings.get(key, ADDED_KEYS.get(key, "<unset>"))
-        differing = [key for key in sorted(set(saved) | set(now))
-                     if key not in COSMETIC_KEYS and value(saved, key) != value(now, key)]
+        saved = identity.read_saved(path)
+        differing = identity.differing_keys(saved, current)
         if differing:
-            lines = [f"  {k}: {value(saved, k)!r} in the workdir, {value(now, k)!r} now"
-                     for k in differing]
+            saved_flat = identity.flatten(saved)
+            now_flat = identity.flatten(current)
+            lines = [f"  {k}: {identity.setting(saved_flat, k)!r} in the workdir, "
+                     f"{identity.setting(now_flat, k)!r} now" for k in differing]
             raise WorkdirConfigMismatch(
                 f"{workdir} holds a run with a different config:\n" + "\n".join(lines) +
-                "\nUse another --workdir, or rerun with the saved settings to resume.")
+                "\nUse another --workdir, or rerun with the saved settings to resume: "
+                + _resume_flags(saved, current))
         return
     if not write:
         return
     temporary = path.with_name("config.json.tmp")
     temporary.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
     os.replace(temporary, path)
-
-
-def _merge_into(base: dict, saved: dict) -> None:
-    """Overwrite `base` with `saved`, key by key into nested dicts."""
-    for key, value in saved.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge_into(base[key], value)
-        else:
-            base[key] = value
-
-
-def config_digest(config: Any) -> str:
-    """sha256 of the settings that decide results (cosmetic and placement keys left out)."""
-    flat = {k: v for k, v in canonical_settings(_flatten(config_to_dict(config))).items()
-            if k not in COSMETIC_KEYS}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class TrainingFailed(RuntimeError):
@@ -236,7 +205,8 @@ class LotteryRun:
                  f"{self.plan.steps_per_epoch} steps/epoch, {self.plan.total_steps} steps, "
                  f"rewind step {self.plan.rewind_step}, LR drops at steps "
                  f"{list(self.plan.milestone_steps)}; {self.parallel.device_count} device(s) in "
-                 f"{self.parallel.process_count} process(es); workdir {self.workdir}")
+                 f"{self.parallel.process_count} process(es); workdir {self.workdir}\n"
+                 f"{protocols.describe(config)}")
 
     def make_trainer(self, data) -> Trainer:
         """A trainer with this study's model, optimizer, distillation and device layout, over
@@ -252,16 +222,7 @@ class LotteryRun:
         """The study in `workdir`, rebuilt from its config.json (for analysis tools). Keys added
         since the study began read as their values from before (ADDED_KEYS, as on resume), or
         else as their defaults; the study's plan.json and environment.jsonl are left alone."""
-        import ml_collections
-        from experiments.configs import default
-        path = Path(workdir) / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{workdir} holds no study: config.json is missing")
-        defaults = default.get_config()
-        defaults.update_from_flattened_dict(ADDED_KEYS)
-        settings = defaults.to_dict()
-        _merge_into(settings, json.loads(path.read_text()))
-        return cls(ml_collections.ConfigDict(settings), workdir, log=log, record=False)
+        return cls(identity.load_saved(workdir), workdir, log=log, record=False)
 
     # ---- snapshots -------------------------------------------------------------------------
     def _template(self) -> PyTree:
@@ -365,7 +326,8 @@ class LotteryRun:
         if main:
             results.append_row(self.results_path, row)
             results.write_summary(self.workdir, results.read_rows(self.results_path),
-                                  f"{self.config.model.name} on {self.config.data.name}")
+                                  f"{self.config.model.name} on {self.config.data.name}",
+                                  protocols.describe(self.config))
         self.parallel.barrier(f"row {tag}")
         if main:
             resume.delete_all()  # the final snapshot and the row now stand for this run
@@ -549,7 +511,8 @@ class LotteryRun:
         rows = results.read_rows(self.results_path)
         if self.parallel.is_main:
             results.write_summary(self.workdir, rows,
-                                  f"{self.config.model.name} on {self.config.data.name}")
+                                  f"{self.config.model.name} on {self.config.data.name}",
+                                  protocols.describe(self.config))
         self.snapshots.close()
         return rows
 

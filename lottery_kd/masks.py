@@ -1,4 +1,4 @@
-"""Mask pytrees (contract: masks in ../shared/DESIGN.md).
+"""Mask pytrees: boolean trees with the structure of the params they prune.
 
 A mask tree has the structure of `params`; every leaf is a boolean array of its parameter's shape.
 Prunable leaves (chosen by a named scope or a predicate on the path) carry the pattern; all other
@@ -18,7 +18,7 @@ PyTree = Any
 # A predicate gets the parameter's path ("stage1_block1/conv1/kernel") and its shape.
 ScopePredicate = Callable[[str, tuple], bool]
 Scope = Union[str, ScopePredicate]
-SCOPES: tuple[str, ...] = ("conv", "conv_fc")
+SCOPES: tuple[str, ...] = ("conv", "conv_no_shortcut", "conv_fc")
 
 
 def path_name(path: tuple) -> str:
@@ -36,8 +36,11 @@ def check_scope(scope: Scope) -> None:
 def is_prunable(name: str, shape: tuple, scope: Scope = "conv") -> bool:
     """Whether the parameter `name` with `shape` is in `scope`.
 
-    `conv`: every convolution kernel (4-D `kernel`: stem, blocks and 1x1 shortcuts).
-    `conv_fc`: those plus dense kernels (2-D `kernel`). Biases, BatchNorm scales/offsets: never.
+    `conv`: every convolution kernel (4-D `kernel`: stem, blocks and 1x1 shortcuts; the
+    KD-ticket release). `conv_no_shortcut`: the same without the projection shortcuts (modules
+    named `shortcut*`; Renda et al.'s code prunes only tensors named conv*). `conv_fc`: every
+    convolution kernel plus dense kernels (2-D `kernel`; open_lth). Biases, BatchNorm
+    scales/offsets: never.
     """
     check_scope(scope)
     leaf_name = name.rsplit("/", 1)[-1]
@@ -45,6 +48,9 @@ def is_prunable(name: str, shape: tuple, scope: Scope = "conv") -> bool:
         return False
     if callable(scope):
         return bool(scope(name, tuple(shape)))
+    if scope == "conv_no_shortcut":
+        return len(shape) == 4 and not any(part.startswith("shortcut")
+                                           for part in name.split("/")[:-1])
     return len(shape) == 4 or (scope == "conv_fc" and len(shape) == 2)
 
 

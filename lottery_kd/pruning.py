@@ -1,4 +1,4 @@
-"""Masking functions behind a registry (contract: masking functions in ../shared/DESIGN.md).
+"""Masking functions behind a registry: pure functions (params, masks, fraction) -> new masks.
 
 A masking function is pure:
 
@@ -242,7 +242,7 @@ def random_pruning(params: PyTree, masks: PyTree, fraction: float, *,
                            distribution=context.get("distribution", "global"))
 
 
-@register("magnitude_filter", distributions=("global",), scopes=("conv",))
+@register("magnitude_filter", distributions=("global",), scopes=("conv", "conv_no_shortcut"))
 def magnitude_filter(params: PyTree, masks: PyTree, fraction: float, *,
                      rng: Optional[jax.Array] = None, scope: masks_lib.Scope = "conv",
                      **context: Any) -> PyTree:

@@ -109,13 +109,15 @@ def _percent(value: Optional[float]) -> str:
         else f"{100 * value:.2f}"
 
 
-def summary_markdown(rows: Iterable[dict], title: str = "Results") -> str:
-    """A markdown table: one line per level, a column per variant (final / at-best-val test acc)."""
+def summary_markdown(rows: Iterable[dict], title: str = "Results", note: str = "") -> str:
+    """A markdown table: one line per level, a column per variant (final / at-best-val test acc).
+
+    `note` (e.g. the protocol and the settings that differ from it) goes under the title."""
     rows = list(rows)
     variants = list(dict.fromkeys(r["variant"] for r in rows if r["level"] > 0))
     levels = sorted({r["level"] for r in rows})
     by_key = {(r["level"], r["variant"]): r for r in rows}
-    lines = [f"# {title}", "",
+    lines = [f"# {title}", ""] + ([note, ""] if note else []) + [
              "Test accuracy (%) at the end of training; in brackets, at the epoch of best "
              "validation accuracy (when a validation split exists).", ""]
     dense = [r for r in rows if r["level"] == 0]
@@ -140,27 +142,42 @@ def summary_markdown(rows: Iterable[dict], title: str = "Results") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(workdir: str | os.PathLike, rows: list[dict], title: str) -> None:
+def write_summary(workdir: str | os.PathLike, rows: list[dict], title: str,
+                  note: str = "") -> None:
     """Rewrite summary.md and accuracy_vs_sparsity.png from all rows so far (atomically)."""
     workdir = Path(workdir)
-    write_atomic(workdir / "summary.md", summary_markdown(rows, title))
+    write_atomic(workdir / "summary.md", summary_markdown(rows, title, note))
     plot_accuracy_vs_sparsity(rows, workdir / "accuracy_vs_sparsity.png", title)
 
 
-def plot_accuracy_vs_sparsity(rows: list[dict], path: str | os.PathLike, title: str) -> None:
-    """Test accuracy vs density (log axis, sparsity labels), one line per variant, dense dashed."""
+def variant_points(rows: Iterable[dict], variant: str) -> list[tuple[float, float]]:
+    """(density, test accuracy %) of `variant` in plotting order: the dense point (level 0, if
+    any) first, then the pruned rows by decreasing density, so the line never doubles back."""
+    rows = list(rows)
+    dense = [(1.0, 100 * r["test_accuracy"]) for r in rows if r["level"] == 0][:1]
+    pruned = sorted(((1 - r["sparsity"], 100 * r["test_accuracy"]) for r in rows
+                     if r["variant"] == variant and r["level"] > 0), reverse=True)
+    return dense + pruned
+
+
+def plot_accuracy_vs_sparsity(rows: list[dict], path: str | os.PathLike,
+                              title: str) -> dict[str, list[tuple[float, float]]]:
+    """Test accuracy vs density (log axis, sparsity labels), one line per variant, dense dashed.
+
+    Returns {variant: [(x, y)]} read back from the drawn lines, for tests."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
     dense = [r for r in rows if r["level"] == 0]
+    drawn = {}
     for variant in dict.fromkeys(r["variant"] for r in rows if r["level"] > 0):
-        points = sorted((1 - r["sparsity"], 100 * r["test_accuracy"]) for r in rows
-                        if r["variant"] == variant and r["level"] > 0)
-        if dense:
-            points = [(1.0, 100 * dense[0]["test_accuracy"])] + points
-        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=variant)
+        points = variant_points(rows, variant)
+        line, = axes.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                          label=variant)
+        drawn[variant] = [(float(x), float(y)) for x, y in zip(line.get_xdata(),
+                                                                line.get_ydata())]
     if dense:
         axes.axhline(100 * dense[0]["test_accuracy"], color="gray", linestyle="--",
                      label="dense")
@@ -181,3 +198,4 @@ def plot_accuracy_vs_sparsity(rows: list[dict], path: str | os.PathLike, title: 
     figure.savefig(temporary)
     plt.close(figure)
     os.replace(temporary, path)
+    return drawn

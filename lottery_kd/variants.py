@@ -1,4 +1,4 @@
-"""Retrain variants as data (contract: retrain variants are data in ../shared/DESIGN.md).
+"""Retrain variants as data: each is a small record, registered by name.
 
 A variant says where its weights start, where its learning-rate schedule starts, and whether it
 distils from the dense teacher. How long it trains follows from the schedule start: from step s0

@@ -38,11 +38,14 @@ def pytest_unconfigure(config):
 
 
 def make_tiny_config():
-    """The quickstart shrunk to seconds: 2 epochs, 2 levels, all eight variants."""
+    """The quickstart shrunk to seconds: 2 epochs, 2 iterative levels, all eight variants."""
     from experiments import quickstart
     config = quickstart.get_config()
     config.train.epochs = 2
+    config.prune.schedule = "iterative"  # the tests follow chains of 20 % per level
+    config.prune.fraction = 0.2
     config.prune.levels = 2
+    config.prune.first_level = 1
     config.lottery.variants = "lt,reinit,weight_rewind,lr_rewind,finetune,kd,kd_rewind,kd_lr_rewind"
     config.lottery.rewind = "1ep"
     config.log.progress = "lines"

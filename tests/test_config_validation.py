@@ -37,6 +37,28 @@ def test_quickstart_config_is_valid():
     config_lib.validate(quickstart.get_config())
 
 
+def test_first_level_needs_the_oneshot_schedule():
+    config = make_config(prune__schedule="iterative", prune__first_level=2)
+    with pytest.raises(ConfigError, match="unless prune.schedule=oneshot"):
+        config_lib.validate(config)
+
+
+@pytest.mark.parametrize("key,value,needles", [
+    ("data.validation_size", 600, ["data.validation_size=600", "0 for digits"]),
+    ("data.normalization", "cifar10_constants", ["data.normalization", "not digits'"]),
+    ("data.crop_ratio", "0.8,1.25", ["data.crop_ratio", "imagenet2012 only"]),
+])
+def test_settings_a_data_set_would_ignore_are_refused(key, value, needles):
+    """digits has its own validation split and statistics, and no random-resized crops: a
+    setting it would silently ignore is refused, naming the key."""
+    config = quickstart.get_config()
+    set_key(config, key, value)
+    with pytest.raises(ConfigError) as info:
+        config_lib.validate(config)
+    for needle in needles:
+        assert needle in str(info.value)
+
+
 # (key, bad value, substrings the message must contain: the key and a hint of what is allowed)
 BAD_CONFIGS = [
     ("model.name", "resnet21", ["model.name", "resnet21", "resnet20", "digits_convnet"]),
@@ -50,7 +72,13 @@ BAD_CONFIGS = [
     ("prune.fraction", 1.5, ["prune.fraction", "(0, 1)"]),
     ("prune.fraction", -0.2, ["prune.fraction", "(0, 1)"]),
     ("prune.schedule", "cubic", ["prune.schedule", "iterative", "oneshot"]),
-    ("prune.first_level", 2, ["prune.first_level=2 is invalid", "unless prune.schedule=oneshot"]),
+    ("prune.first_level", 17, ["prune.first_level=17 is invalid", "prune.levels=16"]),
+    ("protocol", "lth", ["protocol='lth' is invalid", "kd_ticket", "renda"]),
+    ("data.validation_split", "last", ["data.validation_split", "first", "random"]),
+    ("data.normalization", "imagenet", ["data.normalization", "train_statistics",
+                                        "cifar10_constants", "per_image"]),
+    ("data.crop_scale", "0.1,1", ["data.crop_scale", "imagenet2012 only", "'0.08,1'"]),
+    ("data.image_size", 64, ["data.image_size", "imagenet2012 only"]),
     ("lottery.variants", "lt,bogus", ["lottery.variants", "bogus", "lt", "reinit",
                                       "weight_rewind", "lr_rewind", "finetune", "kd",
                                       "kd_rewind", "kd_lr_rewind"]),
@@ -115,7 +143,11 @@ def test_imagenet_is_read_through_tfds_and_has_no_validation_holdout():
                                             "data.manual_dir"]),
             ("data.source", "local", ["data.source='local' is invalid", "'tfds' (or 'auto')"]),
             ("data.validation_size", 5000, ["data.validation_size=5000 is invalid",
-                                            "0 for imagenet2012"])):
+                                            "0 for imagenet2012"]),
+            ("data.crop_scale", "0.5", ["data.crop_scale", "'low,high'", "'0.08,1'"]),
+            ("data.crop_scale", "0.1,1.5", ["data.crop_scale", "high <= 1"]),
+            ("data.crop_ratio", "4/3,3/4", ["data.crop_ratio", "low <= high"]),
+            ("data.normalization", "per_image", ["data.normalization", "ImageNet"])):
         config = imagenet_resnet50.get_config()
         set_key(config, key, value)
         with pytest.raises(ConfigError) as info:

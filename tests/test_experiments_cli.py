@@ -14,8 +14,8 @@ def _run(*args):
 
 def test_quickstart_command_writes_a_study_and_resumes(tmp_path):
     args = ["experiments.quickstart", f"--workdir={tmp_path}", "--config.train.epochs=2",
-            "--config.prune.levels=1", "--config.lottery.variants=lt,kd",
-            "--config.log.progress=lines"]
+            "--config.prune.levels=1", "--config.prune.first_level=1",
+            "--config.lottery.variants=lt,kd", "--config.log.progress=lines"]
     first = _run(*args)
     assert first.returncode == 0, first.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]

@@ -26,7 +26,7 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-FLAGS = ["--config.train.epochs=3", "--config.prune.levels=2",
+FLAGS = ["--config.train.epochs=3", "--config.prune.levels=2", "--config.prune.first_level=1",
          "--config.lottery.variants=lt,weight_rewind,kd", "--config.lottery.rewind=1ep",
          "--config.checkpoint.every_steps=7", "--config.log.progress=lines",
          "--config.log.tensorboard=True"]
@@ -42,7 +42,7 @@ def _env():
 
 def _config():
     config = quickstart.get_config()
-    config.train.epochs, config.prune.levels = 3, 2
+    config.train.epochs, config.prune.levels, config.prune.first_level = 3, 2, 1
     config.lottery.variants, config.lottery.rewind = "lt,weight_rewind,kd", "1ep"
     config.checkpoint.every_steps = 7
     config.log.progress, config.log.tensorboard = "lines", True

@@ -221,6 +221,9 @@ def test_a_workdir_from_before_an_added_setting_resumes_at_the_old_value(tmp_pat
     rows = lottery.run(config, tmp_path, log=lambda *_: None)
     saved = json.loads((tmp_path / "config.json").read_text())
     del saved["model"]["norm_impl"]  # as written before the setting existed
+    del saved["protocol"]  # and before protocols and their data settings existed
+    for key in ("validation_split", "normalization", "crop_scale", "crop_ratio"):
+        del saved["data"][key]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     spy = FitSpy(monkeypatch)
     assert lottery.run(config, tmp_path, log=lambda *_: None) == rows
@@ -228,6 +231,9 @@ def test_a_workdir_from_before_an_added_setting_resumes_at_the_old_value(tmp_pat
     legacy = config.copy_and_resolve_references()  # the digest every snapshot is stamped with
     with legacy.unlocked():
         del legacy.model["norm_impl"]
+        del legacy["protocol"]
+        for key in ("validation_split", "normalization", "crop_scale", "crop_ratio"):
+            del legacy.data[key]
     assert lottery.config_digest(legacy) == lottery.config_digest(config)
     # the analysis tools (lmc, bootstrap) rebuild the study from config.json: keys it lacks
     # read as before, its snapshots restore, and its start records are left alone
@@ -236,6 +242,8 @@ def test_a_workdir_from_before_an_added_setting_resumes_at_the_old_value(tmp_pat
     records = {name: (tmp_path / name).read_text() for name in ("plan.json", "environment.jsonl")}
     study = lottery.LotteryRun.from_workdir(tmp_path, log=lambda *_: None)
     assert (study.config.model.norm_impl, study.config.prune.first_level) == ("flax", 1)
+    assert (study.config.protocol, study.config.data.validation_split,
+            study.config.data.normalization) == ("", "random", "train_statistics")
     assert study.fingerprint["config_digest"] == lottery.config_digest(config)
     assert study._load(lottery.snapshot_name(1, "lt"))["masks"] is not None
     assert {name: (tmp_path / name).read_text() for name in records} == records
@@ -337,7 +345,8 @@ def test_a_lost_rewind_snapshot_is_an_error_not_the_final_dense_weights(tmp_path
     ("model.name", "resnet21", "model.name='resnet21' is invalid: allowed: "),
     ("lottery.variants", "lt,kd_ticket", "unknown kd_ticket; allowed: lt, reinit"),
     ("prune.method", "magnitude", "prune.method='magnitude' is invalid: allowed: magnitude_global"),
-    ("prune.scope", "all", "prune.scope='all' is invalid: allowed: conv, conv_fc"),
+    ("prune.scope", "all",
+     "prune.scope='all' is invalid: allowed: conv, conv_no_shortcut, conv_fc"),
     ("prune.fraction", 1.0, "prune.fraction=1.0 is invalid: a number in the open interval (0, 1)"),
     ("prune.fraction", 0.0, "prune.fraction=0.0 is invalid"),
     ("lottery.rewind", "20ep", "lottery.rewind='20ep' is step 380, not before the end of training"),
@@ -384,3 +393,32 @@ def test_a_row_whose_snapshot_was_lost_is_redone_not_duplicated(study, tmp_path)
     before = {(r["level"], r["variant"]): r for r in study["rows"]}
     assert rows[-1]["variant"] == "kd_rewind"  # redone, so appended last
     assert rows[-1]["test_accuracy"] == before[(2, "kd_rewind")]["test_accuracy"]
+
+
+def test_the_refusal_of_another_config_gives_the_flags_that_resume_the_saved_one(tmp_path):
+    """A study from before protocols (its config.json lacks their keys) met by today's
+    experiment defaults: the message lists every differing key and a set of --config flags
+    that, applied to today's config, make it the saved one again."""
+    from experiments import cifar10_resnet20
+    old = cifar10_resnet20.get_config("kd_ticket")
+    old.update_from_flattened_dict({"train.epochs": 15, "train.milestones": "",
+                                    "lottery.rewind": "955it"})
+    saved = lottery.config_to_dict(old)
+    del saved["protocol"], saved["data"]["validation_split"], saved["data"]["normalization"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    today = cifar10_resnet20.get_config()
+    with pytest.raises(lottery.WorkdirConfigMismatch) as error:
+        lottery.prepare_workdir(tmp_path, today)
+    message = str(error.value)
+    assert "data.validation_size: 5000 in the workdir, 0 now" in message
+    flags = message.rsplit("to resume: ", 1)[1].split()
+    assert "--config.data.validation_split=random" in flags  # only matters once size is 5000
+    assert "--config.train.milestones=" in flags
+    for flag in flags:
+        key, value = flag[len("--config."):].split("=", 1)
+        current = today
+        for part in key.split(".")[:-1]:
+            current = current[part]
+        leaf = key.split(".")[-1]
+        current[leaf] = type(current[leaf])(value) if current[leaf] is not None else value
+    lottery.prepare_workdir(tmp_path, today)  # no mismatch left

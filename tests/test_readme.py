@@ -71,3 +71,16 @@ def test_readme_dynamic_method_example_trains_at_a_constant_count(tmp_path):
                                   distribution="erk")
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(final["masks"]),
                                                          jax.tree.leaves(start)))
+
+
+def test_readme_protocol_example_registers_and_an_experiment_switches_to_it():
+    from experiments import cifar10_resnet20
+    from lottery_kd.config import protocols, validate
+    code = _python_blocks_after("## Add your own protocol")
+    if "open_lth" not in protocols.names():
+        exec(compile(code, str(README), "exec"), {})
+    config = cifar10_resnet20.get_config("open_lth")
+    assert (config.protocol, config.train.epochs, config.prune.scope) == \
+        ("open_lth", 160, "conv_fc")
+    validate(config)
+    assert protocols.describe(config).endswith("every setting as published")

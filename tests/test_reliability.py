@@ -262,8 +262,9 @@ def test_a_full_disk_mid_study_stops_cleanly_and_the_rerun_completes(tmp_path, m
 
 def test_sigterm_saves_a_resume_checkpoint_and_the_same_command_finishes_the_study(tmp_path):
     args = [sys.executable, "-m", "experiments.quickstart", "--config.train.epochs=3",
-            "--config.prune.levels=1", "--config.lottery.variants=lt",
-            "--config.log.progress=lines", "--config.log.tensorboard=False",
+            "--config.prune.levels=1", "--config.prune.first_level=1",
+            "--config.lottery.variants=lt", "--config.log.progress=lines",
+            "--config.log.tensorboard=False",
             "--config.checkpoint.every_steps=3"]
     reference = subprocess.run(args + [f"--workdir={tmp_path / 'reference'}"], cwd=REPO,
                                capture_output=True, text=True, timeout=600)

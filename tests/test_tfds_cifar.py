@@ -58,6 +58,7 @@ def test_experiment_runs_on_the_tfds_source_offline(prepared_data_dir, tmp_path)
     config.data.eval_batch_size = 2000
     config.train.batch_size = 64
     config.train.epochs = 1
+    config.train.milestones = ""
     config.prune.levels = 0
     config.log.progress = "lines"
     config.log.tensorboard = False

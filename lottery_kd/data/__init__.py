@@ -2,13 +2,15 @@
 
 `load_dataset` is the single entry point for in-memory data sets: it reads a data set from a
 source ("local" official files or "tfds"), makes the fixed train/validation split, optionally
-keeps a train subset, and records the per-channel train mean/std the trainer normalises with.
+keeps a train subset, and records the per-channel mean/std the trainer normalises with (the
+training images' own, or fixed constants; None for per-image standardisation).
 ImageNet is too large for memory and is streamed instead (lottery_kd.data.imagenet).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 
@@ -17,6 +19,7 @@ from lottery_kd.data.errors import DataError
 
 __all__ = [
     "DATASET_NAMES",
+    "NORMALIZATIONS",
     "SOURCES",
     "DataError",
     "Dataset",
@@ -31,6 +34,12 @@ STREAMED_NAMES = ("imagenet2012",)
 SOURCES = ("auto", "local", "tfds")  # auto: local when a directory is given, else tfds
 CIFAR10_TRAIN_SIZE = cifar.RECORDS_PER_FILE * len(cifar.TRAIN_FILES)
 VALIDATION_SPLIT_SEED = 0  # fixed so the validation split never depends on the run seed
+# How images are normalised: per channel with the training images' statistics, per channel with
+# the constants of the KD-ticket release (CIFAR-10 only), or each image to mean 0 and std 1.
+NORMALIZATIONS = ("train_statistics", "cifar10_constants", "per_image")
+# The KD-ticket release's CIFAR-10 normalisation (torchvision Normalize), in uint8 pixel units.
+CIFAR10_CONSTANTS_MEAN = tuple(255 * m for m in (0.4914, 0.4822, 0.4465))
+CIFAR10_CONSTANTS_STD = tuple(255 * s for s in (0.2023, 0.1994, 0.2010))
 
 
 # eq=False: field-wise == on numpy arrays is ambiguous
@@ -46,8 +55,10 @@ class Dataset:
     test_images: np.ndarray
     test_labels: np.ndarray
     num_classes: int
-    mean: tuple[float, ...]  # per-channel mean of the TRAIN images, in uint8 pixel units
-    std: tuple[float, ...]  # per-channel std of the TRAIN images, in uint8 pixel units
+    # per-channel mean and std the images are normalised with, in uint8 pixel units (by default
+    # the TRAIN images' own); None: each image is standardised by its own mean and std
+    mean: Optional[tuple[float, ...]]
+    std: Optional[tuple[float, ...]]
     augment: bool  # True: the trainer applies pad-4 random crop + horizontal flip
 
 
@@ -80,11 +91,14 @@ def _allowed(values: tuple[str, ...]) -> str:
     return ", ".join(repr(value) for value in values)
 
 
-def train_validation_indices(num_train: int, validation_size: int) -> tuple[np.ndarray, np.ndarray]:
+def train_validation_indices(num_train: int, validation_size: int,
+                             split: str = "random") -> tuple[np.ndarray, np.ndarray]:
     """Split range(num_train) into (train, validation) index arrays, each sorted ascending.
 
-    The validation set is the last `validation_size` entries of a permutation drawn with a fixed
-    seed, so the split is the same for every run seed; sorting keeps the official order.
+    split="first": the validation set is the first `validation_size` images (the KD-ticket
+    release's dev split). split="random": the last `validation_size` entries of a permutation
+    drawn with a fixed seed. Either way the split is the same for every run seed, and the
+    official order is kept within each part.
     """
     if not 0 <= validation_size < num_train:
         raise DataError(
@@ -93,6 +107,10 @@ def train_validation_indices(num_train: int, validation_size: int) -> tuple[np.n
         )
     if validation_size == 0:
         return np.arange(num_train), np.arange(0)
+    if split == "first":
+        return np.arange(validation_size, num_train), np.arange(validation_size)
+    if split != "random":
+        raise DataError(f"data.validation_split={split!r}; allowed: 'first', 'random'.")
     order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(num_train)
     return np.sort(order[:-validation_size]), np.sort(order[-validation_size:])
 
@@ -124,6 +142,8 @@ def load_dataset(
     source: str = "local",
     directory: str = "",
     validation_size: int = 0,
+    validation_split: str = "random",
+    normalization: str = "train_statistics",
     train_subset: int = 0,
     seed: int = 0,
     tfds_data_dir: str = "",
@@ -137,10 +157,13 @@ def load_dataset(
     - "cifar10", "cifar100": from `source`: "local" (the official binary files in `directory`,
       checked against the official SHA-256s with `verify_checksums`) or "tfds" (tfds.load from
       `tfds_data_dir`, downloading if allowed; records put back in official order). The last
-      `validation_size` of a fixed-seed permutation of the 50,000 train images become validation.
-    `train_subset` > 0 keeps the first `train_subset` train images (0 keeps all). `seed` is
-    accepted for a uniform call signature; no split depends on it, so runs with different seeds
-    compare fairly.
+      `validation_size` of a fixed-seed permutation of the 50,000 train images become validation
+      (`validation_split="random"`), or the first `validation_size` (`"first"`).
+    `normalization` (NORMALIZATIONS) decides the mean/std recorded for the trainer: the training
+    images' own (after the split and subset), the KD-ticket CIFAR-10 constants, or None (each
+    image standardised on its own). `train_subset` > 0 keeps the first `train_subset` train
+    images (0 keeps all). `seed` is accepted for a uniform call signature; no split depends on
+    it, so runs with different seeds compare fairly.
     """
     del seed  # every split uses a fixed seed on purpose
     if name not in DATASET_NAMES:
@@ -151,6 +174,9 @@ def load_dataset(
     if source not in SOURCES:
         raise DataError(f"Unknown data.source={source!r}; allowed values: {_allowed(SOURCES)}.")
     source = resolve_source(source, directory)
+    if normalization not in NORMALIZATIONS:
+        raise DataError(f"Unknown data.normalization={normalization!r}; allowed values: "
+                        f"{_allowed(NORMALIZATIONS)}.")
     if train_subset < 0:
         raise DataError(f"data.train_subset={train_subset} is negative; "
                         "use 0 for all train images.")
@@ -169,7 +195,8 @@ def load_dataset(
         if validation_size >= len(all_train_y):  # a smaller copy (e.g. tfds mock data)
             raise DataError(f"data.validation_size={validation_size} leaves no training images "
                             f"of the {len(all_train_y)} in this {name}.")
-        train_index, val_index = train_validation_indices(len(all_train_y), validation_size)
+        train_index, val_index = train_validation_indices(len(all_train_y), validation_size,
+                                                          validation_split)
         if validation_size == 0:
             train_x, train_y = all_train_x, all_train_y
         else:
@@ -187,6 +214,10 @@ def load_dataset(
         train_x, train_y = train_x[:train_subset].copy(), train_y[:train_subset].copy()
 
     mean, std = channel_mean_std(train_x)
+    if normalization == "cifar10_constants":
+        mean, std = CIFAR10_CONSTANTS_MEAN, CIFAR10_CONSTANTS_STD
+    elif normalization == "per_image":
+        mean = std = None
     return Dataset(
         name=name,
         train_images=train_x,

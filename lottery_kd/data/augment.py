@@ -8,16 +8,29 @@ sees exactly the batches an uninterrupted run sees from that step on (open_lth's
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PAD = 4
 
 
-def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-    """uint8 (or float) NHWC -> float32, per-channel (x - mean) / std, in pixel units."""
+def normalize(images: jax.Array, mean: Optional[Sequence[float]],
+              std: Optional[Sequence[float]]) -> jax.Array:
+    """uint8 (or float) NHWC -> float32, per-channel (x - mean) / std, in pixel units.
+
+    mean = std = None: per-image standardisation (TF's per_image_standardization, which Renda et
+    al.'s code applies): each image minus its mean, over max(its std, 1 / sqrt(H * W * C)).
+    """
+    if mean is None or std is None:
+        pixels = images.astype(jnp.float32)
+        axes = tuple(range(1, pixels.ndim))
+        centred = pixels - jnp.mean(pixels, axis=axes, keepdims=True)
+        floor = 1.0 / np.sqrt(np.prod(pixels.shape[1:]))
+        spread = jnp.sqrt(jnp.mean(centred * centred, axis=axes, keepdims=True))
+        return centred / jnp.maximum(spread, floor)
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
     return (images.astype(jnp.float32) - mean) / std

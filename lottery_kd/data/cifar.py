@@ -57,7 +57,7 @@ CIFAR10 = CifarFormat(
     train_files=_CIFAR10_TRAIN, test_files=("test_batch.bin",),
     records={f: 10000 for f in _CIFAR10_TRAIN + ("test_batch.bin",)}, label_bytes=1,
     num_classes=10,
-    # Official values (they match the published md5s too); see ../shared/data/cifar10/README.md.
+    # The official files' SHA-256 (they match the published md5s too).
     sha256={
         "data_batch_1.bin": "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5",
         "data_batch_2.bin": "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed",

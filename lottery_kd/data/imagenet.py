@@ -7,7 +7,8 @@ augments example i with stateless random ops seeded by (seed, e, process, i). A 
 retrain entering the schedule at step k) therefore rebuilds the epoch's stream, skips to its
 position and sees exactly the batches of an uninterrupted run.
 
-Augmentation is the torchvision recipe: random-resized crop (area 0.08-1, aspect 3/4-4/3, 10
+Augmentation is the torchvision recipe: random-resized crop (by default area 0.08-1 and aspect
+3/4-4/3, the KD-ticket release uses 0.1-1 and 0.8-1.25: `crop_scale`, `crop_ratio`; 10
 attempts, centre-crop fallback), bilinear resize, random horizontal flip. Evaluation resizes the
 shorter side to image_size * 256 / 224 and takes the central image_size crop. Images leave as
 uint8; the jitted steps normalise with MEAN_RGB / STD_RGB.
@@ -19,13 +20,14 @@ and TF is kept off the accelerators (JAX owns them).
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any, Iterator
 
 import numpy as np
 
 from lottery_kd.data.errors import DataError
 
-__all__ = ["MEAN_RGB", "STD_RGB", "ImageNetEvalInput", "ImageNetTrainInput"]
+__all__ = ["MEAN_RGB", "STD_RGB", "ImageNetEvalInput", "ImageNetTrainInput", "parse_range"]
 
 # ImageNet channel statistics in uint8 pixel units (the torchvision constants times 255).
 MEAN_RGB: tuple[float, float, float] = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -39,6 +41,18 @@ DEFAULT_SHUFFLE_BUFFER = 10_000
 
 # Tags that separate the seed streams derived from the run seed.
 _FILE_ORDER, _SHUFFLE, _CROP, _FLIP = range(4)
+
+
+def parse_range(text: Any) -> tuple[float, float]:
+    """A crop range as the config writes it, '0.08,1' or '3/4,4/3', as (low, high); ValueError
+    unless two positive numbers with low <= high."""
+    try:
+        low, high = (float(Fraction(part.strip())) for part in str(text).split(","))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{text!r} is not two numbers 'low,high'") from None
+    if not 0 < low <= high:
+        raise ValueError(f"{text!r} needs 0 < low <= high")
+    return low, high
 
 
 def _tf() -> Any:
@@ -136,20 +150,22 @@ def _decode_window(tf: Any, image_bytes: Any, window_fn: Any) -> Any:
     return tf.ensure_shape(image, [None, None, 3])
 
 
-def _random_crop_window(tf: Any, shape: Any, seed: Any) -> Any:
+def _random_crop_window(tf: Any, shape: Any, seed: Any,
+                        area_range: tuple[float, float] = CROP_AREA_RANGE,
+                        aspect_range: tuple[float, float] = CROP_ASPECT_RANGE) -> Any:
     """[top, left, height, width] of a random-resized crop, torchvision's centre-crop fallback."""
     shape = tf.cast(shape, tf.int32)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
-        seed=seed, min_object_covered=0.0, aspect_ratio_range=CROP_ASPECT_RANGE,
-        area_range=CROP_AREA_RANGE, max_attempts=CROP_ATTEMPTS,
+        seed=seed, min_object_covered=0.0, aspect_ratio_range=aspect_range,
+        area_range=area_range, max_attempts=CROP_ATTEMPTS,
         use_image_if_no_bounding_boxes=True)
     height, width = shape[0], shape[1]
     # After CROP_ATTEMPTS failures TF returns the whole image; torchvision then centre-crops the
     # image to the nearest allowed aspect ratio instead.
     failed = tf.logical_and(tf.equal(size[0], height), tf.equal(size[1], width))
     ratio = tf.cast(width, tf.float32) / tf.cast(height, tf.float32)
-    low, high = CROP_ASPECT_RANGE
+    low, high = aspect_range
     fallback_h = tf.where(ratio < low, tf.cast(tf.round(tf.cast(width, tf.float32) / low),
                                                tf.int32), height)
     fallback_w = tf.where(ratio > high, tf.cast(tf.round(tf.cast(height, tf.float32) * high),
@@ -162,9 +178,11 @@ def _random_crop_window(tf: Any, shape: Any, seed: Any) -> Any:
 
 
 def _train_preprocess(tf: Any, image_bytes: Any, crop_seed: Any, flip_seed: Any,
-                      image_size: int) -> Any:
+                      image_size: int, area_range: tuple[float, float] = CROP_AREA_RANGE,
+                      aspect_range: tuple[float, float] = CROP_ASPECT_RANGE) -> Any:
     """Random-resized crop to image_size x image_size (bilinear), random flip, uint8."""
-    crop = _decode_window(tf, image_bytes, lambda shape: _random_crop_window(tf, shape, crop_seed))
+    crop = _decode_window(tf, image_bytes, lambda shape: _random_crop_window(
+        tf, shape, crop_seed, area_range, aspect_range))
     image = tf.image.resize(crop, [image_size, image_size], method="bilinear")
     image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     return _to_uint8(tf, image)
@@ -198,7 +216,9 @@ class ImageNetTrainInput:
     def __init__(self, *, name: str = "imagenet2012", data_dir: str | None = None,
                  manual_dir: str | None = None, split: str = "train", seed: int = 0,
                  image_size: int = 224, process_index: int = 0, process_count: int = 1,
-                 download: bool = False, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
+                 download: bool = False, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+                 crop_scale: tuple[float, float] = CROP_AREA_RANGE,
+                 crop_ratio: tuple[float, float] = CROP_ASPECT_RANGE):
         _check_process(process_index, process_count)
         if image_size <= 0 or shuffle_buffer <= 0:
             raise ValueError(f"image_size and shuffle_buffer must be positive, got "
@@ -218,6 +238,7 @@ class ImageNetTrainInput:
         self.process_index = process_index
         self.process_count = process_count
         self.shuffle_buffer = shuffle_buffer
+        self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
         # The open stream: (epoch, global batch size, next step it yields, numpy iterator).
         self._stream: tuple[int, int, int, Iterator[Any]] | None = None
 
@@ -269,12 +290,13 @@ class ImageNetTrainInput:
         ds = ds.skip(position * local_batch).take((steps_per_epoch - position) * local_batch)
         crop_key = _derived_seed(self.seed, epoch, self.process_index, _CROP)
         flip_key = _derived_seed(self.seed, epoch, self.process_index, _FLIP)
-        image_size = self.image_size
+        image_size, crop_scale, crop_ratio = self.image_size, self.crop_scale, self.crop_ratio
 
         def preprocess(index: Any, example: Any) -> tuple[Any, Any]:
             crop_seed = tf.stack([tf.constant(crop_key, tf.int64), index])
             flip_seed = tf.stack([tf.constant(flip_key, tf.int64), index])
-            image = _train_preprocess(tf, example["image"], crop_seed, flip_seed, image_size)
+            image = _train_preprocess(tf, example["image"], crop_seed, flip_seed, image_size,
+                                      crop_scale, crop_ratio)
             return image, tf.cast(example["label"], tf.int32)
 
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)

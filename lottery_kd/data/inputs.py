@@ -104,8 +104,8 @@ class InputData:
     train: TrainInput
     val: Optional[EvalInput]
     test: EvalInput
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: Optional[tuple[float, ...]]  # None: per-image standardisation (augment.normalize)
+    std: Optional[tuple[float, ...]]
     image_shape: tuple[int, ...]
     num_classes: int
 
@@ -123,8 +123,12 @@ class InputData:
                                       augment=dataset.augment, **shares), val,
                    InMemoryEvalInput(dataset.test_images, dataset.test_labels, eval_batch_size,
                                      **evaluation),
-                   tuple(dataset.mean), tuple(dataset.std),
+                   _tuple_or_none(dataset.mean), _tuple_or_none(dataset.std),
                    tuple(dataset.train_images.shape[1:]), dataset.num_classes)
+
+
+def _tuple_or_none(values: Optional[Any]) -> Optional[tuple[float, ...]]:
+    return None if values is None else tuple(values)
 
 
 def input_data_from_config(data: Any, *, seed: int, device_count: int = 1) -> InputData:
@@ -139,14 +143,18 @@ def input_data_from_config(data: Any, *, seed: int, device_count: int = 1) -> In
                       manual_dir=data.manual_dir or None, download=data.tfds_download,
                       process_index=jax.process_index(), process_count=jax.process_count())
         split = f"train[:{data.train_subset}]" if data.train_subset else "train"
-        train = imagenet.ImageNetTrainInput(split=split, seed=seed, image_size=data.image_size,
-                                            **common)
+        train = imagenet.ImageNetTrainInput(
+            split=split, seed=seed, image_size=data.image_size,
+            crop_scale=imagenet.parse_range(data.crop_scale),
+            crop_ratio=imagenet.parse_range(data.crop_ratio), **common)
         test = imagenet.ImageNetEvalInput(split="validation", image_size=data.image_size,
                                           batch_size=data.eval_batch_size, **common)
         return InputData(train, None, test, tuple(imagenet.MEAN_RGB), tuple(imagenet.STD_RGB),
                          (data.image_size, data.image_size, 3), train.num_classes)
     dataset = load_dataset(data.name, source=data.source, directory=data.dir,
-                           validation_size=data.validation_size, train_subset=data.train_subset,
+                           validation_size=data.validation_size,
+                           validation_split=data.validation_split,
+                           normalization=data.normalization, train_subset=data.train_subset,
                            tfds_data_dir=data.tfds_data_dir, tfds_download=data.tfds_download,
                            verify_checksums=data.verify_checksums)
     return InputData.from_dataset(dataset, seed=seed, eval_batch_size=data.eval_batch_size,

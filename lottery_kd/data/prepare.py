@@ -1,6 +1,6 @@
 """One-time offline preparation of tfds CIFAR datasets from the official binary files.
 
-    python -m lottery_kd.data.prepare cifar10 --from ../shared/data/cifar10 [--data-dir DIR]
+    python -m lottery_kd.data.prepare cifar10 --from PATH/cifar-10-batches-bin [--data-dir DIR]
 
 Afterwards `--config.data.source=tfds [--config.data.tfds_data_dir=DIR]` reads it with tfds.
 """

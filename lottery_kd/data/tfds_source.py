@@ -4,7 +4,7 @@ binary files.
 `tfds.load("cifar10")` downloads the archive on a connected machine. Offline, prepare the same
 dataset once from a folder of the official binary files:
 
-    python -m lottery_kd.data.prepare cifar10 --from ../shared/data/cifar10 [--data-dir DIR]
+    python -m lottery_kd.data.prepare cifar10 --from PATH/cifar-10-batches-bin [--data-dir DIR]
 
 This runs tfds's own `cifar10` builder (same features, same version, same files on disk) with its
 download step pointed at the local folder, after checking every file against the official

@@ -8,17 +8,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from lottery_kd import criteria  # noqa: F401  (registers snip, grasp, synflow)
 from lottery_kd import dynamic as dynamic_lib
 from lottery_kd import losses, masks as masks_lib, pruning, variants as variants_lib
+from lottery_kd.config.identity import ADDED_KEYS as ADDED_DEFAULTS
 from lottery_kd.distributions import DISTRIBUTIONS
-from lottery_kd.data import DATASET_NAMES, SOURCES
+from lottery_kd.config import protocols
+from lottery_kd.data import DATASET_NAMES, NORMALIZATIONS, SOURCES
+from lottery_kd.data.imagenet import parse_range
 from lottery_kd.models import BASES, CONV_IMPLS, MODEL_NAMES, NORM_IMPLS
 from lottery_kd.parallel import BATCH_NORM_MODES, DISTRIBUTED_MODES
 
 PRUNE_SCHEDULES = ("iterative", "oneshot")
+VALIDATION_SPLITS = ("first", "random")
 PRUNE_SOURCES = ("final", "init")
 PROGRESS_MODES = ("auto", "bar", "lines")
 _STEP_COUNT = re.compile(r"^\s*(\d+)\s*(ep|it)\s*$")
@@ -83,6 +87,59 @@ def milestone_epochs(train: Any) -> tuple[int, ...]:
     return tuple(sorted({e for e in (train.epochs // 2, (3 * train.epochs) // 4) if e > 0}))
 
 
+def _check_data(data: Any, check: Callable[[bool, str, Any, str], None]) -> None:
+    """The data section: values, and settings that the chosen data set would ignore."""
+    check(data.name in DATASET_NAMES, "data.name", data.name,
+          f"allowed: {', '.join(DATASET_NAMES)}")
+    check(data.source in SOURCES, "data.source", data.source, f"allowed: {', '.join(SOURCES)}")
+    check(_is_int(data.validation_size) and data.validation_size >= 0, "data.validation_size",
+          data.validation_size, "an integer >= 0 (0: no validation split)")
+    check(data.validation_split in VALIDATION_SPLITS, "data.validation_split",
+          data.validation_split, f"allowed: {', '.join(VALIDATION_SPLITS)}")
+    check(data.normalization in NORMALIZATIONS, "data.normalization", data.normalization,
+          f"allowed: {', '.join(NORMALIZATIONS)}")
+    check(_is_int(data.train_subset) and data.train_subset >= 0, "data.train_subset",
+          data.train_subset, "an integer >= 0 (0: the whole training split)")
+    check(_is_int(data.eval_batch_size) and data.eval_batch_size > 0, "data.eval_batch_size",
+          data.eval_batch_size, "an integer > 0")
+    for key in ("verify_checksums", "tfds_download"):
+        check(isinstance(data[key], bool), f"data.{key}", data[key], "True or False")
+    check(_is_int(data.image_size) and data.image_size >= 32, "data.image_size", data.image_size,
+          "an integer >= 32 (ImageNet crop size)")
+    if data.name in ("cifar10", "cifar100") and data.source == "local":  # auto: tfds without dir
+        check(bool(data.dir), "data.dir", data.dir,
+              "a folder holding the official binary files (or set data.source='tfds')")
+    if data.name == "imagenet2012":
+        check(data.source in ("tfds", "auto") and not data.dir, "data.source", data.source,
+              "imagenet2012 is read through tfds: data.source='tfds' (or 'auto') and no data.dir; "
+              "point data.manual_dir at the ILSVRC2012 tar files")
+        check(data.validation_size == 0, "data.validation_size", data.validation_size,
+              "0 for imagenet2012 (its validation split is the test set)")
+        check(data.normalization == "train_statistics", "data.normalization",
+              data.normalization, "'train_statistics' for imagenet2012 (the standard ImageNet "
+              "channel statistics)")
+        for key in ("crop_scale", "crop_ratio"):
+            try:
+                low, high = parse_range(data[key])
+                check(key == "crop_ratio" or high <= 1, f"data.{key}", data[key],
+                      "an area fraction range 'low,high' with high <= 1")
+            except ValueError as error:
+                check(False, f"data.{key}", data[key], f"{error}, e.g. '0.08,1' or '3/4,4/3'")
+    elif data.name in DATASET_NAMES:  # settings in-memory data sets would ignore are refused
+        defaults = {"image_size": 224, "crop_scale": ADDED_DEFAULTS["data.crop_scale"],
+                    "crop_ratio": ADDED_DEFAULTS["data.crop_ratio"]}
+        for key, default in defaults.items():
+            check(data[key] == default, f"data.{key}", data[key],
+                  f"applies to imagenet2012 only; leave it at {default!r} for {data.name}")
+    if data.name == "digits":
+        check(data.validation_size == 0, "data.validation_size", data.validation_size,
+              "0 for digits (it has its own fixed 180-image validation split)")
+    if data.name in ("digits", "cifar100"):
+        check(data.normalization != "cifar10_constants", "data.normalization",
+              data.normalization, f"the CIFAR-10 constants are not {data.name}'s statistics: "
+              "use train_statistics or per_image")
+
+
 def validate(config: Any) -> None:
     """Raise ConfigError listing every invalid value of an experiment config."""
     problems: list[str] = []
@@ -101,29 +158,9 @@ def validate(config: Any) -> None:
           f"allowed: {', '.join(CONV_IMPLS)}")
     check(config.model.norm_impl in NORM_IMPLS, "model.norm_impl", config.model.norm_impl,
           f"allowed: {', '.join(NORM_IMPLS)}")
-    data = config.data
-    check(data.name in DATASET_NAMES, "data.name", data.name,
-          f"allowed: {', '.join(DATASET_NAMES)}")
-    check(data.source in SOURCES, "data.source", data.source, f"allowed: {', '.join(SOURCES)}")
-    check(_is_int(data.validation_size) and data.validation_size >= 0, "data.validation_size",
-          data.validation_size, "an integer >= 0 (0: no validation split)")
-    check(_is_int(data.train_subset) and data.train_subset >= 0, "data.train_subset",
-          data.train_subset, "an integer >= 0 (0: the whole training split)")
-    check(_is_int(data.eval_batch_size) and data.eval_batch_size > 0, "data.eval_batch_size",
-          data.eval_batch_size, "an integer > 0")
-    for key in ("verify_checksums", "tfds_download"):
-        check(isinstance(data[key], bool), f"data.{key}", data[key], "True or False")
-    check(_is_int(data.image_size) and data.image_size >= 32, "data.image_size", data.image_size,
-          "an integer >= 32 (ImageNet crop size)")
-    if data.name in ("cifar10", "cifar100") and data.source == "local":  # auto: tfds without dir
-        check(bool(data.dir), "data.dir", data.dir,
-              "a folder holding the official binary files (or set data.source='tfds')")
-    if data.name == "imagenet2012":
-        check(data.source in ("tfds", "auto") and not data.dir, "data.source", data.source,
-              "imagenet2012 is read through tfds: data.source='tfds' (or 'auto') and no data.dir; "
-              "point data.manual_dir at the ILSVRC2012 tar files")
-        check(data.validation_size == 0, "data.validation_size", data.validation_size,
-              "0 for imagenet2012 (its validation split is the test set)")
+    check(config.protocol in (protocols.NONE,) + protocols.names(), "protocol",
+          config.protocol, f"'' (none) or one of: {', '.join(protocols.names())}")
+    _check_data(config.data, check)
 
     train = config.train
     check(_is_int(train.epochs) and train.epochs > 0, "train.epochs", train.epochs,

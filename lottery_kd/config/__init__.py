@@ -1,0 +1,12 @@
+"""The config in one package: defaults, validation, the step plan, protocols and identity.
+
+    defaults     get_config(): every key, documented (the KD-ticket CIFAR-10 settings)
+    protocols    the settings of one paper as one named table (kd_ticket, renda, ...)
+    validation   checks that run before any compute; epochs resolved to steps (plan_steps)
+    identity     which settings make two runs the same experiment; a study's saved config
+"""
+
+from lottery_kd.config.validation import (PRUNE_SCHEDULES, PRUNE_SOURCES,  # noqa: F401
+                                          ConfigError, StepPlan, milestone_epochs,
+                                          parse_epochs, parse_names, parse_step_count,
+                                          plan_steps, validate)
