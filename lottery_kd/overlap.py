@@ -1,8 +1,10 @@
 """Ticket comparison: how much two masks agree (Jaccard overlap, per layer and global).
 
 Jaccard(a, b) = |a and b| / |a or b| over the prunable weights that the masks keep: 1.0 for the
-same ticket, about density / (2 - density) for two independent random masks of one density. Use
-it to ask, for instance, how much the KD chain's tickets share with the weight-rewinding chain's.
+same ticket, about density / (2 - density) for two independent uniform random masks of one
+density, and sum_l n_l a_l b_l / sum_l n_l (a_l + b_l - a_l b_l) for random masks with the two
+tickets' per-layer densities a_l, b_l (the fair chance level for tickets). Use it to ask, for
+instance, how much the KD chain's tickets share with the weight-rewinding chain's.
 """
 
 from __future__ import annotations
@@ -78,6 +80,25 @@ def random_jaccard(density_a: float, density_b: float) -> float:
     return density_a * density_b / union if union else 1.0
 
 
+def matched_random_jaccard(counts_a: dict[str, tuple[int, int]],
+                           counts_b: dict[str, tuple[int, int]]) -> float:
+    """The expected Jaccard overlap of two independent random masks with the per-layer densities
+    of masks a and b, from their {layer: (remaining, total)} counts (masks.layer_counts):
+    sum_l n_l a_l b_l / sum_l n_l (a_l + b_l - a_l b_l), expected intersection over expected
+    union. The chance level for magnitude tickets, whose layers keep very different fractions:
+    random_jaccard of the global densities is the special case of a single layer."""
+    if counts_a.keys() != counts_b.keys() or any(counts_a[k][1] != counts_b[k][1]
+                                                 for k in counts_a):
+        raise ValueError("the two masks come from different architectures")
+    intersection = union = 0.0
+    for layer, (remaining_a, total) in counts_a.items():
+        remaining_b = counts_b[layer][0]
+        both = remaining_a * remaining_b / total if total else 0.0
+        intersection += both
+        union += remaining_a + remaining_b - both
+    return intersection / union if union else 1.0
+
+
 def merge_identical(tickets: dict[str, PyTree],
                     scope: masks_lib.Scope = "conv") -> tuple[dict[str, PyTree],
                                                              dict[str, list[str]]]:
@@ -115,7 +136,9 @@ def merge_identical(tickets: dict[str, PyTree],
 
 
 def overlap_matrix(tickets: dict[str, PyTree], scope: masks_lib.Scope = "conv") -> dict:
-    """{"names": [...], "global": [[J]], "layers": {pair: {layer: J}}} for every pair."""
+    """{"names": [...], "global": [[J]], "layers": {pair: {layer: J}}} for every pair, with the
+    chance levels: "random" for random masks of the two tickets' per-layer densities,
+    "random_uniform" for uniform random masks of their global densities."""
     names = list(tickets)
     matrix = [[1.0] * len(names) for _ in names]
     layers = {}
@@ -125,9 +148,11 @@ def overlap_matrix(tickets: dict[str, PyTree], scope: masks_lib.Scope = "conv") 
             matrix[i][j] = matrix[j][i] = result["global"]
             layers[f"{a} vs {names[j]}"] = result["layers"]
     densities = [density(tickets[name], scope) for name in names]
-    random = [[random_jaccard(a, b) for b in densities] for a in densities]
+    counts = [masks_lib.layer_counts(tickets[name], scope) for name in names]
+    random = [[matched_random_jaccard(a, b) for b in counts] for a in counts]
+    uniform = [[random_jaccard(a, b) for b in densities] for a in densities]
     return {"names": names, "global": matrix, "layers": layers, "densities": densities,
-            "random": random}
+            "random": random, "random_uniform": uniform}
 
 
 def markdown(matrix: dict) -> str:

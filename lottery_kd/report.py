@@ -29,10 +29,10 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from lottery_kd import results
+from lottery_kd import published as published_lib, results
+from lottery_kd.config import protocols
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / \
-    "renda2020_cifar10_imagenet.json"
+REFERENCE = "renda2020_cifar10_imagenet"  # lottery_kd.published: carried with the package
 # Our retrain variants and the Renda et al. (2020) methods that are the same procedure.
 PUBLISHED_METHODS = {"lt": "rewind_to_0", "weight_rewind": "best_weight_rewinding",
                      "lr_rewind": "lr_rewinding", "finetune": "finetune"}
@@ -70,12 +70,12 @@ _MERGE_ACROSS = ("seed", "lottery.variants",
 
 def group_key(run: dict) -> tuple[str, str, str]:
     """(model, data set, protocol digest): runs that differ only in seed or variants merge."""
-    from lottery_kd.lottery import COSMETIC_KEYS, _flatten, canonical_settings
+    from lottery_kd.config.identity import COSMETIC_KEYS, canonical_settings, flatten
     config = run["config"]
     model = config["model"]["name"] + (f"@{config['model']['basis']}"
                                        if config["model"].get("basis") else "")
     merged = set(_MERGE_ACROSS + COSMETIC_KEYS)
-    protocol = {k: v for k, v in canonical_settings(_flatten(config)).items() if k not in merged}
+    protocol = {k: v for k, v in canonical_settings(flatten(config)).items() if k not in merged}
     return model, config["data"]["name"], json.dumps(protocol, sort_keys=True)
 
 
@@ -324,15 +324,70 @@ def _plot_accuracy(entries: Sequence[dict], published: dict, same_protocol: bool
     plt.close(figure)
 
 
+def _layer_rank(name: str) -> Optional[tuple]:
+    """Where layer `name` runs in the forward pass (None for an unknown name): the stem, then
+    top-level convN or stageI_blockJ in natural order (conv1 < conv2 < conv3 < shortcut in a
+    block), then fc."""
+    parts = name.split("/")
+    head = parts[0]
+    if head.startswith("stem"):
+        return (0,)
+    if head == "fc":
+        return (2,)
+    if head.startswith("conv") and head[4:].isdigit():
+        return (1, int(head[4:]))
+    stage, _, block = head[len("stage"):].partition("_block")
+    if not (head.startswith("stage") and stage.isdigit() and block.isdigit()):
+        return None
+    sub = parts[1] if len(parts) > 2 else ""
+    sub_rank = (int(sub[4:]) if sub.startswith("conv") and sub[4:].isdigit()
+                else 1000 if sub.startswith("shortcut") else 2000)
+    return (1, int(stage), int(block), sub_rank)
+
+
+def network_order(names: Sequence[str]) -> list[str]:
+    """Layer names in forward-pass order, whatever order they come in (JSON rows may hold them
+    sorted): known names by _layer_rank, unknown ones after them in their given order."""
+    names = list(dict.fromkeys(names))
+    known = [n for n in names if _layer_rank(n) is not None]
+    return sorted(known, key=_layer_rank) + [n for n in names if _layer_rank(n) is None]
+
+
 def layer_densities(runs: Sequence[dict]) -> dict[str, dict[str, float]]:
-    """{ticket "variant@sparsity%": {layer: density}} from the rows' layer counts (first seed)."""
-    out: dict[str, dict[str, float]] = {}
+    """{label: {layer: density}} (layers in network order), one entry per distinct mask profile.
+
+    Each (variant, sparsity) ticket is taken from the first run that holds it; tickets with the
+    same layer counts (one-shot variants share one mask) merge into one entry labelled like
+    "83.22 % (all 6 variants)" or "83.22 %: lt, kd +2", with "sN " first when several seeds
+    contribute. Sparsest last."""
+    chosen: dict[tuple[str, float], tuple[Any, dict]] = {}
+    peers: dict[tuple[Any, float], set[str]] = {}  # a seed's variants at a sparsity
     for run in runs:
+        seed = run.get("config", {}).get("seed")
         for row in run["rows"]:
-            counts = row.get("layer_counts")
-            name = f"{row['variant']}@{100 * row['sparsity']:.1f}%"
-            if counts and row["level"] > 0 and name not in out:
-                out[name] = {layer: r / t for layer, (r, t) in counts.items()}
+            key = (row["variant"], round(row["sparsity"], 4))
+            if row.get("layer_counts") and row["level"] > 0:
+                peers.setdefault((seed, key[1]), set()).add(row["variant"])
+                chosen.setdefault(key, (seed, row))
+    groups: dict[tuple, list[tuple[str, float]]] = {}
+    for (variant, sparsity), (seed, row) in chosen.items():
+        counts = tuple(sorted((layer, tuple(c)) for layer, c in row["layer_counts"].items()))
+        groups.setdefault((sparsity, seed, counts), []).append((variant, sparsity))
+    several_seeds = len({seed for seed, _ in chosen.values()}) > 1
+    out: dict[str, dict[str, float]] = {}
+    for (sparsity, seed, counts), members in sorted(groups.items(), key=lambda g: g[0][0]):
+        variants = [v for v, _ in members]
+        label = ("" if not several_seeds else f"s{seed} ") + f"{100 * sparsity:.2f} %"
+        if len(variants) > 1 and len(variants) == len(peers[(seed, sparsity)]):
+            label += f" (all {len(variants)} variants)"
+        else:
+            label += ": " + ", ".join(variants[:2]) + (f" +{len(variants) - 2}"
+                                                       if len(variants) > 2 else "")
+        while label in out:  # two sparsities that print alike
+            label += "'"
+        per_layer = chosen[members[0]][1]["layer_counts"]  # the writer's order, for ties
+        out[label] = {layer: per_layer[layer][0] / per_layer[layer][1]
+                      for layer in network_order(list(per_layer))}
     return out
 
 
@@ -341,11 +396,12 @@ def _plot_layers(densities: dict[str, dict[str, float]], title: str, path: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layers = list(dict.fromkeys(layer for d in densities.values() for layer in d))
-    figure, axes = plt.subplots(figsize=(max(7, 0.25 * len(layers) + 3), 4.5), dpi=120)
-    for name, per_layer in densities.items():
+    layers = network_order([layer for d in densities.values() for layer in d])
+    figure, axes = plt.subplots(figsize=(max(7, 0.25 * len(layers) + 3) + 2.5, 4.5), dpi=120)
+    palette = plt.get_cmap("tab20") if len(densities) > 10 else None  # no repeated colours
+    for index, (name, per_layer) in enumerate(densities.items()):
         axes.plot(range(len(layers)), [per_layer.get(layer, float("nan")) for layer in layers],
-                  marker=".", label=name)
+                  marker=".", label=name, color=palette(index % 20) if palette else None)
     axes.set_xticks(range(len(layers)))
     axes.set_xticklabels([layer.replace("/kernel", "") for layer in layers], rotation=90,
                          fontsize=6)
@@ -353,7 +409,9 @@ def _plot_layers(densities: dict[str, dict[str, float]], title: str, path: Path)
     axes.set_ylim(0, 1.05)
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=6, ncol=2)
+    # beside the axes, not on them: one entry per distinct mask, sparsest last
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                title="sparsity", title_fontsize=7)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -393,11 +451,27 @@ def overlap_text(matrix: dict, members: Sequence[dict]) -> str:
               if len(names) > 1]
     if merged:
         text += " Tickets with bit-identical masks share a row: " + "; ".join(merged) + "."
-    chance = sorted({(round(100 * (1 - d), 2), round(r[i], 3))
-                     for i, (d, r) in enumerate(zip(matrix["densities"], matrix["random"]))})
-    text += (" For scale, two independent random masks of one sparsity overlap by d / (2 - d) "
-             "at density d: " + ", ".join(f"{j:.3f} at {s:.2f} % sparsity" for s, j in chance)
-             + ".")
+    # chance per sparsity: over the pairs of distinct tickets of that sparsity (e.g. across
+    # seeds), else a ticket against a random mask of its own per-layer densities
+    def span(key: str, pairs: list[tuple[int, int]]) -> str:
+        values = sorted(matrix[key][i][j] for i, j in pairs)
+        low, high = f"{values[0]:.3f}", f"{values[-1]:.3f}"
+        return low if low == high else f"{low}–{high}"
+
+    sparsities = [round(100 * (1 - d), 2) for d in matrix["densities"]]
+    chance = []
+    for sparsity in sorted(set(sparsities)):
+        same = [i for i, s in enumerate(sparsities) if s == sparsity]
+        pairs = [(i, j) for i in same for j in same if i < j] or [(same[0], same[0])]
+        chance.append(f"{span('random', pairs)} at {sparsity:.2f} % sparsity"
+                      + (f" (uniform {span('random_uniform', pairs)})"
+                         if "random_uniform" in matrix else ""))
+    text += (" For scale, the chance level is the expected overlap of two independent random "
+             "masks with the same per-layer densities as the two tickets, sum_l n_l a_l b_l / "
+             "sum_l n_l (a_l + b_l − a_l b_l) over layers of n_l weights kept at fractions a_l "
+             "and b_l: " + ", ".join(chance) + ". \"Uniform\" is the level of uniform random "
+             "masks of the same global density d, d / (2 − d), which ignores that magnitude "
+             "pruning keeps very different fractions of each layer.")
     return text
 
 
@@ -411,8 +485,8 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     runs = [load_run(d) for d in run_dirs]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    reference_path = Path(reference_path) if reference_path else REFERENCE
-    reference = json.loads(reference_path.read_text()) if reference_path.is_file() else None
+    reference = (_read_reference(Path(reference_path)) if reference_path
+                 else published_lib.load(REFERENCE))
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for run in runs:
         groups.setdefault(group_key(run), []).append(run)
@@ -425,9 +499,10 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
         same = all(protocol_matches(r["config"]) for r in members)
         seeds = sorted({r["config"]["seed"] for r in members})
         document += [f"## {index + 1}. {model} on {dataset}", "",
-                     f"Protocol: {protocol_summary(members[0]['config'])}. {len(members)} "
+                     f"Settings: {protocol_summary(members[0]['config'])}. {len(members)} "
                      f"run(s), seeds {', '.join(map(str, seeds))}: "
-                     + ", ".join(str(r["dir"]) for r in members) + ".", ""]
+                     + ", ".join(str(r["dir"]) for r in members) + ".", "",
+                     protocols.describe(members[0]["config"]) + ".", ""]
         has_val = any(e["best_val_n"] for e in entries)
         document += [provenance(members), ""]
         if has_val:
@@ -489,13 +564,21 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     return summary
 
 
+def _read_reference(path: Path) -> dict:
+    """A published-numbers file given with --reference; ReportError naming it if unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ReportError(f"--reference {path}: cannot be read as JSON ({error})") from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lottery_kd.report",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", help="run directories (workdirs of studies)")
     parser.add_argument("--out", required=True, help="where report.md and the plots go")
     parser.add_argument("--reference", default="", help="published numbers (JSON); default: "
-                        "../shared/reference/renda2020_cifar10_imagenet.json when present")
+                        "Renda et al. 2020's tables, carried in lottery_kd/published")
     parser.add_argument("--no-overlap", action="store_true", help="skip the mask overlap "
                         "(which reads every ticket's snapshot)")
     args = parser.parse_args(argv)

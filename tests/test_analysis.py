@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from lottery_kd import published as published_lib
 from lottery_kd import bootstrap, curves, lmc, lottery, overlap, report, results
 from lottery_kd.tensorboard import ScalarWriter
 from lottery_kd.train import Trainer
@@ -244,14 +245,22 @@ def test_runs_that_differ_in_seed_variants_or_oneshot_first_level_share_a_protoc
 
 
 def test_published_numbers_are_drawn_only_where_model_and_data_match():
-    reference = json.loads(report.REFERENCE.read_text()) if report.REFERENCE.is_file() else None
-    if reference is None:
-        pytest.skip("../shared/reference is absent")
+    reference = published_lib.load(report.REFERENCE)  # carried in the package, always there
     published = report.published_for("resnet20", "cifar10", reference)
     assert published["dense"] == 91.71
     assert (0.8, 91.86) in published["lines"]["lt"]
     assert report.published_for("resnet20", "cifar100", reference) == {}
     assert report.published_for("digits_convnet", "digits", reference) == {}
+
+
+def test_the_package_reads_nothing_outside_itself_at_run_time():
+    """The published tables travel with the package; no module (code or docstring) reads or
+    points to ../shared, which a user's clone does not have."""
+    from tests.conftest import REPO
+    offenders = [str(path.relative_to(REPO)) for path in (REPO / "lottery_kd").rglob("*.py")
+                 if "../shared" in path.read_text() or '"shared"' in path.read_text()]
+    assert offenders == []
+    assert published_lib.load("rigl2020_cifar10_wrn22_2")["wrn22_2_erk"][1]["rigl"] == 93.6
 
 
 def test_mask_overlap_by_hand():
@@ -308,11 +317,184 @@ def test_report_overlap_spans_seeds_and_merges_identical_masks(studies):
     assert "s1 L1 (all 3)" in names and all(n.startswith(("s0 ", "s1 ")) for n in names)
     across = matrix["global"][names.index("s0 L1 (all 3)")][names.index("s1 L1 (all 3)")]
     assert 0.0 < across < 1.0  # different seeds, different tickets
-    chance = matrix["random"][names.index("s0 L1 (all 3)")][names.index("s0 L1 (all 3)")]
-    d = matrix["densities"][names.index("s0 L1 (all 3)")]
-    assert chance == pytest.approx(d / (2 - d))
+    i, j = names.index("s0 L1 (all 3)"), names.index("s1 L1 (all 3)")
+    d = matrix["densities"][i]
+    assert matrix["random_uniform"][i][i] == pytest.approx(d / (2 - d))
+    # the chance level: random masks with the two tickets' per-layer densities
+    rows = [{r["variant"]: r for r in run["rows"] if r["level"] == 1} for run in runs]
+    assert matrix["random"][i][j] == pytest.approx(overlap.matched_random_jaccard(
+        rows[0]["lt"]["layer_counts"], rows[1]["lt"]["layer_counts"]))
     text = report.overlap_text(matrix, runs)
     assert "s0 L1 (all 3) = s0 kd@L1, s0 lt@L1, s0 weight_rewind@L1" in text
+    assert "same per-layer densities as the two tickets" in text
+    level1 = f"{matrix['random'][i][j]:.3f} at {100 * (1 - d):.2f} % sparsity (uniform "
+    assert level1 in text
+
+
+def _sample_jaccard(counts_a, counts_b, samples, rng):
+    """Mean Jaccard of random masks drawn with exactly these per-layer kept counts."""
+    values = []
+    for _ in range(samples):
+        a, b = [], []
+        for layer, (kept, total) in counts_a.items():
+            a.append(rng.permutation(total) < kept)
+            b.append(rng.permutation(total) < counts_b[layer][0])
+        values.append(overlap.jaccard(np.concatenate(a), np.concatenate(b)))
+    return float(np.mean(values))
+
+
+def test_matched_density_chance_differs_from_uniform_and_fills_the_matrix():
+    # a small dense-ish layer and a big sparse one, as magnitude pruning leaves them
+    def ticket(kept_small, kept_big):
+        small, big = np.zeros(100, bool), np.zeros(900, bool)
+        small[:kept_small], big[-kept_big:] = True, True
+        return {"small": {"kernel": small.reshape(1, 1, 10, 10)},
+                "big": {"kernel": big.reshape(1, 1, 30, 30)}}
+
+    counts_a = {"small/kernel": (80, 100), "big/kernel": (20, 900)}
+    counts_b = {"small/kernel": (60, 100), "big/kernel": (40, 900)}
+    by_hand = (80 * 60 / 100 + 20 * 40 / 900) / (80 + 60 - 48 + 20 + 40 - 20 * 40 / 900)
+    matched = overlap.matched_random_jaccard(counts_a, counts_b)
+    assert matched == pytest.approx(by_hand)
+    uniform = overlap.random_jaccard(0.1, 0.1)  # both keep 100 of 1000
+    assert matched > 5 * uniform  # 0.33 against 0.053
+    single = {"conv/kernel": (100, 1000)}  # one layer: the uniform case
+    assert overlap.matched_random_jaccard(single, single) == pytest.approx(uniform)
+    with pytest.raises(ValueError, match="different architectures"):
+        overlap.matched_random_jaccard(counts_a, {"small/kernel": (1, 100)})
+    matrix = overlap.overlap_matrix({"a": ticket(80, 20), "b": ticket(60, 40)})
+    assert matrix["random"][0][1] == pytest.approx(matched)
+    assert matrix["random_uniform"][0][1] == pytest.approx(uniform)
+
+
+def test_matched_density_chance_is_the_mean_jaccard_of_random_masks():
+    counts_a = {"stem": (200, 400), "block": (300, 3000), "head": (30, 600)}
+    counts_b = {"stem": (150, 400), "block": (450, 3000), "head": (60, 600)}
+    rng = np.random.default_rng(0)
+    empirical = _sample_jaccard(counts_a, counts_b, 400, rng)
+    expected = overlap.matched_random_jaccard(counts_a, counts_b)
+    assert empirical == pytest.approx(expected, rel=0.01)
+    uniform = overlap.random_jaccard(530 / 4000, 660 / 4000)
+    assert empirical - uniform > 0.03  # 0.116 against 0.079: uniform is no chance level
+
+
+def test_network_order_puts_the_stem_first_blocks_naturally_and_fc_last():
+    forward = ["stem_conv/kernel", "stage1_block1/conv1/kernel", "stage1_block1/conv2/kernel",
+               "stage1_block2/conv1/kernel", "stage1_block2/conv2/kernel",
+               "stage1_block10/conv1/kernel", "stage2_block1/conv1/kernel",
+               "stage2_block1/conv2/kernel", "stage2_block1/conv3/kernel",
+               "stage2_block1/shortcut_conv/kernel", "stage10_block1/conv1/kernel", "fc/kernel"]
+    assert report.network_order(sorted(forward)) == forward
+    assert report.network_order(forward[::-1]) == forward
+    small = ["conv1/kernel", "conv2/kernel", "conv10/kernel", "fc/kernel"]
+    assert report.network_order(sorted(small)) == small
+    # unknown names after the known ones, in the order given
+    assert report.network_order(["zeta/kernel", "fc/kernel", "alpha/kernel", "stem_conv/kernel"]) \
+        == ["stem_conv/kernel", "fc/kernel", "zeta/kernel", "alpha/kernel"]
+
+
+def _layer_rows(level, sparsity, variants, counts):
+    return [{"level": level, "variant": v, "sparsity": sparsity, "test_accuracy": 0.8,
+             "layer_counts": counts(v)} for v in variants]
+
+
+def test_layer_densities_draw_one_line_per_distinct_mask_in_network_order(monkeypatch,
+                                                                          tmp_path):
+    import matplotlib.pyplot as plt
+    variants = ["lt", "reinit", "weight_rewind", "lr_rewind", "kd", "kd_rewind"]
+    layers = ["stem_conv/kernel", "stage1_block1/conv1/kernel", "stage1_block1/conv2/kernel",
+              "stage2_block1/conv1/kernel", "stage2_block1/conv2/kernel",
+              "stage2_block1/shortcut_conv/kernel"]
+
+    def one_shot(kept):  # every variant shares the mask; JSON keys sorted as older rows hold them
+        return lambda _: {layer: [kept, 100] for layer in sorted(layers)}
+
+    def iterative(variant):  # the chains part after level 1; lt and kd happen to agree
+        kept = {"lt": 20, "kd": 20}.get(variant, 10 + variants.index(variant))
+        return {layer: [kept if layer.startswith("stage2") else 50, 100] for layer in layers}
+
+    rows = ([{"level": 0, "variant": "dense", "sparsity": 0.0, "test_accuracy": 0.9,
+              "layer_counts": one_shot(100)(None)}]
+            + _layer_rows(1, 0.4, variants, one_shot(60))
+            + _layer_rows(2, 0.8322, variants, iterative))
+    densities = report.layer_densities([{"config": {"seed": 0}, "rows": rows}])
+    assert list(densities) == ["40.00 % (all 6 variants)", "83.22 %: lt, kd", "83.22 %: reinit",
+                               "83.22 %: weight_rewind", "83.22 %: lr_rewind",
+                               "83.22 %: kd_rewind"]
+    for per_layer in densities.values():
+        assert list(per_layer) == layers  # network order, not the rows' sorted keys
+    assert densities["83.22 %: lt, kd"]["stage2_block1/conv1/kernel"] == 0.2
+    # a (variant, sparsity) ticket counts once, from the first run that holds it; a seed
+    # prefix only where several seeds contribute lines
+    second = [{"config": {"seed": 1}, "rows": _layer_rows(1, 0.4, variants, one_shot(59))}]
+    first = [{"config": {"seed": 0}, "rows": rows[:7]}]
+    assert list(report.layer_densities(first + second)) == ["40.00 % (all 6 variants)"]
+    first[0]["rows"] = rows[:4]  # seed 0 without weight_rewind and the rest
+    assert list(report.layer_densities(first + second)) == [
+        "s0 40.00 % (all 3 variants)", "s1 40.00 %: lr_rewind, kd +1"]
+    many = report.layer_densities([{"config": {"seed": 0}, "rows": _layer_rows(
+        1, 0.4, variants[:4], one_shot(60)) + _layer_rows(1, 0.4, variants[4:], one_shot(61))}])
+    assert list(many) == ["40.00 %: lt, reinit +2", "40.00 %: kd, kd_rewind"]
+
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda figure: figures.append(figure))
+    report._plot_layers(densities, "layers", tmp_path / "layers.png")
+    [figure] = figures
+    axes = figure.axes[0]
+    assert len(axes.get_lines()) == len(densities)
+    assert [t.get_text() for t in axes.get_xticklabels()] == \
+        [layer.replace("/kernel", "") for layer in layers]
+    figure.canvas.draw()
+    legend = axes.get_legend().get_window_extent()
+    assert legend.x0 >= axes.get_window_extent().x1  # beside the data, not on it
+    plt.close("all")
+
+
+def _accuracy_rows(iterative):
+    """Rows of a 3-level study: one-shot (every variant at one sparsity per level) or iterative
+    (each chain at its own sparsities), written in level order as append_row does."""
+    rows = [{"level": 0, "variant": "dense", "sparsity": 0.0, "test_accuracy": 0.9}]
+    for level, sparsity in ((1, 0.59), (2, 0.8322), (3, 0.9313)):
+        for k, variant in enumerate(("lt", "weight_rewind", "kd")):
+            rows.append({"level": level, "variant": variant,
+                         "sparsity": sparsity + (0.001 * k if iterative else 0.0),
+                         "test_accuracy": 0.88 - 0.02 * level + 0.005 * k,
+                         "test_accuracy_at_best_val": None, "best_val_epoch": None,
+                         "epochs": 2.0, "seconds": 1.0})
+    return rows
+
+
+@pytest.mark.parametrize("iterative", [False, True])
+def test_variant_points_run_from_the_dense_point_towards_sparse(iterative):
+    rows = _accuracy_rows(iterative)
+    for variant in ("lt", "weight_rewind", "kd"):
+        points = results.variant_points(rows, variant)
+        densities = [density for density, _ in points]
+        assert densities[0] == 1.0 and len(points) == 4
+        assert all(a > b for a, b in zip(densities, densities[1:])), densities
+
+
+@pytest.mark.parametrize("iterative", [False, True])
+def test_accuracy_vs_sparsity_plot_lines_never_double_back(iterative, monkeypatch, tmp_path):
+    import matplotlib.pyplot as plt
+    rows = _accuracy_rows(iterative)
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda figure: figures.append(figure))
+    drawn = results.plot_accuracy_vs_sparsity(rows, tmp_path / "a.png", "study")
+    [figure] = figures
+    lines = {line.get_label(): list(zip(line.get_xdata(), line.get_ydata()))
+             for line in figure.axes[0].get_lines() if line.get_label() != "dense"}
+    assert list(lines) == ["lt", "weight_rewind", "kd"]
+    for variant, line in lines.items():
+        xs = [x for x, _ in line]
+        assert len(xs) == 4 and xs[0] == 1.0, (variant, xs)
+        assert all(a > b for a, b in zip(xs, xs[1:])), (variant, xs)
+        accuracy = {round(1 - r["sparsity"], 6): 100 * r["test_accuracy"] for r in rows
+                    if r["variant"] in (variant, "dense")}
+        assert [y for _, y in line] == pytest.approx([accuracy[round(x, 6)] for x in xs])
+        assert drawn[variant] == pytest.approx(line)
+    assert _png_size(tmp_path / "a.png")[0] >= 400
+    plt.close("all")
 
 
 # --------------------------------------------------------------------------------------------
