@@ -8,7 +8,10 @@
 # two highest (prune.first_level=2), which the seed-to-seed comparison needs most.
 #
 # model.norm_impl=flax: these studies started before the fused BatchNorm existed (and became the
-# default); all their runs keep Flax's BatchNorm, so the seeds stay one protocol.
+# default); all their runs keep Flax's BatchNorm, so the seeds stay one protocol. They also began
+# before protocols existed (experiments.cifar10_resnet20 now runs Renda et al.'s): protocol ''
+# (none), the LR drops at 50% and 75% of training (train.milestones ''), the seeded random 5k
+# validation split and the training images' channel statistics keep what they ran.
 #
 # Every command resumes where it stopped (rerun it after a crash, a kill or a new sitting); a
 # finished study is skipped. DATA defaults to ../shared/data/cifar10 (official binary files).
@@ -28,5 +31,7 @@ for seed in $SEEDS; do
     --config.lottery.variants=lt,reinit,weight_rewind,lr_rewind,kd,kd_rewind \
     --config.lottery.rewind=955it \
     --config.model.norm_impl=flax \
+    --config.protocol= --config.train.milestones= \
+    --config.data.validation_split=random --config.data.normalization=train_statistics \
     --config.log.progress=lines
 done

@@ -22,4 +22,6 @@ python -m experiments.cifar10_resnet20 --workdir "$OUT/resnet20_15ep_kdstop7_see
   --config.lottery.rewind=955it \
   --config.kd.stop_epoch=7 \
   --config.model.norm_impl=flax \
+  --config.protocol= --config.train.milestones= \
+  --config.data.validation_split=random --config.data.normalization=train_statistics \
   --config.log.progress=lines

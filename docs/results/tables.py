@@ -72,18 +72,19 @@ def paired_differences(studies: dict) -> None:
             print(f"| {sparsity:.2f} | " + " | ".join(cells) + " |")
 
 
-def against_dense(studies: dict) -> None:
-    """Each sparse cell minus its own seed's dense network (same init and data order)."""
+def against_dense(studies: dict, metric: str = "test_accuracy_at_best_val") -> None:
+    """Each sparse cell minus its own seed's dense network (same init and data order), at the
+    best-validation epoch or (metric="test_accuracy") at the end."""
     sparsities = sorted({s for rows in studies.values() for s, v in rows if v != "dense"})
-    print("\nMinus the seed's dense network (points), test accuracy at best validation; "
+    label = "at best validation" if metric == "test_accuracy_at_best_val" else "at the end"
+    print(f"\nMinus the seed's dense network (points), test accuracy {label}; "
           "seeds " + ", ".join(map(str, studies)) + ":")
     print("| sparsity % | " + " | ".join(VARIANTS) + " |")
     print("|---" * (len(VARIANTS) + 1) + "|")
     for sparsity in sparsities:
         cells = []
         for variant in VARIANTS:
-            values = [100 * (rows[(sparsity, variant)]["test_accuracy_at_best_val"]
-                             - rows[(0.0, "dense")]["test_accuracy_at_best_val"])
+            values = [100 * (rows[(sparsity, variant)][metric] - rows[(0.0, "dense")][metric])
                       for rows in studies.values() if (sparsity, variant) in rows]
             cells.append(" / ".join(f"{v:+.2f}" for v in values))
         print(f"| {sparsity:.2f} | " + " | ".join(cells) + " |")
@@ -131,6 +132,9 @@ def follow_up(follow_path: str, base_path: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
     if argv[:1] == ["--follow-up"]:
         if len(argv) != 3:
             sys.exit("usage: tables.py --follow-up FOLLOW_UP_STUDY BASE_STUDY")
@@ -148,6 +152,7 @@ def main(argv: list[str]) -> None:
         accuracy_table(rows)
     paired_differences(studies)
     against_dense(studies)
+    against_dense(studies, "test_accuracy")
     seed_spread(studies)
 
 
