@@ -48,38 +48,45 @@ class StopOnSignal:
 
 
 def invocation() -> list[str]:
-    """The command line that started this process, as `python -m module ...` when run that way
-    (sys.argv[0] is then the module's file path, which does not run from the repository root)."""
-    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if main_spec is not None and main_spec.name:
-        return [sys.executable, "-m", main_spec.name, *sys.argv[1:]]
-    return [sys.executable, *sys.argv]
+    """The command line that started this process (`python -m module ...`)."""
+    from lottery_kd.environment import command_line
+    return command_line()
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str) -> int:
     """Run or resume a study; returns the process exit code (0 done, non-zero otherwise)."""
     from lottery_kd import lottery, parallel
-    from lottery_kd.checkpoints import CheckpointError
+    from lottery_kd.checkpoints import CheckpointError, quiet_closed_event_loops
     from lottery_kd.config import ConfigError, validate
+    from lottery_kd.config.identity import SavedConfigError
     from lottery_kd.data import DataError
     from lottery_kd.train import TrainingInterrupted
+    from lottery_kd.workdir_lock import WorkdirBusy
 
+    resume = f"Resume with the same command:\n  {shlex.join(invocation())}"
+    quiet_closed_event_loops()
+    stop = StopOnSignal()
     try:
         validate(config)
         try:
             parallel.initialize_from_config(config.parallel)  # before any JAX work
         except ValueError as error:  # a JAX_* variable standing in for a setting
             raise ConfigError(f"invalid config:\n  {error}") from None
-        with StopOnSignal() as stop:
+        with stop:
             lottery.run(config, workdir, stop_requested=stop)
-    except (ConfigError, DataError, lottery.WorkdirConfigMismatch) as error:
+    except (ConfigError, DataError, SavedConfigError, WorkdirBusy,
+            lottery.WorkdirConfigMismatch) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stopped:
-        print(f"stopped: {stopped}; a resume checkpoint was saved in {workdir}/checkpoints. "
-              f"Resume with the same command:\n  {shlex.join(invocation())}",
-              file=sys.stderr)
+        saved = ("every finished run is saved" if stopped.step is None else
+                 f"a resume checkpoint was saved in {workdir}/checkpoints")
+        print(f"{stopped}; {saved}. {resume}", file=sys.stderr)
         return 128 + (stop.signum or signal.SIGTERM)
+    except KeyboardInterrupt:  # a second signal (or Ctrl-C outside the handler): at once
+        print(f"stopped at once: every run, snapshot and resume checkpoint written before is "
+              f"complete. {resume}", file=sys.stderr)
+        return 128 + (stop.signum or signal.SIGINT)
     except lottery.TrainingFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
@@ -87,12 +94,33 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> int:
         print(f"error: {error}. Move the damaged checkpoint away (or use a new --workdir) "
               "and rerun.", file=sys.stderr)
         return 4
-    except OSError as error:  # unwritable or full workdir
-        print(f"error: cannot write to workdir {workdir}: {error}. Every checkpoint and row "
-              "written before is complete; fix the cause and rerun the same command to resume.",
-              file=sys.stderr)
+    except lottery.WorkdirError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 5
+    except OSError as error:
+        print(f"error: {_os_error_message(error, workdir)}", file=sys.stderr)
+        return 5
+    if stop.signum:  # the stop came after the last run's last step: nothing is left to do
+        print(f"stopped: {signal.Signals(stop.signum).name} arrived as the study's last run "
+              "was finishing; the study is complete (every row and snapshot saved)",
+              file=sys.stderr)
+        return 128 + stop.signum
     return 0
+
+
+def _os_error_message(error: OSError, workdir: str) -> str:
+    """A full disk or an unwritable workdir names the workdir; any other file names itself."""
+    import errno
+    from pathlib import Path
+    name = getattr(error, "filename", None)
+    inside = bool(name) and Path(name).resolve().is_relative_to(Path(workdir).resolve())
+    reason = error.strerror or str(error)
+    if inside or error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return (f"cannot write to workdir {workdir}: {reason}"
+                f"{f' ({name})' if name else ''}. Every checkpoint and row written before is "
+                "complete; fix the cause and rerun the same command to resume.")
+    return (f"{reason}{f': {name}' if name else ''}. Fix the cause and rerun the same "
+            "command; the study resumes where it stopped.")
 
 
 def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

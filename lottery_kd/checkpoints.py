@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -31,6 +33,25 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, truncated, or from another model or config."""
+
+
+def quiet_closed_event_loops() -> None:
+    """Silence one known stray message of a failed Orbax restore: tensorstore completes its
+    pending reads after Orbax has closed the restore's event loop, and each completion reports
+    "RuntimeError: Event loop is closed" as unraisable from a background thread (dozens of
+    tracebacks after a damaged checkpoint, though the error itself was handled). Every other
+    unraisable exception still reaches the previous hook. Command-line entry points call this."""
+    previous = sys.unraisablehook
+    if getattr(previous, "quiet_closed_event_loops", False):
+        return
+
+    def hook(unraisable) -> None:
+        if (unraisable.exc_type is RuntimeError
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            return
+        previous(unraisable)
+    hook.quiet_closed_event_loops = True
+    sys.unraisablehook = hook
 
 
 def abstract_like(tree: PyTree, sharding: Optional[jax.sharding.Sharding] = None) -> PyTree:
@@ -165,19 +186,40 @@ class ResumeStore:
 
         Unreadable or foreign checkpoints are skipped, newest first, each with a log line.
         """
-        for step in reversed(self.steps()):
-            where = f"resume checkpoint at step {step} in {self.directory}"
+        damaged = []
+        try:
+            for step in reversed(self.steps()):
+                where = f"resume checkpoint at step {step} in {self.directory}"
+                try:
+                    meta = _read_meta(self.directory / str(step), where)
+                    _check_fingerprint(where, meta.get("fingerprint"),
+                                       {**self.fingerprint, "shapes": tree_shapes(like)})
+                    restored = self._manager.restore(step, args=_restore_args(like, sharding))
+                    return restored["state"], restored["meta"]
+                except Exception as error:  # damaged: fall back to the previous one
+                    message = str(error) if isinstance(error, CheckpointError) else \
+                        f"{where} is damaged ({type(error).__name__}: {str(error)[:200]})"
+                    self.log(f"warning: {message}; trying an earlier one")
+                    damaged.append(step)
+            return None
+        finally:
+            self._set_aside(damaged)
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Move unusable checkpoints to DIRECTORY.damaged/ (kept for a look, out of the way of
+        the saves that will reach their steps again)."""
+        if not steps:
+            return
+        aside = self.directory.with_name(self.directory.name + ".damaged")
+        aside.mkdir(parents=True, exist_ok=True)
+        for step in steps:
+            target = aside / f"{step}.{time.strftime('%Y%m%dT%H%M%S')}"
             try:
-                meta = _read_meta(self.directory / str(step), where)
-                _check_fingerprint(where, meta.get("fingerprint"),
-                                   {**self.fingerprint, "shapes": tree_shapes(like)})
-                restored = self._manager.restore(step, args=_restore_args(like, sharding))
-                return restored["state"], restored["meta"]
-            except Exception as error:  # damaged: fall back to the previous one
-                message = str(error) if isinstance(error, CheckpointError) else \
-                    f"{where} is damaged ({type(error).__name__}: {str(error)[:200]})"
-                self.log(f"warning: {message}; trying an earlier one")
-        return None
+                os.replace(self.directory / str(step), target)
+                self.log(f"moved the unusable resume checkpoint at step {step} to {target}")
+            except FileNotFoundError:  # another process of the pod moved it first
+                pass
+        self._manager.reload()
 
     def delete_all(self) -> None:
         """Remove every resume checkpoint of this run (its final snapshot and row exist)."""

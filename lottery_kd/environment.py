@@ -7,18 +7,27 @@ the same record in their JSON.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
-from lottery_kd import malloc_tuning, results
+from lottery_kd import jsonlines, malloc_tuning, results
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch")
+
+
+def command_line() -> list[str]:
+    """The command line that started this process, as `python -m module ...` when run that way
+    (sys.argv[0] is then the module's file path, which does not run from the repository root)."""
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if main_spec is not None and main_spec.name:
+        return [sys.executable, "-m", main_spec.name, *sys.argv[1:]]
+    return [sys.executable, *sys.argv]
 
 
 def cpu_model() -> str:
@@ -69,10 +78,7 @@ def environment() -> dict:
 def record_start(workdir: Path, **extra) -> dict:
     """Append this start's environment (plus `extra`) to WORKDIR/environment.jsonl."""
     record = {**environment(), **extra}
-    with (Path(workdir) / "environment.jsonl").open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    jsonlines.append(Path(workdir) / "environment.jsonl", record)
     return record
 
 

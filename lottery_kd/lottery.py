@@ -13,13 +13,14 @@ config in the same workdir is refused, naming the keys that differ.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -40,6 +41,7 @@ from lottery_kd.dynamic import MaskUpdate
 from lottery_kd.sparse_init import sparse_aware_init
 from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.parallel import DataParallel
+from lottery_kd.workdir_lock import WorkdirBusy, WorkdirLock
 from lottery_kd.train import (Distillation, NonFiniteLossError, Progress, Trainer,
                               TrainingInterrupted, init_variables)
 
@@ -140,6 +142,46 @@ def check_batch_norm_groups(workdir: Path, batch_norm: str, device_count: int) -
                 f"--config.parallel.num_cpu_devices={before}), or use another --workdir")
 
 
+def check_workdir_path(workdir: str | os.PathLike) -> None:
+    """ConfigError for a workdir that can never hold a study: a URL, or an existing file."""
+    if isinstance(workdir, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", workdir):
+        raise config_lib.ConfigError(
+            f"invalid config:\n  --workdir={workdir!r}: a URL; the workdir must be a "
+            "local or shared-filesystem path visible to every process (data.tfds_data_dir "
+            "may be a gs:// URL)")
+    if Path(workdir).exists() and not Path(workdir).is_dir():
+        raise config_lib.ConfigError(f"invalid config:\n  --workdir={str(workdir)!r} is a file, "
+                                     "not a folder: choose another --workdir")
+
+
+@contextlib.contextmanager
+def study_lock(workdir: str | os.PathLike) -> Iterator[None]:
+    """Hold the workdir's lock (lottery_kd.workdir_lock) for the block: process 0 takes it for
+    the whole run, and every process of a pod stops together if another run holds it."""
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+    busy = ""
+    if lock is not None:
+        try:
+            lock.acquire()
+        except WorkdirBusy as error:
+            busy = str(error)
+        except OSError as error:
+            raise WorkdirError(f"workdir {workdir} cannot be written ({error.strerror or error});"
+                               " choose another --workdir or fix its permissions or free "
+                               "space") from None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        if int(multihost_utils.broadcast_one_to_all(np.int32(bool(busy)))):
+            busy = busy or f"process 0 found {workdir} locked by another run of this study"
+    if busy:
+        raise WorkdirBusy(busy)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 class LotteryRun:
     """One experiment: its config, data, model, compiled trainer and snapshot store."""
 
@@ -148,11 +190,7 @@ class LotteryRun:
         """`record=False` (the analysis tools) leaves the study's plan.json and
         environment.jsonl alone: those describe the study's own (re)starts."""
         config_lib.validate(config)
-        if isinstance(workdir, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", workdir):
-            raise config_lib.ConfigError(
-                f"invalid config:\n  --workdir={workdir!r}: a URL; the workdir must be a "
-                "local or shared-filesystem path visible to every process (data.tfds_data_dir "
-                "may be a gs:// URL)")
+        check_workdir_path(workdir)
         self.config = config
         self.workdir = Path(workdir)
         self.log = log
@@ -175,7 +213,8 @@ class LotteryRun:
                                    norm_impl=config.model.norm_impl)
         except NativeKernelError as error:
             raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
-        prepare_workdir(self.workdir, config, write=self.parallel.is_main)
+        if record:  # the analysis tools read the study as it is and write nothing into it
+            prepare_workdir(self.workdir, config, write=self.parallel.is_main)
         check_batch_norm_groups(self.workdir, config.parallel.batch_norm,
                                 self.parallel.device_count)
         if not self.parallel.is_main:
@@ -191,6 +230,7 @@ class LotteryRun:
         self.results_path = self.workdir / "results.jsonl"
         self._finals: dict[str, PyTree] = {}
         if record and self.parallel.is_main:  # what lottery_kd.status reads to say how far
+            results.set_aside_damaged(self.workdir, self.log)  # keep every valid row
             results.write_atomic(self.workdir / "plan.json", json.dumps(
                 {"steps_per_epoch": self.plan.steps_per_epoch,
                  "total_steps": self.plan.total_steps, "rewind_step": self.plan.rewind_step,
@@ -450,7 +490,7 @@ class LotteryRun:
         if self.config.dynamic.method:
             return runs + [{"level": 1, "variant": self.dynamic_name(), "start_step": 0,
                             "steps": total, "distill": bool(self.config.dynamic.distill)}]
-        for level in range(self.config.prune.first_level, self.config.prune.levels + 1):
+        for level in config_lib.pruning_levels(self.config.prune):
             for variant in self.variants:
                 start_step, steps = self.steps_of(variant)
                 runs.append({"level": level, "variant": variant.name, "start_step": start_step,
@@ -494,18 +534,28 @@ class LotteryRun:
                      f"level {level} {variant} ({sum(p in done for p in planned)} done; "
                      f"python -m lottery_kd.status {self.workdir} estimates the rest)")
 
+    def _stop_before(self, level: int, variant: str) -> None:
+        """Honour a stop request between runs (all processes agree): never start the next."""
+        stop = self.stop_requested()
+        if self.parallel.process_count > 1:
+            stop = self.parallel.any_process(stop)
+        if stop:
+            raise TrainingInterrupted(None, f"before level {level} {variant}")
+
     def run(self) -> list[dict]:
         """Run (or resume) the whole study; returns all result rows."""
         self._announce(0, DENSE)
         self.run_dense()
         if self.config.dynamic.method:
+            self._stop_before(1, self.dynamic_name())
             self._announce(1, self.dynamic_name())
             self.run_dynamic()
         else:
-            for level in range(self.config.prune.first_level, self.config.prune.levels + 1):
+            for level in config_lib.pruning_levels(self.config.prune):
                 done = self._done()
                 for variant in self.variants:
                     if (level, variant.name) not in done:
+                        self._stop_before(level, variant.name)
                         self._announce(level, variant.name)
                         self.run_variant(level, variant)
         rows = results.read_rows(self.results_path)
@@ -519,5 +569,9 @@ class LotteryRun:
 
 def run(config: Any, workdir: str | os.PathLike, *, log=print,
         stop_requested: Callable[[], bool] = lambda: False) -> list[dict]:
-    """Validate `config`, then run or resume the study in `workdir`."""
-    return LotteryRun(config, workdir, log=log, stop_requested=stop_requested).run()
+    """Validate `config`, then run or resume the study in `workdir`, holding its lock: a second
+    run of the same workdir raises WorkdirBusy before anything is computed."""
+    config_lib.validate(config)
+    check_workdir_path(workdir)
+    with study_lock(workdir):
+        return LotteryRun(config, workdir, log=log, stop_requested=stop_requested).run()

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from lottery_kd import published as published_lib, results
+from lottery_kd import jsonlines, published as published_lib, results, workdir_lock
 from lottery_kd.config import protocols
 
 REFERENCE = "renda2020_cifar10_imagenet"  # lottery_kd.published: carried with the package
@@ -43,18 +43,41 @@ class ReportError(ValueError):
 
 
 def load_run(directory: str | os.PathLike) -> dict:
-    """{"dir", "config", "rows"} of a run directory; ReportError naming what is missing."""
+    """{"dir", "config", "rows", "notes"} of a run directory; ReportError naming what is missing.
+
+    `notes` say what a reader must know: lines of results.jsonl that could not be read (skipped,
+    never the rows after them), and a study that is unfinished or still running."""
+    from lottery_kd.config.identity import SavedConfigError, read_saved
     directory = Path(directory)
+    if not directory.is_dir():
+        raise ReportError(f"{directory}: no such study folder; check the path")
     config_path, rows_path = directory / "config.json", directory / "results.jsonl"
     for path in (config_path, rows_path):
         if not path.is_file():
             raise ReportError(f"{directory} is not a finished or running study: {path.name} "
                               "is missing")
     try:
-        config = json.loads(config_path.read_text())
-    except ValueError as error:
-        raise ReportError(f"{config_path} is not valid JSON ({error})") from None
-    return {"dir": directory, "config": config, "rows": results.read_rows(rows_path)}
+        config = read_saved(config_path)
+    except SavedConfigError as error:
+        raise ReportError(str(error)) from None
+    rows, damaged = results.scan_rows(rows_path)
+    notes = [jsonlines.describe(damaged)] if damaged else []
+    planned = _planned_runs(directory)
+    running = workdir_lock.running_note(directory)
+    if planned is not None and len(rows) < planned:
+        notes.append(f"{directory} is unfinished: {len(rows)} of {planned} planned runs have "
+                     f"a row" + (f"; {running}" if running else ""))
+    elif running:
+        notes.append(f"{directory} is {running}")
+    return {"dir": directory, "config": config, "rows": rows, "notes": notes}
+
+
+def _planned_runs(directory: Path) -> Optional[int]:
+    """How many training runs the study's plan.json lists (None without a readable plan)."""
+    try:
+        return len(json.loads((directory / "plan.json").read_text())["runs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # Settings that do not make two runs different experiments, beyond lottery.COSMETIC_KEYS (how a
@@ -276,49 +299,83 @@ def markdown_table(entries: Sequence[dict], key: str, published: dict) -> str:
 
 def _plot_accuracy(entries: Sequence[dict], published: dict, same_protocol: bool, title: str,
                    path: Path, key: str) -> None:
+    """Test accuracy (`key`) vs density, mean ± std over runs, one line per variant; published
+    lines dotted in the colour of the same procedure; a variant's points shifted a little
+    sideways, so equal points stay visible; collapsed runs left below a cut y-axis."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(10.5, 5), dpi=120)
     dense = [e for e in entries if e["variant"] == "dense"]
-    for variant in dict.fromkeys(e["variant"] for e in entries if e["variant"] != "dense"):
-        points = sorted((1 - e["sparsity"], 100 * e[f"{key}_mean"], 100 * e[f"{key}_std"])
-                        for e in entries if e["variant"] == variant
+    count = "n" if key == "final" else "best_val_n"
+    variants = list(dict.fromkeys(e["variant"] for e in entries if e["variant"] != "dense"))
+    lines = {v: p for v, p in (published or {}).get("lines", {}).items() if p}
+    named = variants + [v for v in lines if v not in variants]  # published: the same colour
+    colors = dict(zip(named, results.series_colors(len(named))))
+    ticks = results.density_ticks(1 - e["sparsity"] for e in entries if e["sparsity"] > 0)
+    densities = [position for position, _ in ticks]
+    span = math.log10(max(densities + [1e-9]) / min(densities + [1.0]))
+    for line_points in lines.values():
+        span = max(span, math.log10(max(p[0] for p in line_points) / min(densities + [1.0])))
+    gaps = [math.log10(a / b) for a, b in zip(densities, densities[1:])]
+    step = min([0.04 * max(span, 0.1)] + [0.4 * g for g in gaps]) / max(len(variants) - 1, 1)
+    by_level: dict[int, list[tuple[str, float, float]]] = {}  # the variants' points per level
+    for index, variant in enumerate(variants):
+        points = sorted((1 - e["sparsity"], 100 * e[f"{key}_mean"], 100 * e[f"{key}_std"],
+                         e["level"]) for e in entries if e["variant"] == variant
                         and not math.isnan(e[f"{key}_mean"]))
         if not points:
             continue
-        axes.errorbar([p[0] for p in points], [p[1] for p in points],
-                      yerr=[p[2] for p in points], marker="o", capsize=3, label=variant)
+        shift = 10 ** (step * (index - (len(variants) - 1) / 2))
+        axes.errorbar([p[0] * shift for p in points], [p[1] for p in points],
+                      yerr=[p[2] for p in points], capsize=3, color=colors[variant],
+                      marker=results.MARKERS[index % len(results.MARKERS)], label=variant)
+        for x, y, _, level in points:
+            by_level.setdefault(level, []).append((variant, x * shift, y))
+    references = []
     if dense and not math.isnan(dense[0][f"{key}_mean"]):
-        axes.axhline(100 * dense[0][f"{key}_mean"], color="gray", linestyle="--",
-                     label="dense (ours)")
-    if published:
-        tag = "same protocol" if same_protocol else "other protocol: 182 ep, 50k train"
-        for variant, points in published["lines"].items():
-            if points:
-                axes.plot([p[0] for p in points], [p[1] for p in points], linestyle=":",
-                          marker="x", alpha=0.7,
-                          label=f"published {PUBLISHED_METHODS[variant]} ({tag})")
-        if published.get("dense"):
-            axes.axhline(published["dense"], color="black", linestyle=":", alpha=0.5,
-                         label=f"published dense ({tag})")
+        references.append(100 * dense[0][f"{key}_mean"])
+        axes.axhline(references[0], color="gray", linestyle="--", label="dense (ours)")
+    for variant, points in lines.items():
+        references += [p[1] for p in points]
+        axes.plot([p[0] for p in points], [p[1] for p in points], linestyle=":", marker="x",
+                  alpha=0.8, color=colors[variant],
+                  label=f"published {PUBLISHED_METHODS[variant]}")
+    if published and published.get("dense"):
+        references.append(published["dense"])
+        axes.axhline(published["dense"], color="black", linestyle=":", alpha=0.5,
+                     label="published dense")
+    groups = [by_level[level] for level in sorted(by_level)]  # left to right
+    flags = results.collapsed([y for _, _, y in group] for group in groups)
+    note = results.cut_y_axis(
+        axes, references + [y for group, flag in zip(groups, flags)
+                            for (_, _, y), f in zip(group, flag) if not f],
+        [(x, y, variant, colors[variant]) for group, flag in zip(groups, flags)
+         for (variant, x, y), f in zip(group, flag) if f])
     axes.set_xscale("log")
     axes.invert_xaxis()
-    densities = sorted({round(1 - e["sparsity"], 4) for e in entries if e["sparsity"] > 0},
-                       reverse=True)
-    if densities:
+    if ticks:
         axes.set_xticks(densities)
-        axes.set_xticklabels([f"{100 * (1 - d):.1f}" for d in densities], rotation=45,
-                             fontsize=8)
+        axes.set_xticklabels([label for _, label in ticks], rotation=45, fontsize=8)
         axes.minorticks_off()
-    axes.set_xlabel("sparsity % (log density axis)")
-    axes.set_ylabel("test accuracy % " + ("at best validation" if key == "best_val" else
-                                          "at the end"))
-    axes.set_title(title, fontsize=10)
+    axes.set_xlabel("sparsity % (log density axis; each variant's points shifted a little "
+                    "sideways)" + (f"\n{note}" if note else ""))
+    axes.set_ylabel("test accuracy % " + ("at the best-validation epoch" if key == "best_val"
+                                          else "at the end of training"))
+    runs = sorted({e[count] for e in entries if e["variant"] != "dense" and e[count]})
+    spread = ("one run per point" if runs == [1] else
+              f"mean over n={'–'.join(map(str, sorted({runs[0], runs[-1]})))} runs (seeds) "
+              "per point, bars ± 1 std" if runs else "")
+    axes.set_title(title + (f"\n{spread}" if spread else ""), fontsize=10)
     axes.grid(alpha=0.3)
     # beside the axes, not on them: with the published lines the legend is as tall as the plot
-    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    legend_title = None
+    if lines or (published and published.get("dense")):
+        legend_title = ("published (dotted): " + ("same protocol" if same_protocol else
+                                                  "other protocol,\n182 epochs on all 50k"))
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title=legend_title,
+                title_fontsize=7)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -403,10 +460,17 @@ def _plot_layers(densities: dict[str, dict[str, float]], title: str, path: Path)
         axes.plot(range(len(layers)), [per_layer.get(layer, float("nan")) for layer in layers],
                   marker=".", label=name, color=palette(index % 20) if palette else None)
     axes.set_xticks(range(len(layers)))
-    axes.set_xticklabels([layer.replace("/kernel", "") for layer in layers], rotation=90,
-                         fontsize=6)
-    axes.set_ylabel("density (fraction of weights kept)")
-    axes.set_ylim(0, 1.05)
+    few = len(layers) <= 8  # then the names fit level and larger
+    axes.set_xticklabels([layer.replace("/kernel", "") for layer in layers],
+                         rotation=0 if few else 90, fontsize=8 if few else 6)
+    kept = [d for per_layer in densities.values() for d in per_layer.values() if d > 0]
+    if kept and min(kept) < 0.1:  # a linear axis would flatten the sparse layers onto 0
+        axes.set_yscale("log", nonpositive="clip")
+        axes.set_ylim(min(kept) / 1.5, 1.2)
+        axes.set_ylabel("density (fraction of weights kept, log scale)")
+    else:
+        axes.set_ylim(0, 1.05)
+        axes.set_ylabel("density (fraction of weights kept)")
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     # beside the axes, not on them: one entry per distinct mask, sparsest last
@@ -484,6 +548,8 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
 
     runs = [load_run(d) for d in run_dirs]
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file; give a folder for report.md and the plots")
     out.mkdir(parents=True, exist_ok=True)
     reference = (_read_reference(Path(reference_path)) if reference_path
                  else published_lib.load(REFERENCE))
@@ -491,7 +557,9 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     for run in runs:
         groups.setdefault(group_key(run), []).append(run)
     document = ["# Report", "", f"Runs: {', '.join(str(r['dir']) for r in runs)}", ""]
-    summary: dict[str, Any] = {"groups": []}
+    notes = [note for run in runs for note in run["notes"]]
+    document += [f"**Note:** {note}." for note in notes] + ([""] if notes else [])
+    summary: dict[str, Any] = {"groups": [], "notes": notes}
     for index, ((model, dataset, _), members) in enumerate(groups.items()):
         slug = f"{index + 1}_{model}_{dataset}".replace("@", "_")
         entries = aggregate(members)
@@ -583,11 +651,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "(which reads every ticket's snapshot)")
     args = parser.parse_args(argv)
     try:
-        write_report(args.runs, args.out, reference_path=args.reference or None,
-                     overlap=not args.no_overlap)
+        summary = write_report(args.runs, args.out, reference_path=args.reference or None,
+                               overlap=not args.no_overlap)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    for note in summary["notes"]:
+        print(f"warning: {note}", file=sys.stderr)
     print(f"wrote {Path(args.out) / 'report.md'}")
     return 0
 

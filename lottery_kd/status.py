@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lottery_kd import results
+from lottery_kd import jsonlines, results, workdir_lock
 
 PACE_EPOCHS = 10
 
@@ -38,13 +38,11 @@ def _latest_checkpoints(directory: Path) -> list[tuple[int, float]]:
 def study_status(workdir: str | Path) -> dict:
     """Done, current and pending runs of one study, with seconds-per-step rates and an ETA."""
     workdir = Path(workdir)
-    plan_path = workdir / "plan.json"
-    if not plan_path.is_file():
-        raise FileNotFoundError(
-            f"{plan_path} is missing: not a study workdir, or one started by a version that did "
-            "not write plan.json (rerun the study command once; it resumes and writes it)")
-    plan = json.loads(plan_path.read_text())
-    rows = {(r["level"], r["variant"]): r for r in results.read_rows(workdir / "results.jsonl")}
+    plan = _read_plan(workdir)
+    valid_rows, damaged_rows = results.scan_rows(workdir / "results.jsonl")
+    valid_epochs, damaged_epochs = jsonlines.scan(workdir / results.EPOCH_TIMES,
+                                                  results.EPOCH_TIME_FIELDS)
+    rows = {(r["level"], r["variant"]): r for r in valid_rows}
     rates: dict[bool, list[float]] = {False: [], True: []}
     for row in rows.values():
         if row.get("steps") and row.get("seconds"):
@@ -73,7 +71,7 @@ def study_status(workdir: str | Path) -> dict:
             pending.append(run)
     rate = {kind: (sum(v) / len(v) if v else None) for kind, v in rates.items()}
     paces: dict[bool, list[float]] = {False: [], True: []}
-    for epoch in results.read_epoch_times(workdir):
+    for epoch in valid_epochs:
         if epoch.get("steps"):
             paces[bool(epoch.get("distill"))].append(epoch["seconds"] / epoch["steps"])
     source = {kind: ("its last two resume checkpoints" if kind == checkpoint_pace else
@@ -100,7 +98,35 @@ def study_status(workdir: str | Path) -> dict:
     return {"workdir": str(workdir), "runs": len(plan["runs"]), "done": done,
             "current": current, "pending": pending, "seconds_per_step": rate,
             "steps_left": left_steps, "seconds_left": seconds_left, "note": rate_note,
-            "pace_from": source}
+            "pace_from": source, "running": workdir_lock.running_note(workdir),
+            "skipped": [jsonlines.describe(d) for d in (damaged_rows, damaged_epochs) if d]}
+
+
+class StatusError(ValueError):
+    """A path that holds no readable study."""
+
+
+def _read_plan(workdir: Path) -> dict:
+    """plan.json of a study; StatusError saying what the path is when there is none."""
+    plan_path = workdir / "plan.json"
+    if not workdir.exists():
+        raise StatusError(f"{workdir}: no such folder; check the path (a study's workdir is "
+                          "the --workdir it was started with)")
+    if not workdir.is_dir():
+        raise StatusError(f"{workdir} is a file, not a study's workdir")
+    if not plan_path.is_file():
+        if (workdir / "config.json").is_file():
+            raise StatusError(f"{plan_path} is missing: this study was started by a version "
+                              "that did not write it; rerun the study command once (it resumes "
+                              "and writes it)")
+        raise StatusError(f"{workdir} holds no study (no plan.json or config.json)")
+    try:
+        plan = json.loads(plan_path.read_text())
+        plan["runs"], plan["steps_per_epoch"]  # noqa: B018 (the fields status needs)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise StatusError(f"{plan_path} cannot be read ({type(error).__name__}); rerun the "
+                          "study command once: it rewrites plan.json when it starts") from None
+    return plan
 
 
 def run_left(current: dict) -> int:
@@ -117,7 +143,9 @@ def _duration(seconds: Optional[float]) -> str:
 
 def describe(status: dict) -> str:
     """A few lines a person reads: done / current / pending, and the estimate."""
-    lines = [f"{status['workdir']}: {len(status['done'])} of {status['runs']} runs done"]
+    lines = [f"{status['workdir']}: {len(status['done'])} of {status['runs']} runs done"
+             + (f", {status['running']}" if status.get("running") else "")]
+    lines += [f"  warning: {text}" for text in status.get("skipped", [])]
     current = status["current"]
     if current is not None:
         lines.append(f"  now: level {current['level']} {current['variant']}, step "
@@ -133,6 +161,8 @@ def describe(status: dict) -> str:
     if status["current"] is None and not status["pending"]:
         lines.append("  finished")
     else:
+        if not status.get("running"):
+            lines.append("  not running: rerun the study's command to resume it")
         if status["seconds_left"] is None:
             lines.append("  time left: unknown until a run finishes or two resume checkpoints "
                          "half an epoch apart exist")
@@ -153,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for workdir in args.workdirs:
         try:
             statuses.append(study_status(workdir))
-        except FileNotFoundError as error:
+        except StatusError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
     if args.json:

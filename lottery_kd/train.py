@@ -61,10 +61,12 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TrainingInterrupted(Exception):
-    """A stop was requested (SIGTERM/SIGINT); a resume checkpoint at `step` was saved."""
+    """A stop was requested (SIGTERM/SIGINT); a resume checkpoint at `step` was saved (step None:
+    the stop came between two runs, and every finished run is saved)."""
 
-    def __init__(self, step: int, where: str = ""):
-        super().__init__(f"stopped {where + ' ' if where else ''}at global step {step}")
+    def __init__(self, step: Optional[int], where: str = ""):
+        at = f"at global step {step}" if step is not None else "(every finished run is saved)"
+        super().__init__(f"stopped {where + ' ' if where else ''}{at}")
         self.step = step
         self.where = where
 

@@ -422,3 +422,23 @@ def test_the_refusal_of_another_config_gives_the_flags_that_resume_the_saved_one
         leaf = key.split(".")[-1]
         current[leaf] = type(current[leaf])(value) if current[leaf] is not None else value
     lottery.prepare_workdir(tmp_path, today)  # no mismatch left
+
+
+def test_oneshot_only_levels_runs_the_listed_levels_in_order_and_adds_more_later(
+        tmp_path, monkeypatch):
+    """prune.only_levels picks the one-shot levels to run (e.g. Renda's densities 0.107 and
+    0.168 without the levels between); it changes no result, so the same workdir takes more."""
+    config = make_tiny_config()
+    config.prune.schedule, config.prune.levels, config.lottery.variants = "oneshot", 3, "lt"
+    config.prune.only_levels = "3"
+    rows = lottery.run(config, tmp_path, log=lambda *_: None)
+    assert [(r["level"], r["variant"]) for r in rows] == [(0, "dense"), (3, "lt")]
+    config.prune.only_levels = "3,1"
+    spy = FitSpy(monkeypatch)
+    rows = lottery.run(config, tmp_path, log=lambda *_: None)
+    assert [(r["level"], r["variant"]) for r in rows] == [(0, "dense"), (3, "lt"), (1, "lt")]
+    assert len(spy.calls) == 1  # only level 1 trained
+    assert rows[2]["sparsity"] == pytest.approx(0.2, abs=0.01)
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert [(r["level"], r["variant"]) for r in plan["runs"]] == [(0, "dense"), (3, "lt"),
+                                                                   (1, "lt")]

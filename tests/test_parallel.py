@@ -185,7 +185,7 @@ def test_a_pod_stops_together_when_one_worker_is_signalled_and_resumes_exactly(t
             log.close()
     texts = [(tmp_path / f"log{index}.txt").read_text() for index in (0, 1)]
     assert codes == [128 + signal.SIGTERM] * 2, texts[0][-2000:] + texts[1][-2000:]
-    assert all("stopped: stopped level 0" in text for text in texts)
+    assert all("stopped level 0" in text for text in texts)
     resumed = [start(index, subprocess.DEVNULL) for index in (0, 1)]
     assert [p.wait(timeout=600) for p in resumed] == [0, 0]
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731

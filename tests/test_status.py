@@ -23,7 +23,8 @@ def _config():
 def test_status_follows_a_study_through_a_stop_and_to_the_end(tmp_path):
     config, messages = _config(), []
     run = lottery.LotteryRun(config, tmp_path, log=messages.append,
-                             stop_requested=StopAfter(38 + 10))  # dense is 38 steps
+                             stop_requested=StopAfter(38 + 1 + 10))  # dense: 38 steps, then
+    # one poll between runs (a stop there would start no new run), then 10 steps of level 1 lt
     with pytest.raises(TrainingInterrupted):
         run.run()
     assert "[study] run 1 of 5: level 0 dense (0 done;" in messages[1]
@@ -62,11 +63,27 @@ def test_status_follows_a_study_through_a_stop_and_to_the_end(tmp_path):
     assert finished["seconds_left"] == 0 and "finished" in status.describe(finished)
 
 
-def test_status_command_on_a_directory_that_is_not_a_study(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "lottery_kd.status", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert "plan.json is missing" in done.stderr and "Traceback" not in done.stderr
+def _status(*args):
+    return subprocess.run([sys.executable, "-m", "lottery_kd.status", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_status_says_what_a_path_that_is_not_a_study_is(tmp_path):
+    """An empty folder, a mistyped path, a file, an old study without plan.json and a damaged
+    plan.json: one line each, naming the path and what to do, exit 2, no traceback."""
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text("{}")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "plan.json").write_text('{"runs": [')
+    for path, needle in ((tmp_path, "holds no study"), (tmp_path / "typo", "no such folder"),
+                         (tmp_path / "file", "is a file"),
+                         (tmp_path / "old", "rerun the study command once"),
+                         (tmp_path / "damaged", "plan.json cannot be read")):
+        done = _status(path)
+        assert done.returncode == 2, path
+        assert needle in done.stderr and str(path) in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
 
 
 def test_the_pace_is_the_median_of_recent_epochs_so_a_paused_one_does_not_skew_it(tmp_path):
@@ -76,7 +93,8 @@ def test_the_pace_is_the_median_of_recent_epochs_so_a_paused_one_does_not_skew_i
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     # a finished dense run whose total time includes a long pause: 300 s for 100 steps
     results.append_row(tmp_path / "results.jsonl", {"level": 0, "variant": "dense", "steps": 100,
-                                                    "seconds": 300.0, "distill": False})
+                                                    "seconds": 300.0, "distill": False,
+                                                    "sparsity": 0.0, "test_accuracy": 0.9})
     old = [{"level": 0, "variant": "dense", "distill": False, "steps": 10, "seconds": 50.0}] * 5
     recent = [{"level": 0, "variant": "dense", "distill": False, "steps": 10, "seconds": s}
               for s in (10.0, 11.0, 2000.0, 10.5, 9.5, 10.0, 12.0, 10.0, 11.0, 10.0)]

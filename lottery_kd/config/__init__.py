@@ -9,4 +9,4 @@
 from lottery_kd.config.validation import (PRUNE_SCHEDULES, PRUNE_SOURCES,  # noqa: F401
                                           ConfigError, StepPlan, milestone_epochs,
                                           parse_epochs, parse_names, parse_step_count,
-                                          plan_steps, validate)
+                                          plan_steps, pruning_levels, validate)

@@ -83,6 +83,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.prune.levels = 16             # KD-ticket: 1-0.8^k for k = 1..16
     config.prune.first_level = 1         # oneshot: run levels first_level..levels only (each prunes
                                          # the dense network, so the others are not needed)
+    config.prune.only_levels = ""        # oneshot: "" (every level from first_level) or the levels
+                                         # to run, in order, e.g. "10,8"; add more later in the
+                                         # same workdir (like first_level, it changes no result)
     config.prune.distribution = "global"  # global | uniform | erk: per-layer budgets (methods that
                                          # honour it; validation names the others)
     config.prune.source = "final"        # weights scored: final (IMP) | init (pruning at init)

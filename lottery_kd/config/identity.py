@@ -22,14 +22,16 @@ import ml_collections
 COSMETIC_KEYS = ("log.progress", "log.tensorboard", "parallel.distributed",
                  "parallel.coordinator_address", "parallel.num_processes", "parallel.process_id",
                  "parallel.coordinator_bind_address", "parallel.num_cpu_devices",
-                 "checkpoint.every_steps", "checkpoint.keep", "prune.first_level", "protocol")
+                 "checkpoint.every_steps", "checkpoint.keep", "prune.first_level",
+                 "prune.only_levels", "protocol")
 
 # Settings added after studies may have started, with the value that reproduces what ran before
 # they existed. A saved config without the key reads as that value, and at that value the key
 # is left out of the config digest (stored in every checkpoint), so older workdirs still resume.
 ADDED_KEYS = {"model.norm_impl": "flax", "protocol": "",
               "data.validation_split": "random", "data.normalization": "train_statistics",
-              "data.crop_scale": "0.08,1", "data.crop_ratio": "3/4,4/3"}
+              "data.crop_scale": "0.08,1", "data.crop_ratio": "3/4,4/3",
+              "prune.only_levels": ""}
 
 
 class SavedConfigError(ValueError):

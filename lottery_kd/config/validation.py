@@ -219,6 +219,16 @@ def validate(config: Any) -> None:
     else:
         check(prune.first_level == 1, "prune.first_level", prune.first_level,
               "1 unless prune.schedule=oneshot (each iterative level prunes the one before)")
+    try:
+        only = parse_epochs(prune.only_levels)
+        levels_ok = _is_int(prune.levels)
+        check(not only or (prune.schedule == "oneshot" and levels_ok
+                           and all(1 <= level <= prune.levels for level in only)
+                           and len(set(only)) == len(only)), "prune.only_levels",
+              prune.only_levels, f"'' or distinct levels in [1, prune.levels={prune.levels}] "
+              "with prune.schedule=oneshot, e.g. '10,8'")
+    except ValueError:
+        check(False, "prune.only_levels", prune.only_levels, "comma-separated levels, e.g. '10,8'")
     check(prune.distribution in DISTRIBUTIONS, "prune.distribution", prune.distribution,
           f"allowed: {', '.join(DISTRIBUTIONS)}")
     if prune.method in pruning.names():  # what the registered function is meant for
@@ -287,6 +297,11 @@ def validate(config: Any) -> None:
           "parallel.coordinator_address", par.coordinator_address, "HOST:PORT")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def pruning_levels(prune: Any) -> tuple[int, ...]:
+    """The pruning levels a study runs, in order: prune.only_levels, else first_level..levels."""
+    return parse_epochs(prune.only_levels) or tuple(range(prune.first_level, prune.levels + 1))
 
 
 def plan_steps(config: Any, train_size: int) -> StepPlan:
