@@ -14,6 +14,14 @@ number of steps is what the fresh stream allows (rest // batch size) unless --st
 Writes DIR/bootstrap.json, bootstrap.md (error gap per evaluation point) and bootstrap.png; a
 rerun skips the settings already done, and a killed run resumes inside the world it was training
 (checkpoints at every evaluation point under DIR/checkpoints).
+
+Every argument is checked before anything is written into DIR or trained: RUN_DIR is a study
+with in-memory data and its init snapshot, --real-size leaves at least one batch of the study's
+training split to the fresh stream, --steps >= 0, --eval-every >= 1, each --ticket is a snapshot
+of the study, and --kd on/both with a ticket finds the dense teacher. DIR follows lmc's rule
+(lottery_kd.lmc): the settings go into DIR/bootstrap.json just before the first training; DIR
+belongs to them once it holds a comparison or a resume checkpoint (other settings are then
+refused), and a bootstrap.json with neither is replaced by the next command's settings.
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ from lottery_kd import masks as masks_lib
 from lottery_kd.checkpoints import CheckpointError, ResumeStore
 from lottery_kd.data import Dataset, load_dataset
 from lottery_kd.data.inputs import InputData
-from lottery_kd.lottery import LotteryRun
+from lottery_kd.config import parse_names
+from lottery_kd.lmc import check_out, check_teacher, claim_out, open_study
 from lottery_kd.results import write_atomic
 from lottery_kd.tensorboard import ScalarWriter
 from lottery_kd.train import Progress, Trainer
@@ -54,7 +63,7 @@ class DeepBootstrap:
     """Real vs ideal world on the data and model of the study in `run_dir`."""
 
     def __init__(self, run_dir: str | os.PathLike, real_size: int, *, log=print):
-        self.run = LotteryRun.from_workdir(run_dir, log=lambda *_: None)
+        self.run = open_study(run_dir)
         config = self.run.config
         if config.data.name == "imagenet2012":
             raise ValueError("the Deep Bootstrap here needs an in-memory data set (cifar10, "
@@ -149,26 +158,41 @@ class DeepBootstrap:
 
 
 def _plot(comparisons: Sequence[dict], title: str, path: Path) -> None:
+    """Test error of both worlds (real solid, ideal dashed; a colour and marker per run) and
+    their gap; one legend beside the panels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
-    for comparison in comparisons:
-        label = f"{comparison['tag']} ({100 * comparison['sparsity']:.0f}% sparse)"
-        line, = axes[0].plot(comparison["steps"],
-                             [100 * p["test_error"] for p in comparison["real"]], label=
-                             f"{label}: real")
+    from lottery_kd.results import MARKERS, series_colors
+
+    figure, axes = plt.subplots(1, 2, figsize=(12.5, 4.4), dpi=120)
+    handles = []
+    for index, (comparison, color) in enumerate(zip(comparisons,
+                                                    series_colors(len(comparisons)))):
+        marker = MARKERS[index % len(MARKERS)]
+        label = f"{comparison['tag']} ({100 * comparison['sparsity']:.1f} % sparse)"
+        axes[0].plot(comparison["steps"], [100 * p["test_error"] for p in comparison["real"]],
+                     color=color, marker=marker, markersize=4)
         axes[0].plot(comparison["steps"], [100 * p["test_error"] for p in comparison["ideal"]],
-                     linestyle="--", color=line.get_color(), label=f"{label}: ideal")
-        axes[1].plot(comparison["steps"], [100 * g for g in comparison["gap"]], marker=".",
-                     label=label)
+                     linestyle="--", color=color, marker=marker, markersize=4,
+                     markerfacecolor="none")
+        line, = axes[1].plot(comparison["steps"], [100 * g for g in comparison["gap"]],
+                             color=color, marker=marker, markersize=4, label=label)
+        handles.append(line)
+    handles += [Line2D([], [], color="black", label="real world: the same examples, reused"),
+                Line2D([], [], color="black", linestyle="--",
+                       label="ideal world: fresh examples")]
+    axes[1].axhline(0, color="gray", linewidth=1)  # no gap
     axes[0].set_ylabel("test error %")
+    axes[0].set_title("test error, real (solid) and ideal (dashed) world", fontsize=9)
     axes[1].set_ylabel("test error gap, real - ideal (points)")
+    axes[1].set_title("gap: the real world's extra test error", fontsize=9)
     for ax in axes:
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    axes[1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path)
@@ -177,34 +201,47 @@ def _plot(comparisons: Sequence[dict], title: str, path: Path) -> None:
 
 def run_bootstrap(run_dir: str | os.PathLike, out: str | os.PathLike, *, real_size: int,
                   tickets: Sequence[str] = ("",), distill_options: Sequence[bool] = (False,),
-                  steps: int = 0, eval_every: int = 50, log=print) -> dict:
-    """Compare every (ticket, distill) pair, resuming from DIR/bootstrap.json."""
+                  steps: int = 0, eval_every: int = 50,
+                  pairs: Optional[Sequence[tuple[str, bool]]] = None, log=print) -> dict:
+    """Compare every (ticket, distill) pair, resuming from DIR/bootstrap.json: `pairs` in its
+    order, by default every ticket ('': dense) with every distill option. Every argument is
+    checked before anything is written into `out` or trained."""
+    if eval_every < 1:
+        raise ValueError(f"--eval-every must be >= 1, got {eval_every}")
+    if steps < 0:
+        raise ValueError(f"--steps must be >= 0 (0: all the fresh stream allows), got {steps}")
+    pairs = list(pairs if pairs is not None else
+                 [(ticket, distill) for ticket in tickets for distill in distill_options])
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     bootstrap = DeepBootstrap(run_dir, real_size, log=log)
     steps = min(steps or bootstrap.max_steps(), bootstrap.max_steps())
     if steps < 1:
         raise ValueError(f"the fresh stream holds {len(bootstrap.ideal.train_labels)} examples, "
                          f"less than one batch of {bootstrap.batch_size}: lower --real-size")
+    bootstrap.run.load_existing("init", "the study's initial weights")
+    for ticket in dict.fromkeys(ticket for ticket, _ in pairs if ticket):
+        bootstrap.run.load_existing(ticket, "--ticket")
+    if any(distill for _, distill in pairs):
+        check_teacher(bootstrap.run, "--kd on/both (training with the KD loss)")
     settings = {"run_dir": str(Path(run_dir).resolve()), "real_size": real_size,
                 "steps": steps, "eval_every": eval_every}
     path = out / "bootstrap.json"
-    saved = json.loads(path.read_text()) if path.is_file() else {"settings": settings,
-                                                                 "comparisons": []}
-    if saved["settings"] != settings:
-        raise ValueError(f"{out} holds Deep Bootstrap results with other settings "
-                         f"({saved['settings']}); use another --out")
-    write_atomic(path, json.dumps(saved, indent=1) + "\n")  # claims --out before any training
-    for ticket in tickets:
-        for distill in distill_options:
-            tag = (ticket or "dense") + ("_kd" if distill else "")
-            if any(c["tag"] == tag for c in saved["comparisons"]):
-                continue
-            saved["comparisons"].append(bootstrap.compare(ticket=ticket, distill=distill,
-                                                          steps=steps, eval_every=eval_every,
-                                                          out=out))
-            write_atomic(path, json.dumps(saved, indent=1) + "\n")
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # in bootstrap.json now
+    saved = check_out(out, "bootstrap.json", settings, "comparisons")
+    saved = saved or {"settings": settings, "comparisons": []}
+
+    def tag(ticket: str, distill: bool) -> str:
+        return (ticket or "dense") + ("_kd" if distill else "")
+
+    if any(not any(c["tag"] == tag(*pair) for c in saved["comparisons"]) for pair in pairs):
+        claim_out(out, path, saved)  # every argument is good: --out is claimed, then trained
+    for ticket, distill in pairs:
+        if any(c["tag"] == tag(ticket, distill) for c in saved["comparisons"]):
+            continue
+        saved["comparisons"].append(bootstrap.compare(ticket=ticket, distill=distill,
+                                                      steps=steps, eval_every=eval_every,
+                                                      out=out))
+        write_atomic(path, json.dumps(saved, indent=1) + "\n")
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # in bootstrap.json now
     config = bootstrap.run.config
     title = (f"Deep Bootstrap: {config.model.name} on {config.data.name}, real world "
              f"{real_size} examples, {steps} steps of batch {bootstrap.batch_size}")
@@ -234,19 +271,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=0, help="0: all the fresh stream allows")
     parser.add_argument("--eval-every", type=int, default=50)
     args = parser.parse_args(argv)
-    if args.eval_every < 1:
-        print(f"error: --eval-every must be >= 1, got {args.eval_every}", file=sys.stderr)
-        return 2
     distill = {"off": (False,), "on": (True,), "both": (False, True)}[args.kd]
+    # the dense network (without KD), then each ticket with each --kd option
+    pairs = [("", False)] + [(ticket, d) for ticket in parse_names(args.ticket) for d in distill]
     try:
-        saved = run_bootstrap(args.run_dir, args.out, real_size=args.real_size,
-                              tickets=("",), distill_options=(False,), steps=args.steps,
-                              eval_every=args.eval_every)
-        tickets = [t for t in args.ticket.split(",") if t]
-        if tickets:
-            run_bootstrap(args.run_dir, args.out, real_size=args.real_size, tickets=tickets,
-                          distill_options=distill, steps=saved["settings"]["steps"],
-                          eval_every=args.eval_every)
+        run_bootstrap(args.run_dir, args.out, real_size=args.real_size, pairs=pairs,
+                      steps=args.steps, eval_every=args.eval_every)
     except (ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -105,23 +105,36 @@ def finished_curves(runs: list[dict]) -> list[dict]:
     return out
 
 
+def _runs(counts) -> str:
+    """'n=2 runs' or 'n=1–2 runs' for the run counts of some curves."""
+    counts = sorted(set(counts))
+    return f"n={'–'.join(map(str, sorted({counts[0], counts[-1]})))} run" + \
+        ("" if counts == [1] else "s")
+
+
 def plot_curves(curves: list[dict], variants: list[str], title: str,
                 path: str | os.PathLike) -> None:
     """Test accuracy against epoch, one column per sparsity (the dense run dashed in each).
 
     The top row shows whole runs; the bottom row zooms into the second half of training,
-    where the variants' final accuracies, a few tenths apart, can be told apart.
+    where the variants' final accuracies, a few tenths apart, can be told apart (runs that
+    collapsed are left below its cut y-axis, named under it). One legend, beside the panels.
     """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from lottery_kd.results import collapsed, cut_y_axis, series_colors
 
     dense = [c for c in curves if c["variant"] == "dense"]
     sparsities = sorted({c["sparsity"] for c in curves if c["variant"] != "dense"}) or [0.0]
     last_epoch = max((e for c in curves for e in c["epochs"]), default=1.0)
     figure, axes = plt.subplots(2, len(sparsities), figsize=(4.6 * len(sparsities), 7.2),
                                 dpi=120, squeeze=False)
-    colors = {v: f"C{i}" for i, v in enumerate(v for v in variants if v != "dense")}
+    named = list(dict.fromkeys([v for v in variants if v != "dense"] +
+                               [c["variant"] for c in curves if c["variant"] != "dense"]))
+    colors = dict(zip(named, series_colors(len(named))))
+    handles: dict[str, object] = {}  # one line per variant, for the legend
     for column, sparsity in enumerate(sparsities):
         shown = dense + sorted((c for c in curves if c["sparsity"] == sparsity
                                 and c["variant"] != "dense"),
@@ -129,6 +142,7 @@ def plot_curves(curves: list[dict], variants: list[str], title: str,
                                               if c["variant"] in variants else len(variants)))
         for row, start in enumerate((0.0, last_epoch / 2)):
             panel = axes[row][column]
+            drawn = []  # (variant, epochs, mean) of the dense run first, then the variants
             for curve in shown:
                 points = [(e, 100 * m, 100 * s) for e, m, s in
                           zip(curve["epochs"], curve["test_accuracy_mean"],
@@ -136,24 +150,43 @@ def plot_curves(curves: list[dict], variants: list[str], title: str,
                 if not points:
                     continue
                 epochs, mean, std = (list(values) for values in zip(*points))
-                label = f"{curve['variant']} (n={curve['n']})"
+                drawn.append((curve["variant"], epochs, mean))
                 if curve["variant"] == "dense":
-                    panel.plot(epochs, mean, color="gray", linestyle="--", label=label)
+                    handles["dense"], = panel.plot(epochs, mean, color="gray", linestyle="--")
                     continue
-                color = colors.get(curve["variant"])
-                panel.plot(epochs, mean, marker=".", color=color, label=label)
+                color = colors[curve["variant"]]
+                handles[curve["variant"]], = panel.plot(epochs, mean, marker=".", color=color)
                 if curve["n"] > 1:
                     panel.fill_between(epochs, [m - s for m, s in zip(mean, std)],
                                        [m + s for m, s in zip(mean, std)], color=color,
                                        alpha=0.15)
+            note = ""
+            if row == 1:  # the zoom: a collapsed run cuts the axis to the others' last quarter
+                finals = [line for line in drawn if line[0] != "dense"]
+                [flags] = collapsed([[mean[-1] for _, _, mean in finals]])
+                off = {variant for (variant, _, _), f in zip(finals, flags) if f}
+                tail = (start + last_epoch) / 2
+                note = cut_y_axis(panel, [y for variant, epochs, mean in drawn if variant not in off
+                                          for e, y in zip(epochs, mean) if e >= tail],
+                                  [(epochs[-1], mean[-1], variant, colors[variant])
+                                   for variant, epochs, mean in finals if variant in off])
+            runs = sorted({c["n"] for c in shown if c["variant"] != "dense"})
             panel.set_title(f"{100 * sparsity:.2f} % sparse"
-                            + (f", epochs {start:g}+" if start else ""), fontsize=9)
-            panel.set_xlabel("epoch")
+                            + (f", zoom: epochs {start:g} to {last_epoch:g}" if start else
+                               f", {_runs(runs)} per variant" if runs else ""), fontsize=9)
+            panel.set_xlabel("epoch" + (f"\n{note}" if note else ""))
             panel.set_ylabel("test accuracy %")
             panel.grid(alpha=0.3)
-            if row == 0:
-                panel.legend(fontsize=6, loc="lower right")
-    figure.suptitle(title, fontsize=10)
+
+    order = [v for v in named if v in handles]
+    labels = order
+    if "dense" in handles:
+        order, labels = ["dense"] + order, [f"dense ({_runs([d['n'] for d in dense])})"] + order
+    figure.legend([handles[v] for v in order], labels, fontsize=7, loc="center left",
+                  bbox_to_anchor=(1.0, 0.5))
+    figure.suptitle(f"{title}\nmean over n runs (seeds), shaded band ± 1 std; the dense run "
+                    "dashed",
+                    fontsize=10)
     figure.tight_layout()
-    figure.savefig(path)
+    figure.savefig(path, bbox_inches="tight")  # the legend beside the panels included
     plt.close(figure)

@@ -16,6 +16,16 @@ rewinding) and with the KD loss from the study's dense teacher.
 Writes DIR/lmc.json (every point of every path), lmc.md (a table of barriers) and lmc.png; a
 rerun skips rewind points already done with the same settings, and resumes a killed one from
 its last epoch (DIR/checkpoints).
+
+Every argument is checked before anything is written into DIR or trained: RUN_DIR is a study,
+each --rewind point parses and lies inside the study's training, --ticket is a snapshot of the
+study, --distill finds the dense teacher, DIR is a folder (or can be made one) whose lmc.json,
+if any, is readable. The settings go into DIR/lmc.json just before the first training. DIR
+belongs to the settings there once it holds something trained for them: a result in lmc.json
+or a resume checkpoint in DIR/checkpoints (a killed point); other settings are then refused. A
+lmc.json with neither (a command that stopped before it trained an epoch) is replaced by the
+next command's settings, its leftover DIR/tensorboard removed. The Deep Bootstrap
+(lottery_kd.bootstrap) follows the same rule.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import jax
 
 from lottery_kd import config as config_lib, masks as masks_lib
 from lottery_kd.checkpoints import CheckpointError, ResumeStore
+from lottery_kd.config import identity
 from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.lottery import DENSE, LotteryRun, snapshot_name
 from lottery_kd.results import write_atomic
@@ -51,17 +62,107 @@ def error_barrier(errors: Sequence[float]) -> float:
     return float(max(errors) - 0.5 * (errors[0] + errors[-1]))
 
 
+def open_study(run_dir: str | os.PathLike) -> LotteryRun:
+    """The study in `run_dir` for an analysis tool (lmc, bootstrap), or a ValueError of one line
+    saying why `run_dir` is not one: missing, a file, no config.json, an unreadable, truncated
+    or invalid config.json."""
+    path = Path(run_dir)
+    if not path.exists():
+        raise ValueError(f"{run_dir}: no such folder; give the --workdir of a study")
+    if not path.is_dir():
+        raise ValueError(f"{run_dir} is a file, not a study; give the --workdir of a study")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{run_dir} holds no study (no config.json); give the --workdir of a "
+                         "study")
+    try:  # identity.SavedConfigError (a ValueError) says what is wrong with config.json
+        config_lib.validate(identity.load_saved(path))
+    except (AttributeError, TypeError, KeyError) as error:  # e.g. a section that is no dict
+        raise ValueError(f"{path / 'config.json'} holds no valid study config "
+                         f"({type(error).__name__}: {error}); restore it or give another "
+                         "study") from None
+    try:
+        return LotteryRun.from_workdir(path, log=lambda *_: None)
+    except OSError as error:  # the workdir cannot be written (lottery.WorkdirError)
+        raise ValueError(f"{run_dir}: {error}") from None
+
+
+def check_teacher(run: LotteryRun, option: str) -> None:
+    """A ValueError naming `option` unless the study's dense teacher can be loaded."""
+    name = snapshot_name(0, DENSE)
+    if not run.snapshots.exists(name):
+        raise ValueError(f"{option} needs the study's dense teacher ({name}), which is not in "
+                         f"{run.workdir}: run the study first")
+    run.teacher()  # a damaged snapshot: CheckpointError now, not after hours of training
+
+
+def check_out(out: Path, name: str, settings: dict, what: str) -> Optional[dict]:
+    """Check --out before anything is written into it, against the `settings` of this command:
+    a ValueError if `out` cannot be a folder of results, holds an unreadable out/`name`, or
+    belongs to other settings (see the module docstring). Returns the saved record to go on
+    from, or None to start afresh (also when a settings file without results is replaced)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; give a folder (new or holding "
+                         f"this command's {name})")
+    if not out.exists():
+        parent = next(p for p in out.absolute().parents if p.exists())
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"--out {out} cannot be created ({parent} is "
+                             f"{'not a folder' if not parent.is_dir() else 'not writable'}); "
+                             "choose another --out")
+        return None
+    if (out / "config.json").is_file():
+        raise ValueError(f"--out {out} holds a study (config.json), whose checkpoints are no "
+                         "place for these results; choose another --out")
+    path = out / name
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        valid = isinstance(saved, dict) and isinstance(saved.get("settings"), dict)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        saved, valid = None, False
+        why = f"cannot be read ({error})"
+    else:
+        why = "is not a record of this tool"
+    results = saved.get(what) if valid else None
+    if not valid or not isinstance(results, list):
+        raise ValueError(f"--out {out}: {path} {why}; it records the results there: restore "
+                         "it, or choose another --out")
+    if saved["settings"] == settings:
+        return saved
+    checkpoints = out / "checkpoints"
+    trained = checkpoints.is_dir() and any(p.is_file() for p in checkpoints.rglob("*"))
+    if results or trained:
+        held = f"{len(results)} result(s)" if results else "an interrupted run's checkpoints"
+        raise ValueError(f"--out {out} holds {held} with other settings "
+                         f"({saved['settings']}); use another --out, or rerun with those")
+    return None  # settings but nothing trained for them: this command's settings replace them
+
+
+def claim_out(out: Path, path: Path, record: dict) -> None:
+    """Write `record` (settings and results so far) into out before the first training; when
+    it replaces a record of other settings without results, what that one left goes too."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and json.loads(path.read_text())["settings"] != record["settings"]:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        write_atomic(path, json.dumps(record, indent=1) + "\n")
+    except OSError as error:
+        raise ValueError(f"--out {out} cannot be written ({error.strerror or error}); choose "
+                         "another --out") from None
+
+
 class LinearModeConnectivity:
     """LMC experiments on the study in `run_dir` (its config, data, snapshots and teacher)."""
 
     def __init__(self, run_dir: str | os.PathLike, *, ticket: str = "", distill: bool = False,
                  log=print):
-        self.run = LotteryRun.from_workdir(run_dir, log=lambda *_: None)
+        self.run = open_study(run_dir)
         self.log = log
         self.ticket, self.distill = ticket, distill
-        if not self.run.snapshots.exists(snapshot_name(0, DENSE)) and distill:
-            raise ValueError(f"--distill needs the dense teacher ({snapshot_name(0, DENSE)}) in "
-                             f"{run_dir}: run the study first")
+        if distill:
+            check_teacher(self.run, "--distill")
         init = self.run.load_existing("init", "the study's initial weights")
         self.masks = (self.run.load_existing(ticket, "--ticket")["masks"] if ticket
                       else init["masks"])
@@ -100,6 +201,29 @@ class LinearModeConnectivity:
             writer.close()
             progress.close()
 
+    def rewind_steps(self, rewinds: Sequence[str]) -> list[int]:
+        """The steps of --rewind points such as '0it' or '2ep', each checked to lie inside the
+        study's training; a ValueError naming the first one that does not."""
+        if not rewinds:
+            raise ValueError("--rewind names no point; give e.g. --rewind 0it,1ep")
+        steps = []
+        for text in rewinds:
+            try:
+                step = config_lib.parse_step_count(text, self.plan.steps_per_epoch)
+            except ValueError as error:
+                raise ValueError(f"--rewind: {error}") from None
+            self.check_rewind(step, text)
+            steps.append(step)
+        return steps
+
+    def check_rewind(self, step: int, text: str = "") -> None:
+        total, per_epoch = self.plan.total_steps, self.plan.steps_per_epoch
+        if not 0 <= step < total:
+            raise ValueError(
+                f"--rewind {text or f'{step}it'} is step {step}, outside this study's training "
+                f"(steps 0 to {total - 1}: {total / per_epoch:g} epochs of {per_epoch} steps); "
+                "choose points inside it")
+
     def spawn_point(self, rewind_step: int, out: Path) -> PyTree:
         """The dense run's weights at `rewind_step`: the study's rewind snapshot at its own
         rewind step, else retrained from init with the study's data order and its plain
@@ -117,9 +241,7 @@ class LinearModeConnectivity:
     def measure(self, rewind_step: int, out: Path, points: int = 11) -> dict:
         """Two copies from `rewind_step` on data orders seed+1 and seed+2; errors on the path."""
         total = self.plan.total_steps
-        if not 0 <= rewind_step < total:
-            raise ValueError(f"--rewind: step {rewind_step} is outside [0, {total}) of this "
-                             "study")
+        self.check_rewind(rewind_step)
         start = self.spawn_point(rewind_step, out)
         ends = []
         for copy in (1, 2):
@@ -148,21 +270,31 @@ class LinearModeConnectivity:
 
 
 def _plot(results: Sequence[dict], title: str, path: Path) -> None:
+    """Test error along each path, with the endpoints' mean dotted: the barrier is the height of
+    the path above it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    figure, axes = plt.subplots(figsize=(7, 5), dpi=120)
     for result in sorted(results, key=lambda r: r["rewind_step"]):
-        axes.plot(result["alphas"], [100 * e for e in result["test_error"]], marker="o",
-                  label=f"rewind step {result['rewind_step']} "
-                        f"(epoch {result['rewind_epoch']:.3g}): barrier "
-                        f"{100 * result['barrier']:.2f}")
+        line, = axes.plot(result["alphas"], [100 * e for e in result["test_error"]], marker="o",
+                          label=f"rewind to step {result['rewind_step']} "
+                                f"(epoch {result['rewind_epoch']:.3g}): barrier "
+                                f"{100 * result['barrier']:.2f} points")
+        ends = result["test_error"][0], result["test_error"][-1]
+        axes.axhline(50 * (ends[0] + ends[1]), color=line.get_color(), linestyle=":",
+                     linewidth=1)
+    sparsity = results[0].get("sparsity", 0.0) if results else 0.0
     axes.set_xlabel("interpolation alpha (0: copy 1, 1: copy 2)")
-    axes.set_ylabel("test error %")
-    axes.set_title(title, fontsize=10)
+    axes.set_ylabel("test error % along the path")
+    axes.set_title(title + (f", {100 * sparsity:.1f} % sparse" if sparsity else ""),
+                   fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
+    # below the axes, not on the paths
+    axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+                title="barrier: highest error above the endpoints' mean (dotted)",
+                title_fontsize=7)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -170,23 +302,21 @@ def _plot(results: Sequence[dict], title: str, path: Path) -> None:
 
 def run_sweep(run_dir: str | os.PathLike, rewinds: Sequence[str], out: str | os.PathLike, *,
               ticket: str = "", distill: bool = False, points: int = 11, log=print) -> dict:
-    """Measure every rewind point (e.g. '0it', '2ep'), resuming from DIR/lmc.json."""
+    """Measure every rewind point (e.g. '0it', '2ep'), resuming from DIR/lmc.json. Every
+    argument is checked before anything is written into `out` or trained."""
     if points < 3:
         raise ValueError(f"--points must be >= 3 (endpoints and at least one between), got "
                          f"{points}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {"run_dir": str(Path(run_dir).resolve()), "ticket": ticket, "distill": distill,
                 "points": points}
     path = out / "lmc.json"
-    saved = json.loads(path.read_text()) if path.is_file() else {"settings": settings,
-                                                                 "results": []}
-    if saved["settings"] != settings:
-        raise ValueError(f"{out} holds LMC results with other settings ({saved['settings']}); "
-                         "use another --out")
+    saved = check_out(out, "lmc.json", settings, "results")
     lmc = LinearModeConnectivity(run_dir, ticket=ticket, distill=distill, log=log)
-    write_atomic(path, json.dumps(saved, indent=1) + "\n")  # claims --out before any training
-    steps = [config_lib.parse_step_count(r, lmc.plan.steps_per_epoch) for r in rewinds]
+    steps = lmc.rewind_steps(rewinds)
+    saved = saved or {"settings": settings, "results": []}
+    if any(not any(r["rewind_step"] == step for r in saved["results"]) for step in steps):
+        claim_out(out, path, saved)  # every argument is good: --out is claimed, then trained
     for step in steps:
         if any(r["rewind_step"] == step for r in saved["results"]):
             continue

@@ -165,7 +165,8 @@ def markdown(matrix: dict) -> str:
 
 
 def plot_heatmap(matrix: dict, title: str, path: str | os.PathLike) -> None:
-    """The global overlap matrix as an annotated heat map (PNG)."""
+    """The global overlap matrix as an annotated heat map (PNG); off the diagonal, with up to 12
+    tickets, each cell also gives in brackets the chance level of its pair (matrix["random"])."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -178,12 +179,15 @@ def plot_heatmap(matrix: dict, title: str, path: str | os.PathLike) -> None:
     axes.set_yticks(range(len(names)))
     axes.set_xticklabels(names, rotation=90, fontsize=7)
     axes.set_yticklabels(names, fontsize=7)
+    chance = matrix.get("random") if len(names) <= 12 else None
     for i, row in enumerate(matrix["global"]):
         for j, value in enumerate(row):
-            axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+            text = f"{value:.2f}" + (f"\n({chance[i][j]:.2f})" if chance and i != j else "")
+            axes.text(j, i, text, ha="center", va="center", fontsize=6,
                       color="white" if value < 0.6 else "black")
-    figure.colorbar(image, ax=axes, label="Jaccard overlap")
-    axes.set_title(title, fontsize=10)
+    figure.colorbar(image, ax=axes, label="Jaccard overlap (kept conv weights)")
+    axes.set_title(title + ("\nin brackets: chance, for random masks\nof the same per-layer "
+                            "densities" if chance else ""), fontsize=9 if chance else 10)
     figure.tight_layout()
-    figure.savefig(path)
+    figure.savefig(path, bbox_inches="tight")  # nothing clipped: long names, the colour bar
     plt.close(figure)

@@ -497,6 +497,176 @@ def test_accuracy_vs_sparsity_plot_lines_never_double_back(iterative, monkeypatc
     plt.close("all")
 
 
+def _captured(monkeypatch):
+    """The figures the plotting functions close, kept open for inspection (plt.close("all")
+    still closes everything)."""
+    import matplotlib.pyplot as plt
+    figures, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda figure=None: close(figure)
+                        if isinstance(figure, str) else figures.append(figure))
+    return figures
+
+
+def _beside(inner, outer):
+    """Whether window extent `outer` lies wholly right of `inner` or wholly below it."""
+    return outer.x0 >= inner.x1 or outer.y1 <= inner.y0
+
+
+def test_density_ticks_merge_the_chains_of_a_level_into_one_readable_tick(monkeypatch,
+                                                                         tmp_path):
+    import matplotlib.pyplot as plt
+    ticks = results.density_ticks([0.41, 0.4095, 0.41, 0.168, 0.0078])
+    assert [label for _, label in ticks] == ["59.0–59.1", "83.2", "99.2"]
+    assert ticks[0][0] == pytest.approx((0.41 * 0.4095) ** 0.5)
+    figures = _captured(monkeypatch)
+    results.plot_accuracy_vs_sparsity(_accuracy_rows(True), tmp_path / "a.png", "study")
+    [figure] = figures
+    labels = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+    assert labels == ["0.0", "59.0–59.2", "83.2–83.4", "93.1–93.3"]  # one per level
+    plt.close("all")
+
+
+def test_collapsed_flags_only_runs_far_below_their_group_and_never_a_majority():
+    assert results.collapsed([[90, 89, 88, 60], [80, 79, 78, 20]]) == \
+        [[False, False, False, True], [False, False, False, True]]
+    assert results.collapsed([[83.2, 82.5, 82.8, 78.9]]) == [[False] * 4]  # a real gap: kept
+    assert results.collapsed([[90, 10, 12]]) == [[False] * 3]  # most collapsed: nothing to cut
+
+
+@pytest.mark.parametrize("collapse", [True, False])
+def test_a_collapsed_run_is_left_below_a_cut_axis_and_named(collapse, monkeypatch, tmp_path):
+    import matplotlib.pyplot as plt
+    rows = _accuracy_rows(False)
+    rows += [dict(r, variant="finetune", test_accuracy=(0.2 if collapse else 0.79)
+                  if r["level"] == 3 else r["test_accuracy"])
+             for r in rows if r["variant"] == "lt"]
+    figures = _captured(monkeypatch)
+    drawn = results.plot_accuracy_vs_sparsity(rows, tmp_path / "a.png", "study")
+    [figure] = figures
+    axes = figure.axes[0]
+    assert drawn["finetune"][-1][1] == pytest.approx(20.0 if collapse else 79.0)  # all drawn
+    low, high = axes.get_ylim()
+    assert high >= 90  # the dense line
+    assert "end of training" in axes.get_ylabel()
+    if collapse:
+        assert 20 < low <= 81.5  # lt at level 3 is the lowest kept point
+        assert "below the axis: finetune 20.0" in axes.get_xlabel()
+        assert len(axes.collections) == 1  # its marker on the bottom edge
+    else:
+        assert low < 79 and "below" not in axes.get_xlabel()
+    figure.canvas.draw()
+    assert _beside(axes.get_window_extent(), axes.get_legend().get_window_extent())
+    plt.close("all")
+
+
+def _entries(published_variants=("lt", "weight_rewind", "kd")):
+    """report.aggregate-style entries: dense and three variants at two sparsities, n=2."""
+    out = [{"variant": "dense", "sparsity": 0.0, "level": 0, "final_mean": 0.92,
+            "final_std": 0.0, "n": 2, "best_val_mean": 0.92, "best_val_std": 0.0,
+            "best_val_n": 2}]
+    for level, sparsity in ((1, 0.59), (2, 0.8322)):
+        for k, variant in enumerate(published_variants):
+            mean = 0.9 - 0.02 * level - 0.01 * k
+            out.append({"variant": variant, "sparsity": sparsity, "level": level,
+                        "final_mean": mean, "final_std": 0.003, "n": 2,
+                        "best_val_mean": mean, "best_val_std": 0.003, "best_val_n": 2})
+    return out
+
+
+def test_report_accuracy_plot_ties_published_lines_to_their_variant_and_explains_bars(
+        monkeypatch, tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+    reference = published_lib.load(report.REFERENCE)
+    published = report.published_for("resnet20", "cifar10", reference)
+    figures = _captured(monkeypatch)
+    report._plot_accuracy(_entries(), published, False, "resnet20 on cifar10",
+                          tmp_path / "a.png", "best_val")
+    [figure] = figures
+    axes = figure.axes[0]
+    bars = {c.get_label(): c.lines[0] for c in axes.containers}
+    assert list(bars) == ["lt", "weight_rewind", "kd"]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert to_hex(lines["published rewind_to_0"].get_color()) == \
+        to_hex(bars["lt"].get_color())
+    assert to_hex(lines["published best_weight_rewinding"].get_color()) == \
+        to_hex(bars["weight_rewind"].get_color())
+    colors = [to_hex(line.get_color()) for line in bars.values()]
+    assert len(set(colors)) == 3 and to_hex("gray") not in colors
+    for density in (0.41, 0.1678):  # shifted sideways a little, in the variants' order
+        xs = [x for line in bars.values() for x in line.get_xdata()
+              if abs(x / density - 1) < 0.1]
+        assert len(xs) == 3 and xs == sorted(xs) and len(set(xs)) == 3
+    for line in bars.values():
+        assert list(line.get_xdata()) == sorted(line.get_xdata())  # never doubles back
+    legend = axes.get_legend()
+    assert "other protocol" in legend.get_title().get_text()
+    assert all("protocol" not in t.get_text() for t in legend.get_texts())  # said once
+    assert "n=2" in axes.get_title() and "± 1 std" in axes.get_title()
+    assert "best-validation epoch" in axes.get_ylabel()
+    plt.close("all")
+
+
+def _curve(variant, sparsity, finals, n=2):
+    epochs = [1.0, 2.0, 3.0, 4.0]
+    return {"level": 1, "sparsity": sparsity, "variant": variant, "n": n, "epochs": epochs,
+            "test_accuracy_mean": [f * e / 4 for e, f in zip(epochs, [finals] * 4)],
+            "test_accuracy_std": [0.01] * 4}
+
+
+def test_learning_curves_share_one_legend_and_the_zoom_leaves_a_collapsed_run_below(
+        monkeypatch, tmp_path):
+    import matplotlib.pyplot as plt
+    curves_in = [_curve("dense", 0.0, 0.95)]
+    variants = ["lt", "weight_rewind", "kd", "finetune"]
+    curves_in += [_curve(v, 0.5, f) for v, f in zip(variants, (0.9, 0.89, 0.91, 0.88))]
+    curves_in += [_curve(v, 0.9, f, n=1) for v, f in zip(variants, (0.8, 0.81, 0.82, 0.2))]
+    figures = _captured(monkeypatch)
+    curves.plot_curves(curves_in, ["dense"] + variants, "tiny", tmp_path / "c.png")
+    [figure] = figures
+    assert all(axes.get_legend() is None for axes in figure.axes)
+    [legend] = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["dense (n=2 runs)"] + variants
+    figure.canvas.draw()
+    assert all(_beside(axes.get_window_extent(), legend.get_window_extent())
+               for axes in figure.axes)
+    top, zoom = figure.axes[0:2], figure.axes[2:4]
+    assert "n=2 runs per variant" in top[0].get_title()
+    assert "n=1 run per variant" in top[1].get_title()
+    assert zoom[0].get_xlabel() == "epoch"  # nothing collapsed at 50 %
+    assert "below the axis: finetune 20.0" in zoom[1].get_xlabel()
+    assert zoom[1].get_ylim()[0] > 20
+    assert "± 1 std" in figure.get_suptitle()
+    plt.close("all")
+
+
+def test_layer_density_axis_turns_logarithmic_for_sparse_layers(monkeypatch, tmp_path):
+    import matplotlib.pyplot as plt
+    figures = _captured(monkeypatch)
+    report._plot_layers({"50.00 %": {"conv1/kernel": 0.6, "conv2/kernel": 0.4}}, "t",
+                        tmp_path / "a.png")
+    report._plot_layers({"99.00 %": {"conv1/kernel": 0.3, "conv2/kernel": 0.004}}, "t",
+                        tmp_path / "b.png")
+    dense, sparse = (figure.axes[0] for figure in figures)
+    assert dense.get_yscale() == "linear" and dense.get_ylim() == (0, 1.05)
+    assert sparse.get_yscale() == "log" and sparse.get_ylim()[0] < 0.004
+    assert "log scale" in sparse.get_ylabel()
+    plt.close("all")
+
+
+def test_overlap_heat_map_gives_each_pairs_chance_level(monkeypatch, tmp_path):
+    import matplotlib.pyplot as plt
+    matrix = {"names": ["a", "b"], "global": [[1.0, 0.3], [0.3, 1.0]],
+              "random": [[0.5, 0.05], [0.05, 0.5]]}
+    figures = _captured(monkeypatch)
+    overlap.plot_heatmap(matrix, "overlap", tmp_path / "o.png")
+    [figure] = figures
+    texts = [t.get_text() for t in figure.axes[0].texts]
+    assert texts == ["1.00", "0.30\n(0.05)", "0.30\n(0.05)", "1.00"]
+    assert "chance" in figure.axes[0].get_title()
+    plt.close("all")
+
+
 # --------------------------------------------------------------------------------------------
 # linear mode connectivity
 
@@ -507,6 +677,29 @@ def test_barrier_by_hand():
     tree = {"w": np.array([0.0, 2.0])}
     np.testing.assert_allclose(lmc.interpolate(tree, {"w": np.array([4.0, 6.0])}, 0.25)["w"],
                                [1.0, 3.0])
+
+
+def test_lmc_plot_marks_the_endpoints_mean_and_keeps_its_legend_off_the_paths(monkeypatch,
+                                                                              tmp_path):
+    import matplotlib.pyplot as plt
+    results_in = [{"rewind_step": k, "rewind_epoch": k / 10, "alphas": [0, 0.5, 1],
+                   "test_error": errors, "barrier": lmc.error_barrier(errors),
+                   "sparsity": 0.9}
+                  for k, errors in ((0, [0.1, 0.3, 0.2]), (10, [0.1, 0.12, 0.1]))]
+    figures = _captured(monkeypatch)
+    lmc._plot(results_in, "LMC", tmp_path / "l.png")
+    [figure] = figures
+    axes = figure.axes[0]
+    labels = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert labels == ["rewind to step 0 (epoch 0): barrier 15.00 points",
+                      "rewind to step 10 (epoch 1): barrier 2.00 points"]
+    means = sorted(line.get_ydata()[0] for line in axes.get_lines()
+                   if line.get_linestyle() == ":")
+    assert means == pytest.approx([10.0, 15.0])
+    assert "90.0 % sparse" in axes.get_title()
+    figure.canvas.draw()
+    assert _beside(axes.get_window_extent(), axes.get_legend().get_window_extent())
+    plt.close("all")
 
 
 @pytest.fixture(scope="module")
@@ -681,3 +874,34 @@ def test_deep_bootstrap_real_vs_ideal_for_dense_and_a_ticket_with_and_without_kd
     assert len(whole) == study_train.num_examples  # the study's training split, no more
     with pytest.raises(ValueError, match="--real-size"):
         bootstrap.split_worlds(world.real, 5000)
+
+
+def test_bootstrap_plot_draws_the_zero_gap_and_one_legend_beside_the_panels(monkeypatch,
+                                                                            tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    def world(errors):
+        return [{"test_error": e} for e in errors]
+
+    comparisons = [{"tag": tag, "sparsity": sparsity, "steps": [5, 10],
+                    "real": world(real), "ideal": world(ideal),
+                    "gap": [r - i for r, i in zip(real, ideal)]}
+                   for tag, sparsity, real, ideal in (("dense", 0.0, [0.5, 0.3], [0.5, 0.2]),
+                                                      ("level_2_lt", 0.36, [0.6, 0.4],
+                                                       [0.6, 0.35]))]
+    figures = _captured(monkeypatch)
+    bootstrap._plot(comparisons, "boot", tmp_path / "b.png")
+    [figure] = figures
+    errors, gaps = figure.axes
+    assert errors.get_legend() is None
+    labels = [t.get_text() for t in gaps.get_legend().get_texts()]
+    assert labels[:2] == ["dense (0.0 % sparse)", "level_2_lt (36.0 % sparse)"]
+    assert any("real" in label for label in labels) and any("ideal" in label for label in labels)
+    assert any(list(line.get_ydata()) == [0, 0] for line in gaps.get_lines())  # no gap
+    real, ideal = errors.get_lines()[:2]
+    assert to_hex(real.get_color()) == to_hex(ideal.get_color())
+    assert (real.get_linestyle(), ideal.get_linestyle()) == ("-", "--")
+    figure.canvas.draw()
+    assert _beside(gaps.get_window_extent(), gaps.get_legend().get_window_extent())
+    plt.close("all")

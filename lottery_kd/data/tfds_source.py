@@ -15,6 +15,7 @@ preparation leaves nothing that looks prepared. TensorFlow is imported only here
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tempfile
 import urllib.parse
@@ -75,21 +76,97 @@ def _builder_from_local_files(name: str, local_dir: str, data_dir: Optional[str]
     return FromLocalFiles(data_dir=data_dir or None)
 
 
-def prepare_from_local(name: str, local_dir: str, data_dir: Optional[str] = None) -> Path:
-    """Prepare tfds `name` (cifar10 | cifar100) under `data_dir` from the official binary files.
+def _check_from(name: str, local_dir: str) -> None:
+    """prepare's --from: a folder holding every official file of `name`, each of its exact size
+    and (CIFAR-10) official SHA-256. One DataError naming --from and every problem."""
+    fmt = cifar.get_format(name)
+    files = fmt.train_files + fmt.test_files
+    folder = Path(local_dir)
+    fix = (f"Give --from the folder unpacked from {fmt.archive} ({fmt.folder}), which holds "
+           f"{', '.join(files)}.")
+    if not folder.exists():
+        raise DataError(f"--from {local_dir}: no such folder. {fix}")
+    if not folder.is_dir():
+        archive = local_dir.endswith((".tar.gz", ".tgz", ".tar"))
+        raise DataError(f"--from {local_dir} is a file, not a folder"
+                        f"{f' (unpack it first: tar xf {local_dir})' if archive else ''}. {fix}")
+    missing, wrong = [], []
+    for file_name in files:
+        path = folder / file_name
+        if not path.is_file():
+            missing.append(file_name)
+            continue
+        size, expected = path.stat().st_size, fmt.file_bytes(file_name)
+        if size != expected:
+            wrong.append(f"{file_name} has {size:,} bytes, expected {expected:,} bytes")
+        elif file_name in fmt.sha256:
+            digest = cifar.sha256_of(path)
+            if digest != fmt.sha256[file_name]:
+                wrong.append(f"{file_name} has sha256 {digest}, expected the official "
+                             f"{fmt.sha256[file_name]} (corrupt or not the official file)")
+    if missing or wrong:
+        lines = [f"--from {local_dir} does not hold the official {fmt.name} binary files."]
+        if missing:
+            lines.append(f"  missing ({len(missing)}): {', '.join(missing)}")
+        if wrong:
+            lines.append(f"  wrong size or checksum ({len(wrong)}):")
+            lines.extend(f"    {entry}" for entry in wrong)
+        raise DataError("\n".join(lines + [fix]))
 
-    Every file is checked first (presence, size, official SHA-256 where carried); nothing is
-    written if one fails. Returns the prepared dataset folder. Already prepared: nothing to do.
+
+def _data_dir_argument(data_dir: Optional[str]) -> tuple[Optional[Path], str]:
+    """(the local folder prepare writes into, or None for a URL such as gs://; how to name it
+    in a message: prepare's --data-dir)."""
+    if data_dir and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", data_dir):
+        return None, f"--data-dir {data_dir}"
+    if data_dir:
+        return Path(data_dir), f"--data-dir {data_dir}"
+    default = Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+    return default, f"--data-dir (default: tfds's {default})"
+
+
+def _check_data_dir(data_dir: Optional[str]) -> None:
+    """prepare's --data-dir: a folder that exists or can be made, and can be written."""
+    target, which = _data_dir_argument(data_dir)
+    if target is None:
+        return
+    if target.exists() and not target.is_dir():
+        raise DataError(f"{which} is a file, not a folder; give --data-dir a folder to prepare "
+                        "into")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / f".write_probe.{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise DataError(f"{which} cannot be written ({error.strerror or error}); give "
+                        "--data-dir a folder you can write to") from None
+
+
+def prepare_from_local(name: str, local_dir: str, data_dir: Optional[str] = None) -> Path:
+    """Prepare tfds `name` (cifar10 | cifar100) under `data_dir` from the official binary files
+    (the `python -m lottery_kd.data.prepare` command: its errors name --from and --data-dir).
+
+    Every file is checked first (presence, size, official SHA-256 where carried), then that
+    `data_dir` can be written; nothing is written if a file fails. Returns the prepared dataset
+    folder. Already prepared: nothing to do.
     """
     if name not in TFDS_CIFAR_NAMES:
         raise DataError(f"Offline preparation supports {', '.join(TFDS_CIFAR_NAMES)}, "
                         f"not {name!r}.")
-    cifar.check_local(local_dir, name, verify_checksums=True)
+    _check_from(name, local_dir)
+    _check_data_dir(data_dir)
     builder = _builder_from_local_files(name, local_dir, data_dir)
     if not builder.is_prepared():
         tfds = _import_tfds()
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        try:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        except OSError as error:
+            raise DataError(
+                f"preparing tfds {name!r} into {_data_dir_argument(data_dir)[1]} failed "
+                f"({type(error).__name__}: {error}); nothing that looks prepared is left: fix "
+                "the cause (e.g. free space) and rerun") from None
     return Path(builder.data_dir)
 
 

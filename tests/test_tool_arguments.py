@@ -1,0 +1,297 @@
+"""The analysis tools (lmc, bootstrap) and the tfds preparation check every argument before they
+write or train anything, and say what is wrong in a line or two with exit code 2."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from lottery_kd import bootstrap, lmc, lottery
+from lottery_kd.data import prepare
+from lottery_kd.train import Trainer
+from tests.conftest import REPO, make_tiny_config
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A finished digits study: dense (the teacher) and one level of `lt` (level_1_lt)."""
+    config = make_tiny_config()
+    config.prune.levels = 1
+    config.lottery.variants = "lt"
+    workdir = tmp_path_factory.mktemp("tools") / "study"
+    lottery.run(config, workdir, log=lambda *_: None)
+    return workdir
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Any training fails the test: a bad argument must be refused before training."""
+    def fit(*args, **kwargs):
+        raise AssertionError("trained although an argument is bad")
+    monkeypatch.setattr(Trainer, "fit", fit)
+
+
+def _refused(main, argv, capsys, *expected):
+    """main(argv) exits 2 with one `error:` message containing every `expected` text."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("error: ") == 1, err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def _fake_lmc_result(self, rewind_step, out, points=11):
+    alphas = [i / (points - 1) for i in range(points)]
+    return {"rewind_step": rewind_step, "rewind_epoch": 0.0, "alphas": alphas,
+            "test_error": [0.1] * points, "test_loss": [1.0] * points, "barrier": 0.0,
+            "endpoint_errors": [0.1, 0.1], "sparsity": 0.0}
+
+
+def _fake_comparison(self, *, ticket, distill, steps, eval_every, out):
+    point = {"step": steps, "test_error": 0.5, "train_error": 0.5, "train_loss": 1.0}
+    return {"tag": (ticket or "dense") + ("_kd" if distill else ""), "ticket": ticket,
+            "distill": distill, "sparsity": 0.0, "steps": [steps], "real": [point],
+            "ideal": [point], "gap": [0.0]}
+
+
+# --------------------------------------------------------------------------------------------
+# lmc
+
+
+@pytest.mark.parametrize("rewind, message", [
+    ("999ep", "--rewind 999ep is step"), ("0it,1xx", "'1xx' is not a step count"),
+    ("0it,38it", "outside this study's training"), (",", "--rewind names no point")])
+def test_lmc_refuses_bad_rewind_points_before_writing_or_training(study, tmp_path, capsys,
+                                                                  no_training, rewind,
+                                                                  message):
+    out = tmp_path / "lmc"
+    _refused(lmc.main, [study, "--rewind", rewind, "--out", out], capsys, message)
+    assert not out.exists()
+
+
+def test_lmc_refuses_a_missing_ticket_or_teacher_before_writing(study, tmp_path, capsys,
+                                                                no_training):
+    out = tmp_path / "lmc"
+    _refused(lmc.main, [study, "--ticket", "level_9_kd", "--out", out], capsys,
+             "--ticket 'level_9_kd': no such snapshot", "level_1_lt")
+    assert not out.exists()
+    untaught = tmp_path / "untaught"
+    shutil.copytree(study, untaught)
+    shutil.rmtree(untaught / "checkpoints" / "snapshots" / "level_0_dense")
+    _refused(lmc.main, [untaught, "--distill", "--out", out], capsys,
+             "--distill needs the study's dense teacher (level_0_dense)")
+    assert not out.exists()
+
+
+def test_lmc_settings_without_results_do_not_block_a_corrected_command(study, tmp_path,
+                                                                       monkeypatch, capsys):
+    """What an earlier refused command left (settings, no result, no checkpoint) is replaced;
+    the new settings hold the folder from then on."""
+    out = tmp_path / "lmc"
+    out.mkdir()
+    stale = {"settings": {"run_dir": str(study.resolve()), "ticket": "", "distill": False,
+                          "points": 11}, "results": []}
+    (out / "lmc.json").write_text(json.dumps(stale))
+    (out / "tensorboard" / "k0_copy1").mkdir(parents=True)
+    monkeypatch.setattr(lmc.LinearModeConnectivity, "measure", _fake_lmc_result)
+    assert lmc.main([str(study), "--rewind", "0it", "--points", "3", "--out", str(out)]) == 0
+    saved = json.loads((out / "lmc.json").read_text())
+    assert saved["settings"]["points"] == 3 and len(saved["results"]) == 1
+    assert not (out / "tensorboard").exists()  # the replaced settings' leftovers
+    capsys.readouterr()
+    _refused(lmc.main, [study, "--rewind", "0it", "--points", "5", "--out", out], capsys,
+             "holds 1 result(s) with other settings")
+
+
+def test_lmc_out_with_an_interrupted_run_of_other_settings_is_refused(study, tmp_path, capsys,
+                                                                      no_training):
+    out = tmp_path / "lmc"
+    (out / "checkpoints" / "k0_copy1" / "19").mkdir(parents=True)
+    (out / "checkpoints" / "k0_copy1" / "19" / "state").write_text("a checkpoint")
+    (out / "lmc.json").write_text(json.dumps({"settings": {
+        "run_dir": str(study.resolve()), "ticket": "", "distill": True, "points": 11},
+        "results": []}))
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    _refused(lmc.main, [study, "--rewind", "0it", "--out", out], capsys,
+             "an interrupted run's checkpoints with other settings")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_lmc_refuses_an_unusable_out_before_writing(study, tmp_path, capsys, no_training):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    _refused(lmc.main, [study, "--out", a_file], capsys, f"--out {a_file} is a file")
+    _refused(lmc.main, [study, "--out", a_file / "lmc"], capsys, "cannot be created")
+    snapshots = sorted((study / "checkpoints" / "snapshots").iterdir())
+    _refused(lmc.main, [study, "--out", study], capsys, "holds a study")
+    assert sorted((study / "checkpoints" / "snapshots").iterdir()) == snapshots
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "lmc.json").write_text('{"settings": ')
+    _refused(lmc.main, [study, "--out", broken], capsys, "lmc.json cannot be read")
+    assert (broken / "lmc.json").read_text() == '{"settings": '
+    assert a_file.read_text() == "not a folder"
+
+
+def _not_studies(root, study):
+    """Folders and files that are no study, each with a word of the expected message."""
+    (root / "a_file").write_text("x")
+    (root / "empty").mkdir()
+    truncated = root / "truncated"
+    truncated.mkdir()
+    (truncated / "config.json").write_text((study / "config.json").read_text()[:100])
+    listed = root / "listed"
+    listed.mkdir()
+    (listed / "config.json").write_text("[1, 2]")
+    folder = root / "folder"
+    (folder / "config.json").mkdir(parents=True)
+    mangled = root / "mangled"
+    mangled.mkdir()
+    config = json.loads((study / "config.json").read_text())
+    config["train"] = "fast"
+    (mangled / "config.json").write_text(json.dumps(config))
+    return [(root / "missing", "no such folder"), (root / "a_file", "is a file, not a study"),
+            (root / "empty", "holds no study"), (truncated, "cannot be read"),
+            (listed, "holds no config object"), (folder, "holds no study"),
+            (mangled, "holds no valid study config")]
+
+
+def test_a_workdir_that_is_not_a_study_is_one_line_and_exit_2(study, tmp_path, capsys,
+                                                               no_training):
+    out = tmp_path / "out"
+    for run_dir, message in _not_studies(tmp_path, study):
+        err = _refused(lmc.main, [run_dir, "--out", out], capsys, str(run_dir), message)
+        assert len(err.strip().splitlines()) == 1
+        err = _refused(bootstrap.main, [run_dir, "--real-size", 300, "--out", out], capsys,
+                       str(run_dir), message)
+        assert len(err.strip().splitlines()) == 1
+        assert not out.exists()
+
+
+def test_lmc_command_line_exit_code_and_no_traceback(study, tmp_path):
+    out = tmp_path / "lmc"
+    done = subprocess.run([sys.executable, "-m", "lottery_kd.lmc", str(study), "--rewind",
+                           "999ep", "--out", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: --rewind 999ep") and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Deep Bootstrap
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--ticket", "level_1_lt,level_9_kd"], "--ticket 'level_9_kd': no such snapshot"),
+    (["--real-size", "5000"], "--real-size must be in (0, 1257)"),
+    (["--real-size", "1250"], "less than one batch"),
+    (["--steps", "-1"], "--steps must be >= 0"),
+    (["--eval-every", "0"], "--eval-every must be >= 1")])
+def test_bootstrap_refuses_bad_arguments_before_writing_or_training(study, tmp_path, capsys,
+                                                                    no_training, arguments,
+                                                                    message):
+    out = tmp_path / "boot"
+    argv = [study, "--real-size", 300, "--out", out]
+    _refused(bootstrap.main, argv + arguments, capsys, message)
+    assert not out.exists()
+
+
+def test_bootstrap_kd_needs_the_teacher_and_out_must_be_a_folder(study, tmp_path, capsys,
+                                                                 no_training):
+    out = tmp_path / "boot"
+    untaught = tmp_path / "untaught"
+    shutil.copytree(study, untaught)
+    shutil.rmtree(untaught / "checkpoints" / "snapshots" / "level_0_dense")
+    _refused(bootstrap.main, [untaught, "--real-size", 300, "--ticket", "level_1_lt", "--kd",
+                              "on", "--out", out], capsys, "needs the study's dense teacher")
+    assert not out.exists()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    _refused(bootstrap.main, [study, "--real-size", 300, "--out", a_file], capsys,
+             f"--out {a_file} is a file")
+    _refused(bootstrap.main, [study, "--real-size", 300, "--out", study], capsys,
+             "holds a study")
+
+
+def test_bootstrap_settings_without_results_do_not_block_a_corrected_command(
+        study, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "boot"
+    out.mkdir()
+    stale = {"settings": {"run_dir": str(study.resolve()), "real_size": 200, "steps": 16,
+                          "eval_every": 50}, "comparisons": []}
+    (out / "bootstrap.json").write_text(json.dumps(stale))
+    pairs = []
+
+    def compare(self, **kwargs):
+        pairs.append((kwargs["ticket"], kwargs["distill"]))
+        return _fake_comparison(self, **kwargs)
+
+    monkeypatch.setattr(bootstrap.DeepBootstrap, "compare", compare)
+    assert bootstrap.main([str(study), "--real-size", "300", "--ticket", "level_1_lt",
+                           "--kd", "both", "--out", str(out)]) == 0
+    assert pairs == [("", False), ("level_1_lt", False), ("level_1_lt", True)]
+    saved = json.loads((out / "bootstrap.json").read_text())
+    assert saved["settings"]["real_size"] == 300
+    assert [c["tag"] for c in saved["comparisons"]] == ["dense", "level_1_lt", "level_1_lt_kd"]
+    capsys.readouterr()
+    _refused(bootstrap.main, [study, "--real-size", 200, "--out", out], capsys,
+             "holds 3 result(s) with other settings")
+
+
+# --------------------------------------------------------------------------------------------
+# python -m lottery_kd.data.prepare
+
+
+def _fake_cifar100(folder):
+    """A folder with CIFAR-100's file names and exact sizes (sparse: no checksums are carried
+    for CIFAR-100, so it passes the --from check)."""
+    folder.mkdir()
+    for name, records in (("train.bin", 50000), ("test.bin", 10000)):
+        with open(folder / name, "wb") as handle:
+            handle.truncate(records * 3074)
+    return folder
+
+
+def test_prepare_names_from_for_a_wrong_from(tmp_path, capsys):
+    a_file = tmp_path / "cifar-10-binary.tar.gz"
+    a_file.write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    short = tmp_path / "short"
+    short.mkdir()
+    (short / "test_batch.bin").write_bytes(b"x" * 10)
+    data_dir = tmp_path / "tfds"
+    for local, expected in ((tmp_path / "missing", "no such folder"),
+                            (a_file, "is a file, not a folder (unpack it first"),
+                            (tmp_path / "empty", "missing (6): data_batch_1.bin"),
+                            (short, "test_batch.bin has 10 bytes")):
+        err = _refused(prepare.main, ["cifar10", "--from", local, "--data-dir", data_dir],
+                       capsys, f"--from {local}", expected, "cifar-10-batches-bin")
+        assert "data.dir" not in err and "--config" not in err
+        assert not data_dir.exists()
+
+
+def test_prepare_names_data_dir_when_it_cannot_be_written(tmp_path, capsys):
+    local = _fake_cifar100(tmp_path / "cifar-100-binary")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    _refused(prepare.main, ["cifar100", "--from", local, "--data-dir", a_file], capsys,
+             f"--data-dir {a_file} is a file")
+    _refused(prepare.main, ["cifar100", "--from", local, "--data-dir", a_file / "tfds"],
+             capsys, f"--data-dir {a_file / 'tfds'} cannot be written")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        _refused(prepare.main, ["cifar100", "--from", local, "--data-dir", locked / "tfds"],
+                 capsys, "cannot be written")
+
+
+def test_the_training_path_still_names_the_config_key(tmp_path):
+    from lottery_kd.data import DataError, load_dataset
+    with pytest.raises(DataError, match=r"data\.dir"):
+        load_dataset("cifar10", source="local", directory=str(tmp_path))
