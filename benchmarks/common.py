@@ -70,11 +70,13 @@ def write_json(report: dict, out: Optional[str]) -> None:
 CIFAR_NORMALIZATION = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
 
 
-def resnet_steps(model_name: str, conv_impl: str, norm_impl: str,
-                 sparsity: float) -> SimpleNamespace:
+def resnet_steps(model_name: str, conv_impl: str, norm_impl: str, sparsity: float, *,
+                 normalization: str = "channel") -> SimpleNamespace:
     """What the step benchmarks share: the model, its initial params and batch_stats, the SGD
     optimizer, all-true masks, magnitude masks at `sparsity` (all-true at 0), and the
-    cross-entropy and KD train steps (not jitted) with the recipe's settings."""
+    cross-entropy and KD train steps (not jitted) with the recipe's settings. `normalization`:
+    "channel" (CIFAR-10's channel statistics) or "per_image" (per-image standardisation, the
+    renda protocol's)."""
     import jax
 
     from lottery_kd import masks as masks_lib, optim, pruning, train
@@ -84,11 +86,12 @@ def resnet_steps(model_name: str, conv_impl: str, norm_impl: str,
     params, batch_stats = train.init_variables(model, jax.random.key(0), (32, 32, 3))
     optimizer = optim.sgd_direction(0.9, 2e-4)
     dense_masks = masks_lib.create(params)
+    normalize = CIFAR_NORMALIZATION if normalization == "channel" else (None, None)
     masks = (pruning.get("magnitude_global")(params, dense_masks, sparsity) if sparsity
              else dense_masks)
     return SimpleNamespace(
         model=model, params=params, batch_stats=batch_stats, optimizer=optimizer,
         dense_masks=dense_masks, masks=masks,
-        ce=train.make_train_step(model, optimizer, None, normalization=CIFAR_NORMALIZATION),
+        ce=train.make_train_step(model, optimizer, None, normalization=normalize),
         kd=train.make_train_step(model, optimizer, train.Distillation(5.0, 0.9, "mean"),
-                                 normalization=CIFAR_NORMALIZATION))
+                                 normalization=normalize))

@@ -1,6 +1,7 @@
 """A fingerprint of the training arithmetic: the hash of the full train state after a few steps.
 
     python -m benchmarks.step_fingerprint --model resnet20 --norm-impl flax
+    python -m benchmarks.step_fingerprint --normalization per_image   # the renda protocol's step
 
 Run it at two commits (same machine, same libraries): equal hashes mean a change kept every
 float of training bit for bit, so a study may resume across it without mixing arithmetic.
@@ -18,14 +19,14 @@ from benchmarks.common import environment, resnet_steps, write_json
 
 
 def fingerprint(model_name: str, conv_impl: str, norm_impl: str, steps: int,
-                batch_size: int) -> str:
+                batch_size: int, normalization: str = "channel") -> str:
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from lottery_kd import masks as masks_lib, train
 
-    setup = resnet_steps(model_name, conv_impl, norm_impl, 0.8)
+    setup = resnet_steps(model_name, conv_impl, norm_impl, 0.8, normalization=normalization)
     params, batch_stats, optimizer, masks = (setup.params, setup.batch_stats, setup.optimizer,
                                              setup.masks)
     ce, kd = jax.jit(setup.ce), jax.jit(setup.kd)
@@ -53,12 +54,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--norm-impl", default="fused")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--normalization", default="channel", choices=("channel", "per_image"),
+                        help="per_image: the step of the renda protocol's studies")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     record = {"model": args.model, "conv_impl": args.conv_impl, "norm_impl": args.norm_impl,
               "steps": args.steps, "batch": args.batch_size,
+              "normalization": args.normalization,
               "fingerprint": fingerprint(args.model, args.conv_impl, args.norm_impl, args.steps,
-                                         args.batch_size)}
+                                         args.batch_size, args.normalization)}
     write_json({"benchmark": "step_fingerprint", **environment(), "records": [record]}, args.out)
 
 
