@@ -56,7 +56,7 @@ def invocation() -> list[str]:
 def run_study(config: ml_collections.ConfigDict, workdir: str) -> int:
     """Run or resume a study; returns the process exit code (0 done, non-zero otherwise)."""
     from lottery_kd import lottery, parallel
-    from lottery_kd.checkpoints import CheckpointError, quiet_closed_event_loops
+    from lottery_kd.checkpoints import CheckpointError, quiet_failed_restores
     from lottery_kd.config import ConfigError, validate
     from lottery_kd.config.identity import SavedConfigError
     from lottery_kd.data import DataError
@@ -64,7 +64,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> int:
     from lottery_kd.workdir_lock import WorkdirBusy
 
     resume = f"Resume with the same command:\n  {shlex.join(invocation())}"
-    quiet_closed_event_loops()
+    quiet_failed_restores()
     stop = StopOnSignal()
     try:
         validate(config)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lottery_kd import masks as masks_lib
-from lottery_kd.checkpoints import CheckpointError, ResumeStore
+from lottery_kd.checkpoints import CheckpointError, ResumeStore, quiet_failed_restores
 from lottery_kd.data import Dataset, load_dataset
 from lottery_kd.data.inputs import InputData
 from lottery_kd.config import parse_names
@@ -258,6 +258,7 @@ def run_bootstrap(run_dir: str | os.PathLike, out: str | os.PathLike, *, real_si
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    quiet_failed_restores()
     parser = argparse.ArgumentParser(prog="python -m lottery_kd.bootstrap",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="the workdir of a study (data, model, snapshots)")

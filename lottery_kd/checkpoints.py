@@ -15,6 +15,7 @@ state; if the newest is unreadable, the previous good one is used and the log sa
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -35,23 +36,53 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, truncated, or from another model or config."""
 
 
-def quiet_closed_event_loops() -> None:
-    """Silence one known stray message of a failed Orbax restore: tensorstore completes its
-    pending reads after Orbax has closed the restore's event loop, and each completion reports
-    "RuntimeError: Event loop is closed" as unraisable from a background thread (dozens of
-    tracebacks after a damaged checkpoint, though the error itself was handled). Every other
-    unraisable exception still reaches the previous hook. Command-line entry points call this."""
-    previous = sys.unraisablehook
-    if getattr(previous, "quiet_closed_event_loops", False):
-        return
+def _from_checkpoint_code(traceback: Any, source: Any = None) -> bool:
+    """Whether an exception was raised in Orbax or tensorstore (its traceback, or the coroutine
+    it escaped from)."""
+    names = [getattr(getattr(source, "cr_code", None), "co_filename", "")]
+    while traceback is not None:
+        names.append(traceback.tb_frame.f_code.co_filename)
+        traceback = traceback.tb_next
+    return any("orbax" in name or "tensorstore" in name for name in names)
 
-    def hook(unraisable) -> None:
-        if (unraisable.exc_type is RuntimeError
-                and str(unraisable.exc_value) == "Event loop is closed"):
-            return
-        previous(unraisable)
-    hook.quiet_closed_event_loops = True
-    sys.unraisablehook = hook
+
+class _StrayRestoreErrors(logging.Filter):
+    """Drops asyncio's 'Task exception was never retrieved' for a failed restore's tasks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc_info = record.exc_info or (None, None, None)
+        return not _from_checkpoint_code(exc_info[2])
+
+
+def quiet_failed_restores() -> None:
+    """Silence the stray messages of a failed Orbax restore. When a damaged checkpoint fails to
+    restore, the error is caught and reported once (CheckpointError, or a fallback to an earlier
+    resume checkpoint), but the restore's abandoned reads finish later: tensorstore calls back
+    into Orbax's closed event loop ("RuntimeError: Event loop is closed"), its read coroutines
+    die unawaited, and asyncio logs their tasks; each printed a traceback, dozens per damaged
+    checkpoint. Only exceptions from Orbax or tensorstore code are dropped; everything else
+    still reaches the previous hook. Command-line entry points call this once."""
+    previous = sys.unraisablehook
+    if not getattr(previous, "quiet_failed_restores", False):
+        def hook(unraisable) -> None:
+            closed_loop = (unraisable.exc_type is RuntimeError
+                           and str(unraisable.exc_value) == "Event loop is closed")
+            if closed_loop or _from_checkpoint_code(unraisable.exc_traceback,
+                                                    unraisable.object):
+                return
+            previous(unraisable)
+        hook.quiet_failed_restores = True
+        sys.unraisablehook = hook
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _StrayRestoreErrors) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_StrayRestoreErrors())
+
+
+def _short(error: Exception) -> str:
+    """An Orbax/tensorstore error in one readable line: its first line, without the reprs of
+    bound methods that tensorstore puts in some messages."""
+    text = re.sub(r"<bound method [^>]*>?", "", str(error)).strip().splitlines()
+    return f"{type(error).__name__}: {(text[0] if text else '')[:240]}"
 
 
 def abstract_like(tree: PyTree, sharding: Optional[jax.sharding.Sharding] = None) -> PyTree:
@@ -141,12 +172,22 @@ class SnapshotStore:
             return self._checkpointer.restore(self.path(name),
                                               args=_restore_args(like, sharding))["state"]
         except Exception as error:  # tensorstore/orbax raise many types for damaged files
-            raise CheckpointError(f"{where} is damaged ({type(error).__name__}: "
-                                  f"{str(error)[:300]})") from None
+            raise CheckpointError(f"{where} is damaged ({_short(error)})") from None
 
     def close(self) -> None:
         """Wait for pending writes and release the checkpointer."""
         self._checkpointer.close()
+
+
+def read_fingerprint(path: str | os.PathLike) -> Optional[dict]:
+    """The fingerprint (model, config digest, shapes) a checkpoint folder was written with, or
+    None when it has none or its metadata cannot be read."""
+    try:
+        meta = _read_meta(Path(path), str(path))
+    except CheckpointError:
+        return None
+    fingerprint = meta.get("fingerprint") if isinstance(meta, dict) else None
+    return fingerprint if isinstance(fingerprint, dict) else None
 
 
 def _read_meta(path: Path, where: str) -> dict:
@@ -198,7 +239,7 @@ class ResumeStore:
                     return restored["state"], restored["meta"]
                 except Exception as error:  # damaged: fall back to the previous one
                     message = str(error) if isinstance(error, CheckpointError) else \
-                        f"{where} is damaged ({type(error).__name__}: {str(error)[:200]})"
+                        f"{where} is damaged ({_short(error)})"
                     self.log(f"warning: {message}; trying an earlier one")
                     damaged.append(step)
             return None
@@ -244,8 +285,7 @@ def read_snapshot(path: str | os.PathLike) -> dict:
         restored = checkpointer.restore(
             path, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     except Exception as error:  # tensorstore/orbax raise many types for damaged files
-        raise CheckpointError(f"{where} is damaged ({type(error).__name__}: "
-                              f"{str(error)[:300]})") from None
+        raise CheckpointError(f"{where} is damaged ({_short(error)})") from None
     finally:
         checkpointer.close()
     return jax.tree.map(np.asarray, restored)

@@ -41,7 +41,7 @@ from typing import Any, Optional, Sequence
 import jax
 
 from lottery_kd import config as config_lib, masks as masks_lib
-from lottery_kd.checkpoints import CheckpointError, ResumeStore
+from lottery_kd.checkpoints import CheckpointError, ResumeStore, quiet_failed_restores
 from lottery_kd.config import identity
 from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.lottery import DENSE, LotteryRun, snapshot_name
@@ -339,6 +339,7 @@ def run_sweep(run_dir: str | os.PathLike, rewinds: Sequence[str], out: str | os.
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    quiet_failed_restores()
     parser = argparse.ArgumentParser(prog="python -m lottery_kd.lmc",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="the workdir of a study (its config and snapshots)")

@@ -73,6 +73,30 @@ def _resume_flags(saved: dict, current: dict) -> str:
                     for key, value in sorted(chosen.items()))
 
 
+def check_orphaned_results(workdir: Path, config: Any) -> None:
+    """With config.json missing, refuse a workdir whose snapshots were made with another config
+    (their fingerprint holds its digest), or whose rows cannot be checked at all: else another
+    config would adopt them as its own."""
+    from lottery_kd.checkpoints import read_fingerprint
+    path = workdir / "config.json"
+    directory = workdir / "checkpoints" / "snapshots"
+    digest = config_digest(config)
+    snapshots = sorted(directory.iterdir()) if directory.is_dir() else []
+    for snapshot in snapshots:
+        stored = (read_fingerprint(snapshot) or {}).get("config_digest")
+        if stored is not None and stored != digest:
+            raise WorkdirConfigMismatch(
+                f"{path} is missing, and the snapshots in {directory} were made with another "
+                f"config (digest {stored}, this command's {digest}); restore config.json (or "
+                "rerun with the settings that made them), or use another --workdir")
+    rows = results.read_rows(workdir / "results.jsonl")
+    if rows and not snapshots:
+        raise WorkdirConfigMismatch(
+            f"{path} is missing and {workdir / 'results.jsonl'} holds {len(rows)} row(s) with "
+            "no snapshot to tell which config made them; restore config.json, or move "
+            "results.jsonl away, or use another --workdir")
+
+
 def prepare_workdir(workdir: Path, config: Any, *, write: bool = True) -> None:
     """Create the workdir and write config.json (`write`: the main process only), or check it
     equals the saved one. An unusable workdir is refused before anything is computed."""
@@ -100,6 +124,7 @@ def prepare_workdir(workdir: Path, config: Any, *, write: bool = True) -> None:
                 "\nUse another --workdir, or rerun with the saved settings to resume: "
                 + _resume_flags(saved, current))
         return
+    check_orphaned_results(workdir, config)
     if not write:
         return
     temporary = path.with_name("config.json.tmp")
@@ -195,6 +220,7 @@ class LotteryRun:
         self.workdir = Path(workdir)
         self.log = log
         self.stop_requested = stop_requested
+        self.record = record
         data_cfg = config.data
         self.parallel = DataParallel.create()
         try:
@@ -276,6 +302,8 @@ class LotteryRun:
         return {"params": state_params, "batch_stats": batch_stats, "masks": masks}
 
     def _load(self, name: str) -> PyTree:
+        if name == "init" and self.record and not self.snapshots.exists(name):
+            return self.init_snapshot()  # a pure function of the seed: made again if lost
         if name not in self._finals:
             self._finals[name] = self.snapshots.restore(name, self._template(),
                                                         self.parallel.replicated)

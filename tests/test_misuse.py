@@ -192,13 +192,38 @@ def test_a_second_signal_stops_at_once_with_the_first_signals_code(tmp_path, cap
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
-def test_only_the_closed_event_loop_message_is_silenced(monkeypatch):
+def test_only_a_failed_restores_stray_messages_are_silenced(monkeypatch):
+    import logging
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable))
-    checkpoints.quiet_closed_event_loops()
-    checkpoints.quiet_closed_event_loops()  # idempotent: one wrapper
+    checkpoints.quiet_failed_restores()
+    checkpoints.quiet_failed_restores()  # idempotent: one wrapper
+
+    def unraisable(error, traceback=None, source=None):
+        return types.SimpleNamespace(exc_type=type(error), exc_value=error,
+                                     exc_traceback=traceback, object=source)
+
+    def orbax_frame():  # a traceback whose frame's file is Orbax's
+        code = compile("raise ValueError('damaged')", "/x/orbax/checkpoint/read.py", "exec")
+        try:
+            exec(code)
+        except ValueError as error:
+            return error, error.__traceback__
     closed = RuntimeError("Event loop is closed")
     other = RuntimeError("something else")
-    for error in (closed, other):
-        sys.unraisablehook(types.SimpleNamespace(exc_type=RuntimeError, exc_value=error))
+    damaged, traceback = orbax_frame()
+    for item in (unraisable(closed), unraisable(other), unraisable(damaged, traceback)):
+        sys.unraisablehook(item)
     assert [u.exc_value for u in seen] == [other]
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("asyncio").addHandler(handler)
+    try:
+        log = logging.getLogger("asyncio")
+        log.error("Task exception was never retrieved", exc_info=(ValueError, damaged,
+                                                                   traceback))
+        log.error("a real asyncio problem")
+    finally:
+        logging.getLogger("asyncio").removeHandler(handler)
+    assert [r.getMessage() for r in records] == ["a real asyncio problem"]
