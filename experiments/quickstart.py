@@ -2,8 +2,8 @@
 
     python -m experiments.quickstart --workdir /tmp/quickstart
 
-Dense training, then one-shot pruning of the trained network to 98.4 and 99.2 % sparsity
-(1 - 0.5^k, k = 6, 7), each retrained by seven variants, KD from the dense teacher included. At
+Dense training, then one-shot pruning of the trained network to densities 1.6 and 0.8 percent
+(0.5^k, k = 6, 7), each retrained by seven variants, KD from the dense teacher included. At
 these sparsities the variants separate: see the README for what to look for. No paper's protocol
 (`protocol=""`): its own small settings.
 """
