@@ -325,7 +325,7 @@ def test_filter_pruning_is_refused_on_the_classifier():
 
 
 def test_the_builtin_criteria_are_in_the_registry_without_importing_them():
-    code = ("import lottery_kd.pruning as p; print(p.get('snip').__name__, "
+    code = ("import lottery_kd.sparsity.pruning as p; print(p.get('snip').__name__, "
             "p.uses_data('grasp'), 'synflow' in p.names())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

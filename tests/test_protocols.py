@@ -11,7 +11,7 @@ import pytest
 from experiments import (cifar10_resnet20, cifar10_resnet56, cifar10_resnet110,
                          imagenet_resnet50, quickstart)
 from experiments.launch import resolve_protocol, unknown_config_key
-from lottery_kd import masks as masks_lib
+from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.config import ConfigError, defaults, protocols, validate
 from lottery_kd.data import train_validation_indices
 from lottery_kd.data.augment import normalize
@@ -191,7 +191,7 @@ def test_per_image_standardisation_is_tfs():
 def test_rendas_scope_leaves_the_projection_shortcuts_and_fc_dense():
     import jax
     from lottery_kd.models import get_model
-    from lottery_kd.train import init_variables
+    from lottery_kd.training.steps import init_variables
     model = get_model("resnet20", 10, conv_impl="xla")
     params, _ = jax.eval_shape(lambda k: init_variables(model, k, (32, 32, 3)),
                                jax.random.key(0))

@@ -15,6 +15,8 @@ from typing import Any
 
 import ml_collections
 
+from lottery_kd.study.workdir import Workdir
+
 # Keys that change no result: how a run is shown or checkpointed, how the work is spread over
 # devices and processes (a run may resume on another machine), which one-shot levels run (each
 # level's rows are the same whichever others run), and the protocol's name (the settings it
@@ -125,7 +127,7 @@ def load_saved(workdir: str | Path) -> ml_collections.ConfigDict:
     """The config a study in `workdir` ran with, from its config.json: keys added since it began
     read as their values from before (ADDED_KEYS), any other missing key as its default."""
     from lottery_kd.config.defaults import get_config
-    saved = read_saved(Path(workdir) / "config.json")
+    saved = read_saved(Workdir(workdir).config)
     defaults = get_config()
     defaults.update_from_flattened_dict(ADDED_KEYS)
     settings = defaults.to_dict()

@@ -1,71 +1,33 @@
-"""Config checks that run before any compute, and parsing of step counts ("2ep", "500it").
+"""Config checks that run before any compute, one function per config section.
 
 Every problem is reported at once, one line each, naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-from lottery_kd import criteria  # noqa: F401  (registers snip, grasp, synflow)
-from lottery_kd import dynamic as dynamic_lib
-from lottery_kd import losses, masks as masks_lib, pruning, variants as variants_lib
+from lottery_kd.sparsity import dynamic as dynamic_lib
+from lottery_kd.training import losses
+from lottery_kd.sparsity import masks as masks_lib, pruning
+from lottery_kd.study import variants as variants_lib
 from lottery_kd.config.identity import ADDED_KEYS as ADDED_DEFAULTS
-from lottery_kd.distributions import DISTRIBUTIONS
+from lottery_kd.sparsity.distributions import DISTRIBUTIONS
 from lottery_kd.config import protocols
 from lottery_kd.data import DATASET_NAMES, NORMALIZATIONS, SOURCES
 from lottery_kd.data.imagenet import parse_range
 from lottery_kd.models import BASES, CONV_IMPLS, MODEL_NAMES, NORM_IMPLS
-from lottery_kd.parallel import BATCH_NORM_MODES, DISTRIBUTED_MODES
+from lottery_kd.runtime.parallel import BATCH_NORM_MODES, DISTRIBUTED_MODES
+from lottery_kd.config.errors import ConfigError
+from lottery_kd.config.plan import STEP_COUNT, parse_epochs, parse_names
 
 PRUNE_SCHEDULES = ("iterative", "oneshot")
 VALIDATION_SPLITS = ("first", "random")
 PRUNE_SOURCES = ("final", "init")
 PROGRESS_MODES = ("auto", "bar", "lines")
-_STEP_COUNT = re.compile(r"^\s*(\d+)\s*(ep|it)\s*$")
-
-
-class ConfigError(ValueError):
-    """One or more invalid config values (the message has one line per problem)."""
-
-
-def parse_step_count(text: str, steps_per_epoch: int) -> int:
-    """'2ep' -> 2 * steps_per_epoch, '500it' -> 500 (the contract's rewind-point syntax)."""
-    match = _STEP_COUNT.match(str(text))
-    if not match:
-        raise ValueError(f"{text!r} is not a step count; write epochs as '2ep' or "
-                         "iterations as '500it'")
-    value, unit = int(match.group(1)), match.group(2)
-    return value * steps_per_epoch if unit == "ep" else value
-
-
-def parse_names(text: str) -> tuple[str, ...]:
-    """'lt, kd' -> ('lt', 'kd'); a tuple or list is accepted as well."""
-    if isinstance(text, (tuple, list)):
-        return tuple(str(t).strip() for t in text)
-    return tuple(part.strip() for part in str(text).split(",") if part.strip())
-
-
-def parse_epochs(text: Any) -> tuple[int, ...]:
-    """'91,136' -> (91, 136); '' -> ()."""
-    if isinstance(text, (tuple, list)):
-        return tuple(int(t) for t in text)
-    return tuple(int(part) for part in str(text).split(",") if part.strip())
-
-
-@dataclasses.dataclass(frozen=True)
-class StepPlan:
-    """The config's epoch-based settings resolved to global step counts."""
-
-    steps_per_epoch: int
-    total_steps: int
-    rewind_step: int
-    milestone_steps: tuple[int, ...]
-    warmup_steps: int
-    kd_stop_step: Optional[int]
+Check = Callable[[bool, str, Any, str], None]  # check(ok, key, value, what is allowed)
 
 
 def _is_int(value: Any) -> bool:
@@ -76,18 +38,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def milestone_epochs(train: Any) -> tuple[int, ...]:
-    """train.milestones, or 50% and 75% of train.epochs when empty (91/136 of 182 epochs).
-
-    Short runs where the two coincide get a single drop.
-    """
-    given = parse_epochs(train.milestones)
-    if given:
-        return given
-    return tuple(sorted({e for e in (train.epochs // 2, (3 * train.epochs) // 4) if e > 0}))
-
-
-def _check_data(data: Any, check: Callable[[bool, str, Any, str], None]) -> None:
+def _check_data(data: Any, check: Check) -> None:
     """The data section: values, and settings that the chosen data set would ignore."""
     check(data.name in DATASET_NAMES, "data.name", data.name,
           f"allowed: {', '.join(DATASET_NAMES)}")
@@ -140,14 +91,8 @@ def _check_data(data: Any, check: Callable[[bool, str, Any, str], None]) -> None
               "use train_statistics or per_image")
 
 
-def validate(config: Any) -> None:
-    """Raise ConfigError listing every invalid value of an experiment config."""
-    problems: list[str] = []
-
-    def check(ok: bool, key: str, value: Any, allowed: str) -> None:
-        if not ok:
-            problems.append(f"{key}={value!r} is invalid: {allowed}")
-
+def _check_model(config: Any, check: Check) -> None:
+    """seed, model and protocol."""
     check(_is_int(config.seed) and config.seed >= 0, "seed", config.seed,
           "an integer >= 0")
     check(config.model.name in MODEL_NAMES, "model.name", config.model.name,
@@ -160,8 +105,10 @@ def validate(config: Any) -> None:
           f"allowed: {', '.join(NORM_IMPLS)}")
     check(config.protocol in (protocols.NONE,) + protocols.names(), "protocol",
           config.protocol, f"'' (none) or one of: {', '.join(protocols.names())}")
-    _check_data(config.data, check)
 
+
+def _check_train(config: Any, check: Check) -> None:
+    """The optimizer and its schedule."""
     train = config.train
     check(_is_int(train.epochs) and train.epochs > 0, "train.epochs", train.epochs,
           "an integer > 0")
@@ -189,7 +136,11 @@ def validate(config: Any) -> None:
         check(False, "train.milestones", train.milestones,
               "comma-separated integer epochs such as '91,136', or '' for 50%/75% of training")
 
-    kd = config.kd
+
+def _check_kd(config: Any, check: Check) -> None:
+    """The distillation loss; kd.stop_epoch within training."""
+    kd, train = config.kd, config.train
+    epochs_ok = _is_int(train.epochs) and train.epochs > 0
     check(_is_number(kd.temperature) and kd.temperature > 0, "kd.temperature", kd.temperature,
           "a number > 0")
     check(_is_number(kd.alpha) and 0 <= kd.alpha <= 1, "kd.alpha", kd.alpha,
@@ -201,6 +152,9 @@ def validate(config: Any) -> None:
           "kd.stop_epoch", kd.stop_epoch,
           f"unset (distil throughout) or an epoch in [1, train.epochs={train.epochs}]")
 
+
+def _check_prune(config: Any, check: Check) -> None:
+    """The masking function, its scope, distribution and levels."""
     prune = config.prune
     check(prune.method in pruning.names(), "prune.method", prune.method,
           f"allowed: {', '.join(pruning.names())}")
@@ -247,6 +201,10 @@ def validate(config: Any) -> None:
     check(_is_number(prune.grasp_temperature) and prune.grasp_temperature > 0,
           "prune.grasp_temperature", prune.grasp_temperature, "a number > 0")
 
+
+def _check_lottery(config: Any, check: Check) -> None:
+    """The retrain variants and the rewind point."""
+    prune = config.prune
     names = parse_names(config.lottery.variants)
     unknown = [n for n in names if n not in variants_lib.names()]
     check(not unknown, "lottery.variants", config.lottery.variants,
@@ -255,8 +213,12 @@ def validate(config: Any) -> None:
           "each variant at most once")
     check(bool(names) or (_is_int(prune.levels) and prune.levels == 0), "lottery.variants",
           config.lottery.variants, "at least one variant when prune.levels > 0")
-    check(bool(_STEP_COUNT.match(str(config.lottery.rewind))), "lottery.rewind",
+    check(bool(STEP_COUNT.match(str(config.lottery.rewind))), "lottery.rewind",
           config.lottery.rewind, "a step count: epochs as '2ep' or iterations as '500it'")
+
+
+def _check_logging(config: Any, check: Check) -> None:
+    """Progress output and resume checkpoints."""
     check(config.log.progress in PROGRESS_MODES, "log.progress", config.log.progress,
           f"allowed: {', '.join(PROGRESS_MODES)}")
     check(_is_int(config.checkpoint.every_steps) and config.checkpoint.every_steps >= 0,
@@ -264,6 +226,10 @@ def validate(config: Any) -> None:
           "an integer >= 0 (0: once per epoch)")
     check(_is_int(config.checkpoint.keep) and config.checkpoint.keep >= 1, "checkpoint.keep",
           config.checkpoint.keep, "an integer >= 1")
+
+
+def _check_dynamic(config: Any, check: Check) -> None:
+    """Dynamic sparse training (RigL, SET, ...)."""
     dyn = config.dynamic
     check(not dyn.method or dyn.method in dynamic_lib.names(), "dynamic.method", dyn.method,
           f"'' (off) or one of: {', '.join(dynamic_lib.names())}")
@@ -278,6 +244,10 @@ def validate(config: Any) -> None:
     check(_is_number(dyn.end_fraction) and 0 <= dyn.end_fraction <= 1, "dynamic.end_fraction",
           dyn.end_fraction, "a number in [0, 1]")
     check(dyn.init in ("dense", "sparse"), "dynamic.init", dyn.init, "allowed: dense, sparse")
+
+
+def _check_parallel(config: Any, check: Check) -> None:
+    """Devices, processes and BatchNorm statistics."""
     par = config.parallel
     check(par.distributed in DISTRIBUTED_MODES, "parallel.distributed", par.distributed,
           f"allowed: {', '.join(DISTRIBUTED_MODES)}")
@@ -295,35 +265,20 @@ def validate(config: Any) -> None:
     check(not par.coordinator_address or bool(re.match(r"^\[?[\w.:-]+\]?:\d+$",
                                                        par.coordinator_address)),
           "parallel.coordinator_address", par.coordinator_address, "HOST:PORT")
+
+
+def validate(config: Any) -> None:
+    """Raise ConfigError listing every invalid value of an experiment config."""
+    problems: list[str] = []
+
+    def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+        if not ok:
+            problems.append(f"{key}={value!r} is invalid: {allowed}")
+
+    _check_model(config, check)
+    _check_data(config.data, check)
+    for section in (_check_train, _check_kd, _check_prune, _check_lottery, _check_logging,
+                    _check_dynamic, _check_parallel):
+        section(config, check)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
-
-
-def pruning_levels(prune: Any) -> tuple[int, ...]:
-    """The pruning levels a study runs, in order: prune.only_levels, else first_level..levels."""
-    return parse_epochs(prune.only_levels) or tuple(range(prune.first_level, prune.levels + 1))
-
-
-def plan_steps(config: Any, train_size: int) -> StepPlan:
-    """Resolve epochs to steps for a training set of `train_size`; ConfigError if inconsistent."""
-    batch_size = config.train.batch_size
-    if train_size < batch_size:
-        raise ConfigError(f"invalid config:\n  train.batch_size={batch_size} is larger than the "
-                          f"training set ({train_size} examples); lower it or raise "
-                          "data.train_subset")
-    steps_per_epoch = train_size // batch_size
-    total = config.train.epochs * steps_per_epoch
-    rewind = parse_step_count(config.lottery.rewind, steps_per_epoch)
-    uses_rewind = (not config.dynamic.method and config.prune.levels > 0
-                   and any(variants_lib.get(n).uses_rewind_point
-                           for n in parse_names(config.lottery.variants)))
-    if rewind >= total and uses_rewind:
-        raise ConfigError(
-            f"invalid config:\n  lottery.rewind={config.lottery.rewind!r} is step {rewind}, not "
-            f"before the end of training (train.epochs={config.train.epochs} x {steps_per_epoch} "
-            f"steps = {total} steps); choose a rewind point in [0ep, {config.train.epochs - 1}ep]")
-    stop = config.kd.stop_epoch
-    return StepPlan(steps_per_epoch, total, rewind,
-                    tuple(m * steps_per_epoch for m in milestone_epochs(config.train)),
-                    config.train.warmup_epochs * steps_per_epoch,
-                    None if stop is None else stop * steps_per_epoch)
