@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import scipy.fft
 
-from lottery_kd import lottery, masks as masks_lib, pruning
+from lottery_kd.study import lottery
+
+from lottery_kd.sparsity import masks as masks_lib, pruning
 from lottery_kd.models import get_model
 from lottery_kd.models.basis import BasisModel, dct_matrix, random_orthogonal, transform
-from lottery_kd.train import init_variables
+from lottery_kd.training.steps import init_variables
 from tests.conftest import make_tiny_config
 
 
@@ -73,7 +75,7 @@ def test_a_dct_ticket_at_half_sparsity_trains_and_its_weights_are_the_inverse_dc
     assert rows[1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert rows[0]["test_accuracy"] > 0.9 and rows[1]["test_accuracy"] > 0.8, rows
     run = lottery.LotteryRun(config, tmp_path, log=lambda *_: None)
-    final = run.snapshots.restore("level_1_kd", run._template())
+    final = run.snapshots.restore("level_1_kd", run.snapshot_template())
     masked = masks_lib.apply(final["params"], final["masks"])
     weights = run.model.to_weights(masked)
     for name in ("conv1", "conv2", "conv3"):

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lottery_kd import criteria, distributions, masks as masks_lib, pruning
+from lottery_kd.sparsity import criteria, distributions, masks as masks_lib, pruning
 from lottery_kd.models import get_model
-from lottery_kd.train import init_variables
+from lottery_kd.training.steps import init_variables
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((5, 3)).astype(np.float32)       # 5 examples, 3 inputs

@@ -7,11 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lottery_kd import dynamic, lottery, masks as masks_lib, pruning, results, sparse_init
+from lottery_kd.sparsity import dynamic, masks as masks_lib, pruning, sparse_init
+
+from lottery_kd.study import lottery, results
 from lottery_kd.data import load_dataset
 from lottery_kd.data.inputs import InputData
 from lottery_kd.models import get_model
-from lottery_kd.train import Distillation, Trainer, init_variables
+from lottery_kd.training.steps import Distillation, init_variables
+from lottery_kd.training.callbacks import MaskUpdates
+from lottery_kd.training.trainer import Trainer
 from tests.conftest import make_tiny_config
 
 
@@ -100,7 +104,8 @@ def test_the_active_count_is_exact_at_every_step_and_pruned_weights_stay_zero(me
     update = dynamic.MaskUpdate(method, delta_t=5, alpha=0.3, end_step=30, seed=0)
     teacher = {"params": params, "batch_stats": batch_stats}
     fit = trainer.fit(trainer.init_state(params, batch_stats, masks, 0), masks, num_steps=38,
-                      schedule=lambda s: 0.05, teacher=teacher, mask_update=update)
+                      schedule=lambda s: 0.05, teacher=teacher,
+                      callbacks=[MaskUpdates(update)])
     assert len(seen) == 38
     assert all(counts == seen[0] for counts in seen)  # per layer, at every step
     assert masks_lib.count(fit.masks) == expected
@@ -118,7 +123,7 @@ def test_grown_weights_start_at_zero_with_fresh_momentum():
     """Dropped weights become 0.0, grown ones 0.0 (they were pruned) with zero momentum; the
     weights kept through the update keep their values and their momentum."""
     params, masks = _tiny_tree()
-    from lottery_kd import optim
+    from lottery_kd.training import optim
     optimizer = optim.sgd_direction(0.9, 0.0)
     params = masks_lib.apply(params, masks)  # as in training: pruned weights are 0.0
     opt_state = jax.tree.map(lambda x: jnp.ones_like(x), optimizer.init(params))
@@ -152,7 +157,7 @@ def test_rigl_with_kd_on_digits_at_80_percent_stays_within_2_points_of_dense(tmp
     assert rigl["test_accuracy"] >= dense["test_accuracy"] - 0.02, (rigl, dense)
     # The final snapshot holds the moved masks, at the same count.
     run = lottery.LotteryRun(config, tmp_path, log=lambda *_: None)
-    final = run.snapshots.restore("level_1_rigl_kd", run._template())
+    final = run.snapshots.restore("level_1_rigl_kd", run.snapshot_template())
     assert masks_lib.count(final["masks"])[0] == rigl["remaining_weights"]
     assert results.read_rows(tmp_path / "results.jsonl") == rows
 
@@ -170,8 +175,9 @@ def test_set_with_uniform_layers_and_sparse_init_runs_through_a_study(tmp_path, 
     starts, original = [], Trainer.fit
 
     def record(trainer, state, masks, **kwargs):
+        updates = [c.update for c in kwargs["callbacks"] if isinstance(c, MaskUpdates)]
         starts.append((jax.device_get(state.params), jax.device_get(masks),
-                       kwargs.get("teacher"), kwargs.get("mask_update")))
+                       kwargs.get("teacher"), updates[0] if updates else None))
         return original(trainer, state, masks, **kwargs)
 
     monkeypatch.setattr(Trainer, "fit", record)
@@ -180,20 +186,20 @@ def test_set_with_uniform_layers_and_sparse_init_runs_through_a_study(tmp_path, 
     assert [(r["level"], r["variant"]) for r in rows] == [(0, "dense"), (1, "set_sparse_init")]
     params, masks, teacher, update = starts[1]
     assert teacher is None and update.method == "set" and update.delta_t == 5
-    init = run._load("init")
+    init = run.load_snapshot("init")
     expected_masks = pruning.get("random")(
-        init["params"], init["masks"], 0.7, rng=lottery._derived_key(config.seed, "dynamic",
+        init["params"], init["masks"], 0.7, rng=lottery.derived_key(config.seed, "dynamic",
                                                                      "masks"),
         scope=run.scope, distribution="uniform")
     assert _leaves_equal(masks, expected_masks)
     expected = sparse_init.sparse_aware_init(
-        init["params"], masks, lottery._derived_key(config.seed, "dynamic", "sparse_init"),
+        init["params"], masks, lottery.derived_key(config.seed, "dynamic", "sparse_init"),
         scope=run.scope)
     assert _leaves_equal(params, expected) and not _leaves_equal(params, init["params"])
     start_counts = masks_lib.layer_counts(masks, run.scope)
     densities = [kept / total for kept, total in start_counts.values()]
     assert len(densities) >= 2 and max(densities) - min(densities) < 0.02, start_counts
-    final = run.snapshots.restore("level_1_set_sparse_init", run._template())
+    final = run.snapshots.restore("level_1_set_sparse_init", run.snapshot_template())
     assert masks_lib.layer_counts(final["masks"], run.scope) == start_counts  # every layer
     assert not _leaves_equal(final["masks"], masks)  # SET moved them
     assert rows[1]["sparsity"] == pytest.approx(0.7, abs=0.01)
@@ -242,11 +248,11 @@ def test_sparse_init_variants_run_in_a_study_and_log_the_gradient_norm(tmp_path,
     run = lottery.LotteryRun(config, tmp_path, log=lambda *_: None)
     rows = run.run()
     assert [r["variant"] for r in rows] == ["dense", "lt", "sparse_init", "kd_sparse_init"]
-    init, dense = run._load("init"), run._load("level_0_dense")
+    init, dense = run.load_snapshot("init"), run.load_snapshot("level_0_dense")
     for index, variant in ((2, "sparse_init"), (3, "kd_sparse_init")):
         params, masks, teacher = starts[index]
         expected = sparse_init.sparse_aware_init(  # fresh weights from (seed, level, name)
-            init["params"], masks, lottery._derived_key(config.seed, "sparse_init", 1, variant),
+            init["params"], masks, lottery.derived_key(config.seed, "sparse_init", 1, variant),
             scope=config.prune.scope)
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

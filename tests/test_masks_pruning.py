@@ -1,4 +1,4 @@
-"""Tests for lottery_kd.masks and lottery_kd.pruning (contracts: masks, masking functions).
+"""Tests for sparsity.masks and sparsity.pruning (contracts: masks, masking functions).
 
 Expected values are computed by hand / with plain numpy, never with the code under test.
 """
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import lottery_kd.pruning
-from lottery_kd import masks as masks_lib
-from lottery_kd import pruning
+import lottery_kd.sparsity.pruning
+from lottery_kd.sparsity import masks as masks_lib
+from lottery_kd.sparsity import pruning
 from lottery_kd.models import get_model
 
 # --------------------------------------------------------------------------------------------
@@ -400,10 +400,10 @@ def test_float32_fraction_accepted(fraction):
 def test_register_readme_example():
     name = f"test_squared_{uuid.uuid4().hex}"
 
-    @lottery_kd.pruning.register(name)
+    @lottery_kd.sparsity.pruning.register(name)
     def my_criterion(params, masks, fraction, *, rng=None, scope="conv", **context):
         scores = jax.tree.map(lambda w: jnp.abs(w) ** 2, params)
-        return lottery_kd.pruning.prune_by_scores(scores, masks, fraction, scope=scope)
+        return lottery_kd.sparsity.pruning.prune_by_scores(scores, masks, fraction, scope=scope)
 
     assert pruning.get(name) is my_criterion
     assert name in pruning.names()
@@ -420,7 +420,7 @@ def test_register_readme_example():
         return masks
 
     with pytest.raises(ValueError, match=name):
-        lottery_kd.pruning.register(name)(other)
+        lottery_kd.sparsity.pruning.register(name)(other)
     assert pruning.get(name) is my_criterion  # the first registration is kept
 
 
@@ -517,7 +517,8 @@ def test_every_builtin_method_over_levels_only_loses_weights_by_the_contract_cou
 
 
 def test_every_registry_refuses_a_second_entry_under_a_taken_name():
-    from lottery_kd import dynamic, variants
+    from lottery_kd.sparsity import dynamic
+    from lottery_kd.study import variants
     with pytest.raises(ValueError, match="a different dynamic sparse method named 'rigl'"):
         dynamic.register("rigl")(lambda *args, **kwargs: None)
     with pytest.raises(ValueError, match="a different variant named 'lt'"):
@@ -546,7 +547,7 @@ def test_check_result_refuses_revived_weights_and_bad_masks():
 
 def test_a_study_refuses_a_masking_function_that_breaks_the_contract(tmp_path):
     """A user's function returning float masks stops the study naming it, before the level."""
-    from lottery_kd import lottery
+    from lottery_kd.study import lottery
     from tests.conftest import make_tiny_config
 
     @pruning.register("test_float_masks")

@@ -54,10 +54,33 @@ def is_prunable(name: str, shape: tuple, scope: Scope = "conv") -> bool:
     return len(shape) == 4 or (scope == "conv_fc" and len(shape) == 2)
 
 
+def named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
+    """(path name, leaf) of every leaf of a params or masks tree, in tree order."""
+    return [(path_name(path), leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def prunable_indices(tree: PyTree, scope: Scope = "conv") -> list[int]:
+    """Positions (in tree order) of the leaves of `tree` in `scope`."""
+    check_scope(scope)
+    return [i for i, (name, leaf) in enumerate(named_leaves(tree))
+            if is_prunable(name, np.shape(leaf), scope)]
+
+
 def prunable_names(tree: PyTree, scope: Scope = "conv") -> list[str]:
     """Paths of the prunable leaves of a params (or masks) tree, in tree order."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [path_name(p) for p, leaf in leaves if is_prunable(path_name(p), np.shape(leaf), scope)]
+    return [name for name, leaf in named_leaves(tree) if is_prunable(name, np.shape(leaf), scope)]
+
+
+def map_prunable(fn: Callable[[int, str, Any], Any], tree: PyTree, scope: Scope = "conv", *,
+                 other: Callable[[Any], Any] = lambda leaf: leaf) -> PyTree:
+    """`tree` with each leaf in `scope` replaced by fn(position, path name, leaf) and every other
+    leaf by other(leaf): the loop over prunable layers that masking functions, dynamic updates
+    and sparse initialisation share (position: the leaf's index in tree order)."""
+    check_scope(scope)
+    leaves = [fn(i, name, leaf) if is_prunable(name, np.shape(leaf), scope) else other(leaf)
+              for i, (name, leaf) in enumerate(named_leaves(tree))]
+    return jax.tree.unflatten(jax.tree.structure(tree), leaves)
 
 
 def create(params: PyTree, scope: Scope = "conv") -> PyTree:
@@ -73,12 +96,8 @@ def apply(params: PyTree, masks: PyTree) -> PyTree:
 
 def layer_counts(masks: PyTree, scope: Scope = "conv") -> dict[str, tuple[int, int]]:
     """{path: (remaining, total)} for every prunable leaf."""
-    counts = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(masks)[0]:
-        name = path_name(path)
-        if is_prunable(name, np.shape(leaf), scope):
-            counts[name] = (int(np.count_nonzero(np.asarray(leaf))), int(np.size(leaf)))
-    return counts
+    return {name: (int(np.count_nonzero(np.asarray(leaf))), int(np.size(leaf)))
+            for name, leaf in named_leaves(masks) if is_prunable(name, np.shape(leaf), scope)}
 
 
 def count(masks: PyTree, scope: Scope = "conv") -> tuple[int, int]:
@@ -98,9 +117,7 @@ def validate(masks: PyTree, params: PyTree, scope: Scope = "conv") -> None:
     mask_struct, param_struct = jax.tree.structure(masks), jax.tree.structure(params)
     if mask_struct != param_struct:
         raise ValueError(f"mask tree structure {mask_struct} does not match params {param_struct}")
-    flat_masks = jax.tree_util.tree_flatten_with_path(masks)[0]
-    for (path, mask), param in zip(flat_masks, jax.tree.leaves(params)):
-        name = path_name(path)
+    for (name, mask), param in zip(named_leaves(masks), jax.tree.leaves(params)):
         if np.shape(mask) != np.shape(param):
             raise ValueError(f"mask {name} has shape {np.shape(mask)}, params {np.shape(param)}")
         if np.asarray(mask).dtype != np.bool_:

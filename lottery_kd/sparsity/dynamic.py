@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lottery_kd import masks as masks_lib
+from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.registry import Registry
 
 PyTree = Any
@@ -62,26 +62,23 @@ def drop_and_grow(params: PyTree, masks: PyTree, grow_scores: PyTree, drop_fract
     """In every prunable layer: drop the round(drop_fraction x active) smallest-|w| active weights,
     then activate as many inactive positions with the highest `grow_scores` (just-dropped
     positions may come back, as in RigL). Ties by position; the active count never changes."""
-    flat_masks, treedef = jax.tree_util.tree_flatten_with_path(masks)
     flat_params, flat_scores = jax.tree.leaves(params), jax.tree.leaves(grow_scores)
-    leaves = []
-    for (path, mask), weight, score in zip(flat_masks, flat_params, flat_scores):
+
+    def swap(index: int, name: str, mask: Any) -> jax.Array:
         mask = np.asarray(mask)
-        if not masks_lib.is_prunable(masks_lib.path_name(path), mask.shape, scope):
-            leaves.append(jnp.asarray(mask))
-            continue
         alive = mask.reshape(-1).copy()
         active = np.flatnonzero(alive)
         k = min(int(round(drop_fraction * active.size)), active.size)
-        magnitude = np.abs(np.asarray(weight, np.float64).reshape(-1))
+        magnitude = np.abs(np.asarray(flat_params[index], np.float64).reshape(-1))
         dropped = active[np.argsort(magnitude[active], kind="stable")[:k]]
         alive[dropped] = False
         inactive = np.flatnonzero(~alive)
-        growth = np.asarray(score, np.float64).reshape(-1)[inactive]
+        growth = np.asarray(flat_scores[index], np.float64).reshape(-1)[inactive]
         grown = inactive[np.argsort(-growth, kind="stable")[:k]]
         alive[grown] = True
-        leaves.append(jnp.asarray(alive.reshape(mask.shape)))
-    return jax.tree.unflatten(jax.tree.structure(masks), leaves)
+        return jnp.asarray(alive.reshape(mask.shape))
+    return masks_lib.map_prunable(swap, masks, scope,
+                                  other=lambda mask: jnp.asarray(np.asarray(mask)))
 
 
 @register("rigl")

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lottery_kd import masks as masks_lib
+from lottery_kd.sparsity import masks as masks_lib
 
 PyTree = Any
 
@@ -31,16 +31,13 @@ def sparse_aware_init(params: PyTree, masks: PyTree, rng: jax.Array, *,
                       scope: masks_lib.Scope = "conv", gain: float = math.sqrt(2.0)) -> PyTree:
     """`params` with every prunable kernel redrawn as N(0, gain^2 / fan_in_unit) per output unit
     and masked; other leaves (BatchNorm, biases, out-of-scope kernels) unchanged."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     mask_leaves = jax.tree.leaves(masks)
-    keys = jax.random.split(rng, len(flat))
-    leaves = []
-    for (path, weight), mask, key in zip(flat, mask_leaves, keys):
-        if not masks_lib.is_prunable(masks_lib.path_name(path), np.shape(weight), scope):
-            leaves.append(weight)
-            continue
+    keys = jax.random.split(rng, len(mask_leaves))
+
+    def redraw(index: int, name: str, weight: Any) -> jax.Array:
+        mask = mask_leaves[index]
         fan_in = sparse_fan_in(mask)
         std = np.where(fan_in > 0, gain / np.sqrt(np.maximum(fan_in, 1)), 0.0).astype(np.float32)
-        drawn = jax.random.normal(key, np.shape(weight), jnp.asarray(weight).dtype) * std
-        leaves.append(jnp.where(jnp.asarray(mask), drawn, 0.0).astype(jnp.asarray(weight).dtype))
-    return jax.tree.unflatten(jax.tree.structure(params), leaves)
+        drawn = jax.random.normal(keys[index], np.shape(weight), jnp.asarray(weight).dtype) * std
+        return jnp.where(jnp.asarray(mask), drawn, 0.0).astype(jnp.asarray(weight).dtype)
+    return masks_lib.map_prunable(redraw, params, scope)

@@ -1,6 +1,7 @@
 """Data-dependent and data-free pruning criteria: SNIP, GraSP, SynFlow.
 
-Each is a masking function (contract: masking functions), registered by name, usable at
+Each is a masking function (contract: masking functions), registered by name (in
+lottery_kd.sparsity.pruning, which imports this module), usable at
 initialisation or on any snapshot, with any layer-wise distribution (`context["distribution"]`).
 The scores are pure functions of a loss (or forward) function, so they can be checked on a tiny
 network by hand; the registered functions build that function from the context:
@@ -27,8 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lottery_kd import losses, masks as masks_lib
-from lottery_kd.pruning import prune_by_scores, prune_to_keep, register
+from lottery_kd.training import losses
+
+from lottery_kd.sparsity import masks as masks_lib
+from lottery_kd.sparsity.masking import prune_by_scores, prune_to_keep
 
 PyTree = Any
 LossFn = Callable[[PyTree], jax.Array]
@@ -92,7 +95,6 @@ def _forward_fn(context: dict, input_shape: Sequence[int]) -> Callable[[PyTree],
 
 
 # ---- masking functions ----------------------------------------------------------------------
-@register("snip", uses_data=True)
 def snip(params: PyTree, masks: PyTree, fraction: float, *, rng: Optional[jax.Array] = None,
          scope: masks_lib.Scope = "conv", **context: Any) -> PyTree:
     """SNIP connection sensitivity |w * dL/dw| on context's batch."""
@@ -101,7 +103,6 @@ def snip(params: PyTree, masks: PyTree, fraction: float, *, rng: Optional[jax.Ar
                            distribution=context.get("distribution", "global"))
 
 
-@register("grasp", uses_data=True)
 def grasp(params: PyTree, masks: PyTree, fraction: float, *, rng: Optional[jax.Array] = None,
           scope: masks_lib.Scope = "conv", **context: Any) -> PyTree:
     """GraSP: keep the weights whose removal would reduce the gradient flow most."""
@@ -111,7 +112,6 @@ def grasp(params: PyTree, masks: PyTree, fraction: float, *, rng: Optional[jax.A
                            distribution=context.get("distribution", "global"))
 
 
-@register("synflow")
 def synflow(params: PyTree, masks: PyTree, fraction: float, *, rng: Optional[jax.Array] = None,
             scope: masks_lib.Scope = "conv", **context: Any) -> PyTree:
     """Iterative SynFlow: `context["synflow_rounds"]` (100) rounds of exponentially shrinking
