@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from lottery_kd import masks as masks_lib, optim, train
+from lottery_kd.sparsity import masks as masks_lib
+
+from lottery_kd.training import optim
+from lottery_kd.training.steps import TrainState, init_variables, make_train_step
 from lottery_kd.kernels import batch_norm as native, build
 from lottery_kd.models import get_model
 from lottery_kd.models.batch_norm import FusedBatchNorm
@@ -165,12 +168,12 @@ def test_resnet_train_step_with_fused_norm_matches_flax():
     states, models = [], {}
     for norm_impl in ("flax", "fused"):
         model = get_model("resnet20", 10, norm_impl=norm_impl)
-        params, batch_stats = train.init_variables(model, jax.random.key(0), (32, 32, 3))
+        params, batch_stats = init_variables(model, jax.random.key(0), (32, 32, 3))
         optimizer = optim.sgd_direction(0.9, 2e-4)
         masks = masks_lib.create(params)
-        step = jax.jit(train.make_train_step(model, optimizer, None,
+        step = jax.jit(make_train_step(model, optimizer, None,
                                              normalization=((120.0,) * 3, (60.0,) * 3)))
-        state = train.TrainState(jnp.asarray(0), params, batch_stats, optimizer.init(params))
+        state = TrainState(jnp.asarray(0), params, batch_stats, optimizer.init(params))
         state, metrics = step(state, masks, images, labels, jnp.float32(0.1), {})
         states.append(state)
         models[norm_impl] = model

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from lottery_kd import train
+from lottery_kd.training.steps import Distillation, TrainState, init_variables, make_train_step
 from lottery_kd.kernels import conv3x3 as conv_lib
 from lottery_kd.models import get_model
 from tests.conftest import REPO
@@ -125,17 +125,18 @@ def test_native_build_failure_is_clear_for_native_and_silent_for_auto(monkeypatc
 
 def test_resnet20_train_step_matches_xla():
     """The whole masked + KD train step: same loss and updated weights with either convolution."""
-    from lottery_kd import masks as masks_lib, optim, pruning
+    from lottery_kd.sparsity import masks as masks_lib, pruning
+    from lottery_kd.training import optim
 
     results = []
     for conv_impl in ("xla", "native"):
         model = get_model("resnet20", 10, conv_impl=conv_impl)
-        params, batch_stats = train.init_variables(model, jax.random.key(0), (32, 32, 3))
+        params, batch_stats = init_variables(model, jax.random.key(0), (32, 32, 3))
         masks = pruning.get("magnitude_global")(params, masks_lib.create(params), 0.5)
         optimizer = optim.sgd_direction(0.9, 1e-4)
-        step = train.make_train_step(model, optimizer, train.Distillation(4.0, 0.5, "mean"),
+        step = make_train_step(model, optimizer, Distillation(4.0, 0.5, "mean"),
                                      normalization=((120.0,) * 3, (64.0,) * 3))
-        state = train.TrainState(jnp.asarray(0), masks_lib.apply(params, masks),
+        state = TrainState(jnp.asarray(0), masks_lib.apply(params, masks),
                                  jax.tree.map(jnp.copy, batch_stats), optimizer.init(params))
         rng = np.random.default_rng(0)
         images = jnp.asarray(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))

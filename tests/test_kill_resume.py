@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from experiments import quickstart
-from lottery_kd import lottery, results
+from lottery_kd.study import lottery, results
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def _final_state(workdir):
     snapshots = {}
     for row in rows:
         name = lottery.snapshot_name(row["level"], row["variant"])
-        snapshots[name] = jax.device_get(run.snapshots.restore(name, run._template()))
+        snapshots[name] = jax.device_get(run.snapshots.restore(name, run.snapshot_template()))
     run.snapshots.close()
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows], snapshots
 

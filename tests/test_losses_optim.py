@@ -1,4 +1,4 @@
-"""Tests for lottery_kd.losses and lottery_kd.optim against hand-written float64 numpy."""
+"""Tests for training.losses and training.optim against hand-written float64 numpy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lottery_kd import losses, optim
+from lottery_kd.training import losses, optim
 
 # --------------------------------------------------------------------------------------------
 # numpy references
@@ -200,11 +200,11 @@ def test_constant_schedule():
 
 
 # --------------------------------------------------------------------------------------------
-# SGD direction + train.py's update rule (w <- w - lr * d) == PyTorch SGD
+# SGD direction + training/steps.py's update rule (w <- w - lr * d) == PyTorch SGD
 
 
 def sgd_jax(w0, grads, lr, momentum, weight_decay):
-    """optim.sgd_direction + the update rule of lottery_kd.train.make_train_step."""
+    """optim.sgd_direction + the update rule of lottery_kd.training.steps.make_train_step."""
     opt = optim.sgd_direction(momentum, weight_decay)
     params = {"w": jnp.asarray(w0, jnp.float32)}
     state = opt.init(params)

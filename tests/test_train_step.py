@@ -1,4 +1,4 @@
-"""Tests for lottery_kd.train.make_train_step (contracts: keeping pruned weights at zero,
+"""Tests for lottery_kd.training.steps.make_train_step (contracts: keeping pruned weights at zero,
 distillation). Tiny model (digits_convnet) on random 8x8 inputs.
 
 The step donates its first argument (the state): a state is never used after it was passed in,
@@ -16,7 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lottery_kd import masks as masks_lib, optim, train
+from lottery_kd.sparsity import masks as masks_lib
+
+from lottery_kd.training import optim
+from lottery_kd.training.steps import Distillation, TrainState, init_variables, make_train_step
 from lottery_kd.models import build_cifar_resnet, get_model
 
 BATCH, CLASSES = 16, 10
@@ -25,7 +28,7 @@ CONV_KERNELS = ("conv1", "conv2", "conv3")
 
 
 def init(seed: int):
-    return train.init_variables(MODEL, jax.random.key(seed), (8, 8, 1))
+    return init_variables(MODEL, jax.random.key(seed), (8, 8, 1))
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,7 +58,7 @@ def make_state(params, batch_stats, mask, optimizer, *, apply_mask: bool = True)
     params = fresh(params)
     if apply_mask:
         params = masks_lib.apply(params, mask)
-    return train.TrainState(step=jnp.asarray(0), params=params, batch_stats=fresh(batch_stats),
+    return TrainState(step=jnp.asarray(0), params=params, batch_stats=fresh(batch_stats),
                             opt_state=optimizer.init(params))
 
 
@@ -79,14 +82,14 @@ def assert_pruned_exactly_zero(params, mask):
         assert np.all(p[~m] == 0.0), f"{name}: pruned weights not exactly 0.0"
 
 
-KD = train.Distillation(temperature=4.0, alpha=0.9, reduction="batchmean")
+KD = Distillation(temperature=4.0, alpha=0.9, reduction="batchmean")
 
 
 @functools.lru_cache(maxsize=None)
 def compiled_step(momentum: float, weight_decay: float, distillation):
     """(optimizer, step), shared between tests with the same settings (compiles are the cost)."""
     optimizer = optim.sgd_direction(momentum, weight_decay)
-    return optimizer, train.make_train_step(MODEL, optimizer, distillation)
+    return optimizer, make_train_step(MODEL, optimizer, distillation)
 
 
 @pytest.mark.parametrize("distillation", [None, KD], ids=["ce", "kd"])
@@ -199,8 +202,8 @@ def test_kd_loss_uses_teacher_and_alpha_zero_equals_ce():
     lr = jnp.asarray(0.1, jnp.float32)
     results = {}
     for label, distillation in [("ce", None), ("kd", KD),
-                                ("kd_alpha0", train.Distillation(4.0, 0.0, "batchmean")),
-                                ("kd_mean", train.Distillation(4.0, 0.9, "mean"))]:
+                                ("kd_alpha0", Distillation(4.0, 0.0, "batchmean")),
+                                ("kd_mean", Distillation(4.0, 0.9, "mean"))]:
         optimizer, step = compiled_step(0.9, 5e-4, distillation)
         state = make_state(params, batch_stats, mask, optimizer)
         teacher = teacher_tree() if distillation is not None else {}
@@ -264,7 +267,7 @@ def step_with_traced_hyperparameters(distill: bool = False):
 
     @jax.jit
     def run(state, mask, images, labels, lr, momentum, weight_decay, teacher):
-        step = train.make_train_step(MODEL, optim.sgd_direction(momentum, weight_decay),
+        step = make_train_step(MODEL, optim.sgd_direction(momentum, weight_decay),
                                      KD if distill else None)
         return step(state, mask, images, labels, lr, teacher)
 
@@ -301,7 +304,7 @@ def test_pruned_weights_exactly_zero_extreme_hyperparameters(momentum, weight_de
     params, batch_stats, _, _ = student_and_teacher()
     mask = random_conv_mask(params, 0.3, seed=9)
     optimizer = optim.sgd_direction(momentum, weight_decay)
-    step = train.make_train_step(MODEL, optimizer, None)
+    step = make_train_step(MODEL, optimizer, None)
     state = make_state(params, batch_stats, mask, optimizer)
     for i in range(5):
         images, labels = batch(i)
@@ -317,15 +320,15 @@ def test_the_train_step_vmaps_over_a_stack_of_tickets():
     has, downsampling shortcuts included, at a third of the compile time."""
     model = build_cifar_resnet(8, 10)
     direction = optim.sgd_direction(0.9, 2e-4)
-    step = train.make_train_step(model, direction, None)
+    step = make_train_step(model, direction, None)
 
     def ticket(seed, density):
-        params, batch_stats = train.init_variables(model, jax.random.key(seed), (32, 32, 3))
+        params, batch_stats = init_variables(model, jax.random.key(seed), (32, 32, 3))
         draw = np.random.default_rng(seed + 7)
         masks = jax.tree.map(
             lambda p: jnp.asarray(draw.random(p.shape) < density if p.ndim == 4
                                   else np.ones(p.shape, bool)), params)
-        return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                 batch_stats=batch_stats, opt_state=direction.init(params)), masks
 
     images = jax.random.normal(jax.random.key(1), (16, 32, 32, 3))
