@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 
 from experiments import launch
-from lottery_kd import jsonlines, lottery, results
-from lottery_kd.train import TrainingInterrupted
+from lottery_kd.study import jsonlines, lottery, results
+from lottery_kd.training.errors import TrainingInterrupted
 from tests.conftest import REPO, make_tiny_config
 from tests.test_reliability import StopAfter
 
@@ -118,7 +118,7 @@ def _expected_exit(study: str, target: str, kind: str) -> int:
         # finds everything done as before. (Another command: see the test after this one.)
         return 0 if kind == "missing" else 2
     if target in ("plan.json", *JSON_LINES_FIELDS):
-        # plan.json is rewritten by every start and read by lottery_kd.status only; the JSON-lines
+        # plan.json is rewritten by every start and read by analysis.status only; the JSON-lines
         # files' unreadable lines go to FILE.damaged and a lost row's run is trained again.
         return 0
     if target.startswith("resume:"):

@@ -8,11 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from lottery_kd import lottery, masks as masks_lib, pruning, results
+from lottery_kd.study import lottery, results
+from lottery_kd.study.checkpoints import SnapshotCache
+
+from lottery_kd.sparsity import masks as masks_lib, pruning
 from lottery_kd.config import ConfigError
 from lottery_kd.data import DataError
 from lottery_kd.data.augment import normalize
-from lottery_kd.train import Trainer
+from lottery_kd.training.trainer import Trainer
 from tests.conftest import make_tiny_config
 
 
@@ -70,7 +73,7 @@ def study(tmp_path_factory):
 
 
 def _snapshot(study, name):
-    return study["run"].snapshots.restore(name, study["run"]._template())
+    return study["run"].snapshots.restore(name, study["run"].snapshot_template())
 
 
 def _call(study, level, variant):
@@ -177,6 +180,25 @@ def test_iterative_masks_follow_each_variants_own_chain(study):
             assert not np.any(np.asarray(m2) & ~np.asarray(m1))
 
 
+def test_the_snapshot_cache_holds_a_few_snapshots_not_the_whole_study(study):
+    """17 runs wrote 19 snapshots; device memory holds the last 4 used. The variants above still
+    started from the right weights, so an evicted snapshot was read back from disk."""
+    cache = study["run"]._finals
+    assert len(study["run"].snapshots.names()) == 19
+    assert 0 < len(cache) <= 4
+    assert list(cache)[-1] == "level_2_kd_lr_rewind"  # the last run's final, most recent last
+
+
+def test_snapshot_cache_drops_the_least_recently_used():
+    cache = SnapshotCache(size=2)
+    cache["a"], cache["b"] = 1, 2
+    assert cache["a"] == 1  # a is now the most recent
+    cache["c"] = 3
+    assert list(cache) == ["a", "c"]
+    cache["d"] = 4
+    assert list(cache) == ["c", "d"]
+
+
 def test_rerun_skips_finished_rows(study, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished row was trained again")
@@ -245,7 +267,7 @@ def test_a_workdir_from_before_an_added_setting_resumes_at_the_old_value(tmp_pat
     assert (study.config.protocol, study.config.data.validation_split,
             study.config.data.normalization) == ("", "random", "train_statistics")
     assert study.fingerprint["config_digest"] == lottery.config_digest(config)
-    assert study._load(lottery.snapshot_name(1, "lt"))["masks"] is not None
+    assert study.load_snapshot(lottery.snapshot_name(1, "lt"))["masks"] is not None
     assert {name: (tmp_path / name).read_text() for name in records} == records
     config.model.norm_impl = "fused"
     assert lottery.config_digest(config) != lottery.config_digest(legacy)
@@ -303,14 +325,14 @@ def test_pruning_at_init_with_a_registered_data_criterion_scores_init_on_batch_0
     run = lottery.LotteryRun(config, tmp_path, log=lambda *_: None)
     run.run()
     [call] = SEEN_BY_DATA_CRITERION
-    init = run._load("init")
+    init = run.load_snapshot("init")
     assert _leaves_equal(call["params"], init["params"])
-    assert not _leaves_equal(call["params"], run._load("level_0_dense")["params"])
+    assert not _leaves_equal(call["params"], run.load_snapshot("level_0_dense")["params"])
     images, labels = run.trainer.device_batch(0)
     expected_images = normalize(images, run.data.mean, run.data.std)
     np.testing.assert_array_equal(call["batch"][0], np.asarray(expected_images))
     np.testing.assert_array_equal(call["batch"][1], np.asarray(labels))
-    assert _leaves_equal(run._load("level_1_lt")["masks"], call["result"])
+    assert _leaves_equal(run.load_snapshot("level_1_lt")["masks"], call["result"])
     assert masks_lib.sparsity(call["result"], "conv") == pytest.approx(0.5, abs=0.01)
     # what the function declared it is for is enforced by config validation, by name
     for key, value in (("prune.distribution", "erk"), ("prune.scope", "conv_fc")):
@@ -326,8 +348,8 @@ def test_a_lost_rewind_snapshot_is_an_error_not_the_final_dense_weights(tmp_path
     """The rewind snapshot is written before step k; if it is gone when the dense run resumes
     past k, it cannot be recreated there, and weight_rewind must not silently start from the
     final dense weights."""
-    from lottery_kd.checkpoints import CheckpointError
-    from lottery_kd.train import TrainingInterrupted
+    from lottery_kd.study.checkpoints import CheckpointError
+    from lottery_kd.training.errors import TrainingInterrupted
     config = make_tiny_config()
     config.prune.levels = 1
     config.lottery.variants = "weight_rewind"

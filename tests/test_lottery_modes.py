@@ -5,11 +5,14 @@ import math
 import jax
 import numpy as np
 
-from lottery_kd import lottery, masks as masks_lib
+from lottery_kd.study import lottery
+
+from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.data import load_dataset
 from lottery_kd.models import get_model
 from lottery_kd.data.inputs import InputData
-from lottery_kd.train import Distillation, Trainer, init_variables
+from lottery_kd.training.steps import Distillation, init_variables
+from lottery_kd.training.trainer import Trainer
 from tests.conftest import make_tiny_config
 from tests.test_lottery import FitSpy, _leaves_equal
 
@@ -26,7 +29,7 @@ def test_oneshot_prunes_the_dense_network_to_one_minus_keep_to_the_level(tmp_pat
     for row in rows[1:]:
         target = 1 - 0.8 ** row["level"]
         assert row["remaining_weights"] == total - math.ceil(round(target * total, 9))
-    template = run._template()
+    template = run.snapshot_template()
     for level in (1, 2):
         lt = run.snapshots.restore(f"level_{level}_lt", template)["masks"]
         kd = run.snapshots.restore(f"level_{level}_kd", template)["masks"]

@@ -12,8 +12,10 @@ import types
 import pytest
 
 from experiments import launch
-from lottery_kd import checkpoints, jsonlines, lottery, report, results, status, workdir_lock
-from lottery_kd.train import Trainer, TrainingInterrupted
+from lottery_kd.study import checkpoints, jsonlines, lottery, results, workdir_lock
+from lottery_kd.analysis import report, status
+from lottery_kd.training.errors import TrainingInterrupted
+from lottery_kd.training.trainer import Trainer
 from tests.conftest import REPO, make_tiny_config
 from tests.test_reliability import StopAfter
 
@@ -93,7 +95,7 @@ def test_the_lock_refuses_a_second_holder_and_readers_see_who_holds_it(tmp_path)
 
 
 def test_a_dead_holders_lock_is_taken_over(tmp_path):
-    code = ("import sys, time; from lottery_kd.workdir_lock import WorkdirLock; "
+    code = ("import sys, time; from lottery_kd.study.workdir_lock import WorkdirLock; "
             f"WorkdirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); "
             "time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,

@@ -14,12 +14,16 @@ import numpy as np
 import pytest
 
 from experiments import launch
-from lottery_kd import lottery, masks as masks_lib, results
-from lottery_kd.checkpoints import CheckpointError, ResumeStore, SnapshotStore
+from lottery_kd.study import lottery, results
+from lottery_kd.sparsity import masks as masks_lib
+from lottery_kd.study.checkpoints import CheckpointError, ResumeStore, SnapshotStore
 from lottery_kd.data import load_dataset
 from lottery_kd.data.inputs import InputData
 from lottery_kd.models import get_model
-from lottery_kd.train import NonFiniteLossError, Trainer, TrainingInterrupted, init_variables
+from lottery_kd.training.callbacks import ResumeCheckpoints, StopRequest
+from lottery_kd.training.errors import NonFiniteLossError, TrainingInterrupted
+from lottery_kd.training.steps import init_variables
+from lottery_kd.training.trainer import Trainer
 from tests.conftest import REPO, make_tiny_config
 
 SCHEDULE = lambda step: 0.05  # noqa: E731
@@ -71,17 +75,17 @@ def test_a_stopped_fit_resumes_to_the_uninterrupted_result(tmp_path, stop_at):
     store = ResumeStore(tmp_path / "resume", keep=2, fingerprint={"model": "digits_convnet"})
     state, masks = _start(trainer, model)
     with pytest.raises(TrainingInterrupted) as stopped:
-        trainer.fit(state, masks, num_steps=total, schedule=SCHEDULE, resume=store,
-                    checkpoint_every=5, stop_requested=StopAfter(stop_at))
+        trainer.fit(state, masks, num_steps=total, schedule=SCHEDULE,
+                    callbacks=[ResumeCheckpoints(store, every=5), StopRequest(StopAfter(stop_at))])
     assert stopped.value.step == stop_at
     assert store.steps()[-1] == stop_at and len(store.steps()) <= 2
 
     again, _ = _trainer()  # a new process
     state, masks = _start(again, model)
     resumed = again.fit(state, masks, num_steps=total, schedule=SCHEDULE,
-                        resume=ResumeStore(tmp_path / "resume", keep=2,
-                                           fingerprint={"model": "digits_convnet"}),
-                        checkpoint_every=5)
+                        callbacks=[ResumeCheckpoints(ResumeStore(
+                            tmp_path / "resume", keep=2, fingerprint={"model": "digits_convnet"}),
+                            every=5)])
     _assert_trees_equal(resumed.state, straight.state)
     assert resumed.history == straight.history
     assert (resumed.test_accuracy, resumed.best_val_accuracy, resumed.best_val_epoch) == \
@@ -94,8 +98,8 @@ def test_a_damaged_newest_resume_checkpoint_falls_back_to_the_previous_one(tmp_p
     logged = []
     store = ResumeStore(tmp_path / "resume", keep=3, log=logged.append)
     with pytest.raises(TrainingInterrupted):
-        trainer.fit(state, masks, num_steps=30, schedule=SCHEDULE, resume=store,
-                    checkpoint_every=4, stop_requested=StopAfter(10))
+        trainer.fit(state, masks, num_steps=30, schedule=SCHEDULE,
+                    callbacks=[ResumeCheckpoints(store, every=4), StopRequest(StopAfter(10))])
     assert store.steps() == [4, 8, 10]
     newest = tmp_path / "resume" / "10"
     for array_file in (newest / "state").rglob("*"):
@@ -114,13 +118,13 @@ def test_a_resume_checkpoint_with_other_masks_is_refused(tmp_path):
     state, masks = _start(trainer, model)
     store = ResumeStore(tmp_path / "resume", keep=2)
     with pytest.raises(TrainingInterrupted):
-        trainer.fit(state, masks, num_steps=30, schedule=SCHEDULE, resume=store,
-                    checkpoint_every=4, stop_requested=StopAfter(4))
+        trainer.fit(state, masks, num_steps=30, schedule=SCHEDULE,
+                    callbacks=[ResumeCheckpoints(store, every=4), StopRequest(StopAfter(4))])
     state, masks = _start(trainer, model)  # the first state was donated to the train step
     other = jax.tree.map(lambda m: m.at[(0,) * m.ndim].set(False) if m.ndim == 4 else m, masks)
     with pytest.raises(CheckpointError, match="other masks"):
         trainer.fit(state, other, num_steps=30, schedule=SCHEDULE,
-                    resume=ResumeStore(tmp_path / "resume"))
+                    callbacks=[ResumeCheckpoints(ResumeStore(tmp_path / "resume"))])
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,8 +184,8 @@ def test_a_non_finite_loss_names_the_step_and_saves_nothing_after_it(tmp_path):
     store = ResumeStore(tmp_path / "resume", keep=5)
     exploding = lambda step: 0.05 if step < 12 else 1e30  # noqa: E731
     with pytest.raises(NonFiniteLossError) as error:
-        trainer.fit(state, masks, num_steps=40, schedule=exploding, resume=store,
-                    checkpoint_every=5)
+        trainer.fit(state, masks, num_steps=40, schedule=exploding,
+                    callbacks=[ResumeCheckpoints(store, every=5)])
     assert 12 < error.value.step < 19 and f"global step {error.value.step}" in str(error.value)
     assert store.steps() == [5, 10]  # the last good ones stay; nothing after the blow-up
 

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from lottery_kd.environment import command_line
+from lottery_kd.runtime.environment import command_line
+from lottery_kd.study.workdir import Workdir
 
-LOCK_NAME = "study.lock"
 _RETRIES = 10  # a reader's brief shared lock (holder()) must not look like a running study
 
 
@@ -51,7 +51,7 @@ class WorkdirLock:
 
     def __init__(self, directory: str | os.PathLike, what: str = "study"):
         self.directory = Path(directory)
-        self.path = self.directory / LOCK_NAME
+        self.path = Workdir(self.directory).lock
         self.what = what
         self._fd: Optional[int] = None
 
@@ -97,7 +97,7 @@ class WorkdirLock:
 def holder(directory: str | os.PathLike) -> Optional[dict]:
     """Who holds the workdir's lock ({"pid", "host", "since", "command"}, possibly empty), or
     None when no live process does. Takes the lock for an instant only if it is free."""
-    path = Path(directory) / LOCK_NAME
+    path = Workdir(directory).lock
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -15,6 +15,7 @@ state; if the newest is unreadable, the previous good one is used and the log sa
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
@@ -289,3 +290,25 @@ def read_snapshot(path: str | os.PathLike) -> dict:
     finally:
         checkpointer.close()
     return jax.tree.map(np.asarray, restored)
+
+
+class SnapshotCache(collections.OrderedDict):
+    """The last `size` snapshots used, in device memory; the least recently used one is dropped
+    when another is added (a study reloads it from disk if it needs it again). A study reads the
+    same few snapshots over and over (the teacher, init, rewind, the level before): a handful
+    suffices, where keeping every snapshot would hold a whole study in memory."""
+
+    def __init__(self, size: int = 4):
+        super().__init__()
+        self.size = size
+
+    def __getitem__(self, name: str) -> Any:
+        value = super().__getitem__(name)
+        self.move_to_end(name)
+        return value
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        super().__setitem__(name, value)
+        self.move_to_end(name)
+        while len(self) > self.size:
+            self.popitem(last=False)

@@ -1,0 +1,193 @@
+"""The IMP driver: levels x retrain variants -> results.jsonl, summary.md, plot, snapshots.
+
+    init -> dense training (snapshot "rewind" at step k) -> level 0 final = the teacher
+    for level L = 1..N, for each variant V:
+        masks_L = prune(V's level L-1 final, V's level L-1 masks, fraction)      [iterative]
+               or prune(dense final, all-true, 1 - (1 - fraction)^L)              [one-shot]
+        weights <- V's start (its registered weight source: init | rewind | previous | ...)
+        train with V's schedule and loss -> snapshot "level_L_V" -> one results row
+
+Re-running the same command skips every (level, variant) whose row and snapshot exist; a different
+config in the same workdir is refused, naming the keys that differ.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from lottery_kd import config as config_lib
+from lottery_kd.config import protocols
+from lottery_kd.config.identity import (ADDED_KEYS, COSMETIC_KEYS,  # noqa: F401  (re-exported)
+                                        config_digest, config_to_dict)
+from lottery_kd.data.augment import normalize
+from lottery_kd.sparsity import pruning
+from lottery_kd.sparsity.dynamic import MaskUpdate
+from lottery_kd.sparsity.sparse_init import sparse_aware_init
+from lottery_kd.study import results, variants as variants_lib
+from lottery_kd.study.checkpoints import CheckpointError
+from lottery_kd.study.study import Study, TrainingFailed  # noqa: F401  (re-exported)
+from lottery_kd.study.variants import DENSE, derived_key, snapshot_name  # noqa: F401
+from lottery_kd.study.workdir_checks import (WorkdirConfigMismatch, WorkdirError,  # noqa: F401
+                                             check_workdir_path, prepare_workdir, study_lock)
+from lottery_kd.training import optim
+from lottery_kd.training.errors import TrainingInterrupted
+from lottery_kd.training.steps import init_variables
+
+PyTree = Any
+
+
+class LotteryRun(Study):
+    """A lottery-ticket study: the dense run, then every level's masks and retrain variants
+    (or one dynamic sparse run), each resumed or skipped as the workdir says."""
+
+    def run_dense(self) -> None:
+        """Train (or resume) the dense network, snapshotting its weights at the rewind step."""
+        if (0, DENSE) in self._done() and self.snapshots.exists("rewind"):
+            return
+        init = self.init_snapshot()
+        rewind_step = self.plan.rewind_step
+
+        def save_rewind(state) -> None:
+            self.snapshots.save("rewind", self._snapshot(state.params, state.batch_stats,
+                                                         init["masks"]))
+        on_step = {rewind_step: save_rewind} if rewind_step < self.plan.total_steps else {}
+        self._train(0, DENSE, init, init["masks"], start_step=0,
+                    num_steps=self.plan.total_steps, schedule=self.schedule, distill=False,
+                    on_step=on_step)
+        if self.snapshots.exists("rewind"):
+            return
+        if rewind_step < self.plan.total_steps:  # saved before step k, so it was lost since
+            raise CheckpointError(
+                f"snapshot 'rewind' (the dense weights at step {rewind_step}) is missing from "
+                f"{self.snapshots.directory}, but the dense run has passed that step; restore "
+                "it, or move checkpoints/snapshots/level_0_dense and "
+                "checkpoints/resume/level_0_dense away to retrain the dense network")
+        # k at or past the end: no variant rewinds, but every study has the snapshot
+        self.snapshots.save("rewind", self.load_snapshot(snapshot_name(0, DENSE)))
+
+    def masks_for(self, level: int, variant: str) -> PyTree:
+        """The level's mask for `variant` (pure in the snapshots it reads, so safe to recompute).
+
+        The chain's masks come from the previous level (iterative) or the dense network
+        (one-shot); the weights scored are that run's final weights, or the init snapshot with
+        prune.source='init' (pruning at initialisation: SNIP, GraSP, SynFlow, ...).
+        """
+        prune = self.config.prune
+        method = pruning.get(prune.method)
+        if prune.schedule == "oneshot":
+            chain = self.load_snapshot(snapshot_name(0, DENSE))
+            fraction = 1.0 - (1.0 - prune.fraction) ** level
+            rng = derived_key(self.config.seed, "prune", level)
+        else:
+            chain = self.load_snapshot(snapshot_name(level - 1, DENSE if level == 1 else variant))
+            fraction = prune.fraction
+            rng = derived_key(self.config.seed, "prune", level, variant)
+        scored = self.load_snapshot("init") if prune.source == "init" else chain
+        masks = method(scored["params"], chain["masks"], fraction, rng=rng, scope=self.scope,
+                       **self.prune_context(scored, with_batch=pruning.uses_data(prune.method)))
+        pruning.check_result(prune.method, masks, chain["masks"], scored["params"], self.scope)
+        return masks
+
+    def prune_context(self, scored: PyTree, *, with_batch: bool) -> dict:
+        """What criteria may need: the model, BatchNorm statistics, the input shape, the pruning
+        settings, and (`with_batch`) the normalised training batch of step 0."""
+        prune = self.config.prune
+        context = {"model": self.model, "batch_stats": scored["batch_stats"],
+                   "input_shape": tuple(self.data.image_shape),
+                   "distribution": prune.distribution, "synflow_rounds": prune.synflow_rounds,
+                   "grasp_temperature": prune.grasp_temperature}
+        if with_batch:
+            images, labels = self.trainer.device_batch(0)
+            context["batch"] = (normalize(images, self.data.mean, self.data.std), labels)
+        return context
+
+    def run_variant(self, level: int, variant: variants_lib.RetrainVariant) -> None:
+        """Train (or resume) one retrain variant at one level: its mask, its start (from its
+        registered weight source), its schedule and its loss."""
+        masks = self.masks_for(level, variant.name)
+        context = variants_lib.StartContext(
+            level=level, variant=variant.name, masks=masks, seed=self.config.seed,
+            scope=self.scope, oneshot=self.config.prune.schedule == "oneshot",
+            load=self.load_snapshot,
+            fresh=lambda key: init_variables(self.model, key, self.data.image_shape))
+        start = variants_lib.weight_source(variant.weights)(context)
+        start_step, num_steps = self.steps_of(variant)
+        schedule = self.schedule
+        if variant.schedule == "final":  # the whole budget at the final learning rate
+            schedule = optim.constant_schedule(float(self.schedule(self.plan.total_steps - 1)))
+        self._train(level, variant.name, start, masks, start_step=start_step,
+                    num_steps=num_steps, schedule=schedule, distill=variant.distill)
+
+    def run_dynamic(self) -> None:
+        """Dynamic sparse training (RigL, SET, ...) from init at dynamic.sparsity, its masks
+        updated during training at a constant count; with dynamic.distill, KD from the dense
+        network. One row: level 1, variant e.g. 'rigl_kd'."""
+        dyn, name = self.config.dynamic, self.dynamic_name()
+        if (1, name) in self._done():
+            return
+        init = self.load_snapshot("init")
+        masks = pruning.get("random")(init["params"], init["masks"], dyn.sparsity,
+                                      rng=derived_key(self.config.seed, "dynamic", "masks"),
+                                      scope=self.scope, distribution=dyn.distribution)
+        start = init
+        if dyn.init == "sparse":
+            start = {"params": sparse_aware_init(init["params"], masks, derived_key(
+                self.config.seed, "dynamic", "sparse_init"), scope=self.scope),
+                "batch_stats": init["batch_stats"]}
+        total = self.plan.total_steps
+        update = MaskUpdate(dyn.method, dyn.delta_t, dyn.alpha,
+                            end_step=int(dyn.end_fraction * total), seed=self.config.seed,
+                            scope=self.scope)
+        self._train(1, name, start, masks, start_step=0, num_steps=total,
+                    schedule=self.schedule, distill=dyn.distill, mask_update=update)
+
+    def _announce(self, level: int, variant: str) -> None:
+        planned = [(r["level"], r["variant"]) for r in self.planned_runs()]
+        done = self._done()
+        if (level, variant) not in done:
+            self.log(f"[study] run {planned.index((level, variant)) + 1} of {len(planned)}: "
+                     f"level {level} {variant} ({sum(p in done for p in planned)} done; "
+                     f"python -m lottery_kd.status {self.workdir} estimates the rest)")
+
+    def _stop_before(self, level: int, variant: str) -> None:
+        """Honour a stop request between runs (all processes agree): never start the next."""
+        stop = self.stop_requested()
+        if self.parallel.process_count > 1:
+            stop = self.parallel.any_process(stop)
+        if stop:
+            raise TrainingInterrupted(None, f"before level {level} {variant}")
+
+    def run(self) -> list[dict]:
+        """Run (or resume) the whole study; returns all result rows."""
+        self._announce(0, DENSE)
+        self.run_dense()
+        if self.config.dynamic.method:
+            self._stop_before(1, self.dynamic_name())
+            self._announce(1, self.dynamic_name())
+            self.run_dynamic()
+        else:
+            for level in config_lib.pruning_levels(self.config.prune):
+                done = self._done()
+                for variant in self.variants:
+                    if (level, variant.name) not in done:
+                        self._stop_before(level, variant.name)
+                        self._announce(level, variant.name)
+                        self.run_variant(level, variant)
+        rows = results.read_rows(self.results_path)
+        if self.parallel.is_main:
+            results.write_summary(self.workdir, rows,
+                                  f"{self.config.model.name} on {self.config.data.name}",
+                                  protocols.describe(self.config))
+        self.snapshots.close()
+        return rows
+
+
+def run(config: Any, workdir: str | os.PathLike, *, log=print,
+        stop_requested: Callable[[], bool] = lambda: False) -> list[dict]:
+    """Validate `config`, then run or resume the study in `workdir`, holding its lock: a second
+    run of the same workdir raises WorkdirBusy before anything is computed."""
+    config_lib.validate(config)
+    check_workdir_path(workdir)
+    with study_lock(workdir):
+        return LotteryRun(config, workdir, log=log, stop_requested=stop_requested).run()

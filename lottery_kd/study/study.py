@@ -1,0 +1,284 @@
+"""A study: one config in one workdir, with its data, model, trainer, snapshots and rows.
+
+`Study` holds what every tool that opens a workdir needs: the validated config, the workdir's
+paths (study.workdir), the devices, the data, the model, a compiled `Trainer`, the snapshot store
+with a bounded cache, and `_train`, which runs one training run and records its snapshot and
+result row. The IMP driver (study.lottery.LotteryRun) adds what a lottery-ticket study does
+with it; the analysis tools (lmc, bootstrap) open a finished study with `Study.from_workdir`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+
+from lottery_kd import config as config_lib
+from lottery_kd.config import identity, protocols
+from lottery_kd.config.identity import config_digest
+from lottery_kd.data.inputs import input_data_from_config
+from lottery_kd.kernels.build import NativeKernelError
+from lottery_kd.kernels.conv3x3 import native_enabled
+from lottery_kd.models import get_model
+from lottery_kd.runtime.environment import record_start
+from lottery_kd.runtime.parallel import DataParallel
+from lottery_kd.sparsity import masks as masks_lib
+from lottery_kd.sparsity.dynamic import MaskUpdate
+from lottery_kd.study import results, variants as variants_lib
+from lottery_kd.study.checkpoints import SnapshotCache, SnapshotStore
+from lottery_kd.study.variants import DENSE, snapshot_name
+from lottery_kd.study.workdir import Workdir
+from lottery_kd.study.workdir_checks import (check_batch_norm_groups, check_workdir_path,
+                                             prepare_workdir)
+from lottery_kd.training import optim
+from lottery_kd.training.errors import NonFiniteLossError, TrainingInterrupted
+from lottery_kd.training.run_setup import RunOutputs
+from lottery_kd.training.steps import Distillation, init_variables
+from lottery_kd.training.trainer import Trainer
+
+PyTree = Any
+
+
+class TrainingFailed(RuntimeError):
+    """A training run of the study failed (non-finite loss); no result row was written."""
+
+
+class Study:
+    """One experiment: its config, data, model, compiled trainer and snapshot store."""
+
+    def __init__(self, config: Any, workdir: str | os.PathLike, *, log=print,
+                 stop_requested: Callable[[], bool] = lambda: False, record: bool = True):
+        """`record=False` (the analysis tools) leaves the study's plan.json and
+        environment.jsonl alone: those describe the study's own (re)starts."""
+        config_lib.validate(config)
+        check_workdir_path(workdir)
+        self.config = config
+        self.paths = Workdir(workdir)
+        self.workdir = self.paths.root
+        self.log = log
+        self.stop_requested = stop_requested
+        self.record = record
+        data_cfg = config.data
+        self.parallel = DataParallel.create()
+        try:
+            self.parallel.check_batch_size(config.train.batch_size, "train.batch_size")
+        except ValueError as error:
+            raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
+        self.data = input_data_from_config(data_cfg, seed=config.seed,
+                                           device_count=self.parallel.device_count)
+        self.plan = config_lib.plan_steps(config, self.data.train.num_examples)
+        self.variants = [variants_lib.get(name)
+                         for name in config_lib.parse_names(config.lottery.variants)]
+        try:  # before the workdir is written: a conv_impl this machine cannot run is bad input
+            self.model = get_model(config.model.name, self.data.num_classes,
+                                   basis=config.model.basis, basis_seed=config.seed,
+                                   conv_impl=config.model.conv_impl,
+                                   norm_impl=config.model.norm_impl)
+        except NativeKernelError as error:
+            raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
+        if record:  # the analysis tools read the study as it is and write nothing into it
+            prepare_workdir(self.workdir, config, write=self.parallel.is_main)
+        check_batch_norm_groups(self.workdir, config.parallel.batch_norm,
+                                self.parallel.device_count)
+        if not self.parallel.is_main:
+            self.log = lambda *_: None
+        self.scope = config.prune.scope
+        self.trainer = self.make_trainer(self.data)
+        self.schedule = optim.step_schedule(config.train.lr, self.plan.milestone_steps,
+                                            decay=config.train.lr_decay,
+                                            warmup_steps=self.plan.warmup_steps)
+        self.fingerprint = {"model": config.model.name, "config_digest": config_digest(config)}
+        self.snapshots = SnapshotStore(self.paths.snapshots,
+                                       self.fingerprint)
+        self.results_path = self.paths.results
+        self._finals = SnapshotCache(size=4)  # bounded: not every snapshot of the study
+        if record and self.parallel.is_main:  # what lottery_kd.analysis.status reads to say how far
+            results.set_aside_damaged(self.workdir, self.log)  # keep every valid row
+            results.write_atomic(self.paths.plan, json.dumps(
+                {"steps_per_epoch": self.plan.steps_per_epoch,
+                 "total_steps": self.plan.total_steps, "rewind_step": self.plan.rewind_step,
+                 "runs": self.planned_runs()}, indent=1) + "\n")
+            record_start(self.workdir, conv_impl=config.model.conv_impl,
+                         native_conv_available=native_enabled(config.model.conv_impl),
+                         batch_norm_groups=self.parallel.batch_norm_groups(
+                             config.parallel.batch_norm))
+        self.log(f"{config.model.name} on {data_cfg.name}: train {self.data.train.num_examples}, "
+                 f"val {self.data.val.num_examples if self.data.val else 0}, "
+                 f"test {self.data.test.num_examples}; "
+                 f"{self.plan.steps_per_epoch} steps/epoch, {self.plan.total_steps} steps, "
+                 f"rewind step {self.plan.rewind_step}, LR drops at steps "
+                 f"{list(self.plan.milestone_steps)}; {self.parallel.device_count} device(s) in "
+                 f"{self.parallel.process_count} process(es); workdir {self.workdir}\n"
+                 f"{protocols.describe(config)}")
+
+    def make_trainer(self, data) -> Trainer:
+        """A trainer with this study's model, optimizer, distillation and device layout, over
+        `data` (the study's own, or another order or subset of it for the analysis tools)."""
+        config, kd = self.config, self.config.kd
+        return Trainer(self.model, data, batch_size=config.train.batch_size,
+                       momentum=config.train.momentum, weight_decay=config.train.weight_decay,
+                       distillation=Distillation(kd.temperature, kd.alpha, kd.reduction),
+                       parallel=self.parallel, batch_norm=config.parallel.batch_norm)
+
+    @classmethod
+    def from_workdir(cls, workdir: str | os.PathLike, *, log=print) -> "Study":
+        """The study in `workdir`, rebuilt from its config.json (for analysis tools). Keys added
+        since the study began read as their values from before (ADDED_KEYS, as on resume), or
+        else as their defaults; the study's plan.json and environment.jsonl are left alone."""
+        return cls(identity.load_saved(workdir), workdir, log=log, record=False)
+
+    # ---- snapshots -------------------------------------------------------------------------
+    def snapshot_template(self) -> PyTree:
+        params, batch_stats = jax.eval_shape(
+            lambda key: init_variables(self.model, key, self.data.image_shape),
+            jax.random.key(0))
+        masks = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, np.bool_), params)
+        return {"params": params, "batch_stats": batch_stats, "masks": masks}
+
+    def _snapshot(self, state_params, batch_stats, masks) -> PyTree:
+        return {"params": state_params, "batch_stats": batch_stats, "masks": masks}
+
+    def load_snapshot(self, name: str) -> PyTree:
+        if name == "init" and self.record and not self.snapshots.exists(name):
+            return self.init_snapshot()  # a pure function of the seed: made again if lost
+        if name not in self._finals:
+            self._finals[name] = self.snapshots.restore(name, self.snapshot_template(),
+                                                        self.parallel.replicated)
+        return self._finals[name]
+
+    def load_existing(self, name: str, what: str) -> PyTree:
+        """A snapshot the study wrote, for the analysis tools: a ValueError naming `what` (the
+        option that asked for it) and the tickets there if it is missing, never a new one."""
+        if not self.snapshots.exists(name):
+            tickets = [n for n in self.snapshots.names()
+                       if n.startswith("level_") and n != snapshot_name(0, DENSE)]
+            raise ValueError(f"{what} {name!r}: no such snapshot in {self.workdir} (tickets "
+                             f"there: {', '.join(tickets) or 'none yet: run the study first'})")
+        return self.load_snapshot(name)
+
+    def init_snapshot(self) -> PyTree:
+        """The study's initial weights (step 0), created from the seed on first use."""
+        if not self.snapshots.exists("init"):
+            params, batch_stats = init_variables(self.model, jax.random.key(self.config.seed),
+                                                 self.data.image_shape)
+            self.snapshots.save("init", self.parallel.replicate(self._snapshot(
+                params, batch_stats, masks_lib.create(params, self.scope))))
+        return self.load_snapshot("init")
+
+    # ---- training --------------------------------------------------------------------------
+    def _train(self, level: int, variant_name: str, start: PyTree, masks: PyTree, *,
+               start_step: int, num_steps: int, schedule, distill: bool, on_step=None,
+               mask_update: Optional[MaskUpdate] = None) -> dict:
+        """Train one run from `start` under `masks`, resuming its checkpoint if there is one;
+        then save its snapshot, append its row and delete its resume checkpoints."""
+        tag = snapshot_name(level, variant_name)
+        main = self.parallel.is_main
+        masks = self.parallel.replicate(masks)
+        sparsity = masks_lib.sparsity(masks, self.scope)
+        state = self.trainer.init_state(start["params"], start["batch_stats"], masks, start_step)
+        outputs = RunOutputs.open(
+            f"[level {level} {variant_name}]", progress_mode=self.config.log.progress,
+            tensorboard=self.paths.tensorboard(tag) if self.config.log.tensorboard else None,
+            resume=self.paths.resume(tag), keep=self.config.checkpoint.keep,
+            fingerprint=self.fingerprint, log=self.log, main=main)
+
+        def log_scalars(step: int, row: dict) -> None:
+            outputs.write_row(step, row, sparsity=sparsity)
+            if main and "epoch_seconds" in row:  # the pace analysis.status estimates with
+                results.append_epoch_time(self.workdir, {
+                    "level": level, "variant": variant_name, "step": step,
+                    "distill": row["distill"], "steps": row["epoch_steps"],
+                    "seconds": round(row["epoch_seconds"], 3)})
+
+        try:
+            fit = self.trainer.fit(state, masks, num_steps=num_steps, schedule=schedule,
+                                   teacher=self.teacher() if distill else None,
+                                   kd_stop_step=self.plan.kd_stop_step,
+                                   on_step=on_step, callbacks=outputs.callbacks(
+                                       checkpoint_every=self.config.checkpoint.every_steps,
+                                       stop_requested=self.stop_requested,
+                                       mask_update=mask_update, log_scalars=log_scalars))
+        except NonFiniteLossError as error:
+            raise TrainingFailed(
+                f"level {level}, variant {variant_name}: non-finite loss at global step "
+                f"{error.step} ({error}). No result row was written; the last good resume "
+                f"checkpoint is kept in {outputs.resume.directory}.") from None
+        except TrainingInterrupted as stop:
+            raise TrainingInterrupted(stop.step, f"level {level}, variant {variant_name}") \
+                from None
+        finally:
+            outputs.close(resume=False)  # the resume store goes once the row is written
+        row = self._record(level, variant_name, fit, sparsity=sparsity, start_step=start_step,
+                           distill=distill)
+        if main:
+            outputs.resume.delete_all()  # the final snapshot and the row now stand for this run
+        else:
+            outputs.resume.close()
+        return row
+
+    def _record(self, level: int, variant_name: str, fit, *, sparsity: float, start_step: int,
+                distill: bool) -> dict:
+        """Save a finished run's snapshot (fit.masks: a dynamic method changes them, keeping
+        their count, so `sparsity` is the run's) and append its result row and summary; every
+        process waits until the row is written."""
+        tag = snapshot_name(level, variant_name)
+        snapshot = self._snapshot(fit.state.params, fit.state.batch_stats, fit.masks)
+        self.snapshots.save(tag, snapshot)
+        self._finals[tag] = snapshot
+        remaining, total = masks_lib.count(fit.masks, self.scope)
+        row = {"level": level, "variant": variant_name, "sparsity": sparsity,
+               "remaining_weights": remaining, "prunable_weights": total,
+               "test_accuracy": fit.test_accuracy, "best_val_accuracy": fit.best_val_accuracy,
+               "test_accuracy_at_best_val": fit.test_accuracy_at_best_val,
+               "best_val_epoch": fit.best_val_epoch, "epochs": fit.epochs, "steps": fit.steps,
+               "start_step": start_step, "distill": distill,
+               "layer_counts": {name: list(counts) for name, counts in
+                                masks_lib.layer_counts(fit.masks, self.scope).items()},
+               "seconds": round(fit.seconds, 2)}
+        if self.parallel.is_main:
+            results.append_row(self.results_path, row)
+            results.write_summary(self.workdir, results.read_rows(self.results_path),
+                                  f"{self.config.model.name} on {self.config.data.name}",
+                                  protocols.describe(self.config))
+        self.parallel.barrier(f"row {tag}")
+        self.log(f"[level {level} {variant_name}] sparsity {100 * sparsity:.2f}% test "
+                 f"{100 * fit.test_accuracy:.2f}% ({fit.seconds:.0f}s)")
+        return row
+
+    def teacher(self) -> PyTree:
+        """The KD teacher: the trained dense network's parameters and BatchNorm statistics."""
+        dense = self.load_snapshot(snapshot_name(0, DENSE))
+        return {"params": dense["params"], "batch_stats": dense["batch_stats"]}
+
+    def _done(self) -> set[tuple[int, str]]:
+        return {(r["level"], r["variant"]) for r in results.read_rows(self.results_path)
+                if self.snapshots.exists(snapshot_name(r["level"], r["variant"]))}
+
+    def steps_of(self, variant: variants_lib.RetrainVariant) -> tuple[int, int]:
+        """(start step, number of steps) of a variant's retraining: its schedule's start."""
+        if variant.schedule == "rewind":
+            return self.plan.rewind_step, self.plan.total_steps - self.plan.rewind_step
+        return 0, self.plan.total_steps  # "zero", and "final" (T steps at the final LR)
+
+    def planned_runs(self) -> list[dict]:
+        """Every training run of the study in order: level, variant, start step, steps, distill."""
+        total = self.plan.total_steps
+        runs = [{"level": 0, "variant": DENSE, "start_step": 0, "steps": total, "distill": False}]
+        if self.config.dynamic.method:
+            return runs + [{"level": 1, "variant": self.dynamic_name(), "start_step": 0,
+                            "steps": total, "distill": bool(self.config.dynamic.distill)}]
+        for level in config_lib.pruning_levels(self.config.prune):
+            for variant in self.variants:
+                start_step, steps = self.steps_of(variant)
+                runs.append({"level": level, "variant": variant.name, "start_step": start_step,
+                             "steps": steps, "distill": variant.distill})
+        return runs
+
+    def dynamic_name(self) -> str:
+        """The row name of a dynamic sparse run, e.g. rigl_kd_sparse_init."""
+        dyn = self.config.dynamic
+        return (f"{dyn.method}{'_kd' if dyn.distill else ''}"
+                f"{'_sparse_init' if dyn.init == 'sparse' else ''}")
