@@ -12,11 +12,12 @@ def main(num_devices: int, batch_norm: str, out: str) -> None:
     jax.config.update("jax_num_cpu_devices", num_devices)
     import numpy as np
 
-    from lottery_kd import masks as masks_lib
+    from lottery_kd.sparsity import masks as masks_lib
     from lottery_kd.data import load_dataset
     from lottery_kd.data.inputs import InputData
     from lottery_kd.models import get_model
-    from lottery_kd.train import Trainer, init_variables
+    from lottery_kd.training.steps import init_variables
+    from lottery_kd.training.trainer import Trainer
 
     assert jax.device_count() == num_devices
     model = get_model("digits_convnet", 10)

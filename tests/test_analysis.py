@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from lottery_kd import published as published_lib
-from lottery_kd import bootstrap, curves, lmc, lottery, overlap, report, results
-from lottery_kd.tensorboard import ScalarWriter
-from lottery_kd.train import Trainer
+from lottery_kd.analysis import bootstrap, curves, lmc, overlap, report
+from lottery_kd.study import lottery, results
+from lottery_kd.training.tensorboard import ScalarWriter
+from lottery_kd.training.trainer import Trainer
 from tests.conftest import REPO, make_tiny_config
 
 
@@ -199,7 +200,7 @@ def test_paired_differences_are_per_seed_differences_of_the_rows(studies, tmp_pa
 
 
 def test_each_start_records_its_environment_and_the_report_states_it(studies, tmp_path):
-    from lottery_kd.environment import read_starts
+    from lottery_kd.runtime.environment import read_starts
     seeds, _ = studies
     starts = read_starts(seeds[0])
     assert len(starts) == 1
@@ -754,8 +755,8 @@ def test_lmc_spawns_from_the_studys_cross_entropy_trajectory_even_with_distill(s
     distilled = lmc.LinearModeConnectivity(first, ticket="level_2_kd", distill=True,
                                            log=lambda *_: None)
     k = plain.plan.rewind_step
-    rewind = plain.run._load("rewind")
-    init = plain.run._load("init")
+    rewind = plain.run.load_snapshot("rewind")
+    init = plain.run.load_snapshot("init")
     retrained = plain._fit(plain.run.trainer, init, init["masks"], 0, k, "check", tmp_path,
                            distill=False)
     for a, b in zip(jax.tree.leaves(retrained.state.params), jax.tree.leaves(rewind["params"])):

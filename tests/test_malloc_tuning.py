@@ -1,14 +1,14 @@
-"""lottery_kd.malloc_tuning: the entry points restart once with glibc's malloc tunables."""
+"""lottery_kd.runtime.malloc_tuning: the entry points restart once with glibc's malloc tunables."""
 
 import subprocess
 import sys
 
 import pytest
 
-from lottery_kd import malloc_tuning
+from lottery_kd.runtime import malloc_tuning
 from tests.conftest import REPO
 
-PRINT_TUNABLES = ("from lottery_kd.malloc_tuning import reexec_with_malloc_tuning; "
+PRINT_TUNABLES = ("from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning; "
                   "reexec_with_malloc_tuning(); import os, sys; "
                   "print(os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:])")
 
@@ -45,7 +45,7 @@ def test_an_entry_point_restarts_once_with_the_tunables_and_its_arguments():
 def test_the_tuned_malloc_keeps_freed_blocks_mapped():
     """The point of the tunables: a large block freed and allocated again costs no page faults
     (glibc's defaults unmap it and fault it in afresh: ~64 MB / 4 KB = 16k faults)."""
-    code = ("from lottery_kd.malloc_tuning import reexec_with_malloc_tuning; "
+    code = ("from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning; "
             "reexec_with_malloc_tuning(); import ctypes, resource; "
             "libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p; "
             "libc.free.argtypes = [ctypes.c_void_p]; size = 64 << 20\n"

@@ -96,7 +96,7 @@ def test_one_device_four_devices_and_the_pod_agree(three_runs):
 
 def test_a_snapshot_written_by_two_processes_restores_in_one(three_runs):
     from experiments import quickstart
-    from lottery_kd import lottery
+    from lottery_kd.study import lottery
 
     root, _ = three_runs
     config = quickstart.get_config()
@@ -108,8 +108,9 @@ def test_a_snapshot_written_by_two_processes_restores_in_one(three_runs):
             current, bool) else value == "True")
     run = lottery.LotteryRun(config, root / "pod", log=lambda *_: None)  # resumes: nothing to do
     assert jax.process_count() == 1
-    restored = run._load("level_1_kd")
-    single = lottery.LotteryRun(config, root / "one", log=lambda *_: None)._load("level_1_kd")
+    restored = run.load_snapshot("level_1_kd")
+    single = lottery.LotteryRun(config, root / "one", log=lambda *_: None).load_snapshot(
+        "level_1_kd")
     for a, b in zip(jax.tree.leaves(restored["masks"]), jax.tree.leaves(single["masks"])):
         np.testing.assert_array_equal(a, b)
     # Same network up to float drift: reductions over 4 devices sum in another order, and ~100
@@ -132,7 +133,7 @@ def test_a_batch_not_divisible_by_the_devices_names_both_numbers(tmp_path):
 
 def test_distributed_on_takes_unset_process_count_and_id_from_the_environment(monkeypatch):
     """JAX reads only JAX_COORDINATOR_ADDRESS; the other two variables are read here."""
-    from lottery_kd import parallel
+    from lottery_kd.runtime import parallel
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
     monkeypatch.setenv("JAX_NUM_PROCESSES", "4")

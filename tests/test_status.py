@@ -1,4 +1,4 @@
-"""lottery_kd.status: done / current / pending runs and a time estimate, from files only."""
+"""analysis.status: done / current / pending runs and a time estimate, from files only."""
 
 import json
 import statistics
@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
-from lottery_kd import lottery, results, status
-from lottery_kd.train import TrainingInterrupted
+from lottery_kd.study import lottery, results
+
+from lottery_kd.analysis import status
+from lottery_kd.training.errors import TrainingInterrupted
 from tests.conftest import REPO, make_tiny_config
 from tests.test_reliability import StopAfter
 

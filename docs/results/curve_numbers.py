@@ -41,11 +41,12 @@ def main(path: str) -> None:
 
 def per_seed(study_dirs: list[str]) -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-    from lottery_kd.curves import run_curves  # the repository's, wherever this runs from
+    from lottery_kd.analysis.curves import run_curves  # the repository's, wherever this runs from
+    from lottery_kd.study.results import read_rows  # every valid row, a damaged line skipped
     for study in study_dirs:
         seed = json.load(open(os.path.join(study, "config.json")))["seed"]
-        finished = {(row["level"], row["variant"]) for row in map(
-            json.loads, open(os.path.join(study, "results.jsonl")))}
+        finished = {(row["level"], row["variant"])
+                    for row in read_rows(os.path.join(study, "results.jsonl"))}
         print(f"# {study} (seed {seed})")
         for (level, variant), rows in run_curves(study).items():
             accuracy = {round(r["epoch"], 4): r["test_accuracy"] for r in rows

@@ -5,7 +5,7 @@
 The measured Jaccard overlaps come from overlap_measured.json (the report's overlap matrix,
 computed from the tickets' snapshots while they existed). Chance is the overlap that two random
 masks with the same per-layer densities as the two tickets would have in expectation
-(lottery_kd.overlap.matched_random_jaccard), from the layer counts in each seed's results.jsonl;
+(analysis.overlap.matched_random_jaccard), from the layer counts in each seed's results.jsonl;
 the uniform figure (random masks of the same global density) is printed beside it.
 """
 
@@ -17,7 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lottery_kd import overlap, results  # noqa: E402
+from lottery_kd.analysis import overlap  # noqa: E402
+
+from lottery_kd.study import results
 
 ROOT = Path(__file__).resolve().parent / "cpu_resnet20_15ep"
 

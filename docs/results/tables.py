@@ -33,10 +33,10 @@ METRICS = (("test_accuracy_at_best_val", "best validation"), ("test_accuracy", "
 def load_study(path: str) -> tuple[int, dict]:
     """(seed, {(sparsity %, variant): row}) of one study directory."""
     seed = json.load(open(os.path.join(path, "config.json")))["seed"]
-    rows = {}
-    for line in open(os.path.join(path, "results.jsonl")):
-        row = json.loads(line)
-        rows[(round(100 * row["sparsity"], 2), row["variant"])] = row
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    from lottery_kd.study.results import read_rows  # every valid row, a damaged line skipped
+    rows = {(round(100 * row["sparsity"], 2), row["variant"]): row
+            for row in read_rows(os.path.join(path, "results.jsonl"))}
     return seed, rows
 
 

@@ -16,7 +16,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
-from lottery_kd import jsonlines, malloc_tuning, results
+from lottery_kd.study import jsonlines
+from lottery_kd.study.workdir import Workdir
+
+from lottery_kd.runtime import malloc_tuning
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch")
 
@@ -75,13 +78,13 @@ def environment() -> dict:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def record_start(workdir: Path, **extra) -> dict:
+def record_start(workdir: str | os.PathLike, **extra) -> dict:
     """Append this start's environment (plus `extra`) to WORKDIR/environment.jsonl."""
     record = {**environment(), **extra}
-    jsonlines.append(Path(workdir) / "environment.jsonl", record)
+    jsonlines.append(Workdir(workdir).environment, record)
     return record
 
 
-def read_starts(workdir: Path) -> list[dict]:
+def read_starts(workdir: str | os.PathLike) -> list[dict]:
     """The environment of every start of a study (a torn last line, from a kill, is skipped)."""
-    return results.read_json_lines(Path(workdir) / "environment.jsonl")
+    return jsonlines.scan(Workdir(workdir).environment)[0]

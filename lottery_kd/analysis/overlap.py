@@ -10,13 +10,15 @@ instance, how much the KD chain's tickets share with the weight-rewinding chain'
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
-from lottery_kd import masks as masks_lib
-from lottery_kd.checkpoints import read_snapshot
+from lottery_kd.analysis import plotting
+from lottery_kd.sparsity import masks as masks_lib
+from lottery_kd.study.checkpoints import read_snapshot
+from lottery_kd.study.workdir import Workdir
 
 PyTree = Any
 
@@ -30,11 +32,8 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 def mask_overlap(masks_a: PyTree, masks_b: PyTree, scope: masks_lib.Scope = "conv") -> dict:
     """{"global": J, "layers": {path: J}} over the in-scope leaves of two mask trees."""
-    import jax
-    named_a = {masks_lib.path_name(p): np.asarray(m)
-               for p, m in jax.tree_util.tree_flatten_with_path(masks_a)[0]}
-    named_b = {masks_lib.path_name(p): np.asarray(m)
-               for p, m in jax.tree_util.tree_flatten_with_path(masks_b)[0]}
+    named_a = {name: np.asarray(m) for name, m in masks_lib.named_leaves(masks_a)}
+    named_b = {name: np.asarray(m) for name, m in masks_lib.named_leaves(masks_b)}
     if named_a.keys() != named_b.keys() or any(named_a[k].shape != named_b[k].shape
                                                for k in named_a):
         raise ValueError("the two masks come from different architectures")
@@ -46,7 +45,7 @@ def mask_overlap(masks_a: PyTree, masks_b: PyTree, scope: masks_lib.Scope = "con
 
 def tickets_of(run_dir: str | os.PathLike) -> dict[str, PyTree]:
     """{"variant@level": masks} of every pruned ticket's final snapshot in a run directory."""
-    snapshots = Path(run_dir) / "checkpoints" / "snapshots"
+    snapshots = Workdir(run_dir).snapshots
     out = {}
     if not snapshots.is_dir():
         return out
@@ -62,10 +61,8 @@ def tickets_of(run_dir: str | os.PathLike) -> dict[str, PyTree]:
 
 
 def _prunable_leaves(masks: PyTree, scope: masks_lib.Scope) -> list[np.ndarray]:
-    import jax
-    leaves = [(masks_lib.path_name(p), np.asarray(m, bool))
-              for p, m in jax.tree_util.tree_flatten_with_path(masks)[0]]
-    return [m for name, m in leaves if masks_lib.is_prunable(name, m.shape, scope)]
+    leaves = [np.asarray(m, bool) for m in jax.tree.leaves(masks)]
+    return [leaves[i] for i in masks_lib.prunable_indices(masks, scope)]
 
 
 def density(masks: PyTree, scope: masks_lib.Scope = "conv") -> float:
@@ -167,27 +164,21 @@ def markdown(matrix: dict) -> str:
 def plot_heatmap(matrix: dict, title: str, path: str | os.PathLike) -> None:
     """The global overlap matrix as an annotated heat map (PNG); off the diagonal, with up to 12
     tickets, each cell also gives in brackets the chance level of its pair (matrix["random"])."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = matrix["names"]
     size = max(4.5, 0.55 * len(names) + 2)
-    figure, axes = plt.subplots(figsize=(size, size * 0.85), dpi=120)
-    image = axes.imshow(np.asarray(matrix["global"]), vmin=0, vmax=1, cmap="viridis")
-    axes.set_xticks(range(len(names)))
-    axes.set_yticks(range(len(names)))
-    axes.set_xticklabels(names, rotation=90, fontsize=7)
-    axes.set_yticklabels(names, fontsize=7)
     chance = matrix.get("random") if len(names) <= 12 else None
-    for i, row in enumerate(matrix["global"]):
-        for j, value in enumerate(row):
-            text = f"{value:.2f}" + (f"\n({chance[i][j]:.2f})" if chance and i != j else "")
-            axes.text(j, i, text, ha="center", va="center", fontsize=6,
-                      color="white" if value < 0.6 else "black")
-    figure.colorbar(image, ax=axes, label="Jaccard overlap (kept conv weights)")
-    axes.set_title(title + ("\nin brackets: chance, for random masks\nof the same per-layer "
-                            "densities" if chance else ""), fontsize=9 if chance else 10)
-    figure.tight_layout()
-    figure.savefig(path, bbox_inches="tight")  # nothing clipped: long names, the colour bar
-    plt.close(figure)
+    # tight_bbox: nothing clipped, long names and the colour bar included
+    with plotting.figure(path, figsize=(size, size * 0.85), tight_bbox=True) as (figure, axes):
+        image = axes.imshow(np.asarray(matrix["global"]), vmin=0, vmax=1, cmap="viridis")
+        axes.set_xticks(range(len(names)))
+        axes.set_yticks(range(len(names)))
+        axes.set_xticklabels(names, rotation=90, fontsize=7)
+        axes.set_yticklabels(names, fontsize=7)
+        for i, row in enumerate(matrix["global"]):
+            for j, value in enumerate(row):
+                text = f"{value:.2f}" + (f"\n({chance[i][j]:.2f})" if chance and i != j else "")
+                axes.text(j, i, text, ha="center", va="center", fontsize=6,
+                          color="white" if value < 0.6 else "black")
+        figure.colorbar(image, ax=axes, label="Jaccard overlap (kept conv weights)")
+        axes.set_title(title + ("\nin brackets: chance, for random masks\nof the same per-layer "
+                                "densities" if chance else ""), fontsize=9 if chance else 10)

@@ -1,7 +1,7 @@
 """Learning curves of a study's runs, read back from the TensorBoard events it wrote.
 
 Each training run logs one scalar event per epoch to WORKDIR/tensorboard/level_<L>_<variant>/
-(lottery_kd.tensorboard). The events are read here without TensorFlow: the TFRecord framing
+(lottery_kd.training.tensorboard). The events are read here without TensorFlow: the TFRecord framing
 (length, its CRC, data, data CRC) around serialized Event protos. A resumed run has several
 event files; where two hold the same step, the later file's values win.
 """
@@ -15,7 +15,9 @@ from pathlib import Path
 
 from tensorboard.compat.proto import event_pb2
 
-from lottery_kd.results import unique_rows
+from lottery_kd.analysis import plotting
+from lottery_kd.study.results import unique_rows
+from lottery_kd.study.workdir import Workdir
 
 RUN_DIR = re.compile(r"level_(\d+)_(.+)")
 EVENTS_FILE = re.compile(r"events\.out\.tfevents\.(\d+(?:\.\d+)?)")
@@ -56,7 +58,7 @@ def _events(data: bytes):
 
 def run_curves(run_dir: str | os.PathLike) -> dict[tuple[int, str], list[dict[str, float]]]:
     """{(level, variant): per-epoch rows} for every training run of a study's workdir."""
-    root = Path(run_dir) / "tensorboard"
+    root = Workdir(run_dir).tensorboard_root
     curves = {}
     if not root.is_dir():
         return curves
@@ -72,7 +74,7 @@ def run_curves(run_dir: str | os.PathLike) -> dict[tuple[int, str], list[dict[st
 def finished_curves(runs: list[dict]) -> list[dict]:
     """Per (sparsity, variant) test-accuracy curves of the finished runs, averaged over seeds.
 
-    `runs` are lottery_kd.report.load_run dicts; a run counts once its row is in results.jsonl
+    `runs` are analysis.report_runs.load_run dicts; a run counts once its row is in results.jsonl
     (so the curves match the tables). Each entry: level, sparsity, variant, n, and per epoch
     the mean and standard deviation over the n runs that logged it.
     """
@@ -112,6 +114,45 @@ def _runs(counts) -> str:
         ("" if counts == [1] else "s")
 
 
+def _draw_panel(panel, shown: list[dict], start: float, colors: dict,
+                handles: dict[str, object]) -> list[tuple[str, list, list]]:
+    """Draw the `shown` curves from epoch `start` on (the dense run dashed, the others with their
+    ± std band when averaged over several runs), recording one line per variant in `handles` for
+    the legend; returns the (variant, epochs, mean) drawn."""
+    drawn = []
+    for curve in shown:
+        points = [(e, 100 * m, 100 * s) for e, m, s in
+                  zip(curve["epochs"], curve["test_accuracy_mean"],
+                      curve["test_accuracy_std"]) if e >= start]
+        if not points:
+            continue
+        epochs, mean, std = (list(values) for values in zip(*points))
+        drawn.append((curve["variant"], epochs, mean))
+        if curve["variant"] == "dense":
+            handles["dense"], = panel.plot(epochs, mean, color="gray", linestyle="--")
+            continue
+        color = colors[curve["variant"]]
+        handles[curve["variant"]], = panel.plot(epochs, mean, marker=".", color=color)
+        if curve["n"] > 1:
+            panel.fill_between(epochs, [m - s for m, s in zip(mean, std)],
+                               [m + s for m, s in zip(mean, std)], color=color, alpha=0.15)
+    return drawn
+
+
+def _cut_zoom(panel, drawn: list[tuple[str, list, list]], colors: dict, start: float,
+              last_epoch: float) -> str:
+    """In the zoom panel, a collapsed run cuts the y-axis to the others' last quarter of
+    training; returns the note naming the runs left below ('' if none)."""
+    finals = [line for line in drawn if line[0] != "dense"]
+    [flags] = plotting.collapsed([[mean[-1] for _, _, mean in finals]])
+    off = {variant for (variant, _, _), f in zip(finals, flags) if f}
+    tail = (start + last_epoch) / 2
+    return plotting.cut_y_axis(panel, [y for variant, epochs, mean in drawn if variant not in off
+                                       for e, y in zip(epochs, mean) if e >= tail],
+                               [(epochs[-1], mean[-1], variant, colors[variant])
+                                for variant, epochs, mean in finals if variant in off])
+
+
 def plot_curves(curves: list[dict], variants: list[str], title: str,
                 path: str | os.PathLike) -> None:
     """Test accuracy against epoch, one column per sparsity (the dense run dashed in each).
@@ -120,73 +161,38 @@ def plot_curves(curves: list[dict], variants: list[str], title: str,
     where the variants' final accuracies, a few tenths apart, can be told apart (runs that
     collapsed are left below its cut y-axis, named under it). One legend, beside the panels.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lottery_kd.results import collapsed, cut_y_axis, series_colors
-
     dense = [c for c in curves if c["variant"] == "dense"]
     sparsities = sorted({c["sparsity"] for c in curves if c["variant"] != "dense"}) or [0.0]
     last_epoch = max((e for c in curves for e in c["epochs"]), default=1.0)
-    figure, axes = plt.subplots(2, len(sparsities), figsize=(4.6 * len(sparsities), 7.2),
-                                dpi=120, squeeze=False)
     named = list(dict.fromkeys([v for v in variants if v != "dense"] +
                                [c["variant"] for c in curves if c["variant"] != "dense"]))
-    colors = dict(zip(named, series_colors(len(named))))
+    colors = dict(zip(named, plotting.series_colors(len(named))))
     handles: dict[str, object] = {}  # one line per variant, for the legend
-    for column, sparsity in enumerate(sparsities):
-        shown = dense + sorted((c for c in curves if c["sparsity"] == sparsity
-                                and c["variant"] != "dense"),
-                               key=lambda c: (variants.index(c["variant"])
-                                              if c["variant"] in variants else len(variants)))
-        for row, start in enumerate((0.0, last_epoch / 2)):
-            panel = axes[row][column]
-            drawn = []  # (variant, epochs, mean) of the dense run first, then the variants
-            for curve in shown:
-                points = [(e, 100 * m, 100 * s) for e, m, s in
-                          zip(curve["epochs"], curve["test_accuracy_mean"],
-                              curve["test_accuracy_std"]) if e >= start]
-                if not points:
-                    continue
-                epochs, mean, std = (list(values) for values in zip(*points))
-                drawn.append((curve["variant"], epochs, mean))
-                if curve["variant"] == "dense":
-                    handles["dense"], = panel.plot(epochs, mean, color="gray", linestyle="--")
-                    continue
-                color = colors[curve["variant"]]
-                handles[curve["variant"]], = panel.plot(epochs, mean, marker=".", color=color)
-                if curve["n"] > 1:
-                    panel.fill_between(epochs, [m - s for m, s in zip(mean, std)],
-                                       [m + s for m, s in zip(mean, std)], color=color,
-                                       alpha=0.15)
-            note = ""
-            if row == 1:  # the zoom: a collapsed run cuts the axis to the others' last quarter
-                finals = [line for line in drawn if line[0] != "dense"]
-                [flags] = collapsed([[mean[-1] for _, _, mean in finals]])
-                off = {variant for (variant, _, _), f in zip(finals, flags) if f}
-                tail = (start + last_epoch) / 2
-                note = cut_y_axis(panel, [y for variant, epochs, mean in drawn if variant not in off
-                                          for e, y in zip(epochs, mean) if e >= tail],
-                                  [(epochs[-1], mean[-1], variant, colors[variant])
-                                   for variant, epochs, mean in finals if variant in off])
-            runs = sorted({c["n"] for c in shown if c["variant"] != "dense"})
-            panel.set_title(f"{100 * sparsity:.2f} % sparse"
-                            + (f", zoom: epochs {start:g} to {last_epoch:g}" if start else
-                               f", {_runs(runs)} per variant" if runs else ""), fontsize=9)
-            panel.set_xlabel("epoch" + (f"\n{note}" if note else ""))
-            panel.set_ylabel("test accuracy %")
-            panel.grid(alpha=0.3)
-
-    order = [v for v in named if v in handles]
-    labels = order
-    if "dense" in handles:
-        order, labels = ["dense"] + order, [f"dense ({_runs([d['n'] for d in dense])})"] + order
-    figure.legend([handles[v] for v in order], labels, fontsize=7, loc="center left",
-                  bbox_to_anchor=(1.0, 0.5))
-    figure.suptitle(f"{title}\nmean over n runs (seeds), shaded band ± 1 std; the dense run "
-                    "dashed",
-                    fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, bbox_inches="tight")  # the legend beside the panels included
-    plt.close(figure)
+    # the legend beside the panels is kept in the file (tight_bbox)
+    with plotting.figure(path, figsize=(4.6 * len(sparsities), 7.2), nrows=2,
+                         ncols=len(sparsities), squeeze=False, tight_bbox=True) as (figure, axes):
+        for column, sparsity in enumerate(sparsities):
+            shown = dense + sorted((c for c in curves if c["sparsity"] == sparsity
+                                    and c["variant"] != "dense"),
+                                   key=lambda c: (variants.index(c["variant"])
+                                                  if c["variant"] in variants else len(variants)))
+            for row, start in enumerate((0.0, last_epoch / 2)):
+                panel = axes[row][column]
+                drawn = _draw_panel(panel, shown, start, colors, handles)
+                note = _cut_zoom(panel, drawn, colors, start, last_epoch) if row == 1 else ""
+                runs = sorted({c["n"] for c in shown if c["variant"] != "dense"})
+                panel.set_title(f"{100 * sparsity:.2f} % sparse"
+                                + (f", zoom: epochs {start:g} to {last_epoch:g}" if start else
+                                   f", {_runs(runs)} per variant" if runs else ""), fontsize=9)
+                panel.set_xlabel("epoch" + (f"\n{note}" if note else ""))
+                panel.set_ylabel("test accuracy %")
+                panel.grid(alpha=0.3)
+        order = [v for v in named if v in handles]
+        labels = order
+        if "dense" in handles:
+            order = ["dense"] + order
+            labels = [f"dense ({_runs([d['n'] for d in dense])})"] + labels
+        figure.legend([handles[v] for v in order], labels, fontsize=7, loc="center left",
+                      bbox_to_anchor=(1.0, 0.5))
+        figure.suptitle(f"{title}\nmean over n runs (seeds), shaded band ± 1 std; the dense "
+                        "run dashed", fontsize=10)

@@ -134,11 +134,6 @@ class DataParallel:
                 f"{key}={batch_size} is not divisible by the {self.device_count} devices "
                 f"({self.process_count} process(es)); use a multiple of {self.device_count}")
 
-    def local_rows(self, batch_size: int) -> tuple[int, int]:
-        """(first row, row count) of this process's share of a global batch."""
-        per_process = batch_size // self.process_count
-        return self.process_index * per_process, per_process
-
     def shard(self, local: PyTree, global_batch_size: int) -> PyTree:
         """Global batch-sharded arrays from this process's rows of every leaf."""
         def one(x):

@@ -1,0 +1,2 @@
+"""Reading finished (or running) studies: report, learning curves, mask overlap, status,
+linear mode connectivity and the Deep Bootstrap."""

@@ -1,0 +1,362 @@
+"""Linear mode connectivity and instability (Frankle et al. 2020).
+
+From the dense trajectory of a study at rewind step k, two copies are trained to the end on
+different data orders (and augmentations); the test error is evaluated along the straight line
+between their final weights (BatchNorm statistics interpolated too). The error barrier
+
+    barrier = max_alpha err(alpha) - (err(0) + err(1)) / 2
+
+is ~0 when the copies end in one linearly connected basin (the network is "stable" at k). Works
+for the dense network, for a ticket's mask (weights at step k of the dense run, masked: weight
+rewinding) and with the KD loss from the study's dense teacher.
+
+    python -m lottery_kd.lmc RUN_DIR --rewind 0it,1ep,2ep --out DIR [--ticket level_1_lt]
+        [--distill] [--points 11]
+
+Writes DIR/lmc.json (every point of every path), lmc.md (a table of barriers) and lmc.png; a
+rerun skips rewind points already done with the same settings, and resumes a killed one from
+its last epoch (DIR/checkpoints).
+
+Every argument is checked before anything is written into DIR or trained: RUN_DIR is a study,
+each --rewind point parses and lies inside the study's training, --ticket is a snapshot of the
+study, --distill finds the dense teacher, DIR is a folder (or can be made one) whose lmc.json,
+if any, is readable. The settings go into DIR/lmc.json just before the first training. DIR
+belongs to the settings there once it holds something trained for them: a result in lmc.json
+or a resume checkpoint in DIR/checkpoints (a killed point); other settings are then refused. A
+lmc.json with neither (a command that stopped before it trained an epoch) is replaced by the
+next command's settings, its leftover DIR/tensorboard removed. The Deep Bootstrap
+(lottery_kd.analysis.bootstrap) follows the same rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import jax
+
+from lottery_kd import config as config_lib
+
+from lottery_kd.sparsity import masks as masks_lib
+from lottery_kd.study.checkpoints import CheckpointError, quiet_failed_restores
+from lottery_kd.config import identity
+from lottery_kd.data.inputs import input_data_from_config
+from lottery_kd.study.study import Study
+from lottery_kd.study.variants import DENSE, snapshot_name
+from lottery_kd.study.results import write_atomic
+from lottery_kd.training.run_setup import RunOutputs
+from lottery_kd.training.trainer import Trainer
+
+PyTree = Any
+
+
+def interpolate(a: PyTree, b: PyTree, alpha: float) -> PyTree:
+    """(1 - alpha) * a + alpha * b, leaf by leaf."""
+    return jax.tree.map(lambda x, y: (1.0 - alpha) * x + alpha * y, a, b)
+
+
+def error_barrier(errors: Sequence[float]) -> float:
+    """Frankle et al.'s instability: the highest error on the path above the endpoints' mean."""
+    return float(max(errors) - 0.5 * (errors[0] + errors[-1]))
+
+
+def open_study(run_dir: str | os.PathLike) -> Study:
+    """The study in `run_dir` for an analysis tool (lmc, bootstrap), or a ValueError of one line
+    saying why `run_dir` is not one: missing, a file, no config.json, an unreadable, truncated
+    or invalid config.json."""
+    path = Path(run_dir)
+    if not path.exists():
+        raise ValueError(f"{run_dir}: no such folder; give the --workdir of a study")
+    if not path.is_dir():
+        raise ValueError(f"{run_dir} is a file, not a study; give the --workdir of a study")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{run_dir} holds no study (no config.json); give the --workdir of a "
+                         "study")
+    try:  # identity.SavedConfigError (a ValueError) says what is wrong with config.json
+        config_lib.validate(identity.load_saved(path))
+    except (AttributeError, TypeError, KeyError) as error:  # e.g. a section that is no dict
+        raise ValueError(f"{path / 'config.json'} holds no valid study config "
+                         f"({type(error).__name__}: {error}); restore it or give another "
+                         "study") from None
+    try:
+        return Study.from_workdir(path, log=lambda *_: None)
+    except OSError as error:  # the workdir cannot be written (lottery.WorkdirError)
+        raise ValueError(f"{run_dir}: {error}") from None
+
+
+def check_teacher(run: Study, option: str) -> None:
+    """A ValueError naming `option` unless the study's dense teacher can be loaded."""
+    name = snapshot_name(0, DENSE)
+    if not run.snapshots.exists(name):
+        raise ValueError(f"{option} needs the study's dense teacher ({name}), which is not in "
+                         f"{run.workdir}: run the study first")
+    run.teacher()  # a damaged snapshot: CheckpointError now, not after hours of training
+
+
+def check_out(out: Path, name: str, settings: dict, what: str) -> Optional[dict]:
+    """Check --out before anything is written into it, against the `settings` of this command:
+    a ValueError if `out` cannot be a folder of results, holds an unreadable out/`name`, or
+    belongs to other settings (see the module docstring). Returns the saved record to go on
+    from, or None to start afresh (also when a settings file without results is replaced)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; give a folder (new or holding "
+                         f"this command's {name})")
+    if not out.exists():
+        parent = next(p for p in out.absolute().parents if p.exists())
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"--out {out} cannot be created ({parent} is "
+                             f"{'not a folder' if not parent.is_dir() else 'not writable'}); "
+                             "choose another --out")
+        return None
+    if (out / "config.json").is_file():
+        raise ValueError(f"--out {out} holds a study (config.json), whose checkpoints are no "
+                         "place for these results; choose another --out")
+    path = out / name
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        valid = isinstance(saved, dict) and isinstance(saved.get("settings"), dict)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        saved, valid = None, False
+        why = f"cannot be read ({error})"
+    else:
+        why = "is not a record of this tool"
+    results = saved.get(what) if valid else None
+    if not valid or not isinstance(results, list):
+        raise ValueError(f"--out {out}: {path} {why}; it records the results there: restore "
+                         "it, or choose another --out")
+    if saved["settings"] == settings:
+        return saved
+    checkpoints = out / "checkpoints"
+    trained = checkpoints.is_dir() and any(p.is_file() for p in checkpoints.rglob("*"))
+    if results or trained:
+        held = f"{len(results)} result(s)" if results else "an interrupted run's checkpoints"
+        raise ValueError(f"--out {out} holds {held} with other settings "
+                         f"({saved['settings']}); use another --out, or rerun with those")
+    return None  # settings but nothing trained for them: this command's settings replace them
+
+
+def claim_out(out: Path, path: Path, record: dict) -> None:
+    """Write `record` (settings and results so far) into out before the first training; when
+    it replaces a record of other settings without results, what that one left goes too."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and json.loads(path.read_text())["settings"] != record["settings"]:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        write_atomic(path, json.dumps(record, indent=1) + "\n")
+    except OSError as error:
+        raise ValueError(f"--out {out} cannot be written ({error.strerror or error}); choose "
+                         "another --out") from None
+
+
+class LinearModeConnectivity:
+    """LMC experiments on the study in `run_dir` (its config, data, snapshots and teacher)."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, ticket: str = "", distill: bool = False,
+                 log=print):
+        self.run = open_study(run_dir)
+        self.log = log
+        self.ticket, self.distill = ticket, distill
+        if distill:
+            check_teacher(self.run, "--distill")
+        init = self.run.load_existing("init", "the study's initial weights")
+        self.masks = (self.run.load_existing(ticket, "--ticket")["masks"] if ticket
+                      else init["masks"])
+        self.plan = self.run.plan
+        self._trainers: dict[int, Trainer] = {}
+
+    def _trainer(self, data_seed: int) -> Trainer:
+        """A trainer identical to the study's but for its data order (seed); kept, so that
+        its steps compile once for every rewind point of a sweep."""
+        if data_seed not in self._trainers:
+            self._trainers[data_seed] = self.run.make_trainer(input_data_from_config(
+                self.run.config.data, seed=data_seed,
+                device_count=self.run.parallel.device_count))
+        return self._trainers[data_seed]
+
+    def _fit(self, trainer: Trainer, start: PyTree, masks: PyTree, start_step: int,
+             num_steps: int, tag: str, out: Path, *, distill: bool):
+        # checkpointed every epoch under --out: a killed sweep resumes inside the copy it was
+        # training (lmc.json pins --out to one study and one set of settings)
+        outputs = RunOutputs.open(f"[lmc {tag}]", progress_mode=self.run.config.log.progress,
+                                  tensorboard=out / "tensorboard" / tag,
+                                  resume=out / "checkpoints" / tag, keep=2,
+                                  fingerprint=self.run.fingerprint, log=self.log)
+        sparsity = masks_lib.sparsity(masks, self.run.scope)
+        try:
+            return trainer.fit(
+                trainer.init_state(start["params"], start["batch_stats"], masks, start_step),
+                masks, num_steps=num_steps, schedule=self.run.schedule,
+                teacher=self.run.teacher() if distill else None,
+                kd_stop_step=self.plan.kd_stop_step, callbacks=outputs.callbacks(
+                    log_scalars=lambda step, row: outputs.write_row(step, row,
+                                                                    sparsity=sparsity)))
+        finally:
+            outputs.close()
+
+    def rewind_steps(self, rewinds: Sequence[str]) -> list[int]:
+        """The steps of --rewind points such as '0it' or '2ep', each checked to lie inside the
+        study's training; a ValueError naming the first one that does not."""
+        if not rewinds:
+            raise ValueError("--rewind names no point; give e.g. --rewind 0it,1ep")
+        steps = []
+        for text in rewinds:
+            try:
+                step = config_lib.parse_step_count(text, self.plan.steps_per_epoch)
+            except ValueError as error:
+                raise ValueError(f"--rewind: {error}") from None
+            self.check_rewind(step, text)
+            steps.append(step)
+        return steps
+
+    def check_rewind(self, step: int, text: str = "") -> None:
+        total, per_epoch = self.plan.total_steps, self.plan.steps_per_epoch
+        if not 0 <= step < total:
+            raise ValueError(
+                f"--rewind {text or f'{step}it'} is step {step}, outside this study's training "
+                f"(steps 0 to {total - 1}: {total / per_epoch:g} epochs of {per_epoch} steps); "
+                "choose points inside it")
+
+    def spawn_point(self, rewind_step: int, out: Path) -> PyTree:
+        """The dense run's weights at `rewind_step`: the study's rewind snapshot at its own
+        rewind step, else retrained from init with the study's data order and its plain
+        cross-entropy loss (the batch at a step is pure in (seed, step), so this is the
+        study's trajectory, whether or not the copies then distill)."""
+        init = self.run.load_snapshot("init")
+        if rewind_step == 0:
+            return init
+        if rewind_step == self.plan.rewind_step and self.run.snapshots.exists("rewind"):
+            return self.run.load_snapshot("rewind")
+        fit = self._fit(self.run.trainer, init, init["masks"], 0, rewind_step,
+                        f"spawn_{rewind_step}", out, distill=False)
+        return {"params": fit.state.params, "batch_stats": fit.state.batch_stats}
+
+    def measure(self, rewind_step: int, out: Path, points: int = 11) -> dict:
+        """Two copies from `rewind_step` on data orders seed+1 and seed+2; errors on the path."""
+        total = self.plan.total_steps
+        self.check_rewind(rewind_step)
+        start = self.spawn_point(rewind_step, out)
+        ends = []
+        for copy in (1, 2):
+            trainer = self._trainer(self.run.config.seed + copy)
+            fit = self._fit(trainer, start, self.masks, rewind_step, total - rewind_step,
+                            f"k{rewind_step}_copy{copy}", out, distill=self.distill)
+            ends.append(fit)
+        alphas = [i / (points - 1) for i in range(points)]
+        errors, losses = [], []
+        masks = self.run.parallel.replicate(self.masks)
+        for alpha in alphas:
+            params = interpolate(ends[0].state.params, ends[1].state.params, alpha)
+            stats = interpolate(ends[0].state.batch_stats, ends[1].state.batch_stats, alpha)
+            accuracy, loss = self.run.trainer.evaluate(params, stats, masks, self.run.data.test)
+            errors.append(1.0 - accuracy)
+            losses.append(loss)
+        result = {"rewind_step": rewind_step,
+                  "rewind_epoch": rewind_step / self.plan.steps_per_epoch,
+                  "alphas": alphas, "test_error": errors, "test_loss": losses,
+                  "barrier": error_barrier(errors),
+                  "endpoint_errors": [errors[0], errors[-1]],
+                  "sparsity": masks_lib.sparsity(self.masks, self.run.scope)}
+        self.log(f"[lmc] rewind step {rewind_step}: endpoints {100 * errors[0]:.2f}% / "
+                 f"{100 * errors[-1]:.2f}% error, barrier {100 * result['barrier']:.2f} points")
+        return result
+
+
+def _plot(results: Sequence[dict], title: str, path: Path) -> None:
+    """Test error along each path, with the endpoints' mean dotted: the barrier is the height of
+    the path above it."""
+    from lottery_kd.analysis import plotting
+
+    with plotting.figure(path, figsize=(7, 5)) as (_, axes):
+        for result in sorted(results, key=lambda r: r["rewind_step"]):
+            line, = axes.plot(result["alphas"], [100 * e for e in result["test_error"]],
+                              marker="o",
+                              label=f"rewind to step {result['rewind_step']} "
+                                    f"(epoch {result['rewind_epoch']:.3g}): barrier "
+                                    f"{100 * result['barrier']:.2f} points")
+            ends = result["test_error"][0], result["test_error"][-1]
+            axes.axhline(50 * (ends[0] + ends[1]), color=line.get_color(), linestyle=":",
+                         linewidth=1)
+        sparsity = results[0].get("sparsity", 0.0) if results else 0.0
+        axes.set_xlabel("interpolation alpha (0: copy 1, 1: copy 2)")
+        axes.set_ylabel("test error % along the path")
+        axes.set_title(title + (f", {100 * sparsity:.1f} % sparse" if sparsity else ""),
+                       fontsize=10)
+        axes.grid(alpha=0.3)
+        # below the axes, not on the paths
+        axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+                    title="barrier: highest error above the endpoints' mean (dotted)",
+                    title_fontsize=7)
+
+
+def run_sweep(run_dir: str | os.PathLike, rewinds: Sequence[str], out: str | os.PathLike, *,
+              ticket: str = "", distill: bool = False, points: int = 11, log=print) -> dict:
+    """Measure every rewind point (e.g. '0it', '2ep'), resuming from DIR/lmc.json. Every
+    argument is checked before anything is written into `out` or trained."""
+    if points < 3:
+        raise ValueError(f"--points must be >= 3 (endpoints and at least one between), got "
+                         f"{points}")
+    out = Path(out)
+    settings = {"run_dir": str(Path(run_dir).resolve()), "ticket": ticket, "distill": distill,
+                "points": points}
+    path = out / "lmc.json"
+    saved = check_out(out, "lmc.json", settings, "results")
+    lmc = LinearModeConnectivity(run_dir, ticket=ticket, distill=distill, log=log)
+    steps = lmc.rewind_steps(rewinds)
+    saved = saved or {"settings": settings, "results": []}
+    if any(not any(r["rewind_step"] == step for r in saved["results"]) for step in steps):
+        claim_out(out, path, saved)  # every argument is good: --out is claimed, then trained
+    for step in steps:
+        if any(r["rewind_step"] == step for r in saved["results"]):
+            continue
+        saved["results"].append(lmc.measure(step, out, points))
+        write_atomic(path, json.dumps(saved, indent=1) + "\n")
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # that point is in lmc.json now
+    results = sorted(saved["results"], key=lambda r: r["rewind_step"])
+    what = (f"{lmc.run.config.model.name} on {lmc.run.config.data.name}, "
+            f"{'ticket ' + ticket if ticket else 'dense'}{', KD' if distill else ''}")
+    lines = [f"# Linear mode connectivity: {what}", "",
+             "| rewind step | rewind epoch | error copy 1 % | error copy 2 % | barrier (points) |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['rewind_step']} | {r['rewind_epoch']:.3g} | "
+                     f"{100 * r['endpoint_errors'][0]:.2f} | {100 * r['endpoint_errors'][1]:.2f}"
+                     f" | {100 * r['barrier']:.2f} |")
+    write_atomic(out / "lmc.md", "\n".join(lines) + "\n\n![error along the path](lmc.png)\n")
+    _plot(results, f"LMC: {what}", out / "lmc.png")
+    return saved
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    quiet_failed_restores()
+    parser = argparse.ArgumentParser(prog="python -m lottery_kd.lmc",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", help="the workdir of a study (its config and snapshots)")
+    parser.add_argument("--rewind", default="0it", help="comma-separated rewind points, e.g. "
+                        "0it,500it,2ep")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--ticket", default="", help="a snapshot whose mask to use, e.g. "
+                        "level_2_lt (default: the dense network)")
+    parser.add_argument("--distill", action="store_true", help="train the copies with the KD "
+                        "loss from the study's dense teacher")
+    parser.add_argument("--points", type=int, default=11)
+    args = parser.parse_args(argv)
+    try:
+        run_sweep(args.run_dir, config_lib.parse_names(args.rewind), args.out,
+                  ticket=args.ticket, distill=args.distill, points=args.points)
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {Path(args.out) / 'lmc.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""How far a study is and about how long the rest will take, while it runs or after a stop.
+
+    python -m lottery_kd.status runs/cifar10_resnet20 [more workdirs] [--json]
+
+Reads only plan.json (the study's planned runs, written when it starts), results.jsonl and the
+names and times of the resume checkpoints, and epoch_times.jsonl: no data, no JAX, instant, safe
+beside a running study. The estimate uses this study's own speed, KD and cross-entropy epochs
+apart (distillation also runs the teacher): the median seconds per step of its last
+PACE_EPOCHS epochs of that kind (training plus evaluation; a median, so an epoch slowed by a
+paused or busy machine does not skew it), else, for studies started before epoch times were
+recorded, the mean of its finished runs, else the pace between the current run's last two
+resume checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from lottery_kd.study import jsonlines, results, workdir_lock
+from lottery_kd.study.workdir import Workdir
+
+PACE_EPOCHS = 10
+
+
+def _latest_checkpoints(directory: Path) -> list[tuple[int, float]]:
+    """(step, modification time) of a run's finished resume checkpoints, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = [(int(p.name), p.stat().st_mtime) for p in directory.iterdir()
+             if p.is_dir() and p.name.isdigit()]
+    return sorted(found)
+
+
+def study_status(workdir: str | Path) -> dict:
+    """Done, current and pending runs of one study, with seconds-per-step rates and an ETA."""
+    workdir = Path(workdir)
+    paths = Workdir(workdir)
+    plan = _read_plan(workdir)
+    valid_rows, damaged_rows = results.scan_rows(paths.results)
+    valid_epochs, damaged_epochs = jsonlines.scan(paths.epoch_times, results.EPOCH_TIME_FIELDS)
+    rows = {(r["level"], r["variant"]): r for r in valid_rows}
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    for row in rows.values():
+        if row.get("steps") and row.get("seconds"):
+            rates[bool(row.get("distill"))].append(row["seconds"] / row["steps"])
+    done, pending, current = [], [], None
+    checkpoint_pace: Optional[bool] = None  # the kind whose pace comes from resume checkpoints
+    for run in plan["runs"]:
+        key = (run["level"], run["variant"])
+        if key in rows:
+            done.append({**run, "seconds": rows[key].get("seconds")})
+            continue
+        tag = f"level_{run['level']}_{run['variant']}"
+        checkpoints = _latest_checkpoints(paths.resume(tag))
+        if checkpoints and current is None:
+            step = checkpoints[-1][0]
+            current = {**run, "at_step": step,
+                       "fraction": (step - run["start_step"]) / max(1, run["steps"])}
+            if len(checkpoints) > 1 and not rates[run["distill"]]:
+                (s0, t0), (s1, t1) = checkpoints[-2], checkpoints[-1]
+                # at least half an epoch apart: a stop's checkpoint right after an epoch's
+                # evaluation would give a pace that is mostly evaluation
+                if s1 - s0 >= plan["steps_per_epoch"] // 2 and t1 > t0:
+                    rates[run["distill"]].append((t1 - t0) / (s1 - s0))
+                    checkpoint_pace = run["distill"]
+        else:
+            pending.append(run)
+    rate = {kind: (sum(v) / len(v) if v else None) for kind, v in rates.items()}
+    paces: dict[bool, list[float]] = {False: [], True: []}
+    for epoch in valid_epochs:
+        if epoch.get("steps"):
+            paces[bool(epoch.get("distill"))].append(epoch["seconds"] / epoch["steps"])
+    source = {kind: ("its last two resume checkpoints" if kind == checkpoint_pace else
+                     "its finished runs") if rates[kind] else None for kind in rates}
+    for kind, values in paces.items():
+        if values:
+            rate[kind] = statistics.median(values[-PACE_EPOCHS:])
+            count = min(len(values), PACE_EPOCHS)
+            source[kind] = f"the median of its last {count} epoch{'s' if count > 1 else ''}"
+    if rate[True] is None and rate[False] is not None:
+        rate_note = "KD runs estimated at the cross-entropy pace until one finishes"
+        rate[True] = rate[False]
+    elif rate[False] is None and rate[True] is not None:
+        rate_note, rate[False] = "cross-entropy runs estimated at the KD pace", rate[True]
+    else:
+        rate_note = ""
+    left_steps = {False: 0, True: 0}
+    for run in pending:
+        left_steps[run["distill"]] += run["steps"]
+    if current is not None:
+        left_steps[current["distill"]] += run_left(current)
+    seconds_left = (None if rate[False] is None else
+                    sum(left_steps[kind] * rate[kind] for kind in (False, True)))
+    return {"workdir": str(workdir), "runs": len(plan["runs"]), "done": done,
+            "current": current, "pending": pending, "seconds_per_step": rate,
+            "steps_left": left_steps, "seconds_left": seconds_left, "note": rate_note,
+            "pace_from": source, "running": workdir_lock.running_note(workdir),
+            "skipped": [jsonlines.describe(d) for d in (damaged_rows, damaged_epochs) if d]}
+
+
+class StatusError(ValueError):
+    """A path that holds no readable study."""
+
+
+def _read_plan(workdir: Path) -> dict:
+    """plan.json of a study; StatusError saying what the path is when there is none."""
+    plan_path = Workdir(workdir).plan
+    if not workdir.exists():
+        raise StatusError(f"{workdir}: no such folder; check the path (a study's workdir is "
+                          "the --workdir it was started with)")
+    if not workdir.is_dir():
+        raise StatusError(f"{workdir} is a file, not a study's workdir")
+    if not plan_path.is_file():
+        if Workdir(workdir).config.is_file():
+            raise StatusError(f"{plan_path} is missing: this study was started by a version "
+                              "that did not write it; rerun the study command once (it resumes "
+                              "and writes it)")
+        raise StatusError(f"{workdir} holds no study (no plan.json or config.json)")
+    try:
+        plan = json.loads(plan_path.read_text())
+        plan["runs"], plan["steps_per_epoch"]  # noqa: B018 (the fields status needs)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise StatusError(f"{plan_path} cannot be read ({type(error).__name__}); rerun the "
+                          "study command once: it rewrites plan.json when it starts") from None
+    return plan
+
+
+def run_left(current: dict) -> int:
+    """Steps left in the training run a resume checkpoint belongs to."""
+    return max(0, current["start_step"] + current["steps"] - current["at_step"])
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "unknown"
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def describe(status: dict) -> str:
+    """A few lines a person reads: done / current / pending, and the estimate."""
+    lines = [f"{status['workdir']}: {len(status['done'])} of {status['runs']} runs done"
+             + (f", {status['running']}" if status.get("running") else "")]
+    lines += [f"  warning: {text}" for text in status.get("skipped", [])]
+    current = status["current"]
+    if current is not None:
+        lines.append(f"  now: level {current['level']} {current['variant']}, step "
+                     f"{current['at_step']} of {current['start_step'] + current['steps']} "
+                     f"({100 * current['fraction']:.0f}% of this run, at its last resume "
+                     "checkpoint)")
+    if status["pending"]:
+        names = ", ".join(f"L{r['level']} {r['variant']}" for r in status["pending"])
+        lines.append(f"  pending ({len(status['pending'])}): {names}")
+    pace = "; ".join(f"{'KD' if kind else 'CE'} {value:.3f} s/step"
+                     + (f" from {status['pace_from'][kind]}" if status["pace_from"][kind] else "")
+                     for kind, value in status["seconds_per_step"].items() if value is not None)
+    if status["current"] is None and not status["pending"]:
+        lines.append("  finished")
+    else:
+        if not status.get("running"):
+            lines.append("  not running: rerun the study's command to resume it")
+        if status["seconds_left"] is None:
+            lines.append("  time left: unknown until a run finishes or two resume checkpoints "
+                         "half an epoch apart exist")
+        else:
+            lines.append(f"  time left: about {_duration(status['seconds_left'])}"
+                         + (f" ({pace}" + (f"; {status['note']}" if status["note"] else "")
+                            + ")" if pace else ""))
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lottery_kd.status",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("workdirs", nargs="+", help="study workdirs")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    args = parser.parse_args(argv)
+    statuses = []
+    for workdir in args.workdirs:
+        try:
+            statuses.append(study_status(workdir))
+        except StatusError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(statuses, indent=1))
+    else:
+        print("\n".join(describe(s) for s in statuses))
+        total = [s["seconds_left"] for s in statuses]
+        if len(statuses) > 1 and all(t is not None for t in total):
+            print(f"all: about {_duration(sum(total))} left, one study after another")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
