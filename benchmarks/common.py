@@ -10,11 +10,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Optional
 
-from lottery_kd import malloc_tuning
-from lottery_kd.environment import environment  # noqa: F401  (re-exported for the benchmarks)
+from lottery_kd.runtime import malloc_tuning
+from lottery_kd.runtime.environment import environment  # noqa: F401  (re-exported for the benchmarks)
 
 # The malloc a benchmark's child processes run under (--mallocs): "tuned", what the entry points
-# use (lottery_kd.malloc_tuning); "huge_pages", only glibc.malloc.hugetlb=1 (the setting before
+# use (runtime.malloc_tuning); "huge_pages", only glibc.malloc.hugetlb=1 (the setting before
 # the step buffers were kept mapped); "glibc", glibc's defaults.
 MALLOC_SETTINGS = ("tuned", "huge_pages", "glibc")
 
@@ -79,11 +79,14 @@ def resnet_steps(model_name: str, conv_impl: str, norm_impl: str, sparsity: floa
     renda protocol's)."""
     import jax
 
-    from lottery_kd import masks as masks_lib, optim, pruning, train
+    from lottery_kd.sparsity import masks as masks_lib, pruning
+
+    from lottery_kd.training import optim
+    from lottery_kd.training.steps import Distillation, init_variables, make_train_step
     from lottery_kd.models import get_model
 
     model = get_model(model_name, 10, conv_impl=conv_impl, norm_impl=norm_impl)
-    params, batch_stats = train.init_variables(model, jax.random.key(0), (32, 32, 3))
+    params, batch_stats = init_variables(model, jax.random.key(0), (32, 32, 3))
     optimizer = optim.sgd_direction(0.9, 2e-4)
     dense_masks = masks_lib.create(params)
     normalize = CIFAR_NORMALIZATION if normalization == "channel" else (None, None)
@@ -92,6 +95,6 @@ def resnet_steps(model_name: str, conv_impl: str, norm_impl: str, sparsity: floa
     return SimpleNamespace(
         model=model, params=params, batch_stats=batch_stats, optimizer=optimizer,
         dense_masks=dense_masks, masks=masks,
-        ce=train.make_train_step(model, optimizer, None, normalization=normalize),
-        kd=train.make_train_step(model, optimizer, train.Distillation(5.0, 0.9, "mean"),
+        ce=make_train_step(model, optimizer, None, normalization=normalize),
+        kd=make_train_step(model, optimizer, Distillation(5.0, 0.9, "mean"),
                                  normalization=normalize))

@@ -25,7 +25,7 @@ import time
 
 from benchmarks.common import (environment, malloc_environment, malloc_settings, median,
                                write_json)
-from lottery_kd.malloc_tuning import reexec_with_malloc_tuning
+from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 
 def torch_resnet(depth: int, num_classes: int = 10):
@@ -159,5 +159,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    reexec_with_malloc_tuning()  # as the training entry points run (lottery_kd.malloc_tuning)
+    reexec_with_malloc_tuning()  # as the training entry points run (runtime.malloc_tuning)
     main()

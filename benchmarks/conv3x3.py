@@ -15,7 +15,7 @@ import json
 import sys
 
 from benchmarks.common import environment, median, timed, write_json
-from lottery_kd.malloc_tuning import reexec_with_malloc_tuning
+from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 # (height = width, in channels, out channels, stride) of ResNet-20/56/110's 3x3 convolutions
 SHAPES = [(32, 3, 16, 1), (32, 16, 16, 1), (32, 16, 32, 2), (16, 32, 32, 1), (16, 32, 64, 2),
@@ -87,5 +87,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    reexec_with_malloc_tuning()  # as the training entry points run (lottery_kd.malloc_tuning)
+    reexec_with_malloc_tuning()  # as the training entry points run (runtime.malloc_tuning)
     main()

@@ -41,7 +41,10 @@ def cifar_and_train_step(cifar_dir: str, batch_size: int, steps: int, repeats: i
     import jax
     import jax.numpy as jnp
 
-    from lottery_kd import masks, optim, train
+    from lottery_kd.sparsity import masks
+
+    from lottery_kd.training import optim
+    from lottery_kd.training.steps import TrainState, init_variables, make_train_step
     from lottery_kd.data import load_dataset
     from lottery_kd.data.inputs import InMemoryTrainInput
     from lottery_kd.models import get_model
@@ -57,11 +60,11 @@ def cifar_and_train_step(cifar_dir: str, batch_size: int, steps: int, repeats: i
         mean, std, source = (125.0,) * 3, (63.0,) * 3, "synthetic 45k (CIFAR-10 not found)"
     data = InMemoryTrainInput(images, labels, seed=0, augment=True)
     model = get_model("resnet20", 10)
-    params, batch_stats = train.init_variables(model, jax.random.key(0), (32, 32, 3))
+    params, batch_stats = init_variables(model, jax.random.key(0), (32, 32, 3))
     optimizer = optim.sgd_direction(0.9, 2e-4)
     mask = masks.create(params)
-    step_fn = train.make_train_step(model, optimizer, None, normalization=(mean, std))
-    state = train.TrainState(jnp.asarray(0), params, batch_stats, optimizer.init(params))
+    step_fn = make_train_step(model, optimizer, None, normalization=(mean, std))
+    state = TrainState(jnp.asarray(0), params, batch_stats, optimizer.init(params))
     lr = jnp.float32(0.1)
     fixed = data.batch(0, batch_size)
 
@@ -127,6 +130,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from lottery_kd.malloc_tuning import reexec_with_malloc_tuning
-    reexec_with_malloc_tuning()  # as the training entry points run (lottery_kd.malloc_tuning)
+    from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
+    reexec_with_malloc_tuning()  # as the training entry points run (runtime.malloc_tuning)
     main()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from benchmarks.common import environment, median, timed, write_json
-from lottery_kd.malloc_tuning import reexec_with_malloc_tuning
+from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,9 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     import jax
     import numpy as np
 
-    from lottery_kd import criteria, masks as masks_lib, pruning  # noqa: F401 (registers)
+    from lottery_kd.sparsity import criteria, masks as masks_lib, pruning  # noqa: F401 (registers)
     from lottery_kd.models import get_model
-    from lottery_kd.train import init_variables
+    from lottery_kd.training.steps import init_variables
 
     shapes = jax.eval_shape(lambda key: init_variables(get_model("resnet50", 1000), key,
                                                        (224, 224, 3))[0], jax.random.key(0))
@@ -61,5 +61,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    reexec_with_malloc_tuning()  # as the training entry points run (lottery_kd.malloc_tuning)
+    reexec_with_malloc_tuning()  # as the training entry points run (runtime.malloc_tuning)
     main()

@@ -24,14 +24,16 @@ def fingerprint(model_name: str, conv_impl: str, norm_impl: str, steps: int,
     import jax.numpy as jnp
     import numpy as np
 
-    from lottery_kd import masks as masks_lib, train
+    from lottery_kd.sparsity import masks as masks_lib
+
+    from lottery_kd.training.steps import TrainState
 
     setup = resnet_steps(model_name, conv_impl, norm_impl, 0.8, normalization=normalization)
     params, batch_stats, optimizer, masks = (setup.params, setup.batch_stats, setup.optimizer,
                                              setup.masks)
     ce, kd = jax.jit(setup.ce), jax.jit(setup.kd)
     teacher = {"params": params, "batch_stats": batch_stats}
-    state = train.TrainState(jnp.asarray(0), masks_lib.apply(params, masks), batch_stats,
+    state = TrainState(jnp.asarray(0), masks_lib.apply(params, masks), batch_stats,
                              optimizer.init(params))
     rng = np.random.default_rng(0)
     for step in range(steps):

@@ -29,7 +29,7 @@ import time
 
 from benchmarks.common import (CIFAR_NORMALIZATION, environment, malloc_environment,
                                malloc_settings, median, resnet_steps, timed, write_json)
-from lottery_kd.malloc_tuning import reexec_with_malloc_tuning
+from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 
 def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity: float,
@@ -39,7 +39,9 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity
     import jax.numpy as jnp
     import numpy as np
 
-    from lottery_kd import masks as masks_lib, train
+    from lottery_kd.sparsity import masks as masks_lib
+
+    from lottery_kd.training.steps import TrainState, make_eval_step
     from lottery_kd.models import cifar_resnet
 
     if relu == "plain":  # the XLA-default form, for comparison with the select ReLU
@@ -58,7 +60,7 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity
     teacher = {"params": params, "batch_stats": batch_stats}
 
     def fresh_state(step_masks):  # own buffers: the steps donate their state
-        return train.TrainState(jnp.asarray(0), masks_lib.apply(params, step_masks),
+        return TrainState(jnp.asarray(0), masks_lib.apply(params, step_masks),
                                 jax.tree.map(lambda x: jnp.array(x, copy=True), batch_stats),
                                 optimizer.init(params))
 
@@ -86,7 +88,7 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity
             took = timed(block, jax.block_until_ready)
             if repeat >= 0:
                 seconds[variant].append(took)
-    evaluate = train.make_eval_step(model, *CIFAR_NORMALIZATION)
+    evaluate = make_eval_step(model, *CIFAR_NORMALIZATION)
     valid = jnp.ones(batch_size, bool)
     eval_state = states["masked"]
     eval_args = (eval_state.params, eval_state.batch_stats, masks, images, labels, valid)
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per variant")
     parser.add_argument("--sparsity", type=float, default=0.8)
     parser.add_argument("--relu", default="select", choices=("select", "plain"),
-                        help="the block-closing ReLU (plain: max(z, 0), XLA's slow case on CPU)")
+                        help="the block-closing ReLU under --norm-impls flax (plain: max(z, 0), "
+                             "XLA's slow case on CPU); the fused BatchNorm applies its own")
     parser.add_argument("--conv-impls", default="auto",
                         help="comma-separated model.conv_impl values to run, each in its own "
                              "process (xla,auto gives XLA's convs and the native kernel)")
@@ -137,10 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mallocs", default="tuned",
                         help="comma-separated malloc settings, each with every model and impl "
                              "in its own process: tuned (the entry points' default, "
-                             "lottery_kd.malloc_tuning), huge_pages, glibc")
+                             "lottery_kd.runtime.malloc_tuning), huge_pages, glibc")
     parser.add_argument("--out", default="")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.relu == "plain" and any(n.strip() != "flax" for n in args.norm_impls.split(",")):
+        parser.error("--relu plain changes the ReLU of --norm-impls flax only (the fused "
+                     "BatchNorm closes each block with its own ReLU): add --norm-impls flax")
     mallocs = malloc_settings(args.mallocs)
     if args.child:
         print(json.dumps(measure(args.child, args.batch_size, args.steps, args.repeats,
@@ -167,5 +173,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    reexec_with_malloc_tuning()  # as the training entry points run (lottery_kd.malloc_tuning)
+    reexec_with_malloc_tuning()  # as the training entry points run (runtime.malloc_tuning)
     main()

@@ -49,19 +49,20 @@ class StopOnSignal:
 
 def invocation() -> list[str]:
     """The command line that started this process (`python -m module ...`)."""
-    from lottery_kd.environment import command_line
+    from lottery_kd.runtime.environment import command_line
     return command_line()
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str) -> int:
     """Run or resume a study; returns the process exit code (0 done, non-zero otherwise)."""
-    from lottery_kd import lottery, parallel
-    from lottery_kd.checkpoints import CheckpointError, quiet_failed_restores
+    from lottery_kd.study import lottery
+    from lottery_kd.runtime import parallel
+    from lottery_kd.study.checkpoints import CheckpointError, quiet_failed_restores
     from lottery_kd.config import ConfigError, validate
     from lottery_kd.config.identity import SavedConfigError
     from lottery_kd.data import DataError
-    from lottery_kd.train import TrainingInterrupted
-    from lottery_kd.workdir_lock import WorkdirBusy
+    from lottery_kd.training.errors import TrainingInterrupted
+    from lottery_kd.study.workdir_lock import WorkdirBusy
 
     resume = f"Resume with the same command:\n  {shlex.join(invocation())}"
     quiet_failed_restores()
@@ -109,13 +110,14 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> int:
 
 
 def _os_error_message(error: OSError, workdir: str) -> str:
-    """A full disk or an unwritable workdir names the workdir; any other file names itself."""
+    """An error on a file of the workdir (or a full disk with no file named) names the workdir;
+    an error on any other file names that file, and does not blame the workdir."""
     import errno
     from pathlib import Path
     name = getattr(error, "filename", None)
     inside = bool(name) and Path(name).resolve().is_relative_to(Path(workdir).resolve())
     reason = error.strerror or str(error)
-    if inside or error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+    if inside or (not name and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)):
         return (f"cannot write to workdir {workdir}: {reason}"
                 f"{f' ({name})' if name else ''}. Every checkpoint and row written before is "
                 "complete; fix the cause and rerun the same command to resume.")
@@ -180,8 +182,8 @@ def resolve_protocol(get_config: Callable[..., ml_collections.ConfigDict],
 
 
 def main_for(get_config: Callable[..., ml_collections.ConfigDict], default_workdir: str) -> None:
-    """Define the flags for `get_config()` and run `lottery_kd.lottery.run` under absl."""
-    from lottery_kd.malloc_tuning import reexec_with_malloc_tuning
+    """Define the flags for `get_config()` and run `lottery_kd.study.lottery.run` under absl."""
+    from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
     reexec_with_malloc_tuning()  # keeps XLA:CPU's step buffers mapped (results unchanged)
     problem = unknown_config_key(sys.argv, get_config())  # config_flags reads argv right here
     if problem is not None:

@@ -7,11 +7,14 @@ import jax
 import numpy as np
 import pytest
 
-from lottery_kd import lottery, masks as masks_lib
+from lottery_kd.study import lottery
+
+from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.data import load_dataset
 from lottery_kd.data.inputs import InMemoryTrainInput, InputData
 from lottery_kd.models import get_model
-from lottery_kd.train import Trainer, init_variables
+from lottery_kd.training.steps import init_variables
+from lottery_kd.training.trainer import Trainer
 from tests.conftest import make_tiny_config
 
 

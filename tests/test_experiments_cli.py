@@ -75,3 +75,17 @@ def test_every_entry_points_help_prints_its_docstring_unchanged():
         except (OverflowError, TypeError, ValueError):
             shown = doc  # absl prints it as it is
         assert "PROGRAM" not in shown, f"{path}: `%` in the docstring turns into the program path"
+
+
+def test_an_os_error_blames_the_workdir_only_when_it_is_the_workdirs(tmp_path):
+    import errno
+    import os
+    from experiments.launch import _os_error_message
+    workdir = tmp_path / "study"
+    inside = OSError(errno.EACCES, os.strerror(errno.EACCES), str(workdir / "results.jsonl"))
+    assert _os_error_message(inside, str(workdir)).startswith(f"cannot write to workdir {workdir}")
+    elsewhere = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/tmp/xla_cache/entry")
+    message = _os_error_message(elsewhere, str(workdir))
+    assert "workdir" not in message and "/tmp/xla_cache/entry" in message
+    unnamed = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert "cannot write to workdir" in _os_error_message(unnamed, str(workdir))

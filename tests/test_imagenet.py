@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lottery_kd import masks
+from lottery_kd.sparsity import masks
 from lottery_kd.models import MODEL_NAMES, get_model
 
 tf = pytest.importorskip("tensorflow")
@@ -180,6 +180,27 @@ def test_resnet18_forward_pass_at_64px():
     assert eval_logits.shape == (2, 10) and np.all(np.isfinite(eval_logits))
 
 
+def test_imagenet_resnets_run_the_batch_norm_they_are_given():
+    """model.norm_impl reaches every BatchNorm of the ImageNet ResNets (stem and blocks), as
+    get_model documents; both give the same network, in variables and (within float error)
+    in logits."""
+    images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+    outputs = {}
+    for norm_impl in ("flax", "fused"):
+        model = get_model("resnet18", 10, norm_impl=norm_impl)
+        assert model.norm_impl == norm_impl
+        variables = model.init(jax.random.key(0), jnp.zeros((2, 64, 64, 3)))
+        hlo = jax.jit(lambda v, x, m=model: m.apply(v, x, train=True, mutable=["batch_stats"])
+                      ).lower(variables, images).as_text()
+        outputs[norm_impl] = (variables, model.apply(variables, images, train=True,
+                                                     mutable=["batch_stats"])[0], hlo)
+    flax_vars, flax_logits, flax_hlo = outputs["flax"]
+    fused_vars, fused_logits, fused_hlo = outputs["fused"]
+    assert jax.tree.structure(flax_vars) == jax.tree.structure(fused_vars)
+    np.testing.assert_allclose(fused_logits, flax_logits, rtol=2e-3, atol=2e-3)
+    assert flax_hlo != fused_hlo  # the two are different computations of the same function
+
+
 @pytest.mark.parametrize("name, convs, shortcuts", [("resnet18", 1 + 16, 3),
                                                     ("resnet50", 1 + 48, 4)])
 def test_conv_scope_has_stem_and_shortcuts_but_not_fc(name, convs, shortcuts):
@@ -197,7 +218,7 @@ def test_conv_scope_has_stem_and_shortcuts_but_not_fc(name, convs, shortcuts):
 def test_the_imagenet_experiment_runs_end_to_end_on_mock_data(mocked, tmp_path):
     """The lottery driver streams ImageNet: dense, then KD with early stop and rewinding."""
     from experiments import imagenet_resnet50
-    from lottery_kd import lottery
+    from lottery_kd.study import lottery
 
     config = imagenet_resnet50.get_config()
     assert (config.train.batch_size, config.train.lr, config.train.warmup_epochs,

@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lottery_kd import masks, optim, train
+from lottery_kd.sparsity import masks
+
+from lottery_kd.training import optim
+from lottery_kd.training.steps import TrainState, init_variables, make_train_step
 from lottery_kd.models import MODEL_NAMES, get_model
 from lottery_kd.models import cifar_resnet
 from lottery_kd.models.layers import relu_select
@@ -77,10 +80,10 @@ def _relu_fusion_sizes(name):
     """Instruction counts of the compiled train step's fused computations that hold a `maximum`,
     with Flax's BatchNorm (the fused one has no max(z, 0) at all: its ReLU is a select too)."""
     model = get_model(name, 10, norm_impl="flax")
-    params, batch_stats = train.init_variables(model, jax.random.key(0), (32, 32, 3))
+    params, batch_stats = init_variables(model, jax.random.key(0), (32, 32, 3))
     optimizer = optim.sgd_direction(0.9, 2e-4)
-    state = train.TrainState(jnp.asarray(0), params, batch_stats, optimizer.init(params))
-    step = train.make_train_step(model, optimizer, None)
+    state = TrainState(jnp.asarray(0), params, batch_stats, optimizer.init(params))
+    step = make_train_step(model, optimizer, None)
     hlo = step.lower(state, masks.create(params), jnp.zeros((4, 32, 32, 3)),
                      jnp.zeros((4,), jnp.int32), jnp.float32(0.1), {}).compile().as_text()
     sizes, current, body = [], None, []

@@ -48,7 +48,7 @@ def test_plain_tfds_load_finds_the_offline_preparation(prepared_data_dir):
 @needs_cifar10
 def test_experiment_runs_on_the_tfds_source_offline(prepared_data_dir, tmp_path):
     from experiments import cifar10_resnet20
-    from lottery_kd import lottery
+    from lottery_kd.study import lottery
     config = cifar10_resnet20.get_config()
     config.data.source = "tfds"
     config.data.tfds_data_dir = str(prepared_data_dir)

@@ -9,9 +9,11 @@ import sys
 
 import pytest
 
-from lottery_kd import bootstrap, lmc, lottery
+from lottery_kd.analysis import bootstrap, lmc
+
+from lottery_kd.study import lottery
 from lottery_kd.data import prepare
-from lottery_kd.train import Trainer
+from lottery_kd.training.trainer import Trainer
 from tests.conftest import REPO, make_tiny_config
 
 

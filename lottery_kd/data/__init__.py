@@ -136,6 +136,58 @@ def channel_mean_std(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float
     return tuple(means), tuple(stds)
 
 
+def _check_arguments(name: str, source: str, normalization: str, train_subset: int) -> None:
+    """DataError for a setting load_dataset cannot honour, before anything is read."""
+    if name not in DATASET_NAMES:
+        raise DataError(f"Unknown data.name={name!r}; allowed values: {_allowed(DATASET_NAMES)}.")
+    if name in STREAMED_NAMES:
+        raise DataError(f"data.name={name!r} is streamed, not held in memory: use "
+                        "lottery_kd.data.inputs.input_data_from_config.")
+    if source not in SOURCES:
+        raise DataError(f"Unknown data.source={source!r}; allowed values: {_allowed(SOURCES)}.")
+    if normalization not in NORMALIZATIONS:
+        raise DataError(f"Unknown data.normalization={normalization!r}; allowed values: "
+                        f"{_allowed(NORMALIZATIONS)}.")
+    if train_subset < 0:
+        raise DataError(f"data.train_subset={train_subset} is negative; "
+                        "use 0 for all train images.")
+
+
+def _cifar_splits(name: str, source: str, directory: str, validation_size: int,
+                  validation_split: str, tfds_data_dir: str, tfds_download: bool,
+                  verify_checksums: bool) -> tuple[np.ndarray, ...]:
+    """(train x, y, validation x, y, test x, y) of CIFAR-10/100, the validation images taken from
+    the training split as `validation_split` says."""
+    if not 0 <= validation_size < CIFAR10_TRAIN_SIZE:  # checked before reading anything
+        raise DataError(
+            f"data.validation_size={validation_size} is out of range for {name}; "
+            f"allowed: 0 <= data.validation_size < {CIFAR10_TRAIN_SIZE}."
+        )
+    all_train_x, all_train_y, test_x, test_y = _read_cifar(
+        name, source, directory, tfds_data_dir, tfds_download, verify_checksums)
+    if validation_size >= len(all_train_y):  # a smaller copy (e.g. tfds mock data)
+        raise DataError(f"data.validation_size={validation_size} leaves no training images "
+                        f"of the {len(all_train_y)} in this {name}.")
+    train_index, val_index = train_validation_indices(len(all_train_y), validation_size,
+                                                      validation_split)
+    if validation_size == 0:
+        train_x, train_y = all_train_x, all_train_y
+    else:
+        train_x, train_y = all_train_x[train_index], all_train_y[train_index]
+    val_x, val_y = all_train_x[val_index], all_train_y[val_index]
+    return train_x, train_y, val_x, val_y, test_x, test_y
+
+
+def _normalization_stats(train_x: np.ndarray, normalization: str):
+    """(mean, std) per channel for `normalization`: the training images' own, the KD-ticket
+    CIFAR-10 constants, or (None, None) where each image is standardised on its own."""
+    if normalization == "cifar10_constants":
+        return CIFAR10_CONSTANTS_MEAN, CIFAR10_CONSTANTS_STD
+    if normalization == "per_image":
+        return None, None
+    return channel_mean_std(train_x)
+
+
 def load_dataset(
     name: str,
     *,
@@ -145,7 +197,6 @@ def load_dataset(
     validation_split: str = "random",
     normalization: str = "train_statistics",
     train_subset: int = 0,
-    seed: int = 0,
     tfds_data_dir: str = "",
     tfds_download: bool = True,
     verify_checksums: bool = True,
@@ -162,46 +213,18 @@ def load_dataset(
     `normalization` (NORMALIZATIONS) decides the mean/std recorded for the trainer: the training
     images' own (after the split and subset), the KD-ticket CIFAR-10 constants, or None (each
     image standardised on its own). `train_subset` > 0 keeps the first `train_subset` train
-    images (0 keeps all). `seed` is accepted for a uniform call signature; no split depends on
-    it, so runs with different seeds compare fairly.
+    images (0 keeps all). No split depends on the study's seed (each uses a fixed one), so runs
+    with different seeds compare fairly.
     """
-    del seed  # every split uses a fixed seed on purpose
-    if name not in DATASET_NAMES:
-        raise DataError(f"Unknown data.name={name!r}; allowed values: {_allowed(DATASET_NAMES)}.")
-    if name in STREAMED_NAMES:
-        raise DataError(f"data.name={name!r} is streamed, not held in memory: use "
-                        "lottery_kd.data.inputs.input_data_from_config.")
-    if source not in SOURCES:
-        raise DataError(f"Unknown data.source={source!r}; allowed values: {_allowed(SOURCES)}.")
+    _check_arguments(name, source, normalization, train_subset)
     source = resolve_source(source, directory)
-    if normalization not in NORMALIZATIONS:
-        raise DataError(f"Unknown data.normalization={normalization!r}; allowed values: "
-                        f"{_allowed(NORMALIZATIONS)}.")
-    if train_subset < 0:
-        raise DataError(f"data.train_subset={train_subset} is negative; "
-                        "use 0 for all train images.")
-
     if name == "digits":
         train_x, train_y, val_x, val_y, test_x, test_y = digits.load_digits_splits()
         num_classes, augment = 10, False
     else:
-        if not 0 <= validation_size < CIFAR10_TRAIN_SIZE:  # checked before reading anything
-            raise DataError(
-                f"data.validation_size={validation_size} is out of range for {name}; "
-                f"allowed: 0 <= data.validation_size < {CIFAR10_TRAIN_SIZE}."
-            )
-        all_train_x, all_train_y, test_x, test_y = _read_cifar(
-            name, source, directory, tfds_data_dir, tfds_download, verify_checksums)
-        if validation_size >= len(all_train_y):  # a smaller copy (e.g. tfds mock data)
-            raise DataError(f"data.validation_size={validation_size} leaves no training images "
-                            f"of the {len(all_train_y)} in this {name}.")
-        train_index, val_index = train_validation_indices(len(all_train_y), validation_size,
-                                                          validation_split)
-        if validation_size == 0:
-            train_x, train_y = all_train_x, all_train_y
-        else:
-            train_x, train_y = all_train_x[train_index], all_train_y[train_index]
-        val_x, val_y = all_train_x[val_index], all_train_y[val_index]
+        train_x, train_y, val_x, val_y, test_x, test_y = _cifar_splits(
+            name, source, directory, validation_size, validation_split, tfds_data_dir,
+            tfds_download, verify_checksums)
         num_classes, augment = cifar.get_format(name).num_classes, True
 
     if train_subset > len(train_y):
@@ -213,11 +236,7 @@ def load_dataset(
         # copy, so the full train arrays can be freed rather than kept alive behind a view
         train_x, train_y = train_x[:train_subset].copy(), train_y[:train_subset].copy()
 
-    mean, std = channel_mean_std(train_x)
-    if normalization == "cifar10_constants":
-        mean, std = CIFAR10_CONSTANTS_MEAN, CIFAR10_CONSTANTS_STD
-    elif normalization == "per_image":
-        mean = std = None
+    mean, std = _normalization_stats(train_x, normalization)
     return Dataset(
         name=name,
         train_images=train_x,

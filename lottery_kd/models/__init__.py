@@ -14,7 +14,7 @@ from lottery_kd.kernels.conv3x3 import CONV_IMPLS, make_conv_general_dilated  # 
 from lottery_kd.models.basis import BASES, BasisModel  # noqa: F401  (BASES: re-exported)
 from lottery_kd.models.cifar_resnet import (NORM_IMPLS, CifarResNet,  # noqa: F401
                                            build_cifar_resnet, check_norm_impl)
-from lottery_kd.models.imagenet_resnet import build_imagenet_resnet
+from lottery_kd.models.imagenet_resnet import ImageNetResNet, build_imagenet_resnet
 from lottery_kd.models.small import DigitsConvNet
 
 _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
@@ -39,8 +39,9 @@ def get_model(name: str, num_classes: int, *, basis: str = "", basis_seed: int =
     With `basis` ("dct" or "random") the conv kernels are trained as coefficients in that
     orthonormal basis (lottery_kd.models.basis.BasisModel). `conv_impl` picks how the CIFAR
     ResNets run their 3x3 convolutions (lottery_kd.kernels.conv3x3: "auto", "xla", "native")
-    and `norm_impl` their BatchNorms ("flax" or "fused": lottery_kd.models.batch_norm); the
-    other models always use XLA's convolutions and Flax's BatchNorm.
+    and `norm_impl` the BatchNorms of the CIFAR and ImageNet ResNets ("flax" or "fused":
+    lottery_kd.models.batch_norm). The ImageNet ResNets always use XLA's convolutions, and the
+    digits convnet XLA's convolutions and Flax's BatchNorm.
     """
     if name not in _BUILDERS:
         raise ValueError(f"model.name: unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}")
@@ -51,4 +52,6 @@ def get_model(name: str, num_classes: int, *, basis: str = "", basis_seed: int =
     model = _BUILDERS[name](num_classes)
     if isinstance(model, CifarResNet):
         model = model.clone(conv=conv, norm_impl=norm_impl)
+    elif isinstance(model, ImageNetResNet):
+        model = model.clone(norm_impl=norm_impl)
     return BasisModel(model, basis, basis_seed) if basis else model

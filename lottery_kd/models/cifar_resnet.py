@@ -31,7 +31,7 @@ def check_norm_impl(norm_impl: str) -> None:
                          f"{', '.join(NORM_IMPLS)}")
 
 
-def _norm(norm_impl: str, train: bool) -> Callable[[str], Callable]:
+def make_norm(norm_impl: str, train: bool) -> Callable[[str], Callable]:
     """name -> a BatchNorm called as norm(y, residual=None, relu=False): relu(bn(y) + residual)."""
     check_norm_impl(norm_impl)
     if norm_impl == "fused":
@@ -60,7 +60,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        norm = _norm(self.norm_impl, train)
+        norm = make_norm(self.norm_impl, train)
         y = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding=1,
                     use_bias=False, kernel_init=conv_init, conv_general_dilated=self.conv,
                     name="conv1")(x)
@@ -85,7 +85,7 @@ class BottleneckBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        norm = _norm(self.norm_impl, train)
+        norm = make_norm(self.norm_impl, train)
         out_channels = self.planes * self.expansion
         y = nn.Conv(self.planes, (1, 1), use_bias=False, kernel_init=conv_init, name="conv1")(x)
         y = norm("bn1")(y, relu=True)
@@ -117,7 +117,7 @@ class CifarResNet(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = nn.Conv(self.stage_widths[0], (3, 3), padding=1, use_bias=False,
                     kernel_init=conv_init, conv_general_dilated=self.conv, name="stem_conv")(x)
-        x = _norm(self.norm_impl, train)("stem_bn")(x, relu=True)
+        x = make_norm(self.norm_impl, train)("stem_bn")(x, relu=True)
         for stage, width in enumerate(self.stage_widths):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1

@@ -18,8 +18,8 @@ from typing import Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
-from lottery_kd.models.cifar_resnet import BasicBlock, BottleneckBlock
-from lottery_kd.models.layers import BatchNorm, conv_init
+from lottery_kd.models.cifar_resnet import BasicBlock, BottleneckBlock, make_norm
+from lottery_kd.models.layers import conv_init
 
 # depth -> (blocks per stage, bottleneck?)
 IMAGENET_DEPTHS: dict[int, tuple[tuple[int, ...], bool]] = {
@@ -38,21 +38,23 @@ class ImageNetResNet(nn.Module):
     num_classes: int = 1000
     bottleneck: bool = False
     stage_widths: Sequence[int] = (64, 128, 256, 512)
+    norm_impl: str = "fused"  # every BatchNorm, stem included (models.batch_norm)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = nn.Conv(self.stage_widths[0], (7, 7), (2, 2), padding=((3, 3), (3, 3)),
                     use_bias=False, kernel_init=conv_init, name="stem_conv")(x)
-        x = nn.relu(BatchNorm(use_running_average=not train, name="stem_bn")(x))
+        x = make_norm(self.norm_impl, train)("stem_bn")(x, relu=True)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
             for block in range(num_blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
                 name = f"stage{stage + 1}_block{block + 1}"
                 if self.bottleneck:
-                    x = BottleneckBlock(width, stride, name=name)(x, train)
+                    x = BottleneckBlock(width, stride, norm_impl=self.norm_impl,
+                                        name=name)(x, train)
                 else:
-                    x = BasicBlock(width, stride, name=name)(x, train)
+                    x = BasicBlock(width, stride, norm_impl=self.norm_impl, name=name)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="fc")(x)
 
