@@ -7,7 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lottery_kd import lottery, masks as masks_lib, pruning, variants
+from lottery_kd.study import lottery, variants
+
+from lottery_kd.sparsity import masks as masks_lib, pruning
 from tests.conftest import make_tiny_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -41,17 +43,31 @@ def test_readme_variant_example_runs_in_a_study(tmp_path):
         exec(compile(code, str(README), "exec"), {})
     config = make_tiny_config()
     config.prune.levels = 1
-    config.lottery.variants = "finetune,kd_finetune"
+    config.lottery.variants = "finetune,kd_finetune,weight_rewind,halfway_rewind"
     config.prune.method = "magnitude_squared_plus_noise" \
         if "magnitude_squared_plus_noise" in pruning.names() else "magnitude_global"
     rows = lottery.run(config, tmp_path, log=lambda *_: None)
     by_variant = {r["variant"]: r for r in rows}
     assert by_variant["kd_finetune"]["distill"] and not by_variant["finetune"]["distill"]
     assert by_variant["kd_finetune"]["steps"] == by_variant["finetune"]["steps"]
+    # the weight-source example: trains from the rewind step, from the midpoint weights
+    halfway, rewound = by_variant["halfway_rewind"], by_variant["weight_rewind"]
+    assert halfway["start_step"] == rewound["start_step"] > 0
+    study = lottery.LotteryRun.from_workdir(tmp_path, log=lambda *_: None)
+    context = variants.StartContext(level=1, variant="halfway_rewind", masks=None, seed=0,
+                                    scope="conv", oneshot=False, load=study.load_snapshot,
+                                    fresh=None)
+    start = variants.weight_source("halfway_to_rewind")(context)
+    init, rewind = study.load_snapshot("init"), study.load_snapshot("rewind")
+    for mid, a, b in zip(jax.tree.leaves(start["params"]), jax.tree.leaves(init["params"]),
+                         jax.tree.leaves(rewind["params"])):
+        np.testing.assert_allclose(mid, (np.asarray(a) + np.asarray(b)) / 2, rtol=1e-6)
+    assert halfway["test_accuracy"] != rewound["test_accuracy"] or \
+        halfway["best_val_accuracy"] != rewound["best_val_accuracy"]
 
 
 def test_readme_dynamic_method_example_trains_at_a_constant_count(tmp_path):
-    from lottery_kd import dynamic
+    from lottery_kd.sparsity import dynamic
     code = _python_blocks_after("## Add your own dynamic sparse method")
     if "grow_by_gradient_times_noise" not in dynamic.names():
         exec(compile(code, str(README), "exec"), {})
@@ -62,12 +78,12 @@ def test_readme_dynamic_method_example_trains_at_a_constant_count(tmp_path):
     rows = lottery.run(config, tmp_path, log=lambda *_: None)
     assert [r["variant"] for r in rows] == ["dense", "grow_by_gradient_times_noise"]
     run = lottery.LotteryRun(config, tmp_path, log=lambda *_: None)
-    init = run.snapshots.restore("init", run._template())
-    final = run.snapshots.restore("level_1_grow_by_gradient_times_noise", run._template())
+    init = run.snapshots.restore("init", run.snapshot_template())
+    final = run.snapshots.restore("level_1_grow_by_gradient_times_noise", run.snapshot_template())
     assert masks_lib.count(final["masks"])[0] == rows[1]["remaining_weights"]
     assert rows[1]["sparsity"] == np.float64(rows[1]["sparsity"])
     start = pruning.get("random")(init["params"], init["masks"], 0.7,
-                                  rng=lottery._derived_key(config.seed, "dynamic", "masks"),
+                                  rng=lottery.derived_key(config.seed, "dynamic", "masks"),
                                   distribution="erk")
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(final["masks"]),
                                                          jax.tree.leaves(start)))

@@ -1,0 +1,104 @@
+"""The package's shape stays what the README's layout section says: no module-level import cycle,
+the library never imports the experiments, small modules and functions, old commands still run."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "lottery_kd"
+MAX_MODULE_LINES = 420  # "about 400"
+MAX_FUNCTION_LINES = 65  # "about 60"
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    return modules
+
+
+def _top_level_imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """lottery_kd modules imported at module level (not inside functions: those run later)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
+                                + ([base] if base else []))
+            submodules = {f"{base}.{alias.name}" for alias in node.names}
+            if not submodules <= set(modules):  # names from the package itself, not submodules
+                found.add(base)
+            found.update(submodules)
+    return {m for m in found if m in modules and m != name}
+
+
+def test_no_module_level_import_cycle():
+    modules = _modules()
+    graph = {name: _top_level_imports(path, name, modules) for name, path in modules.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+
+
+def test_the_library_never_imports_experiments_or_tests():
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] not in ("experiments", "tests", "benchmarks"), \
+                    f"{path.relative_to(REPO)} imports {name}"
+
+
+def test_modules_and_functions_stay_small():
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        lines = text.count("\n")
+        if lines > MAX_MODULE_LINES:
+            too_long.append(f"{path.relative_to(REPO)}: {lines} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: "
+                                    f"{length} lines")
+    assert not too_long, "over the size limits:\n  " + "\n  ".join(too_long)
+
+
+def test_the_old_command_paths_still_run():
+    for command in ("status", "report", "lmc", "bootstrap"):
+        done = subprocess.run([sys.executable, "-m", f"lottery_kd.{command}", "--help"],
+                              capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert done.returncode == 0 and "usage:" in done.stdout, (command, done.stderr[-500:])
+
+
+def test_the_public_api_is_reexported_lazily():
+    code = ("import sys, lottery_kd; assert 'jax' not in sys.modules; "
+            "from lottery_kd import pruning, variants, protocols, Workdir, run, get_model; "
+            "assert callable(pruning.register) and callable(variants.register_weight_source); "
+            "assert Workdir('w').results.name == 'results.jsonl'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-1000:]
