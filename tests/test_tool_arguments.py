@@ -297,3 +297,26 @@ def test_the_training_path_still_names_the_config_key(tmp_path):
     from lottery_kd.data import DataError, load_dataset
     with pytest.raises(DataError, match=r"data\.dir"):
         load_dataset("cifar10", source="local", directory=str(tmp_path))
+
+
+def test_a_sweep_measures_only_the_missing_items_once_each_and_writes_after_every_one(tmp_path):
+    from lottery_kd.analysis.sweep import measure_missing
+    out = tmp_path / "out"
+    saved = {"settings": {"a": 1}, "results": [{"step": 2, "value": 20}]}
+    measured = []
+
+    def measure(step):
+        measured.append(step)
+        on_disk = json.loads((out / "r.json").read_text())["results"]
+        assert [r["step"] for r in on_disk] == [2] + measured[:-1]  # the file trails by one
+        return {"step": step, "value": 10 * step}
+
+    rows = measure_missing(out, "r.json", saved, "results", [1, 2, 3, 1], key=lambda s: s,
+                           record_key=lambda r: r["step"], measure=measure)
+    assert measured == [1, 3]
+    assert [r["step"] for r in rows] == [2, 1, 3]
+    assert json.loads((out / "r.json").read_text()) == saved
+    untouched = tmp_path / "untouched"
+    measure_missing(untouched, "r.json", saved, "results", [1, 2], key=lambda s: s,
+                    record_key=lambda r: r["step"], measure=measure)
+    assert not untouched.exists()  # nothing to measure: --out is not even created

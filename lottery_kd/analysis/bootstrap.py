@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -40,7 +38,8 @@ from lottery_kd.study.checkpoints import CheckpointError, quiet_failed_restores
 from lottery_kd.data import Dataset, load_dataset
 from lottery_kd.data.inputs import InputData
 from lottery_kd.config import parse_names
-from lottery_kd.analysis.lmc import check_out, check_teacher, claim_out, open_study
+from lottery_kd.analysis.sweep import (check_out, check_teacher, measure_missing,
+                                      open_study)
 from lottery_kd.study.results import write_atomic
 from lottery_kd.training.run_setup import RunOutputs
 from lottery_kd.training.trainer import Trainer
@@ -223,23 +222,14 @@ def run_bootstrap(run_dir: str | os.PathLike, out: str | os.PathLike, *, real_si
         check_teacher(bootstrap.run, "--kd on/both (training with the KD loss)")
     settings = {"run_dir": str(Path(run_dir).resolve()), "real_size": real_size,
                 "steps": steps, "eval_every": eval_every}
-    path = out / "bootstrap.json"
     saved = check_out(out, "bootstrap.json", settings, "comparisons")
     saved = saved or {"settings": settings, "comparisons": []}
-
-    def tag(ticket: str, distill: bool) -> str:
-        return (ticket or "dense") + ("_kd" if distill else "")
-
-    if any(not any(c["tag"] == tag(*pair) for c in saved["comparisons"]) for pair in pairs):
-        claim_out(out, path, saved)  # every argument is good: --out is claimed, then trained
-    for ticket, distill in pairs:
-        if any(c["tag"] == tag(ticket, distill) for c in saved["comparisons"]):
-            continue
-        saved["comparisons"].append(bootstrap.compare(ticket=ticket, distill=distill,
-                                                      steps=steps, eval_every=eval_every,
-                                                      out=out))
-        write_atomic(path, json.dumps(saved, indent=1) + "\n")
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # in bootstrap.json now
+    measure_missing(out, "bootstrap.json", saved, "comparisons", pairs,
+                    key=lambda pair: (pair[0] or "dense") + ("_kd" if pair[1] else ""),
+                    record_key=lambda c: c["tag"],
+                    measure=lambda pair: bootstrap.compare(ticket=pair[0], distill=pair[1],
+                                                           steps=steps, eval_every=eval_every,
+                                                           out=out))
     config = bootstrap.run.config
     title = (f"Deep Bootstrap: {config.model.name} on {config.data.name}, real world "
              f"{real_size} examples, {steps} steps of batch {bootstrap.batch_size}")

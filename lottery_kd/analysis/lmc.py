@@ -31,9 +31,7 @@ next command's settings, its leftover DIR/tensorboard removed. The Deep Bootstra
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -44,10 +42,8 @@ from lottery_kd import config as config_lib
 
 from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.study.checkpoints import CheckpointError, quiet_failed_restores
-from lottery_kd.config import identity
+from lottery_kd.analysis.sweep import check_out, check_teacher, measure_missing, open_study
 from lottery_kd.data.inputs import input_data_from_config
-from lottery_kd.study.study import Study
-from lottery_kd.study.variants import DENSE, snapshot_name
 from lottery_kd.study.results import write_atomic
 from lottery_kd.training.run_setup import RunOutputs
 from lottery_kd.training.trainer import Trainer
@@ -63,97 +59,6 @@ def interpolate(a: PyTree, b: PyTree, alpha: float) -> PyTree:
 def error_barrier(errors: Sequence[float]) -> float:
     """Frankle et al.'s instability: the highest error on the path above the endpoints' mean."""
     return float(max(errors) - 0.5 * (errors[0] + errors[-1]))
-
-
-def open_study(run_dir: str | os.PathLike) -> Study:
-    """The study in `run_dir` for an analysis tool (lmc, bootstrap), or a ValueError of one line
-    saying why `run_dir` is not one: missing, a file, no config.json, an unreadable, truncated
-    or invalid config.json."""
-    path = Path(run_dir)
-    if not path.exists():
-        raise ValueError(f"{run_dir}: no such folder; give the --workdir of a study")
-    if not path.is_dir():
-        raise ValueError(f"{run_dir} is a file, not a study; give the --workdir of a study")
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{run_dir} holds no study (no config.json); give the --workdir of a "
-                         "study")
-    try:  # identity.SavedConfigError (a ValueError) says what is wrong with config.json
-        config_lib.validate(identity.load_saved(path))
-    except (AttributeError, TypeError, KeyError) as error:  # e.g. a section that is no dict
-        raise ValueError(f"{path / 'config.json'} holds no valid study config "
-                         f"({type(error).__name__}: {error}); restore it or give another "
-                         "study") from None
-    try:
-        return Study.from_workdir(path, log=lambda *_: None)
-    except OSError as error:  # the workdir cannot be written (lottery.WorkdirError)
-        raise ValueError(f"{run_dir}: {error}") from None
-
-
-def check_teacher(run: Study, option: str) -> None:
-    """A ValueError naming `option` unless the study's dense teacher can be loaded."""
-    name = snapshot_name(0, DENSE)
-    if not run.snapshots.exists(name):
-        raise ValueError(f"{option} needs the study's dense teacher ({name}), which is not in "
-                         f"{run.workdir}: run the study first")
-    run.teacher()  # a damaged snapshot: CheckpointError now, not after hours of training
-
-
-def check_out(out: Path, name: str, settings: dict, what: str) -> Optional[dict]:
-    """Check --out before anything is written into it, against the `settings` of this command:
-    a ValueError if `out` cannot be a folder of results, holds an unreadable out/`name`, or
-    belongs to other settings (see the module docstring). Returns the saved record to go on
-    from, or None to start afresh (also when a settings file without results is replaced)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; give a folder (new or holding "
-                         f"this command's {name})")
-    if not out.exists():
-        parent = next(p for p in out.absolute().parents if p.exists())
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise ValueError(f"--out {out} cannot be created ({parent} is "
-                             f"{'not a folder' if not parent.is_dir() else 'not writable'}); "
-                             "choose another --out")
-        return None
-    if (out / "config.json").is_file():
-        raise ValueError(f"--out {out} holds a study (config.json), whose checkpoints are no "
-                         "place for these results; choose another --out")
-    path = out / name
-    if not path.exists():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-        valid = isinstance(saved, dict) and isinstance(saved.get("settings"), dict)
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        saved, valid = None, False
-        why = f"cannot be read ({error})"
-    else:
-        why = "is not a record of this tool"
-    results = saved.get(what) if valid else None
-    if not valid or not isinstance(results, list):
-        raise ValueError(f"--out {out}: {path} {why}; it records the results there: restore "
-                         "it, or choose another --out")
-    if saved["settings"] == settings:
-        return saved
-    checkpoints = out / "checkpoints"
-    trained = checkpoints.is_dir() and any(p.is_file() for p in checkpoints.rglob("*"))
-    if results or trained:
-        held = f"{len(results)} result(s)" if results else "an interrupted run's checkpoints"
-        raise ValueError(f"--out {out} holds {held} with other settings "
-                         f"({saved['settings']}); use another --out, or rerun with those")
-    return None  # settings but nothing trained for them: this command's settings replace them
-
-
-def claim_out(out: Path, path: Path, record: dict) -> None:
-    """Write `record` (settings and results so far) into out before the first training; when
-    it replaces a record of other settings without results, what that one left goes too."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        if path.is_file() and json.loads(path.read_text())["settings"] != record["settings"]:
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-            shutil.rmtree(out / "tensorboard", ignore_errors=True)
-        write_atomic(path, json.dumps(record, indent=1) + "\n")
-    except OSError as error:
-        raise ValueError(f"--out {out} cannot be written ({error.strerror or error}); choose "
-                         "another --out") from None
 
 
 class LinearModeConnectivity:
@@ -306,19 +211,13 @@ def run_sweep(run_dir: str | os.PathLike, rewinds: Sequence[str], out: str | os.
     out = Path(out)
     settings = {"run_dir": str(Path(run_dir).resolve()), "ticket": ticket, "distill": distill,
                 "points": points}
-    path = out / "lmc.json"
     saved = check_out(out, "lmc.json", settings, "results")
     lmc = LinearModeConnectivity(run_dir, ticket=ticket, distill=distill, log=log)
     steps = lmc.rewind_steps(rewinds)
     saved = saved or {"settings": settings, "results": []}
-    if any(not any(r["rewind_step"] == step for r in saved["results"]) for step in steps):
-        claim_out(out, path, saved)  # every argument is good: --out is claimed, then trained
-    for step in steps:
-        if any(r["rewind_step"] == step for r in saved["results"]):
-            continue
-        saved["results"].append(lmc.measure(step, out, points))
-        write_atomic(path, json.dumps(saved, indent=1) + "\n")
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # that point is in lmc.json now
+    measure_missing(out, "lmc.json", saved, "results", steps, key=lambda step: step,
+                    record_key=lambda r: r["rewind_step"],
+                    measure=lambda step: lmc.measure(step, out, points))
     results = sorted(saved["results"], key=lambda r: r["rewind_step"])
     what = (f"{lmc.run.config.model.name} on {lmc.run.config.data.name}, "
             f"{'ticket ' + ticket if ticket else 'dense'}{', KD' if distill else ''}")
