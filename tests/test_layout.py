@@ -102,3 +102,12 @@ def test_the_public_api_is_reexported_lazily():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-1000:]
+
+
+def test_the_design_contracts_module_names_resolve():
+    """DESIGN.md's contracts name lottery_kd.masks, .pruning and .losses: they still resolve."""
+    import lottery_kd
+    assert all(callable(getattr(lottery_kd.masks, name))
+               for name in ("create", "apply", "sparsity", "layer_counts"))
+    assert callable(lottery_kd.pruning.register) and callable(lottery_kd.pruning.get)
+    assert callable(lottery_kd.losses.kd_loss)
