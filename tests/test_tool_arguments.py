@@ -320,3 +320,23 @@ def test_a_sweep_measures_only_the_missing_items_once_each_and_writes_after_ever
     measure_missing(untouched, "r.json", saved, "results", [1, 2], key=lambda s: s,
                     record_key=lambda r: r["step"], measure=measure)
     assert not untouched.exists()  # nothing to measure: --out is not even created
+
+
+def test_a_second_sweep_into_a_busy_out_is_refused_and_one_that_ended_is_read_back(tmp_path):
+    """Two lmc / bootstrap commands on one --out: the second is refused while the first runs,
+    and a sweep that checked --out before the first one finished keeps the first one's rows."""
+    from lottery_kd.analysis.sweep import measure_missing
+    from lottery_kd.study.workdir_lock import WorkdirLock
+    out = tmp_path / "out"
+    saved = {"settings": {"a": 1}, "results": []}
+    kwargs = dict(key=lambda s: s, record_key=lambda r: r["step"],
+                  measure=lambda s: {"step": s, "by": "second"})
+    with WorkdirLock(out):
+        with pytest.raises(ValueError, match=r"--out .*another process \(pid \d+"):
+            measure_missing(out, "r.json", saved, "results", [1], **kwargs)
+    assert saved["results"] == [] and not (out / "r.json").exists()
+    # The first sweep finished step 1 after the second had read an empty record.
+    (out / "r.json").write_text(json.dumps({"settings": {"a": 1},
+                                            "results": [{"step": 1, "by": "first"}]}))
+    rows = measure_missing(out, "r.json", saved, "results", [1, 2], **kwargs)
+    assert rows == [{"step": 1, "by": "first"}, {"step": 2, "by": "second"}]

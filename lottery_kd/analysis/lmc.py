@@ -24,8 +24,9 @@ if any, is readable. The settings go into DIR/lmc.json just before the first tra
 belongs to the settings there once it holds something trained for them: a result in lmc.json
 or a resume checkpoint in DIR/checkpoints (a killed point); other settings are then refused. A
 lmc.json with neither (a command that stopped before it trained an epoch) is replaced by the
-next command's settings, its leftover DIR/tensorboard removed. The Deep Bootstrap
-(lottery_kd.analysis.bootstrap) follows the same rule.
+next command's settings, its leftover DIR/tensorboard removed. While it trains, the command
+holds DIR/study.lock: a second command on DIR is refused. The Deep Bootstrap
+(lottery_kd.analysis.bootstrap) follows the same rules (lottery_kd.analysis.sweep).
 """
 
 from __future__ import annotations

@@ -9,17 +9,19 @@ folder that belongs to other settings (a result, or a killed item's checkpoints)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Hashable, Optional, Sequence
+from typing import Any, Callable, Hashable, Iterator, Optional, Sequence
 
 from lottery_kd import config as config_lib
 from lottery_kd.config import identity
 from lottery_kd.study.results import write_atomic
 from lottery_kd.study.study import Study
 from lottery_kd.study.variants import DENSE, snapshot_name
+from lottery_kd.study.workdir_lock import WorkdirBusy, WorkdirLock
 
 
 def open_study(run_dir: str | os.PathLike) -> Study:
@@ -117,17 +119,55 @@ def claim_out(out: Path, path: Path, record: dict) -> None:
 def measure_missing(out: Path, filename: str, saved: dict, field: str, items: Sequence[Any], *,
                     key: Callable[[Any], Hashable], record_key: Callable[[dict], Hashable],
                     measure: Callable[[Any], dict]) -> list[dict]:
-    """Measure, in order, each of `items` whose key is not yet among saved[field]: --out is
-    claimed before the first, out/`filename` rewritten after each (a kill loses at most the item
-    in training, which resumes from out/checkpoints), and that item's checkpoints deleted once
-    its record is in the file. Returns saved[field]."""
+    """Measure, in order, each of `items` whose key is not yet among saved[field], holding
+    --out's lock (a second sweep into the same folder is refused, naming the first): --out is
+    claimed before the first item, out/`filename` rewritten after each (a kill loses at most the
+    item in training, which resumes from out/checkpoints), and that item's checkpoints deleted
+    once its record is in the file. Returns saved[field]."""
+    if not _pending(saved, field, items, key, record_key):
+        return saved[field]
     path = out / filename
-    done = {record_key(record) for record in saved[field]}
-    pending = list({key(item): item for item in items if key(item) not in done}.values())
-    if pending:
-        claim_out(out, path, saved)  # every argument is good: --out is claimed, then trained
-    for item in pending:
-        saved[field].append(measure(item))
-        write_atomic(path, json.dumps(saved, indent=1) + "\n")
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # it is in the record now
+    with _lock(out):
+        _reread(path, saved, field)  # what a sweep that just ended added since check_out
+        pending = _pending(saved, field, items, key, record_key)
+        if pending:
+            claim_out(out, path, saved)  # every argument is good: --out is claimed, then trained
+        for item in pending:
+            saved[field].append(measure(item))
+            write_atomic(path, json.dumps(saved, indent=1) + "\n")
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # it is in the record now
     return saved[field]
+
+
+def _pending(saved: dict, field: str, items: Sequence[Any], key: Callable[[Any], Hashable],
+             record_key: Callable[[dict], Hashable]) -> list[Any]:
+    done = {record_key(record) for record in saved[field]}
+    return list({key(item): item for item in items if key(item) not in done}.values())
+
+
+def _reread(path: Path, saved: dict, field: str) -> None:
+    try:
+        on_disk = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(on_disk, dict) and on_disk.get("settings") == saved["settings"] and \
+            isinstance(on_disk.get(field), list):
+        saved[field] = on_disk[field]
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """Hold --out's lock (out/study.lock, as a study's workdir) for the block, or a ValueError
+    naming the process that holds it."""
+    lock = WorkdirLock(out, what="analysis")
+    try:
+        lock.acquire()
+    except WorkdirBusy as error:
+        raise ValueError(f"--out {out}: {error}") from None
+    except OSError as error:
+        raise ValueError(f"--out {out} cannot be written ({error.strerror or error}); choose "
+                         "another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
