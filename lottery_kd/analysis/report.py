@@ -12,6 +12,8 @@ how a run reports); within a group the rows of every run (seeds, variants) are m
     accuracy_vs_sparsity_G.png     accuracy vs density (log axis), one line per variant with the
                                    seed spread, dense dashed, published numbers (labelled) where
                                    the model and data set match
+    accuracy_vs_flops_G.png        accuracy vs each run's training FLOPs, pruned weights skipped
+                                   (models.flops; rows from before it are counted from the config)
     layer_sparsity_G.png           per-layer density of every ticket
     curves_G.png                   test accuracy per epoch of each run, one column per sparsity
     overlap_G.png                  Jaccard overlap of the distinct tickets of all seeds (heat map)
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -33,7 +36,8 @@ from typing import Any, Optional, Sequence
 
 from lottery_kd import published as published_lib
 from lottery_kd.analysis import report_markdown
-from lottery_kd.analysis.report_figures import plot_accuracy, plot_layers
+from lottery_kd.analysis.report_figures import (plot_accuracy, plot_accuracy_vs_flops,
+                                                plot_layers)
 from lottery_kd.analysis.report_markdown import (differences_table, markdown_table,
                                                  overlap_text, protocol_summary, provenance)
 from lottery_kd.analysis.report_runs import (PUBLISHED_METHODS, ReportError, aggregate,
@@ -70,6 +74,12 @@ def _report_group(index: int, model: str, dataset: str, members: list[dict],
     accuracy_png = out / f"accuracy_vs_sparsity_{slug}.png"
     plot_accuracy(entries, published, same, f"{model} on {dataset}", accuracy_png, key)
     document += [f"![accuracy vs sparsity]({accuracy_png.name})", ""]
+    if any(not math.isnan(e["train_flops_sparse"]) for e in entries):
+        flops_png = out / f"accuracy_vs_flops_{slug}.png"
+        plot_accuracy_vs_flops(entries, f"{model} on {dataset}: accuracy against training "
+                               "compute", flops_png, key)
+        document += [report_markdown.FLOPS_CAPTION, "",
+                     f"![accuracy vs training FLOPs]({flops_png.name})", ""]
     learning_curves = curves_lib.finished_curves(members)
     if learning_curves:
         curves_png = out / f"curves_{slug}.png"

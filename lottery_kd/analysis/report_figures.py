@@ -142,3 +142,35 @@ def plot_layers(densities: dict[str, dict[str, float]], title: str, path: Path) 
         # beside the axes, not on them: one entry per distinct mask, sparsest last
         axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5),
                     title="sparsity", title_fontsize=7)
+
+
+def plot_accuracy_vs_flops(entries: Sequence[dict], title: str, path: Path, key: str) -> None:
+    """Test accuracy (`key`) against each run's training FLOPs with the pruned weights skipped
+    (log axis), one line per variant, the dense run a star: what a ticket's accuracy costs."""
+    variants = list(dict.fromkeys(e["variant"] for e in entries if e["variant"] != "dense"))
+    colors = dict(zip(variants, plotting.series_colors(len(variants))))
+    with plotting.figure(path, figsize=(10.5, 5)) as (_, axes):
+        for index, variant in enumerate(variants):
+            points = sorted((e["train_flops_sparse"], 100 * e[f"{key}_mean"],
+                             100 * e[f"{key}_std"]) for e in entries
+                            if e["variant"] == variant and not math.isnan(e[f"{key}_mean"])
+                            and not math.isnan(e["train_flops_sparse"]))
+            if points:
+                axes.errorbar([p[0] for p in points], [p[1] for p in points],
+                              yerr=[p[2] for p in points], capsize=3, color=colors[variant],
+                              marker=plotting.MARKERS[index % len(plotting.MARKERS)],
+                              label=variant)
+        for e in entries:
+            if e["variant"] == "dense" and not math.isnan(e["train_flops_sparse"]):
+                axes.plot([e["train_flops_sparse"]], [100 * e[f"{key}_mean"]], marker="*",
+                          markersize=14, color="black", linestyle="none", label="dense")
+        axes.set_xscale("log")
+        axes.set_xlabel("training FLOPs of the run, pruned weights skipped (log axis; "
+                        "a KD run includes its dense teacher's forward passes)")
+        axes.set_ylabel("test accuracy % " + ("at the best-validation epoch" if key == "best_val"
+                                              else "at the end of training"))
+        levels = sorted({round(100 * e["sparsity"], 2) for e in entries if e["sparsity"] > 0})
+        axes.set_title(title + "\neach line's points, right to left (less compute): sparsity "
+                       + ", ".join(f"{s:g}" for s in levels) + " %", fontsize=10)
+        axes.grid(alpha=0.3, which="both")
+        axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))

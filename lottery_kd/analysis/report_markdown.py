@@ -146,6 +146,13 @@ def group_text(index: int, model: str, dataset: str, members: Sequence[dict],
     return lines
 
 
+FLOPS_CAPTION = ("Accuracy against training compute: each run's training FLOPs with the pruned "
+                 "weights skipped (3 passes over the unpruned weights per example, plus a KD "
+                 "run's dense teacher forward; lottery_kd/models/flops.py), over the run's own "
+                 "steps (a rewound run's from its rewind point; not the dense run its mask came "
+                 "from). The masked dense step computes every pruned weight too: report.json "
+                 "has both counts, train_flops_sparse and train_flops_dense (the masked step's).")
+
 CURVES_CAPTION = ("Learning curves of the finished runs (test accuracy after each epoch, mean "
                   "over seeds with ± std bands; the dense run dashed), read from the runs' "
                   "TensorBoard events:")

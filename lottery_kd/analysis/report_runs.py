@@ -48,6 +48,7 @@ def load_run(directory: str | os.PathLike) -> dict:
         raise ReportError(str(error)) from None
     rows, damaged = results.scan_rows(workdir.results)
     notes = [jsonlines.describe(damaged)] if damaged else []
+    rows = _with_flops(config, rows, workdir)
     planned = _planned_runs(workdir)
     running = workdir_lock.running_note(directory)
     if planned is not None and len(rows) < planned:
@@ -56,6 +57,40 @@ def load_run(directory: str | os.PathLike) -> dict:
     elif running:
         notes.append(f"{directory} is {running}")
     return {"dir": directory, "config": config, "rows": rows, "notes": notes}
+
+
+# The input of each data set's models (image shape, classes): what models.flops counts over.
+_INPUTS = {"digits": ((8, 8, 1), 10), "cifar10": ((32, 32, 3), 10),
+           "cifar100": ((32, 32, 3), 100)}
+
+
+def _with_flops(config: dict, rows: list[dict], workdir: Workdir) -> list[dict]:
+    """The rows, each with its training FLOPs: rows written before the study recorded them get
+    them counted here from the config, plan.json and their layer_counts (models.flops)."""
+    if all("train_flops_sparse" in row for row in rows):
+        return rows
+    from lottery_kd.models import flops as flops_lib, get_model
+    model_cfg, data_cfg = config["model"], config["data"]
+    image_shape, classes = _INPUTS.get(data_cfg["name"], (
+        (data_cfg.get("image_size", 224), data_cfg.get("image_size", 224), 3), 1000))
+    try:
+        plan = json.loads(workdir.plan.read_text())
+        model = get_model(model_cfg["name"], classes, basis=model_cfg.get("basis", ""),
+                          conv_impl="xla", norm_impl=model_cfg.get("norm_impl", "flax"))
+        layers = flops_lib.layer_flops(model, image_shape)
+    except (OSError, ValueError, KeyError):  # no plan.json, or a model this version lacks
+        return rows
+    stop = config.get("kd", {}).get("stop_epoch")
+    dyn = config.get("dynamic", {})
+    rigl = ((dyn["delta_t"], int(dyn["end_fraction"] * plan["total_steps"]))
+            if dyn.get("method") == "rigl" else None)
+    return [
+        row if "train_flops_sparse" in row else {**row, **flops_lib.row_flops(
+            layers, row, batch_size=config["train"]["batch_size"],
+            kd_stop_step=stop * plan["steps_per_epoch"] if stop else None,
+            rigl=rigl if row["level"] > 0 and row["variant"].startswith("rigl") else None,
+            basis=bool(model_cfg.get("basis")))}
+        for row in rows]
 
 
 def _planned_runs(workdir: Workdir) -> Optional[int]:
@@ -106,7 +141,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
 
 def aggregate(runs: Sequence[dict]) -> list[dict]:
     """One entry per (variant, sparsity) over all runs: mean/std/n of the final test accuracy and
-    of the test accuracy at the best-validation epoch (fractions)."""
+    of the test accuracy at the best-validation epoch (fractions), and the mean training FLOPs
+    (sparse: the pruned weights skipped; dense: as the masked step computes)."""
     cells: dict[tuple[str, float], list[dict]] = {}
     for _, row in results.unique_rows(runs):
         cells.setdefault((row["variant"], round(row["sparsity"], 4)), []).append(row)
@@ -118,6 +154,9 @@ def aggregate(runs: Sequence[dict]) -> list[dict]:
                     "level": min(r["level"] for r in rows),
                     "final_mean": final[0], "final_std": final[1], "n": final[2],
                     "best_val_mean": best[0], "best_val_std": best[1], "best_val_n": best[2],
+                    "train_flops_sparse": _mean_std([r.get("train_flops_sparse")
+                                                     for r in rows])[0],
+                    "train_flops_dense": _mean_std([r.get("train_flops_dense") for r in rows])[0],
                     "runs": [str(run["dir"]) for run in runs
                              if any(r in run["rows"] for r in rows)]})
     order: dict[str, int] = {}  # each variant's first appearance: the config's order, also

@@ -22,7 +22,7 @@ from lottery_kd.config.identity import config_digest
 from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.kernels.build import NativeKernelError
 from lottery_kd.kernels.conv3x3 import native_enabled
-from lottery_kd.models import get_model
+from lottery_kd.models import flops as flops_lib, get_model
 from lottery_kd.runtime.environment import record_start
 from lottery_kd.runtime.parallel import DataParallel
 from lottery_kd.sparsity import masks as masks_lib
@@ -95,6 +95,7 @@ class Study:
                                        self.fingerprint)
         self.results_path = self.paths.results
         self._finals = SnapshotCache(size=4)  # bounded: not every snapshot of the study
+        self._layer_flops: Optional[dict[str, int]] = None  # models.flops, on first use
         if record and self.parallel.is_main:  # what lottery_kd.analysis.status reads to say how far
             results.set_aside_damaged(self.workdir, self.log)  # keep every valid row
             results.write_atomic(self.paths.plan, json.dumps(
@@ -212,15 +213,26 @@ class Study:
         finally:
             outputs.close(resume=False)  # the resume store goes once the row is written
         row = self._record(level, variant_name, fit, sparsity=sparsity, start_step=start_step,
-                           distill=distill)
+                           distill=distill, mask_update=mask_update)
         if main:
             outputs.resume.delete_all()  # the final snapshot and the row now stand for this run
         else:
             outputs.resume.close()
         return row
 
+    def _flops(self, row: dict, mask_update: Optional[MaskUpdate]) -> dict[str, float]:
+        """The row's training FLOPs, dense-equivalent and with the pruned weights skipped."""
+        if self._layer_flops is None:
+            self._layer_flops = flops_lib.layer_flops(self.model, self.data.image_shape)
+        rigl = (mask_update.delta_t, mask_update.end_step) \
+            if mask_update and mask_update.method == "rigl" else None
+        return flops_lib.row_flops(self._layer_flops, row,
+                                   batch_size=self.config.train.batch_size,
+                                   kd_stop_step=self.plan.kd_stop_step, rigl=rigl,
+                                   basis=bool(self.config.model.basis))
+
     def _record(self, level: int, variant_name: str, fit, *, sparsity: float, start_step: int,
-                distill: bool) -> dict:
+                distill: bool, mask_update: Optional[MaskUpdate]) -> dict:
         """Save a finished run's snapshot (fit.masks: a dynamic method changes them, keeping
         their count, so `sparsity` is the run's) and append its result row and summary; every
         process waits until the row is written."""
@@ -238,6 +250,7 @@ class Study:
                "layer_counts": {name: list(counts) for name, counts in
                                 masks_lib.layer_counts(fit.masks, self.scope).items()},
                "seconds": round(fit.seconds, 2)}
+        row.update(self._flops(row, mask_update))
         if self.parallel.is_main:
             results.append_row(self.results_path, row)
             results.write_summary(self.workdir, results.read_rows(self.results_path),
