@@ -45,6 +45,7 @@ def test_plain_tfds_load_finds_the_offline_preparation(prepared_data_dir):
     assert builder.info.splits["test"].num_examples == 10000
 
 
+@pytest.mark.slow  # 18 s; the image-for-image equality above runs by default
 @needs_cifar10
 def test_experiment_runs_on_the_tfds_source_offline(prepared_data_dir, tmp_path):
     from experiments import cifar10_resnet20
