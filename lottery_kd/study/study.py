@@ -91,21 +91,12 @@ class Study:
                                             decay=config.train.lr_decay,
                                             warmup_steps=self.plan.warmup_steps)
         self.fingerprint = {"model": config.model.name, "config_digest": config_digest(config)}
-        self.snapshots = SnapshotStore(self.paths.snapshots,
-                                       self.fingerprint)
+        self.snapshots = SnapshotStore(self.paths.snapshots, self.fingerprint)
         self.results_path = self.paths.results
         self._finals = SnapshotCache(size=4)  # bounded: not every snapshot of the study
         self._layer_flops: Optional[dict[str, int]] = None  # models.flops, on first use
-        if record and self.parallel.is_main:  # what lottery_kd.analysis.status reads to say how far
-            results.set_aside_damaged(self.workdir, self.log)  # keep every valid row
-            results.write_atomic(self.paths.plan, json.dumps(
-                {"steps_per_epoch": self.plan.steps_per_epoch,
-                 "total_steps": self.plan.total_steps, "rewind_step": self.plan.rewind_step,
-                 "runs": self.planned_runs()}, indent=1) + "\n")
-            record_start(self.workdir, conv_impl=config.model.conv_impl,
-                         native_conv_available=native_enabled(config.model.conv_impl),
-                         batch_norm_groups=self.parallel.batch_norm_groups(
-                             config.parallel.batch_norm))
+        if record and self.parallel.is_main:
+            self._record_start()
         self.log(f"{config.model.name} on {data_cfg.name}: train {self.data.train.num_examples}, "
                  f"val {self.data.val.num_examples if self.data.val else 0}, "
                  f"test {self.data.test.num_examples}; "
@@ -114,6 +105,20 @@ class Study:
                  f"{list(self.plan.milestone_steps)}; {self.parallel.device_count} device(s) in "
                  f"{self.parallel.process_count} process(es); workdir {self.workdir}\n"
                  f"{protocols.describe(config)}")
+
+    def _record_start(self) -> None:
+        """Set damaged rows aside (keeping every valid one), write plan.json (what
+        lottery_kd.analysis.status measures against) and this start's environment record."""
+        config = self.config
+        results.set_aside_damaged(self.workdir, self.log)
+        results.write_atomic(self.paths.plan, json.dumps(
+            {"steps_per_epoch": self.plan.steps_per_epoch,
+             "total_steps": self.plan.total_steps, "rewind_step": self.plan.rewind_step,
+             "runs": self.planned_runs()}, indent=1) + "\n")
+        record_start(self.workdir, conv_impl=config.model.conv_impl,
+                     native_conv_available=native_enabled(config.model.conv_impl),
+                     batch_norm_groups=self.parallel.batch_norm_groups(
+                         config.parallel.batch_norm))
 
     def make_trainer(self, data) -> Trainer:
         """A trainer with this study's model, optimizer, distillation and device layout, over
