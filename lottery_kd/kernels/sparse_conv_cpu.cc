@@ -49,12 +49,71 @@ constexpr int kDotTile = 4;
 
 int64_t RoundUp16(int64_t v) { return (v + 15) / 16 * 16; }
 
+// ---- 16x16 transposes in registers: 4 rounds, round B swaps bit B of the row and column index
+template <int B, int... I>
+inline v16 MixLo(v16 a, v16 b, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(a, b, ((I >> B) & 1 ? 16 + (I ^ (1 << B)) : I)...);
+}
+template <int B, int... I>
+inline v16 MixHi(v16 a, v16 b, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(a, b, ((I >> B) & 1 ? 16 + I : (I ^ (1 << B)))...);
+}
+template <int B>
+__attribute__((always_inline)) inline void TransposeRound(v16 (&r)[16]) {
+  constexpr auto idx = std::make_integer_sequence<int, 16>();
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i)
+    if (!((i >> B) & 1)) {
+      v16 a = r[i], b = r[i | (1 << B)];
+      r[i] = MixLo<B>(a, b, idx);
+      r[i | (1 << B)] = MixHi<B>(a, b, idx);
+    }
+}
+__attribute__((always_inline)) inline void Transpose16(v16 (&r)[16]) {
+  TransposeRound<0>(r);
+  TransposeRound<1>(r);
+  TransposeRound<2>(r);
+  TransposeRound<3>(r);
+}
+
+// Channels [0, nc) of m <= 16 pixels (pixel t at src + t * src_step) to channel-major rows
+// dst + cc * dst_cs + t. Full blocks of 16 channels store 16 values per row, zeros past m: the
+// caller leaves room (zeros land in padding or in places written later).
+void TransposeIn(const float* src, int64_t src_step, int64_t m, int64_t nc, float* dst,
+                 int64_t dst_cs) {
+  int64_t c0 = 0;
+  for (; c0 + 16 <= nc; c0 += 16) {
+    v16 r[16];
+    for (int t = 0; t < 16; ++t) r[t] = t < m ? load16(src + t * src_step + c0) : v16{};
+    Transpose16(r);
+    for (int cc = 0; cc < 16; ++cc) store16(dst + (c0 + cc) * dst_cs, r[cc]);
+  }
+  for (; c0 < nc; ++c0)
+    for (int64_t t = 0; t < m; ++t) dst[c0 * dst_cs + t] = src[t * src_step + c0];
+}
+
+// The inverse: channel rows src + cc * src_cs (16 readable values each) to m <= 16 pixels,
+// pixel t's channels at dst + t * dst_step.
+void TransposeOut(const float* src, int64_t src_cs, int64_t m, int64_t nc, float* dst,
+                  int64_t dst_step) {
+  int64_t c0 = 0;
+  for (; c0 + 16 <= nc; c0 += 16) {
+    v16 r[16];
+    for (int cc = 0; cc < 16; ++cc) r[cc] = load16(src + (c0 + cc) * src_cs);
+    Transpose16(r);
+    for (int64_t t = 0; t < m; ++t) store16(dst + t * dst_step + c0, r[t]);
+  }
+  for (; c0 < nc; ++c0)
+    for (int64_t t = 0; t < m; ++t) dst[t * dst_step + c0] = src[c0 * src_cs + t];
+}
+
 // The layer and the buffer layouts derived from it.
 struct Geometry {
   int64_t n, h, w, c, k;  // input [n,h,w,c], k output channels
   int64_t r, s, p;        // kernel size, stride, padding
   int64_t oh, ow;         // output size
   int64_t hq, wq;         // rows and pitch of a phase plane of the padded input
+  int64_t ps;             // floats per phase plane (hq * wq and 16 of slack for TransposeIn)
   int64_t x_cs;           // floats per input channel in the phase-plane buffer (s*s planes)
   int64_t y_len;          // floats per output channel, flat over (oh, wq), a multiple of 16
 };
@@ -66,10 +125,10 @@ Geometry MakeGeometry(int64_t n, int64_t h, int64_t w, int64_t c, int64_t k, int
   g.ow = (w + 2 * p - r) / s + 1;
   g.hq = (h + 2 * p + s - 1) / s;
   g.wq = (w + 2 * p + s - 1) / s;
+  g.ps = g.hq * g.wq + 16;
   g.y_len = RoundUp16(g.oh * g.wq);
   int64_t reach = (r - 1) / s;  // the largest tap shift inside a plane, in rows and in columns
-  g.x_cs = RoundUp16(std::max(s * s * g.hq * g.wq,
-                              (s * s - 1) * g.hq * g.wq + g.y_len + reach * g.wq + reach));
+  g.x_cs = RoundUp16(std::max(s * s * g.ps, (s * s - 1) * g.ps + g.y_len + reach * g.wq + reach));
   return g;
 }
 
@@ -77,21 +136,26 @@ Geometry MakeGeometry(int64_t n, int64_t h, int64_t w, int64_t c, int64_t k, int
 // over (oh, wq)) reads the input at that offset + q.
 int32_t ForwardOffset(const Geometry& g, int64_t kh, int64_t kw, int64_t cc) {
   int64_t plane = (kh % g.s) * g.s + kw % g.s;
-  return static_cast<int32_t>(cc * g.x_cs + plane * g.hq * g.wq + (kh / g.s) * g.wq + kw / g.s);
+  return static_cast<int32_t>(cc * g.x_cs + plane * g.ps + (kh / g.s) * g.wq + kw / g.s);
 }
 
 // Scatters an NHWC image into `buf` (zeroed here): channel cc, padded pixel (row, col) lands in
-// plane (row % s, col % s) at (row / s) * wq + col / s of channel block cc * x_cs.
+// plane (row % s, col % s) at (row / s) * wq + col / s of channel block cc * x_cs. The pixels of a
+// row with one column phase are contiguous there: they move 16 at a time.
 void ToPhasePlanes(const Geometry& g, const float* img, std::vector<float>& buf) {
-  buf.assign(g.c * g.x_cs + 16, 0.0f);
+  buf.assign(g.c * g.x_cs + 32, 0.0f);
   for (int64_t ih = 0; ih < g.h; ++ih) {
     int64_t row = ih + g.p;
-    for (int64_t iw = 0; iw < g.w; ++iw) {
-      int64_t col = iw + g.p;
-      float* dst = buf.data() + ((row % g.s) * g.s + col % g.s) * g.hq * g.wq +
-                   (row / g.s) * g.wq + col / g.s;
-      const float* src = img + (ih * g.w + iw) * g.c;
-      for (int64_t cc = 0; cc < g.c; ++cc) dst[cc * g.x_cs] = src[cc];
+    if (row % g.s >= g.r) continue;  // a phase no tap reads (1x1, stride 2)
+    for (int64_t pw = 0; pw < std::min(g.s, g.r); ++pw) {
+      int64_t iw0 = ((pw - g.p) % g.s + g.s) % g.s;  // the first column with (iw + p) % s == pw
+      int64_t count = iw0 < g.w ? (g.w - iw0 + g.s - 1) / g.s : 0;
+      float* dst = buf.data() + ((row % g.s) * g.s + pw) * g.ps + (row / g.s) * g.wq +
+                   (iw0 + g.p) / g.s;
+      const float* src = img + (ih * g.w + iw0) * g.c;
+      for (int64_t t = 0; t < count; t += 16)
+        TransposeIn(src + t * g.s * g.c, g.s * g.c, std::min<int64_t>(16, count - t), g.c,
+                    dst + t, g.x_cs);
     }
   }
 }
@@ -166,15 +230,13 @@ void SparseForward(ffi::ThreadPool& pool, const Geometry& g, const float* x, con
   ParallelFor(pool, g.n, [&](int64_t n) {
     thread_local std::vector<float> in, out;
     ToPhasePlanes(g, x + n * g.h * g.w * g.c, in);
-    out.resize(g.k * g.y_len);
+    out.resize(g.k * g.y_len + 16);
     SparseApply(rows, in.data(), g.y_len, out.data());
     float* y_img = y + n * g.oh * g.ow * g.k;
     for (int64_t i = 0; i < g.oh; ++i)
-      for (int64_t j = 0; j < g.ow; ++j) {
-        const float* src = out.data() + i * g.wq + j;
-        float* dst = y_img + (i * g.ow + j) * g.k;
-        for (int64_t kk = 0; kk < g.k; ++kk) dst[kk] = src[kk * g.y_len];
-      }
+      for (int64_t j = 0; j < g.ow; j += 16)
+        TransposeOut(out.data() + i * g.wq + j, g.y_len, std::min<int64_t>(16, g.ow - j), g.k,
+                     y_img + (i * g.ow + j) * g.k, g.k);
   });
 }
 
@@ -236,26 +298,27 @@ void SparseInputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, 
   int64_t plane = g.c * t.x_len;
   ParallelFor(pool, g.n, [&](int64_t n) {
     thread_local std::vector<float> in, out;
-    in.assign(g.k * t.dy_cs + 16, 0.0f);
+    in.assign(g.k * t.dy_cs + 32, 0.0f);
     const float* dy_img = dy + n * g.oh * g.ow * g.k;
     for (int64_t i = 0; i < g.oh; ++i)
-      for (int64_t j = 0; j < g.ow; ++j) {
-        float* dst = in.data() + (i + t.pad) * t.wd + j + t.pad;
-        const float* src = dy_img + (i * g.ow + j) * g.k;
-        for (int64_t kk = 0; kk < g.k; ++kk) dst[kk * t.dy_cs] = src[kk];
-      }
-    out.resize(g.s * g.s * plane);
+      for (int64_t j = 0; j < g.ow; j += 16)
+        TransposeIn(dy_img + (i * g.ow + j) * g.k, g.k, std::min<int64_t>(16, g.ow - j), g.k,
+                    in.data() + (i + t.pad) * t.wd + j + t.pad, t.dy_cs);
+    out.resize(g.s * g.s * plane + 16);
     for (int64_t ph = 0; ph < g.s * g.s; ++ph)
       SparseApply(phases[ph], in.data(), t.x_len, out.data() + ph * plane);
     float* dx_img = dx + n * g.h * g.w * g.c;
     for (int64_t ih = 0; ih < g.h; ++ih) {
       int64_t row = ih + g.p, ph = row % g.s;
-      for (int64_t iw = 0; iw < g.w; ++iw) {
-        int64_t col = iw + g.p, pw = col % g.s;
+      for (int64_t pw = 0; pw < g.s; ++pw) {
+        int64_t iw0 = ((pw - g.p) % g.s + g.s) % g.s;  // the first column of this phase
+        int64_t count = iw0 < g.w ? (g.w - iw0 + g.s - 1) / g.s : 0;
         const float* src = out.data() + (ph * g.s + pw) * plane +
-                           (row / g.s - t.i0[ph]) * t.wd + col / g.s - t.j0[pw];
-        float* dst = dx_img + (ih * g.w + iw) * g.c;
-        for (int64_t cc = 0; cc < g.c; ++cc) dst[cc] = src[cc * t.x_len];
+                           (row / g.s - t.i0[ph]) * t.wd + (iw0 + g.p) / g.s - t.j0[pw];
+        float* dst = dx_img + (ih * g.w + iw0) * g.c;
+        for (int64_t j = 0; j < count; j += 16)
+          TransposeOut(src + j, t.x_len, std::min<int64_t>(16, count - j), g.c,
+                       dst + j * g.s * g.c, g.s * g.c);
       }
     }
   });
@@ -318,17 +381,16 @@ void FilterGradImage(const Geometry& g, const DotList& list, const float* x_img,
                      const float* dy_img, float* sums) {
   thread_local std::vector<float> in, grad;
   ToPhasePlanes(g, x_img, in);
-  grad.assign(g.k * g.y_len, 0.0f);
+  const int64_t pitch = g.y_len + 16;  // room for TransposeIn's trailing zeros
+  grad.assign(g.k * pitch, 0.0f);
   for (int64_t i = 0; i < g.oh; ++i)
-    for (int64_t j = 0; j < g.ow; ++j) {
-      const float* src = dy_img + (i * g.ow + j) * g.k;
-      float* dst = grad.data() + i * g.wq + j;
-      for (int64_t kk = 0; kk < g.k; ++kk) dst[kk * g.y_len] = src[kk];
-    }
+    for (int64_t j = 0; j < g.ow; j += 16)
+      TransposeIn(dy_img + (i * g.ow + j) * g.k, g.k, std::min<int64_t>(16, g.ow - j), g.k,
+                  grad.data() + i * g.wq + j, pitch);
   for (int64_t kk = 0; kk < g.k; ++kk)
     for (int64_t a = list.start[kk]; a < list.start[kk + 1]; a += kDotTile) {
       int64_t m = std::min<int64_t>(kDotTile, list.start[kk + 1] - a);
-      kDotTiles[m - 1](in.data(), list.off.data() + a, grad.data() + kk * g.y_len, g.y_len / 16,
+      kDotTiles[m - 1](in.data(), list.off.data() + a, grad.data() + kk * pitch, g.y_len / 16,
                        sums + a);
     }
 }
