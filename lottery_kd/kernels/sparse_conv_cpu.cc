@@ -32,12 +32,17 @@ using namespace lottery_kd;  // NOLINT: the shared vector helpers
 
 // Densities (nonzero weights / all weights) above which the dense kernels run instead, where they
 // apply (3x3, padding 1, a multiple of 16 output channels; stride 1 only for the input gradient).
-// Measured with benchmarks/sparse_conv.py (batch 128, AVX-512 EPYC, 2 cores shared with a training
-// job, see benchmarks/results/sparse_conv_cpu_under_load_*.json): the sparse path still wins at
-// density 0.5 on most shapes and loses at 1.0.
-constexpr float kForwardCrossover = 0.5f;
-constexpr float kInputGradCrossover = 0.5f;
-constexpr float kFilterGradCrossover = 0.5f;
+// Measured with benchmarks/sparse_conv.py (batch 128, the five 3x3 CIFAR ResNet shapes, AVX-512
+// EPYC, 2 cores shared with a training job: noisy; benchmarks/results/
+// sparse_conv_cpu_under_load_2026-12-03.json). Sparse / dense speed-up by density:
+//   forward      0.5: 0.51-0.99  0.2: 1.05-1.25  0.1074: 1.08-2.22
+//   input grad   0.5: 0.67-0.85  0.2: 1.12-1.36  0.1074: 1.19-1.64  (stride 1; stride 2 always sparse)
+//   filter grad  0.5: 0.30-0.77  0.2: 0.80-1.42  0.1074: 1.16-1.68
+// so the forward and input-gradient crossovers sit between 0.2 and 0.5, the filter gradient's
+// near 0.2 (the sparse dot products load two vectors per multiply-add).
+constexpr float kForwardCrossover = 0.3f;
+constexpr float kInputGradCrossover = 0.3f;
+constexpr float kFilterGradCrossover = 0.2f;
 
 #ifdef __AVX512F__
 constexpr int kTile = 12;     // output vectors in registers (32 zmm registers)
