@@ -115,8 +115,23 @@ def forward(x: jnp.ndarray, w: jnp.ndarray, stride: int, padding: int,
 
 def input_grad(dy: jnp.ndarray, w: jnp.ndarray, stride: int, padding: int,
                x_shape: Sequence[int], path: str = "auto") -> jnp.ndarray:
-    """d(conv(x, w))/dx applied to dy, skipping w's zeros."""
+    """d(conv(x, w))/dx applied to dy, skipping w's zeros. A strided 1x1 layer's gradient goes to
+    XLA unless the path is forced to "sparse": it is a small matmul scattered to every s-th
+    pixel, where the kernel's per-pixel transposes lost to XLA at every density (0.46-0.83x,
+    benchmarks/results/sparse_conv_cpu_under_load_2026-12-03.json)."""
+    if w.shape[0] == 1 and stride > 1 and path != "sparse":
+        return _xla_input_grad(dy, w, stride, padding, x_shape)
     return _ffi("input_grad", x_shape, dy, w, stride=stride, padding=padding, path=path)
+
+
+def _xla_input_grad(dy: jnp.ndarray, w: jnp.ndarray, stride: int, padding: int,
+                    x_shape: Sequence[int]) -> jnp.ndarray:
+    def conv(x):
+        return lax.conv_general_dilated(x, w, (stride, stride), [(padding, padding)] * 2,
+                                        dimension_numbers=_NHWC)
+
+    transpose = jax.linear_transpose(conv, jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32))
+    return transpose(dy)[0]
 
 
 def filter_grad(x: jnp.ndarray, dy: jnp.ndarray, mask: jnp.ndarray, stride: int, padding: int,
