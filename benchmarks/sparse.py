@@ -10,7 +10,9 @@ skip pruned weights, each layer dense above its crossover), the masks an argumen
 density runs the same compiled code. Timed in alternating blocks (native, sparse, native, ...)
 after an untimed block each; medians. Records: model, density, pass (train | infer), impl,
 images_per_sec, default (whether it is the path a study uses by default, model.conv_impl
-'auto'), and the speed-up over the same impl at density 1.
+'auto'), and the speed-up over the same impl at density 1. Where torch is installed, PyTorch
+eager's dense train step and inference (benchmarks.compare_pytorch's network) are recorded
+beside them at density 1 (impl "pytorch_eager").
 """
 
 from __future__ import annotations
@@ -96,12 +98,31 @@ def measure(model_name: str, densities: list[float], batch: int, steps: int,
                                 "impl": impl, "default": impl == DEFAULT_IMPL, "batch": batch,
                                 "images_per_sec": round(steps * batch / median(seconds[impl]),
                                                         1)})
+    records += _pytorch_records(model_name, batch, steps)
     for record in records:
         base = next(r for r in records if r["density"] == max(densities)
                     and r["pass"] == record["pass"] and r["impl"] == record["impl"])
+        # PyTorch: dense only, so its one record is its own base
         record["speedup_over_densest"] = round(record["images_per_sec"]
                                                / base["images_per_sec"], 3)
     return records
+
+
+def _pytorch_records(model_name: str, batch: int, steps: int) -> list[dict]:
+    """PyTorch eager's dense train step and inference (benchmarks.compare_pytorch), where torch
+    is installed and has the model (bottleneck networks are not built there); else none."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return []
+    if "bottleneck" in model_name:
+        return []
+    from benchmarks.compare_pytorch import measure_torch
+    measured = measure_torch(model_name, batch, max(steps, 5))
+    return [{"model": model_name, "density": 1.0, "pass": name, "impl": "pytorch_eager",
+             "default": False, "batch": batch,
+             "images_per_sec": round(measured[f"{key}_images_per_sec"], 1)}
+            for name, key in (("train", "train"), ("infer", "eval"))]
 
 
 def main(argv: list[str] | None = None) -> None:
