@@ -100,9 +100,9 @@ def measure(model_name: str, densities: list[float], batch: int, steps: int,
                                                         1)})
     records += _pytorch_records(model_name, batch, steps)
     for record in records:
-        base = next(r for r in records if r["density"] == max(densities)
-                    and r["pass"] == record["pass"] and r["impl"] == record["impl"])
-        # PyTorch: dense only, so its one record is its own base
+        base = next((r for r in records if r["density"] == max(densities)
+                     and r["pass"] == record["pass"] and r["impl"] == record["impl"]),
+                    record)  # PyTorch: dense only, its one record its own base
         record["speedup_over_densest"] = round(record["images_per_sec"]
                                                / base["images_per_sec"], 3)
     return records
