@@ -20,6 +20,8 @@
 //
 // Determinism: every output element is summed in a fixed order that does not depend on the number
 // of threads (the filter gradient sums fixed image blocks, then adds the blocks in order).
+#include <immintrin.h>
+
 #include <array>
 #include <atomic>
 #include <cstring>
@@ -75,12 +77,46 @@ __attribute__((always_inline)) inline void TransposeRound(v16 (&r)[16]) {
       r[i | (1 << B)] = MixHi<B>(a, b, idx);
     }
 }
+#ifdef __AVX512F__
+// The same with AVX-512's three-operand shuffles, 64 in all (unpack ps, unpack pd, two rounds of
+// 128-bit lane shuffles): GCC compiled the generic rounds to ~300 shuffles and register copies,
+// which made the transposes cost twice the sparse arithmetic at density 0.1.
+__attribute__((always_inline)) inline void Transpose16(v16 (&r)[16]) {
+  __m512 t[16], u[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {  // t[2i] lane L: r[2i][4L], r[2i+1][4L], r[2i][4L+1], ...
+    t[2 * i] = _mm512_unpacklo_ps((__m512)r[2 * i], (__m512)r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps((__m512)r[2 * i], (__m512)r[2 * i + 1]);
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < 4; ++g) {  // u[4g+j] lane L: rows 4g .. 4g+3 of column 4L+j
+    __m512d lo01 = (__m512d)t[4 * g], hi01 = (__m512d)t[4 * g + 1];
+    __m512d lo23 = (__m512d)t[4 * g + 2], hi23 = (__m512d)t[4 * g + 3];
+    u[4 * g] = (__m512)_mm512_unpacklo_pd(lo01, lo23);
+    u[4 * g + 1] = (__m512)_mm512_unpackhi_pd(lo01, lo23);
+    u[4 * g + 2] = (__m512)_mm512_unpacklo_pd(hi01, hi23);
+    u[4 * g + 3] = (__m512)_mm512_unpackhi_pd(hi01, hi23);
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {  // column 4L+j = lanes L of u[j], u[4+j], u[8+j], u[12+j]
+    __m512 w0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
+    __m512 w1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xdd);
+    __m512 w2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    __m512 w3 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xdd);
+    r[j] = (v16)_mm512_shuffle_f32x4(w0, w2, 0x88);
+    r[8 + j] = (v16)_mm512_shuffle_f32x4(w0, w2, 0xdd);
+    r[4 + j] = (v16)_mm512_shuffle_f32x4(w1, w3, 0x88);
+    r[12 + j] = (v16)_mm512_shuffle_f32x4(w1, w3, 0xdd);
+  }
+}
+#else
 __attribute__((always_inline)) inline void Transpose16(v16 (&r)[16]) {
   TransposeRound<0>(r);
   TransposeRound<1>(r);
   TransposeRound<2>(r);
   TransposeRound<3>(r);
 }
+#endif
 
 // Channels [0, nc) of m <= 16 pixels (pixel t at src + t * src_step) to channel-major rows
 // dst + cc * dst_cs + t. Full blocks of 16 channels store 16 values per row, zeros past m: the
@@ -90,7 +126,10 @@ void TransposeIn(const float* src, int64_t src_step, int64_t m, int64_t nc, floa
   int64_t c0 = 0;
   for (; c0 + 16 <= nc; c0 += 16) {
     v16 r[16];
-    for (int t = 0; t < 16; ++t) r[t] = t < m ? load16(src + t * src_step + c0) : v16{};
+    for (int t = 0; t < 16; ++t) {
+      __builtin_prefetch(src + (t + 16) * src_step + c0);  // the next block (a cache miss)
+      r[t] = t < m ? load16(src + t * src_step + c0) : v16{};
+    }
     Transpose16(r);
     for (int cc = 0; cc < 16; ++cc) store16(dst + (c0 + cc) * dst_cs, r[cc]);
   }
