@@ -37,15 +37,17 @@ using namespace lottery_kd;  // NOLINT: the shared vector helpers
 // apply (3x3, padding 1, a multiple of 16 output channels; stride 1 only for the input gradient).
 // Measured with benchmarks/sparse_conv.py (batch 128, the five 3x3 CIFAR ResNet shapes, AVX-512
 // EPYC, 2 cores shared with a training job: noisy; benchmarks/results/
-// sparse_conv_cpu_under_load_2026-12-03.json). Sparse / dense speed-up by density:
-//   forward      0.5: 0.51-0.99  0.2: 1.05-1.25  0.1074: 1.08-2.22
-//   input grad   0.5: 0.67-0.85  0.2: 1.12-1.36  0.1074: 1.19-1.64  (stride 1; stride 2 always sparse)
-//   filter grad  0.5: 0.30-0.77  0.2: 0.80-1.42  0.1074: 1.16-1.68
-// so the forward and input-gradient crossovers sit between 0.2 and 0.5, the filter gradient's
-// near 0.2 (the sparse dot products load two vectors per multiply-add).
+// sparse_conv_cpu_under_load_v2_2026-12-03.json). Sparse / dense speed-up, range over the shapes:
+//                  0.5        0.3        0.2        0.1074     0.05       0.02
+//   forward        0.65-0.81  1.03-1.22  1.20-1.73  1.65-2.44  1.96-3.87  2.15-5.69
+//   input grad s1  0.66-0.84  1.08-1.25  1.43-1.52  1.64-2.41  2.26-3.89  2.40-4.60
+//   filter grad    0.48-0.68  0.81-1.20  1.12-1.35  1.56-2.10  1.93-3.99  2.03-6.40
+// (the stride-2 input gradient, against XLA: 1.09-3.00 at 0.5, so always sparse), so the forward
+// and input-gradient crossovers sit just above 0.3, the filter gradient's between 0.2 and 0.3 (its
+// sparse dot products load two vectors per multiply-add).
 constexpr float kForwardCrossover = 0.3f;
 constexpr float kInputGradCrossover = 0.3f;
-constexpr float kFilterGradCrossover = 0.2f;
+constexpr float kFilterGradCrossover = 0.25f;
 
 #ifdef __AVX512F__
 constexpr int kTile = 12;     // output vectors in registers (32 zmm registers)
