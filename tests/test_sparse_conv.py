@@ -103,6 +103,19 @@ def test_results_do_not_depend_on_the_thread_count(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+def test_strided_1x1_input_grad_goes_to_xla_unless_forced():
+    x, kernel, _, stride, padding = layer((16, 32, 64, 2, 1), 0.1)
+    dy = jnp.zeros((2, 8, 8, 64))
+
+    def calls(path):
+        jaxpr = jax.make_jaxpr(lambda d: sc.input_grad(d, kernel, stride, padding, x.shape,
+                                                       path))(dy)
+        return str(jaxpr).count("ffi_call")
+
+    assert calls("auto") == calls("dense") == 0
+    assert calls("sparse") == 1
+
+
 def test_invalid_layers_are_refused_by_name():
     x, kernel, mask, _, _ = layer((8, 16, 16, 1, 3), 0.5)
     with pytest.raises(ValueError, match="stride 3 must be 1 or 2"):
