@@ -8,8 +8,9 @@ positions), each jitted on its own, timed in alternating blocks (dense, sparse, 
 a warm-up; medians. "dense" is conv3x3's native kernel where it applies (3x3, padding 1; the
 filter gradient then masked) and XLA's convolution elsewhere (1x1 kernels, the stride-2 input
 gradient), as a dense network would run; "sparse" is sparse_conv with its path forced to the
-sparse loops. Records: shape, pass, density, the dense implementation, milliseconds of each, the
-speed-up and the largest relative difference between the two results.
+sparse loops (masked_conv's "auto" path sends the 1x1 stride-2 input gradient to XLA instead).
+Records: shape, pass, density, the dense implementation, milliseconds of each, the speed-up and
+the largest relative difference between the two results.
 """
 
 from __future__ import annotations
