@@ -103,6 +103,23 @@ def test_results_do_not_depend_on_the_thread_count(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[4], SHAPES[5], SHAPES[10]])
+@pytest.mark.parametrize("density", [0.5, 0.1])
+def test_one_backward_call_equals_the_two_gradient_calls(shape, density):
+    """The fused pass (dy transposed once, read by both gradients) changes no bit."""
+    x, kernel, mask, stride, padding = layer(shape, density)
+    w = jnp.where(mask, kernel, 0.0)
+    m = mask.astype(jnp.float32)
+    y_shape = sc.forward(x, w, stride, padding).shape
+    dy = jax.random.normal(jax.random.key(5), y_shape)
+    for path in ("sparse", "auto"):
+        fused = sc.backward(x, dy, w, m, stride, padding, path)
+        apart = (sc.input_grad(dy, w, stride, padding, x.shape, path),
+                 sc.filter_grad(x, dy, m, stride, padding, path))
+        for a, b in zip(fused, apart):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_strided_1x1_input_grad_goes_to_xla_unless_forced():
     x, kernel, _, stride, padding = layer((16, 32, 64, 2, 1), 0.1)
     dy = jnp.zeros((2, 8, 8, 64))

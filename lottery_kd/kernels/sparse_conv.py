@@ -33,7 +33,8 @@ from lottery_kd.kernels.build import NativeKernelError
 _SOURCE = "sparse_conv_cpu.cc"
 _TARGETS = (("lottery_kd_sparse_conv_forward", "LotteryKdSparseConvForward"),
             ("lottery_kd_sparse_conv_input_grad", "LotteryKdSparseConvInputGrad"),
-            ("lottery_kd_sparse_conv_filter_grad", "LotteryKdSparseConvFilterGrad"))
+            ("lottery_kd_sparse_conv_filter_grad", "LotteryKdSparseConvFilterGrad"),
+            ("lottery_kd_sparse_conv_backward", "LotteryKdSparseConvBackward"))
 _NHWC = ("NHWC", "HWIO", "NHWC")
 # How a call chooses its path: by the layer's density (the kernel's crossover constants), or
 # forced (benchmarks and tests); "dense" falls back to sparse where the dense kernel does not apply
@@ -56,14 +57,14 @@ def out_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel_size) // stride + 1
 
 
-def _ffi(name: str, out_shape: Sequence[int], *operands: jnp.ndarray, stride: int, padding: int,
-         path: str) -> jnp.ndarray:
+def _ffi(name: str, out_shape, *operands: jnp.ndarray, stride: int, padding: int, path: str):
+    """The custom call `name`: out_shape one shape (an array back) or a list of shapes (a list)."""
     ok, reason = _load()  # builds and registers the targets on first use
     if not ok:
         raise NativeKernelError(f"the native masked convolution is unavailable: {reason}")
-    call = jax.ffi.ffi_call(f"lottery_kd_sparse_conv_{name}",
-                            jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32),
-                            vmap_method="sequential")
+    result = (jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32) if isinstance(out_shape, tuple)
+              else [jax.ShapeDtypeStruct(tuple(shape), jnp.float32) for shape in out_shape])
+    call = jax.ffi.ffi_call(f"lottery_kd_sparse_conv_{name}", result, vmap_method="sequential")
     return call(*operands, stride=np.int64(stride), padding=np.int64(padding),
                 path=np.int64(PATHS[path]))
 
@@ -121,7 +122,7 @@ def input_grad(dy: jnp.ndarray, w: jnp.ndarray, stride: int, padding: int,
     benchmarks/results/sparse_conv_cpu_under_load_2026-12-03.json)."""
     if w.shape[0] == 1 and stride > 1 and path != "sparse":
         return _xla_input_grad(dy, w, stride, padding, x_shape)
-    return _ffi("input_grad", x_shape, dy, w, stride=stride, padding=padding, path=path)
+    return _ffi("input_grad", tuple(x_shape), dy, w, stride=stride, padding=padding, path=path)
 
 
 def _xla_input_grad(dy: jnp.ndarray, w: jnp.ndarray, stride: int, padding: int,
@@ -140,6 +141,18 @@ def filter_grad(x: jnp.ndarray, dy: jnp.ndarray, mask: jnp.ndarray, stride: int,
     return _ffi("filter_grad", mask.shape, x, dy, mask, stride=stride, padding=padding, path=path)
 
 
+def backward(x: jnp.ndarray, dy: jnp.ndarray, w: jnp.ndarray, mask: jnp.ndarray, stride: int,
+             padding: int, path: str = "auto") -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(input_grad, filter_grad) in one call: where both run the sparse loops, one pass over the
+    images transposes dy once for both (the same results as the two calls, bit for bit)."""
+    if w.shape[0] == 1 and stride > 1 and path != "sparse":
+        return (input_grad(dy, w, stride, padding, x.shape, path),
+                filter_grad(x, dy, mask, stride, padding, path))
+    dx, dw = _ffi("backward", [x.shape, w.shape], x, dy, w, mask, stride=stride, padding=padding,
+                  path=path)
+    return dx, dw
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _masked_conv(x: jnp.ndarray, kernel: jnp.ndarray, mask: jnp.ndarray, stride: int,
                  padding: int, path: str) -> jnp.ndarray:
@@ -153,8 +166,7 @@ def _masked_conv_fwd(x, kernel, mask, stride, padding, path):
 
 def _masked_conv_bwd(stride, padding, path, residuals, dy):
     x, w, mask = residuals
-    return (input_grad(dy, w, stride, padding, x.shape, path),
-            filter_grad(x, dy, mask, stride, padding, path), jnp.zeros_like(mask))
+    return (*backward(x, dy, w, mask, stride, padding, path), jnp.zeros_like(mask))
 
 
 _masked_conv.defvjp(_masked_conv_fwd, _masked_conv_bwd)

@@ -360,40 +360,55 @@ SparseRows InputGradRows(const Geometry& g, const Transposed& t, const float* w,
   return rows;
 }
 
-void SparseInputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const float* w,
-                     float* dx) {
-  Transposed t = MakeTransposed(g);
+std::vector<SparseRows> InputGradPhases(const Geometry& g, const Transposed& t, const float* w) {
   std::vector<SparseRows> phases;
   for (int64_t ph = 0; ph < g.s; ++ph)
     for (int64_t pw = 0; pw < g.s; ++pw) phases.push_back(InputGradRows(g, t, w, ph, pw));
+  return phases;
+}
+
+// One image's dy, channel-major and zero-padded (see Transposed), into `padded` (its padding
+// zero: PaddedBuffer).
+void PadDy(const Geometry& g, const Transposed& t, const float* dy_img, float* padded) {
+  for (int64_t i = 0; i < g.oh; ++i)
+    for (int64_t j = 0; j < g.ow; j += 16)
+      TransposeIn(dy_img + (i * g.ow + j) * g.k, g.k, std::min<int64_t>(16, g.ow - j), g.k,
+                  padded + (i + t.pad) * t.wd + j + t.pad, t.dy_cs);
+}
+
+// One image's dx from its padded dy.
+void InputGradImage(const Geometry& g, const Transposed& t, const std::vector<SparseRows>& phases,
+                    const float* padded, float* dx_img) {
+  thread_local std::vector<float> out;
   int64_t plane = g.c * t.x_len;
+  out.resize(g.s * g.s * plane + 16);
+  for (int64_t ph = 0; ph < g.s * g.s; ++ph)
+    SparseApply(phases[ph], padded, t.x_len, out.data() + ph * plane);
+  for (int64_t ih = 0; ih < g.h; ++ih) {
+    int64_t row = ih + g.p, ph = row % g.s;
+    for (int64_t pw = 0; pw < g.s; ++pw) {
+      int64_t iw0 = ((pw - g.p) % g.s + g.s) % g.s;  // the first column of this phase
+      int64_t count = iw0 < g.w ? (g.w - iw0 + g.s - 1) / g.s : 0;
+      const float* src = out.data() + (ph * g.s + pw) * plane + (row / g.s - t.i0[ph]) * t.wd +
+                         (iw0 + g.p) / g.s - t.j0[pw];
+      float* dst = dx_img + (ih * g.w + iw0) * g.c;
+      for (int64_t j = 0; j < count; j += 16)
+        TransposeOut(src + j, t.x_len, std::min<int64_t>(16, count - j), g.c,
+                     dst + j * g.s * g.c, g.s * g.c);
+    }
+  }
+}
+
+void SparseInputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const float* w,
+                     float* dx) {
+  Transposed t = MakeTransposed(g);
+  std::vector<SparseRows> phases = InputGradPhases(g, t, w);
   const uint64_t call = NewCall();
   ParallelFor(pool, g.n, [&](int64_t n) {
     thread_local PaddedBuffer in;
-    thread_local std::vector<float> out;
     float* padded = in.Prepare(call, g.k * t.dy_cs + 32);
-    const float* dy_img = dy + n * g.oh * g.ow * g.k;
-    for (int64_t i = 0; i < g.oh; ++i)
-      for (int64_t j = 0; j < g.ow; j += 16)
-        TransposeIn(dy_img + (i * g.ow + j) * g.k, g.k, std::min<int64_t>(16, g.ow - j), g.k,
-                    padded + (i + t.pad) * t.wd + j + t.pad, t.dy_cs);
-    out.resize(g.s * g.s * plane + 16);
-    for (int64_t ph = 0; ph < g.s * g.s; ++ph)
-      SparseApply(phases[ph], padded, t.x_len, out.data() + ph * plane);
-    float* dx_img = dx + n * g.h * g.w * g.c;
-    for (int64_t ih = 0; ih < g.h; ++ih) {
-      int64_t row = ih + g.p, ph = row % g.s;
-      for (int64_t pw = 0; pw < g.s; ++pw) {
-        int64_t iw0 = ((pw - g.p) % g.s + g.s) % g.s;  // the first column of this phase
-        int64_t count = iw0 < g.w ? (g.w - iw0 + g.s - 1) / g.s : 0;
-        const float* src = out.data() + (ph * g.s + pw) * plane +
-                           (row / g.s - t.i0[ph]) * t.wd + (iw0 + g.p) / g.s - t.j0[pw];
-        float* dst = dx_img + (ih * g.w + iw0) * g.c;
-        for (int64_t j = 0; j < count; j += 16)
-          TransposeOut(src + j, t.x_len, std::min<int64_t>(16, count - j), g.c,
-                       dst + j * g.s * g.c, g.s * g.c);
-      }
-    }
+    PadDy(g, t, dy + n * g.oh * g.ow * g.k, padded);
+    InputGradImage(g, t, phases, padded, dx + n * g.h * g.w * g.c);
   });
 }
 
@@ -452,31 +467,59 @@ constexpr std::array<DotTileFn, sizeof...(I)> DotTiles(std::integer_sequence<int
 }
 constexpr auto kDotTiles = DotTiles(std::make_integer_sequence<int, kDotTile>());
 
-void FilterGradImage(const Geometry& g, const DotList& list, uint64_t call, const float* x_img,
-                     const float* dy_img, float* sums) {
-  thread_local PaddedBuffer in, grad;
+// Adds one image's products to the 16-lane sums of every mask position: x in phase planes, dy
+// channel kk at dyt + kk * dy_cs, flat over (oh, wq) and zero in the padding columns.
+void FilterGradDots(const Geometry& g, const DotList& list, const float* planes, const float* dyt,
+                    int64_t dy_cs, float* sums) {
+  for (int64_t kk = 0; kk < g.k; ++kk)
+    for (int64_t a = list.start[kk]; a < list.start[kk + 1]; a += kDotTile) {
+      int64_t m = std::min<int64_t>(kDotTile, list.start[kk + 1] - a);
+      kDotTiles[m - 1](planes, list.off.data() + a, dyt + kk * dy_cs, g.y_len / 16, sums + 16 * a);
+    }
+}
+
+const float* XPlanes(const Geometry& g, uint64_t call, const float* x_img) {
+  thread_local PaddedBuffer in;
   float* planes = in.Prepare(call, PhasePlanesSize(g));
   ToPhasePlanes(g, x_img, planes);
+  return planes;
+}
+
+void FilterGradImage(const Geometry& g, const DotList& list, uint64_t call, const float* x_img,
+                     const float* dy_img, float* sums) {
+  thread_local PaddedBuffer grad;
+  const float* planes = XPlanes(g, call, x_img);
   const int64_t pitch = g.y_len + 16;  // room for TransposeIn's trailing zeros
   float* dyt = grad.Prepare(call, g.k * pitch);
   for (int64_t i = 0; i < g.oh; ++i)
     for (int64_t j = 0; j < g.ow; j += 16)
       TransposeIn(dy_img + (i * g.ow + j) * g.k, g.k, std::min<int64_t>(16, g.ow - j), g.k,
                   dyt + i * g.wq + j, pitch);
-  for (int64_t kk = 0; kk < g.k; ++kk)
-    for (int64_t a = list.start[kk]; a < list.start[kk + 1]; a += kDotTile) {
-      int64_t m = std::min<int64_t>(kDotTile, list.start[kk + 1] - a);
-      kDotTiles[m - 1](planes, list.off.data() + a, dyt + kk * pitch, g.y_len / 16, sums + 16 * a);
-    }
+  FilterGradDots(g, list, planes, dyt, pitch, sums);
 }
 
 constexpr int64_t kFilterGradBlocks = 16;  // fixed image blocks: the sum order ignores threads
 
+int64_t FilterGradBlocks(const Geometry& g) {
+  return std::max<int64_t>(1, std::min<int64_t>(kFilterGradBlocks, g.n));
+}
+
+// dw at the mask's positions: the blocks' 16-lane partial sums added in block order.
+void ReducePartials(const Geometry& g, const DotList& list, const std::vector<float>& partial,
+                    int64_t blocks, float* dw) {
+  const int64_t npos = static_cast<int64_t>(list.off.size());
+  std::fill(dw, dw + g.r * g.r * g.c * g.k, 0.0f);
+  for (int64_t i = 0; i < npos; ++i) {
+    v16 s{};
+    for (int64_t blk = 0; blk < blocks; ++blk) s += load16(partial.data() + (blk * npos + i) * 16);
+    dw[list.index[i]] = HorizontalSum(s);
+  }
+}
+
 void SparseFilterGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy,
                       const float* mask, float* dw) {
   DotList list = FilterGradPositions(g, mask);
-  const int64_t npos = static_cast<int64_t>(list.off.size());
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(kFilterGradBlocks, g.n));
+  const int64_t npos = static_cast<int64_t>(list.off.size()), blocks = FilterGradBlocks(g);
   std::vector<float> partial(blocks * npos * 16, 0.0f);  // 16 lanes per position and block
   const uint64_t call = NewCall();
   ParallelFor(pool, blocks, [&](int64_t blk) {
@@ -484,12 +527,34 @@ void SparseFilterGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, 
       FilterGradImage(g, list, call, x + n * g.h * g.w * g.c, dy + n * g.oh * g.ow * g.k,
                       partial.data() + blk * npos * 16);
   });
-  std::fill(dw, dw + g.r * g.r * g.c * g.k, 0.0f);
-  for (int64_t i = 0; i < npos; ++i) {
-    v16 s{};
-    for (int64_t blk = 0; blk < blocks; ++blk) s += load16(partial.data() + (blk * npos + i) * 16);
-    dw[list.index[i]] = HorizontalSum(s);
-  }
+  ReducePartials(g, list, partial, blocks, dw);
+}
+
+// ---- both gradients in one pass over the images, dy transposed once ----
+// The filter gradient reads dy in the input gradient's padded layout, shifted by `pad` rows and
+// columns, where the row pitches agree (wd == wq: every CIFAR layer): columns past ow then read
+// the right padding or the next row's left padding, rows past oh the bottom padding, all zero.
+bool SharedDyLayout(const Geometry& g, const Transposed& t) { return t.wd == g.wq; }
+
+void SparseBackward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy,
+                    const float* w, const float* mask, float* dx, float* dw) {
+  Transposed t = MakeTransposed(g);
+  std::vector<SparseRows> phases = InputGradPhases(g, t, w);
+  DotList list = FilterGradPositions(g, mask);
+  const int64_t npos = static_cast<int64_t>(list.off.size()), blocks = FilterGradBlocks(g);
+  std::vector<float> partial(blocks * npos * 16, 0.0f);
+  const uint64_t call = NewCall();
+  ParallelFor(pool, blocks, [&](int64_t blk) {
+    thread_local PaddedBuffer in;
+    for (int64_t n = blk * g.n / blocks; n < (blk + 1) * g.n / blocks; ++n) {
+      float* padded = in.Prepare(call, g.k * t.dy_cs + 32);
+      PadDy(g, t, dy + n * g.oh * g.ow * g.k, padded);
+      InputGradImage(g, t, phases, padded, dx + n * g.h * g.w * g.c);
+      FilterGradDots(g, list, XPlanes(g, call, x + n * g.h * g.w * g.c),
+                     padded + t.pad * t.wd + t.pad, t.dy_cs, partial.data() + blk * npos * 16);
+    }
+  });
+  ReducePartials(g, list, partial, blocks, dw);
 }
 
 // ---- the dense kernels of conv3x3_cpu.cc, above the crossover ----
@@ -562,6 +627,31 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   return ffi::Error::Success();
 }
 
+bool InputGradDense(const Geometry& g, int64_t path, const float* w) {
+  bool applies = DenseApplies(g, g.c) && g.s == 1;
+  return UseDense(path, applies, Density(w, g.r * g.r * g.c * g.k), kInputGradCrossover);
+}
+
+bool FilterGradDense(const Geometry& g, int64_t path, const float* mask) {
+  return UseDense(path, DenseApplies(g, g.k), Density(mask, g.r * g.r * g.c * g.k),
+                  kFilterGradCrossover);
+}
+
+void RunInputGrad(ffi::ThreadPool& pool, const Geometry& g, bool dense, const float* dy,
+                  const float* w, float* dx) {
+  if (dense)
+    DenseInputGrad(pool, g, dy, w, dx);
+  else
+    SparseInputGrad(pool, g, dy, w, dx);
+}
+
+void RunFilterGrad(ffi::ThreadPool& pool, const Geometry& g, bool dense, const float* x,
+                   const float* dy, const float* mask, float* dw) {
+  if (!dense) return SparseFilterGrad(pool, g, x, dy, mask, dw);
+  ::FilterGrad(pool, DenseShape(g), x, dy, dw);
+  for (int64_t i = 0; i < g.r * g.r * g.c * g.k; ++i) dw[i] = mask[i] != 0.0f ? dw[i] : 0.0f;
+}
+
 ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                          ffi::ResultBuffer<ffi::F32> dx, int64_t stride, int64_t padding,
                          int64_t path) {
@@ -570,12 +660,8 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Bu
           ReadGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride, padding, &g);
       err.failure())
     return err;
-  float density = Density(w.typed_data(), w.element_count());
-  bool applies = DenseApplies(g, g.c) && g.s == 1;
-  if (UseDense(path, applies, density, kInputGradCrossover))
-    DenseInputGrad(pool, g, dy.typed_data(), w.typed_data(), dx->typed_data());
-  else
-    SparseInputGrad(pool, g, dy.typed_data(), w.typed_data(), dx->typed_data());
+  RunInputGrad(pool, g, InputGradDense(g, path, w.typed_data()), dy.typed_data(), w.typed_data(),
+               dx->typed_data());
   return ffi::Error::Success();
 }
 
@@ -589,14 +675,34 @@ ffi::Error FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
     return err;
   if (mask.element_count() != dw->element_count())
     return ffi::Error::InvalidArgument("sparse_conv: the mask must have the kernel's shape");
-  float density = Density(mask.typed_data(), mask.element_count());
-  if (UseDense(path, DenseApplies(g, g.k), density, kFilterGradCrossover)) {
-    ::FilterGrad(pool, DenseShape(g), x.typed_data(), dy.typed_data(), dw->typed_data());
-    const float* m = mask.typed_data();
-    float* out = dw->typed_data();
-    for (size_t i = 0; i < dw->element_count(); ++i) out[i] = m[i] != 0.0f ? out[i] : 0.0f;
+  RunFilterGrad(pool, g, FilterGradDense(g, path, mask.typed_data()), x.typed_data(),
+                dy.typed_data(), mask.typed_data(), dw->typed_data());
+  return ffi::Error::Success();
+}
+
+// Both gradients: one pass over the images where both are sparse and share dy's layout, else the
+// two calls above.
+ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                        ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> mask,
+                        ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dw,
+                        int64_t stride, int64_t padding, int64_t path) {
+  Geometry g;
+  if (auto err =
+          ReadGeometry(x.dimensions(), w.dimensions(), dy.dimensions(), stride, padding, &g);
+      err.failure())
+    return err;
+  if (mask.element_count() != w.element_count() || dw->element_count() != w.element_count() ||
+      dx->element_count() != x.element_count())
+    return ffi::Error::InvalidArgument("sparse_conv: mask, dw and dx must match kernel and x");
+  bool input_dense = InputGradDense(g, path, w.typed_data());
+  bool filter_dense = FilterGradDense(g, path, mask.typed_data());
+  if (!input_dense && !filter_dense && SharedDyLayout(g, MakeTransposed(g))) {
+    SparseBackward(pool, g, x.typed_data(), dy.typed_data(), w.typed_data(), mask.typed_data(),
+                   dx->typed_data(), dw->typed_data());
   } else {
-    SparseFilterGrad(pool, g, x.typed_data(), dy.typed_data(), mask.typed_data(), dw->typed_data());
+    RunInputGrad(pool, g, input_dense, dy.typed_data(), w.typed_data(), dx->typed_data());
+    RunFilterGrad(pool, g, filter_dense, x.typed_data(), dy.typed_data(), mask.typed_data(),
+                  dw->typed_data());
   }
   return ffi::Error::Success();
 }
@@ -627,6 +733,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdSparseConvFilterGrad, lottery_kd_sparse::
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("padding")
+                                  .Attr<int64_t>("path"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdSparseConvBackward, lottery_kd_sparse::BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("padding")
