@@ -25,7 +25,7 @@ def _setup(conv_impl, density):
     return model, params, stats, masks
 
 
-@pytest.mark.parametrize("density", [1.0, 0.1074])
+@pytest.mark.parametrize("density", [pytest.param(1.0, marks=pytest.mark.slow), 0.1074])
 def test_sparse_convolutions_give_the_dense_kernels_loss_and_masked_gradients(density):
     images = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
     labels = jnp.arange(8) % 10
