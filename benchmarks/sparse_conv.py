@@ -3,8 +3,9 @@
     python -m benchmarks.sparse_conv --out benchmarks/results/sparse_conv_cpu.json
 
 For each layer shape (batch 128) and each density (random unstructured masks, as global
-magnitude pruning leaves them): forward, input gradient and filter gradient (at the mask's
-positions), each jitted on its own, timed in alternating blocks (dense, sparse, dense, ...) after
+magnitude pruning leaves them): forward, input gradient, filter gradient (at the mask's
+positions) and both gradients ("backward": sparse_conv's one call, as masked_conv's VJP runs
+them), each jitted on its own, timed in alternating blocks (dense, sparse, dense, ...) after
 a warm-up; medians. "dense" is conv3x3's native kernel where it applies (3x3, padding 1; the
 filter gradient then masked) and XLA's convolution elsewhere (1x1 kernels, the stride-2 input
 gradient), as a dense network would run; "sparse" is sparse_conv with its path forced to the
@@ -49,14 +50,18 @@ def _passes(stride: int, size: int):
         "input_grad": lambda x, w, m, dy: jax.vjp(lambda x_: dense_conv(x_, w), x)[1](dy)[0],
         "filter_grad": lambda x, w, m, dy: m * jax.vjp(lambda w_: dense_conv(x, w_), w)[1](dy)[0],
     }
+    dense["backward"] = lambda x, w, m, dy: (dense["input_grad"](x, w, m, dy),
+                                             dense["filter_grad"](x, w, m, dy))
     sparse = {
         "forward": lambda x, w, m, dy: sc.forward(x, w, stride, padding, "sparse"),
         "input_grad": lambda x, w, m, dy: sc.input_grad(dy, w, stride, padding, x.shape,
                                                         "sparse"),
         "filter_grad": lambda x, w, m, dy: sc.filter_grad(x, dy, m, stride, padding, "sparse"),
+        "backward": lambda x, w, m, dy: sc.backward(x, dy, w, m, stride, padding, "sparse"),
     }
     impl = {name: "native" if native and not (name == "input_grad" and stride == 2) else "xla"
             for name in dense}
+    impl["backward"] = "native" if native and stride == 1 else "xla+native" if native else "xla"
     return {name: {"dense": jax.jit(dense[name]), "sparse": jax.jit(sparse[name])}
             for name in dense}, impl
 
@@ -95,7 +100,9 @@ def measure(batch: int, steps: int, repeats: int, densities: tuple[float, ...]) 
             args = (x, kernel * mask, mask, dy)
             for pass_name, impls in passes.items():
                 outputs, ms = _time_pair(impls, args, steps, repeats)
-                a, b = (np.asarray(outputs[n], np.float64) for n in ("dense", "sparse"))
+                a, b = (np.concatenate([np.ravel(np.asarray(v, np.float64))
+                                        for v in jax.tree.leaves(outputs[n])])
+                        for n in ("dense", "sparse"))
                 records.append({
                     "shape": f"{batch}x{hw}x{hw}x{cin}->{cout}/{size}x{size}/s{stride}",
                     "pass": pass_name, "density": density, "dense_impl": impl[pass_name],

@@ -2,8 +2,8 @@
 
 Why: a lottery ticket at density ~0.1 needs a tenth of the dense network's multiply-adds, but
 XLA's convolution (and conv3x3's dense kernel) cannot skip the zeros. `masked_conv` computes
-conv(x, kernel * mask) with a custom VJP whose three passes (forward, input gradient, filter
-gradient at the mask's positions only) go to a kernel that loops over the nonzero weights and
+conv(x, kernel * mask) with a custom VJP whose passes (forward; input gradient and filter gradient
+at the mask's positions only, in one call) go to a kernel that loops over the nonzero weights and
 vectorises over pixels (see the .cc file). Each call measures the layer's density and runs the
 dense kernel above a crossover density, so callers need no trace-time knowledge of the mask.
 

@@ -17,6 +17,9 @@
 //     call measures the layer's density and runs the dense kernels of conv3x3_cpu.cc instead
 //     above a crossover density (where they apply), so callers need no trace-time knowledge.
 // Output rows are computed over the padded row pitch; the few extra columns are discarded.
+// The thread-local buffers are cleared once per call and thread, not per image (PaddedBuffer),
+// and masked_conv's VJP runs both gradients in one call (BackwardImpl) that transposes dy once
+// per image for both where both are sparse.
 //
 // Determinism: every output element is summed in a fixed order that does not depend on the number
 // of threads (the filter gradient sums fixed image blocks, then adds the blocks in order).
