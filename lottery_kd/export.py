@@ -12,6 +12,8 @@ density 0.1074 a ResNet-20 kernel costs 0.125 + 0.43 bytes per weight instead of
 `load(FILE)` rebuilds the network from the model registry, its BatchNorm layers reduced to
 adding the folded bias, and returns a `Ticket` whose `predict(images)` maps uint8 (or float)
 NHWC images, normalised as the study did, to logits: the masked network's, to float tolerance.
+On one CPU device its convolutions run on the masked kernels that skip the pruned weights
+(kernels.sparse_conv, model.conv_impl='sparse'); elsewhere on the model's dense path.
 """
 
 from __future__ import annotations
@@ -91,10 +93,12 @@ def decode(arrays: dict[str, np.ndarray], layers: dict) -> dict[str, np.ndarray]
 
 @dataclasses.dataclass
 class Ticket:
-    """An exported ticket: its header and a jitted predict(images) -> logits."""
+    """An exported ticket: its header, a jitted predict(images) -> logits, and the convolution
+    path it runs on ("sparse": the masked CPU kernels, each layer dense above its crossover)."""
 
     header: dict
     predict: Callable[[Any], Any]
+    conv_impl: str = "auto"
 
 
 def load(path: str | os.PathLike) -> Ticket:
@@ -103,6 +107,7 @@ def load(path: str | os.PathLike) -> Ticket:
     import jax.numpy as jnp
 
     from lottery_kd.data.augment import normalize
+    from lottery_kd.kernels import build, sparse_conv
     from lottery_kd.models import get_model
     from lottery_kd.models.layers import BATCH_NORM_EPSILON
     from lottery_kd.sparsity.masks import named_leaves
@@ -115,7 +120,10 @@ def load(path: str | os.PathLike) -> Ticket:
     if header.get("format") != FORMAT:
         raise ExportError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
     weights = decode(arrays, header["layers"])
-    model = get_model(header["model"], header["classes"], norm_impl=header["norm_impl"])
+    conv_impl = "sparse" if build.single_cpu_device() and sparse_conv.native_available() \
+        else "auto"  # the masked kernels skip the pruned weights; else the dense path
+    model = get_model(header["model"], header["classes"], norm_impl=header["norm_impl"],
+                      conv_impl=conv_impl)
     template = jax.eval_shape(lambda key: model.init(
         key, jnp.zeros((1, *header["input_shape"])), train=False), jax.random.key(0))
     variables = {}
@@ -134,7 +142,7 @@ def load(path: str | os.PathLike) -> Ticket:
     mean, std = header["normalization"]["mean"], header["normalization"]["std"]
     predict = jax.jit(lambda images: model.apply(variables, normalize(images, mean, std),
                                                  train=False))
-    return Ticket(header, predict)
+    return Ticket(header, predict, conv_impl)
 
 
 def _unflatten(flat: dict[str, np.ndarray]) -> dict:
@@ -226,7 +234,7 @@ def agreement(workdir: str | os.PathLike, ticket: str, path: str | os.PathLike) 
         largest_gap = max(largest_gap, float(np.max(np.abs(ours - theirs), initial=0.0)))
         largest_logit = max(largest_logit, float(np.max(np.abs(theirs), initial=0.0)))
     return {"examples": examples, "argmax_differ": differ, "max_abs_logit_diff": largest_gap,
-            "max_abs_logit": largest_logit}
+            "max_abs_logit": largest_logit, "conv_impl": exported.conv_impl}
 
 
 def _listed(values: Optional[Sequence[float]]) -> Optional[list[float]]:
@@ -262,7 +270,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check = agreement(args.workdir, args.ticket, args.out)
         print(f"test set: {check['examples']} images, {check['argmax_differ']} predictions "
               f"differ from the masked network's; largest logit difference "
-              f"{check['max_abs_logit_diff']:.2e} (largest logit {check['max_abs_logit']:.2f})")
+              f"{check['max_abs_logit_diff']:.2e} (largest logit {check['max_abs_logit']:.2f}; "
+              f"predict ran on conv_impl={check['conv_impl']!r})")
     return 0
 
 

@@ -71,3 +71,20 @@ def test_input_pipeline_benchmark_measures_both_inputs_next_to_the_train_step(tm
     for key in ("cifar_input_images_per_second", "resnet20_train_step_images_per_second",
                 "imagenet_input_images_per_second"):
         assert report[key] > 0
+
+
+def test_sparse_benchmark_records_both_paths_for_each_density_and_pass(tmp_path):
+    out = tmp_path / "sparse.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.sparse", "--models", "resnet20",
+                           "--densities", "1,0.1074", "--batch", "16", "--steps", "1",
+                           "--repeats", "1", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [r for r in json.loads(out.read_text())["records"]
+               if r["impl"] != "pytorch_eager"]
+    cells = [(r["density"], r["pass"], r["impl"]) for r in records]
+    assert cells == [(d, p, i) for d in (1.0, 0.1074) for p in ("train", "infer")
+                     for i in ("native", "sparse")]
+    assert all(r["images_per_sec"] > 0 and r["default"] == (r["impl"] == "native")
+               for r in records)
+    assert all(r["speedup_over_densest"] == 1.0 for r in records if r["density"] == 1.0)

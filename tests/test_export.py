@@ -11,6 +11,7 @@ import pytest
 
 from lottery_kd import export
 from lottery_kd.data.augment import normalize
+from lottery_kd.kernels import sparse_conv
 from lottery_kd.models import get_model
 from lottery_kd.sparsity import masks as masks_lib, pruning
 from lottery_kd.study import lottery
@@ -45,7 +46,9 @@ def test_a_resnet_with_trained_batch_norm_folds_into_its_sparse_kernels(tmp_path
         "model": "resnet20", "classes": 10, "input_shape": [32, 32, 3], "norm_impl": norm_impl,
         "normalization": {"mean": list(mean), "std": list(std)}})
     assert len(header["layers"]) == 21  # every conv, shortcuts included; fc stays dense
-    logits = export.load(path).predict(images)
+    ticket = export.load(path)
+    assert ticket.conv_impl == ("sparse" if sparse_conv.native_available() else "auto")
+    logits = ticket.predict(images)
     np.testing.assert_allclose(logits, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
     assert np.array_equal(np.argmax(logits, -1), np.argmax(reference, -1))
     kept = sum(int(np.sum(m)) for m in jax.tree.leaves(masks) if np.ndim(m) == 4)

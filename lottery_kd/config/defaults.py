@@ -38,9 +38,11 @@ def _model() -> ml_collections.ConfigDict:
     section.name = "resnet20"       # lottery_kd.models.MODEL_NAMES
     section.basis = ""              # "" | dct | random: train conv kernels as coefficients
                                     # in that orthonormal basis (masks act on coefficients)
-    section.conv_impl = "auto"      # auto | xla | native: how CIFAR ResNets run 3x3 convs;
-                                    # auto = the native CPU kernel on CPU when it builds,
-                                    # else XLA
+    section.conv_impl = "auto"      # auto | xla | native | sparse: how CIFAR ResNets run
+                                    # their convs; auto = the native CPU 3x3 kernel on CPU when
+                                    # it builds, else XLA; sparse = the masked CPU kernels that
+                                    # skip pruned weights (kernels/sparse_conv), dense above a
+                                    # crossover density
     section.norm_impl = "fused"     # fused | flax: the ResNets' BatchNorm + residual + ReLU
                                     # as one op with a hand-written backward pass (the native
                                     # CPU kernel on one CPU device), or nn.BatchNorm

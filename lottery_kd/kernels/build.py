@@ -1,9 +1,11 @@
 """Build, cache and register the native CPU kernels (C++ behind the XLA FFI) on first use.
 
-Each kernel source (conv3x3_cpu.cc, batch_norm_cpu.cc, both including cpu_common.h) is compiled
-with the system C++ compiler (`$CXX`, else c++/g++/clang++) for this CPU (-march=native) and
-cached under `$LOTTERY_KD_CACHE` (default ~/.cache/lottery_kd), keyed by the sources, compiler,
-flags, jax version and CPU flags. Without a compiler the package still works: the "auto"
+Each kernel source (conv3x3_cpu.cc, batch_norm_cpu.cc, sparse_conv_cpu.cc, all including
+cpu_common.h; sparse_conv_cpu.cc includes conv3x3_cpu.cc too) is compiled with the system C++
+compiler (`$CXX`, else c++/g++/clang++) for this CPU (-march=native, or `$LOTTERY_KD_MARCH`, e.g.
+x86-64-v3 for an AVX2-only build) and cached under `$LOTTERY_KD_CACHE` (default
+~/.cache/lottery_kd), keyed by every source in this folder, compiler, flags, jax version and CPU
+flags. Without a compiler the package still works: the "auto"
 settings fall back to XLA, and only an explicit request for a native kernel fails, saying why.
 LOTTERY_KD_NATIVE_CONV=0 turns every native kernel off.
 """
@@ -24,7 +26,6 @@ from pathlib import Path
 import jax
 
 KERNEL_DIR = Path(__file__).parent
-_COMMON_HEADER = KERNEL_DIR / "cpu_common.h"
 _log = logging.getLogger(__name__)
 
 
@@ -55,15 +56,22 @@ def _cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
+def _included_sources() -> list[str]:
+    """Every header and source here, in name order: a kernel may include any of them."""
+    return [path.read_text() for path in sorted(KERNEL_DIR.glob("*.[ch]*"))
+            if path.suffix in (".h", ".cc")]
+
+
 def build(source: Path) -> Path:
     """Compile `source` (once per sources, compiler, jaxlib and CPU); returns the .so path."""
     cxx = compiler()
     if cxx is None:
         raise NativeKernelError("no C++ compiler found (set $CXX or install g++)")
-    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
+    march = os.environ.get("LOTTERY_KD_MARCH") or "native"
+    flags = ["-O3", f"-march={march}", "-std=c++17", "-shared", "-fPIC", "-w",
              f"-I{jax.ffi.include_dir()}", f"-I{KERNEL_DIR}"]
     key = hashlib.sha256("\n".join([
-        source.read_text(), _COMMON_HEADER.read_text(), cxx, " ".join(flags), jax.__version__,
+        source.read_text(), *_included_sources(), cxx, " ".join(flags), jax.__version__,
         cpu_signature(),
     ]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}_{key}.so"

@@ -31,7 +31,7 @@ from jax import lax
 from lottery_kd.kernels import build
 from lottery_kd.kernels.build import NativeKernelError  # noqa: F401  (re-exported)
 
-CONV_IMPLS: tuple[str, ...] = ("auto", "xla", "native")
+CONV_IMPLS: tuple[str, ...] = ("auto", "xla", "native", "sparse")
 _SOURCE = "conv3x3_cpu.cc"
 _TARGETS = (("lottery_kd_conv3x3_forward", "LotteryKdConv3x3Forward"),
             ("lottery_kd_conv3x3_filter_grad", "LotteryKdConv3x3FilterGrad"))
@@ -137,7 +137,9 @@ def _native_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilatio
 def make_conv_general_dilated(conv_impl: str) -> Callable[..., jnp.ndarray] | None:
     """The `conv_general_dilated` to give flax.linen.Conv for `model.conv_impl`.
 
-    "xla" -> None (Flax's default). "native" -> the kernel wherever it applies; raises
+    "xla" -> None (Flax's default). "native" -> the kernel wherever it applies; "sparse" -> the
+    masked kernel (kernels.sparse_conv) for every 1x1 and 3x3 convolution, skipping the zero
+    weights, the dense kernel wherever a layer is denser than its crossover. Both raise
     NativeKernelError now if it cannot be built, JAX is not on CPU, or there are several devices
     (the kernel is an opaque custom call: XLA's SPMD partitioner would gather the sharded batch
     onto every device). "auto" -> the kernel on a single CPU device when it builds, else XLA.
@@ -147,18 +149,21 @@ def make_conv_general_dilated(conv_impl: str) -> Callable[..., jnp.ndarray] | No
                          f"{', '.join(CONV_IMPLS)}")
     if conv_impl == "xla":
         return None
-    if conv_impl == "native":
+    if conv_impl in ("native", "sparse"):
         if jax.default_backend() != "cpu":
-            raise NativeKernelError(f"model.conv_impl='native' is a CPU kernel, but JAX runs on "
-                                    f"{jax.default_backend()}; use 'auto' or 'xla'")
+            raise NativeKernelError(f"model.conv_impl={conv_impl!r} is a CPU kernel, but JAX runs "
+                                    f"on {jax.default_backend()}; use 'auto' or 'xla'")
         if jax.device_count() > 1:
             raise NativeKernelError(
-                f"model.conv_impl='native' runs on one device, but there are "
+                f"model.conv_impl={conv_impl!r} runs on one device, but there are "
                 f"{jax.device_count()}: XLA's partitioner cannot split the kernel over a sharded "
                 "batch; use 'auto' (XLA's convolution there) or 'xla'")
         ok, reason = _load()
+        if ok and conv_impl == "sparse":
+            from lottery_kd.kernels import sparse_conv
+            ok, reason = sparse_conv._load()
         if not ok:
-            raise NativeKernelError(f"model.conv_impl='native' is unavailable: {reason}")
+            raise NativeKernelError(f"model.conv_impl={conv_impl!r} is unavailable: {reason}")
     return functools.partial(conv_general_dilated, conv_impl=conv_impl)
 
 
@@ -173,10 +178,41 @@ def native_enabled(conv_impl: str) -> bool:
     return native_available()
 
 
+def _sparse_padding(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                    dimension_numbers, feature_group_count) -> int | None:
+    """The symmetric padding of a 1x1 or 3x3 NHWC/HWIO float32 convolution with stride 1 or 2
+    that the masked kernel covers, or None where it does not apply."""
+    if lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32 or lhs.ndim != 4 or rhs.ndim != 4:
+        return None
+    size = rhs.shape[0]
+    if size not in (1, 3) or rhs.shape[1] != size or feature_group_count != 1:
+        return None
+    if tuple(window_strides) not in ((1, 1), (2, 2)) or isinstance(padding, str):
+        return None
+    pads = {p for pair in padding for p in pair}
+    if len(pads) != 1 or not 0 <= next(iter(pads)) < size:
+        return None
+    if any(d not in (None, (1, 1), [1, 1]) for d in (lhs_dilation, rhs_dilation)):
+        return None
+    expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != expected:
+        return None
+    return next(iter(pads))
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None,
                          *, conv_impl: str = "auto", **kwargs: Any) -> jnp.ndarray:
-    """`lax.conv_general_dilated`, routed to the native 3x3 kernel where it applies."""
+    """`lax.conv_general_dilated`, routed to the native 3x3 kernel where it applies, or with
+    conv_impl="sparse" to the masked kernel, whose mask is the kernel's nonzeros: the training
+    step hands the model params * masks, so the zeros are the pruned weights (an unpruned weight
+    that is exactly 0.0 gets no gradient; the dense paths are for what needs one everywhere)."""
+    if conv_impl == "sparse" and not kwargs:
+        pad = _sparse_padding(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                              dimension_numbers, feature_group_count)
+        if pad is not None:
+            from lottery_kd.kernels import sparse_conv
+            return sparse_conv.masked_conv(lhs, rhs, rhs != 0, int(window_strides[0]), pad)
     use_native = (
         not kwargs
         and _native_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,

@@ -69,7 +69,8 @@ class BasicBlock(nn.Module):
                     conv_general_dilated=self.conv, name="conv2")(y)
         if self.stride != 1 or x.shape[-1] != self.channels:
             x = nn.Conv(self.channels, (1, 1), (self.stride, self.stride), use_bias=False,
-                        kernel_init=conv_init, name="shortcut_conv")(x)
+                        kernel_init=conv_init, conv_general_dilated=self.conv,
+                        name="shortcut_conv")(x)
             x = norm("shortcut_bn")(x)
         return norm("bn2")(y, residual=x, relu=True)
 
@@ -87,15 +88,18 @@ class BottleneckBlock(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         norm = make_norm(self.norm_impl, train)
         out_channels = self.planes * self.expansion
-        y = nn.Conv(self.planes, (1, 1), use_bias=False, kernel_init=conv_init, name="conv1")(x)
+        y = nn.Conv(self.planes, (1, 1), use_bias=False, kernel_init=conv_init,
+                    conv_general_dilated=self.conv, name="conv1")(x)
         y = norm("bn1")(y, relu=True)
         y = nn.Conv(self.planes, (3, 3), (self.stride, self.stride), padding=1, use_bias=False,
                     kernel_init=conv_init, conv_general_dilated=self.conv, name="conv2")(y)
         y = norm("bn2")(y, relu=True)
-        y = nn.Conv(out_channels, (1, 1), use_bias=False, kernel_init=conv_init, name="conv3")(y)
+        y = nn.Conv(out_channels, (1, 1), use_bias=False, kernel_init=conv_init,
+                    conv_general_dilated=self.conv, name="conv3")(y)
         if self.stride != 1 or x.shape[-1] != out_channels:
             x = nn.Conv(out_channels, (1, 1), (self.stride, self.stride), use_bias=False,
-                        kernel_init=conv_init, name="shortcut_conv")(x)
+                        kernel_init=conv_init, conv_general_dilated=self.conv,
+                        name="shortcut_conv")(x)
             x = norm("shortcut_bn")(x)
         return norm("bn3")(y, residual=x, relu=True)
 

@@ -93,7 +93,7 @@ class LotteryRun(Study):
         """What criteria may need: the model, BatchNorm statistics, the input shape, the pruning
         settings, and (`with_batch`) the normalised training batch of step 0."""
         prune = self.config.prune
-        context = {"model": self.model, "batch_stats": scored["batch_stats"],
+        context = {"model": self.dense_model, "batch_stats": scored["batch_stats"],
                    "input_shape": tuple(self.data.image_shape),
                    "distribution": prune.distribution, "synflow_rounds": prune.synflow_rounds,
                    "grasp_temperature": prune.grasp_temperature}

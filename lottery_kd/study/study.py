@@ -72,13 +72,7 @@ class Study:
         self.plan = config_lib.plan_steps(config, self.data.train.num_examples)
         self.variants = [variants_lib.get(name)
                          for name in config_lib.parse_names(config.lottery.variants)]
-        try:  # before the workdir is written: a conv_impl this machine cannot run is bad input
-            self.model = get_model(config.model.name, self.data.num_classes,
-                                   basis=config.model.basis, basis_seed=config.seed,
-                                   conv_impl=config.model.conv_impl,
-                                   norm_impl=config.model.norm_impl)
-        except NativeKernelError as error:
-            raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
+        self.model, self.dense_model = self._models(config)
         if record:  # the analysis tools read the study as it is and write nothing into it
             prepare_workdir(self.workdir, config, write=self.parallel.is_main)
         check_batch_norm_groups(self.workdir, config.parallel.batch_norm,
@@ -120,6 +114,19 @@ class Study:
                      batch_norm_groups=self.parallel.batch_norm_groups(
                          config.parallel.batch_norm))
 
+    def _models(self, config: Any) -> tuple[Any, Any]:
+        """(the model, its dense twin): with model.conv_impl='sparse' the twin runs the dense
+        kernels, for what needs gradients at pruned weights (RigL's growth, SNIP, GraSP)."""
+        def build(conv_impl: str) -> Any:
+            return get_model(config.model.name, self.data.num_classes, basis=config.model.basis,
+                             basis_seed=config.seed, conv_impl=conv_impl,
+                             norm_impl=config.model.norm_impl)
+        try:  # before the workdir is written: a conv_impl this machine cannot run is bad input
+            model = build(config.model.conv_impl)
+        except NativeKernelError as error:
+            raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
+        return model, (build("native") if config.model.conv_impl == "sparse" else model)
+
     def make_trainer(self, data) -> Trainer:
         """A trainer with this study's model, optimizer, distillation and device layout, over
         `data` (the study's own, or another order or subset of it for the analysis tools)."""
@@ -127,7 +134,8 @@ class Study:
         return Trainer(self.model, data, batch_size=config.train.batch_size,
                        momentum=config.train.momentum, weight_decay=config.train.weight_decay,
                        distillation=Distillation(kd.temperature, kd.alpha, kd.reduction),
-                       parallel=self.parallel, batch_norm=config.parallel.batch_norm)
+                       parallel=self.parallel, batch_norm=config.parallel.batch_norm,
+                       dense_model=self.dense_model)
 
     @classmethod
     def from_workdir(cls, workdir: str | os.PathLike, *, log=print) -> "Study":

@@ -49,7 +49,8 @@ class Trainer:
 
     def __init__(self, model: flax.linen.Module, data: InputData, *, batch_size: int,
                  momentum: float, weight_decay: float, distillation: Optional[Distillation],
-                 parallel: Optional[DataParallel] = None, batch_norm: str = "global"):
+                 parallel: Optional[DataParallel] = None, batch_norm: str = "global",
+                 dense_model: Optional[flax.linen.Module] = None):
         if data.train.num_examples < batch_size:
             raise ValueError(f"train.batch_size={batch_size} is larger than the training set "
                              f"({data.train.num_examples} examples)")
@@ -59,6 +60,7 @@ class Trainer:
             if split is not None:
                 self.parallel.check_batch_size(split.batch_size, "data.eval_batch_size")
         self.model = model
+        self.dense_model = dense_model or model  # for gradients needed at pruned weights too
         self.data = data
         self.batch_size = batch_size
         self.steps_per_epoch = data.train.num_examples // batch_size
@@ -77,7 +79,7 @@ class Trainer:
         """The (compiled on first use) dense-gradient function for dynamic mask updates."""
         if distill not in self._dense_gradients:
             self._dense_gradients[distill] = make_dense_gradient(
-                self.model, self._distillation if distill else None, **self._common)
+                self.dense_model, self._distillation if distill else None, **self._common)
         return self._dense_gradients[distill]
 
     def init_state(self, params: PyTree, batch_stats: PyTree, masks: PyTree,

@@ -1,0 +1,158 @@
+"""Train-step and inference images/s against density: the dense native path and the sparse path.
+
+    python -m benchmarks.sparse --models resnet20 --densities 1,0.5,0.2,0.1074,0.05,0.02 \
+        --out benchmarks/results/sparse_cpu.json
+
+For each model (batch 128, CIFAR shapes): global magnitude masks at each density (conv weights,
+shortcuts included) on the model's initial weights; one compiled cross-entropy train step and one
+inference function per conv_impl ("native": the dense kernels, "sparse": the masked kernels that
+skip pruned weights, each layer dense above its crossover), the masks an argument, so every
+density runs the same compiled code. Timed in alternating blocks (native, sparse, native, ...)
+after an untimed block each; medians. Records: model, density, pass (train | infer), impl,
+images_per_sec, default (whether it is the path a study uses by default, model.conv_impl
+'auto'), and the speed-up over the same impl at density 1. Where torch is installed, PyTorch
+eager's dense train step and inference (benchmarks.compare_pytorch's network) are recorded
+beside them at density 1 (impl "pytorch_eager").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from benchmarks.common import environment, median, timed, write_json
+from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
+
+IMPLS = ("native", "sparse")
+DEFAULT_IMPL = "native"  # what model.conv_impl='auto' runs on one CPU device
+
+
+def _compiled(model_name: str, impl: str, batch: int) -> dict:
+    """The train step and the inference function of `model_name` under `impl`, compiled."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks.common import resnet_steps
+    from lottery_kd.sparsity import masks as masks_lib
+    from lottery_kd.training.steps import TrainState
+
+    setup = resnet_steps(model_name, impl, "fused", 0.0)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
+    lr = jnp.float32(0.1)
+    step = jax.jit(lambda state, masks: setup.ce(state, masks, images, labels, lr, {}),
+                   donate_argnums=(0,))
+    infer = jax.jit(lambda params, stats, masks: setup.model.apply(
+        {"params": masks_lib.apply(params, masks), "batch_stats": stats},
+        images.astype(jnp.float32) / 64.0 - 2.0, train=False))
+
+    def state_for(masks):
+        return TrainState(jnp.asarray(0), masks_lib.apply(setup.params, masks),
+                          jax.tree.map(lambda x: jnp.array(x, copy=True), setup.batch_stats),
+                          setup.optimizer.init(setup.params))
+    return {"setup": setup, "step": step, "infer": infer, "state_for": state_for}
+
+
+def _masks(setup, density: float):
+    from lottery_kd.sparsity import pruning
+    if density >= 1.0:
+        return setup.dense_masks
+    return pruning.get("magnitude_global")(setup.params, setup.dense_masks, 1.0 - density)
+
+
+def measure(model_name: str, densities: list[float], batch: int, steps: int,
+            repeats: int) -> list[dict]:
+    """Every (density, pass, impl) of one model, the impls alternating within each cell."""
+    import jax
+
+    built = {impl: _compiled(model_name, impl, batch) for impl in IMPLS}
+    records = []
+    for density in densities:
+        masks = _masks(built[IMPLS[0]]["setup"], density)
+        for pass_name in ("train", "infer"):
+            calls = {}
+            for impl, parts in built.items():
+                if pass_name == "train":
+                    holder = {"state": parts["state_for"](masks)}
+
+                    def call(parts=parts, holder=holder):
+                        holder["state"], out = parts["step"](holder["state"], masks)
+                        return out
+                else:
+                    params, stats = parts["setup"].params, parts["setup"].batch_stats
+
+                    def call(parts=parts, params=params, stats=stats):
+                        return parts["infer"](params, stats, masks)
+                calls[impl] = call
+            seconds = {impl: [] for impl in calls}
+            for repeat in range(-1, repeats):
+                for impl, call in calls.items():
+                    took = timed(lambda call=call: [call() for _ in range(steps)][-1],
+                                 jax.block_until_ready)
+                    if repeat >= 0:
+                        seconds[impl].append(took)
+            for impl in calls:
+                records.append({"model": model_name, "density": density, "pass": pass_name,
+                                "impl": impl, "default": impl == DEFAULT_IMPL, "batch": batch,
+                                "images_per_sec": round(steps * batch / median(seconds[impl]),
+                                                        1)})
+    records += _pytorch_records(model_name, batch, steps)
+    for record in records:
+        base = next((r for r in records if r["density"] == max(densities)
+                     and r["pass"] == record["pass"] and r["impl"] == record["impl"]),
+                    record)  # PyTorch: dense only, its one record its own base
+        record["speedup_over_densest"] = round(record["images_per_sec"]
+                                               / base["images_per_sec"], 3)
+    return records
+
+
+def _pytorch_records(model_name: str, batch: int, steps: int) -> list[dict]:
+    """PyTorch eager's dense train step and inference (benchmarks.compare_pytorch), where torch
+    is installed and has the model (bottleneck networks are not built there); else none."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return []
+    if "bottleneck" in model_name:
+        return []
+    from benchmarks.compare_pytorch import measure_torch
+    measured = measure_torch(model_name, batch, max(steps, 5))
+    return [{"model": model_name, "density": 1.0, "pass": name, "impl": "pytorch_eager",
+             "default": False, "batch": batch,
+             "images_per_sec": round(measured[f"{key}_images_per_sec"], 1)}
+            for name, key in (("train", "train"), ("infer", "eval"))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sparse",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="resnet20")
+    parser.add_argument("--densities", default="1,0.5,0.2,0.1074,0.05,0.02")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3, help="steps per timed block")
+    parser.add_argument("--repeats", type=int, default=5, help="timed blocks per impl")
+    parser.add_argument("--out", default="")
+    args = parser.parse_args(argv)
+    try:
+        densities = sorted({float(d) for d in args.densities.split(",")}, reverse=True)
+    except ValueError:
+        raise SystemExit(f"--densities {args.densities!r}: give numbers in (0, 1]") from None
+    if not densities or not all(0 < d <= 1 for d in densities):
+        raise SystemExit(f"--densities {args.densities!r}: give numbers in (0, 1]")
+    reexec_with_malloc_tuning()
+    records = []
+    for model_name in args.models.split(","):
+        records += measure(model_name, densities, args.batch, args.steps, args.repeats)
+        for r in records:
+            if r["model"] == model_name:
+                print(f"{model_name} density {r['density']:<7g} {r['pass']:<5} {r['impl']:<6} "
+                      f"{r['images_per_sec']:8.1f} img/s  x{r['speedup_over_densest']:.2f}",
+                      file=sys.stderr)
+    write_json({"benchmark": "sparse", "environment": environment(), "records": records},
+               args.out)
+
+
+if __name__ == "__main__":
+    main()

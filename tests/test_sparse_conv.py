@@ -1,0 +1,168 @@
+"""The masked native convolution (kernels.sparse_conv) against XLA's conv(x, w * mask)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lottery_kd.kernels import build, sparse_conv as sc
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.skipif(
+    not sc.native_available() and build.compiler() is None,
+    reason="no C++ compiler: the native kernels are optional")
+
+# (height = width, in channels, out channels, stride, kernel size): the CIFAR ResNet layers (3x3
+# after the stem, the 1x1 projection shortcuts, bottleneck 1x1s), then odd sizes and channels
+SHAPES = [(32, 16, 16, 1, 3), (32, 16, 32, 2, 3), (16, 32, 32, 1, 3), (16, 32, 64, 2, 3),
+          (8, 64, 64, 1, 3), (32, 16, 32, 2, 1), (16, 32, 64, 2, 1), (32, 3, 16, 1, 3),
+          (8, 64, 256, 1, 1), (16, 128, 32, 1, 1), (9, 5, 7, 2, 3), (7, 20, 16, 2, 1)]
+DENSITIES = (1.0, 0.5, 0.1, 0.02, 0.0)
+
+
+def relative_error(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-30))
+
+
+def layer(shape: tuple, density: float, batch: int = 2, seed: int = 0):
+    """x, kernel, a random unstructured mask at `density`, stride and padding of one layer."""
+    hw, c, k, stride, size = shape
+    keys = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(keys[0], (batch, hw, hw, c))
+    kernel = jax.random.normal(keys[1], (size, size, c, k))
+    mask = jax.random.uniform(keys[2], kernel.shape) < density
+    return x, kernel, mask, stride, (size - 1) // 2
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def outputs_and_grads(x, kernel, mask, stride: int, padding: int, path: str):
+    """conv(x, kernel * mask) and the gradients of sum(sin(conv)) for x and kernel, through the
+    native kernel (path) or XLA (path=None); the mask is an argument, so densities share one
+    compilation."""
+    def conv(x, w):
+        if path is None:
+            return sc.reference_masked_conv(x, w, mask, stride, padding)
+        return sc.masked_conv(x, w, mask, stride, padding, path)
+
+    return conv(x, kernel), jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), (0, 1))(x, kernel)
+
+
+def check_against_xla(shape: tuple, density: float, path: str) -> None:
+    x, kernel, mask, stride, padding = layer(shape, density)
+    want = outputs_and_grads(x, kernel, mask, stride, padding, None)
+    got = outputs_and_grads(x, kernel, mask, stride, padding, path)
+    assert relative_error(want[0], got[0]) < 1e-5
+    for a, b in zip(want[1], got[1]):
+        assert relative_error(a, b) < 1e-5
+    assert not np.any(np.asarray(got[1][1])[~np.asarray(mask)])  # no gradient where pruned
+
+
+@pytest.mark.parametrize("shape", SHAPES[:7])
+@pytest.mark.parametrize("density", DENSITIES)
+def test_matches_xla_by_density(shape, density):
+    """The call's own choice (dense kernel above the crossover, sparse loops below)."""
+    check_against_xla(shape, density, "auto")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", SHAPES[7:])
+@pytest.mark.parametrize("density", DENSITIES)
+def test_other_shapes_match_xla_by_density(shape, density):
+    """The stem, bottleneck 1x1s and odd sizes: compiling them doubles this file's time."""
+    check_against_xla(shape, density, "auto")
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3], SHAPES[5]])
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_each_path_matches_xla_at_half_density(shape, path):
+    check_against_xla(shape, 0.5, path)
+
+
+def test_results_do_not_depend_on_the_thread_count(monkeypatch):
+    x, kernel, mask, stride, padding = layer((16, 32, 32, 1, 3), 0.1, batch=24)
+    dy = jax.random.normal(jax.random.key(9), (24, 16, 16, 32))
+    w = jnp.where(mask, kernel, 0.0)
+    m = mask.astype(jnp.float32)
+    outputs = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("LOTTERY_KD_CONV_THREADS", threads)
+        outputs.append([np.asarray(v) for v in (
+            sc.forward(x, w, stride, padding, "sparse"),
+            sc.input_grad(dy, w, stride, padding, x.shape, "sparse"),
+            sc.filter_grad(x, dy, m, stride, padding, "sparse"))])
+    for a, b in zip(*outputs):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[4], SHAPES[5], SHAPES[10]])
+@pytest.mark.parametrize("density", [0.5, 0.1])
+def test_one_backward_call_equals_the_two_gradient_calls(shape, density):
+    """The fused pass (dy transposed once, read by both gradients) changes no bit."""
+    x, kernel, mask, stride, padding = layer(shape, density)
+    w = jnp.where(mask, kernel, 0.0)
+    m = mask.astype(jnp.float32)
+    y_shape = sc.forward(x, w, stride, padding).shape
+    dy = jax.random.normal(jax.random.key(5), y_shape)
+    for path in ("sparse", "auto"):
+        fused = sc.backward(x, dy, w, m, stride, padding, path)
+        apart = (sc.input_grad(dy, w, stride, padding, x.shape, path),
+                 sc.filter_grad(x, dy, m, stride, padding, path))
+        for a, b in zip(fused, apart):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_strided_1x1_input_grad_goes_to_xla_unless_forced():
+    x, kernel, _, stride, padding = layer((16, 32, 64, 2, 1), 0.1)
+    dy = jnp.zeros((2, 8, 8, 64))
+
+    def calls(path):
+        jaxpr = jax.make_jaxpr(lambda d: sc.input_grad(d, kernel, stride, padding, x.shape,
+                                                       path))(dy)
+        return str(jaxpr).count("ffi_call")
+
+    assert calls("auto") == calls("dense") == 0
+    assert calls("sparse") == 1
+
+
+def test_invalid_layers_are_refused_by_name():
+    x, kernel, mask, _, _ = layer((8, 16, 16, 1, 3), 0.5)
+    with pytest.raises(ValueError, match="stride 3 must be 1 or 2"):
+        sc.masked_conv(x, kernel, mask, 3, 1)
+    with pytest.raises(ValueError, match="need a 1x1 or 3x3 kernel"):
+        sc.masked_conv(x, kernel, mask, 1, 3)
+    with pytest.raises(ValueError, match="mask .* must have the kernel's shape"):
+        sc.masked_conv(x, kernel, mask[0], 1, 1)
+
+
+# A subprocess's check of a build for AVX2 only (x86-64-v3), with its own cache: every pass of
+# every CIFAR layer shape at density 0.1, forced dense and sparse.
+AVX2_CHECK = """
+import sys
+sys.path.insert(0, {repo!r})
+from tests.test_sparse_conv import SHAPES, check_against_xla
+for shape in SHAPES[:7]:
+    for path in ("sparse", "dense"):
+        check_against_xla(shape, 0.1, path)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(build.compiler() is None or os.uname().machine != "x86_64",
+                    reason="needs a C++ compiler for x86-64")
+def test_an_avx2_build_matches_xla(tmp_path: Path):
+    env = {**os.environ, "LOTTERY_KD_MARCH": "x86-64-v3", "LOTTERY_KD_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", AVX2_CHECK.format(repo=str(REPO))], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
+    assert list(tmp_path.rglob("sparse_conv_cpu_*.so")), "the x86-64-v3 build was not used"

@@ -1,0 +1,75 @@
+"""model.conv_impl='sparse': the CIFAR ResNets' convolutions on the masked kernels that skip
+pruned weights, with a dense twin for what needs gradients at pruned weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lottery_kd.kernels import sparse_conv
+from lottery_kd.models import get_model
+from lottery_kd.sparsity import masks as masks_lib, pruning
+from lottery_kd.training import optim
+from lottery_kd.training.steps import TrainState, init_variables, make_train_step
+
+pytestmark = pytest.mark.skipif(not sparse_conv.native_available(),
+                                reason="the native masked kernel does not build here")
+
+
+def _setup(conv_impl, density):
+    model = get_model("resnet20", 10, conv_impl=conv_impl)
+    params, stats = init_variables(model, jax.random.key(0), (32, 32, 3))
+    masks = masks_lib.create(params, "conv")
+    if density < 1:
+        masks = pruning.get("magnitude_global")(params, masks, 1 - density, scope="conv")
+    return model, params, stats, masks
+
+
+@pytest.mark.parametrize("density", [pytest.param(1.0, marks=pytest.mark.slow), 0.1074])
+def test_sparse_convolutions_give_the_dense_kernels_loss_and_masked_gradients(density):
+    images = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+    labels = jnp.arange(8) % 10
+    results = {}
+    for impl in ("native", "sparse"):
+        model, params, stats, masks = _setup(impl, density)
+
+        def loss(p, model=model, stats=stats, masks=masks):
+            logits, _ = model.apply({"params": masks_lib.apply(p, masks), "batch_stats": stats},
+                                    images, train=True, mutable=["batch_stats"])
+            return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(8), labels])
+        value, grads = jax.jit(jax.value_and_grad(loss))(params)
+        results[impl] = (value, masks_lib.apply(grads, masks))
+    (dense_loss, dense_grads), (sparse_loss, sparse_grads) = results["native"], results["sparse"]
+    assert abs(float(dense_loss) - float(sparse_loss)) < 1e-5
+    for a, b in zip(jax.tree.leaves(dense_grads), jax.tree.leaves(sparse_grads)):
+        np.testing.assert_allclose(b, a, atol=1e-5 * float(jnp.max(jnp.abs(a))) + 1e-12)
+
+
+def test_pruned_weights_stay_exactly_zero_through_sparse_training_steps():
+    model, params, stats, masks = _setup("sparse", 0.1074)
+    optimizer = optim.sgd_direction(0.9, 2e-4)
+    step = jax.jit(make_train_step(model, optimizer, None, normalization=(None, None)))
+    state = TrainState(jnp.asarray(0), masks_lib.apply(params, masks), stats,
+                       optimizer.init(params))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        images = jnp.asarray(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
+        state, _ = step(state, masks, images, jnp.asarray(rng.integers(0, 10, 16)),
+                        jnp.float32(0.1), {})
+    for weight, mask in zip(jax.tree.leaves(state.params), jax.tree.leaves(masks)):
+        assert np.all(np.asarray(weight)[~np.asarray(mask)] == 0.0)
+
+
+def test_a_sparse_study_scores_and_grows_with_its_dense_twin(tmp_path):
+    """RigL's growth and SNIP/GraSP need gradients at pruned weights: a study with
+    conv_impl='sparse' hands them the dense-kernel model."""
+    from experiments import cifar10_resnet20
+    from lottery_kd.study.study import Study
+    config = cifar10_resnet20.get_config()
+    config.data.name = "digits"  # no CIFAR files needed; the twin is built all the same
+    config.data.validation_size = 0
+    config.model.conv_impl = "sparse"
+    study = Study(config, tmp_path, log=lambda *_: None, record=False)
+    assert study.dense_model is not study.model
+    assert study.trainer.dense_model is study.dense_model
+    assert study.dense_model.conv.keywords["conv_impl"] == "native"
