@@ -62,6 +62,7 @@ def test_unknown_basis_names_the_allowed_ones():
         get_model("digits_convnet", 10, basis="wavelet")
 
 
+@pytest.mark.slow  # 12 s; test_a_wrapped_model_starts_as_the_same_function runs by default
 def test_a_dct_ticket_at_half_sparsity_trains_and_its_weights_are_the_inverse_dct(tmp_path):
     config = make_tiny_config()
     config.train.epochs = 6

@@ -190,6 +190,7 @@ def test_unknown_norm_impl_is_refused_with_the_allowed_values():
 
 
 
+@pytest.mark.slow  # 15 s of subprocesses; run it before resuming a long study
 def test_step_fingerprint_is_reproducible_and_tells_the_norms_apart():
     """benchmarks.step_fingerprint vouches that a change kept training bit for bit: the same
     settings hash the same twice, and the two BatchNorms' (1e-7 apart) hash differently."""

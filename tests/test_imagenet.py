@@ -168,6 +168,7 @@ def test_parameter_counts_match_torchvision(name, expected):
     assert abs(count - expected) <= 0.01 * expected
 
 
+@pytest.mark.slow  # 8 s; the ImageNet norm test runs by default
 def test_resnet18_forward_pass_at_64px():
     model = get_model("resnet18", 10)
     variables = model.init(jax.random.key(0), jnp.zeros((2, 64, 64, 3)))

@@ -104,6 +104,7 @@ def _assert_no_depth_growth():
     assert deep <= 1.25 * shallow, (shallow, deep)
 
 
+@pytest.mark.slow  # 19 s of HLO; a speed guard, run with the benchmarks
 def test_block_relu_is_not_duplicated_into_backward_fusions():
     """ResNet-56's largest ReLU fusion stays as small as ResNet-20's (no recompute of blocks).
 

@@ -36,6 +36,7 @@ def _relative_gap(a, b):
     return max(np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-12) for x, y in zip(a, b))
 
 
+@pytest.mark.slow  # 32 s; the 1-device / 4-device / pod study test runs by default
 def test_four_devices_give_the_parameters_of_one_after_20_steps(tmp_path):
     one, four = _probe(tmp_path, 1), _probe(tmp_path, 4)
     assert _relative_gap(four, one) < 1e-5

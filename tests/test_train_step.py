@@ -312,6 +312,7 @@ def test_pruned_weights_exactly_zero_extreme_hyperparameters(momentum, weight_de
     assert_pruned_exactly_zero(state.params, mask)
 
 
+@pytest.mark.slow  # 13 s
 def test_the_train_step_vmaps_over_a_stack_of_tickets():
     """DESIGN: the step is pure in (state, masks, batch, teacher, lr), so one call can train a
     stack of tickets side by side. Checked on the default CIFAR ResNet path (native conv and
