@@ -106,6 +106,8 @@ def load(path: str | os.PathLike) -> Ticket:
     import jax
     import jax.numpy as jnp
 
+    from flax import traverse_util
+
     from lottery_kd.data.augment import normalize
     from lottery_kd.kernels import build, sparse_conv
     from lottery_kd.models import get_model
@@ -138,22 +140,11 @@ def load(path: str | os.PathLike) -> Ticket:
                 fill = 1.0 - BATCH_NORM_EPSILON if kind == "var" else _NEUTRAL[kind]
                 value = np.full(leaf.shape, fill, np.float32)
             filled[name] = value
-        variables[collection] = _unflatten(filled)
+        variables[collection] = traverse_util.unflatten_dict(filled, sep="/")
     mean, std = header["normalization"]["mean"], header["normalization"]["std"]
     predict = jax.jit(lambda images: model.apply(variables, normalize(images, mean, std),
                                                  train=False))
     return Ticket(header, predict, conv_impl)
-
-
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for name, value in flat.items():
-        node = tree
-        *scope, leaf = name.split("/")
-        for part in scope:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
 
 
 def write_ticket(out: str | os.PathLike, snapshot: PyTree, header: dict) -> dict:
