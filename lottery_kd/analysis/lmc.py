@@ -13,6 +13,13 @@ rewinding) and with the KD loss from the study's dense teacher.
     python -m lottery_kd.lmc RUN_DIR --rewind 0it,1ep,2ep --out DIR [--ticket level_1_lt]
         [--distill] [--points 11]
 
+Two more modes train nothing and follow straight lines between the study's saved snapshots
+(lottery_kd.analysis.lmc_paths): --levels, successive levels of one pruning chain, and
+--pruned-dense, each ticket against the pruned dense solution its mask was cut from:
+
+    python -m lottery_kd.lmc RUN_DIR --levels --variants lt,kd --out DIR
+    python -m lottery_kd.lmc RUN_DIR --pruned-dense --variants lt,kd --out DIR
+
 Writes DIR/lmc.json (every point of every path), lmc.md (a table of barriers) and lmc.png; a
 rerun skips rewind points already done with the same settings, and resumes a killed one from
 its last epoch (DIR/checkpoints).
@@ -234,27 +241,67 @@ def run_sweep(run_dir: str | os.PathLike, rewinds: Sequence[str], out: str | os.
     return saved
 
 
+def _mode(args: argparse.Namespace) -> str:
+    """'rewind' (train two copies), or the evaluation-only 'levels' or 'pruned_dense'
+    (lottery_kd.analysis.lmc_paths); a ValueError for options of two modes."""
+    if args.levels and args.pruned_dense:
+        raise ValueError("--levels and --pruned-dense are two analyses: give one per command "
+                         "(and another --out, or the same: their files differ)")
+    flag = "--levels" if args.levels else "--pruned-dense" if args.pruned_dense else ""
+    if not flag:
+        if args.variants:
+            raise ValueError("--variants goes with --levels or --pruned-dense; the --rewind "
+                             "mode takes --ticket and --distill instead")
+        return "rewind"
+    rewind_only = [name for name, given in (("--rewind", args.rewind is not None),
+                                            ("--ticket", bool(args.ticket)),
+                                            ("--distill", args.distill)) if given]
+    if rewind_only:
+        raise ValueError(f"{flag} trains nothing (it evaluates the study's snapshots), so "
+                         f"{', '.join(rewind_only)} (of the --rewind mode) does not apply: "
+                         "drop it, or drop " + flag)
+    if not args.variants:
+        raise ValueError(f"{flag} needs --variants, the retrain variants to follow, e.g. "
+                         "--variants lt,kd")
+    return "levels" if args.levels else "pruned_dense"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     quiet_failed_restores()
     parser = argparse.ArgumentParser(prog="python -m lottery_kd.lmc",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="the workdir of a study (its config and snapshots)")
-    parser.add_argument("--rewind", default="0it", help="comma-separated rewind points, e.g. "
-                        "0it,500it,2ep")
+    parser.add_argument("--rewind", default=None, help="comma-separated rewind points, e.g. "
+                        "0it,500it,2ep (default 0it)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--ticket", default="", help="a snapshot whose mask to use, e.g. "
                         "level_2_lt (default: the dense network)")
     parser.add_argument("--distill", action="store_true", help="train the copies with the KD "
                         "loss from the study's dense teacher")
+    parser.add_argument("--levels", action="store_true", help="instead of --rewind, train "
+                        "nothing: the path between the trained tickets of successive levels of "
+                        "each --variants chain (Paul et al. 2023)")
+    parser.add_argument("--pruned-dense", action="store_true", help="instead of --rewind, train "
+                        "nothing: the path from each --variants ticket to the pruned dense "
+                        "solution its mask was cut from (Evci et al. 2022)")
+    parser.add_argument("--variants", default="", help="with --levels or --pruned-dense: "
+                        "comma-separated retrain variants of the study, e.g. lt,kd")
     parser.add_argument("--points", type=int, default=11)
     args = parser.parse_args(argv)
     try:
-        run_sweep(args.run_dir, config_lib.parse_names(args.rewind), args.out,
-                  ticket=args.ticket, distill=args.distill, points=args.points)
+        mode = _mode(args)
+        if mode == "rewind":
+            rewinds = config_lib.parse_names("0it" if args.rewind is None else args.rewind)
+            run_sweep(args.run_dir, rewinds, args.out, ticket=args.ticket,
+                      distill=args.distill, points=args.points)
+        else:
+            from lottery_kd.analysis import lmc_paths  # it builds on this module
+            lmc_paths.run_paths(args.run_dir, mode, config_lib.parse_names(args.variants),
+                                args.out, points=args.points)
     except (ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {Path(args.out) / 'lmc.md'}")
+    print(f"wrote {Path(args.out) / ('lmc.md' if mode == 'rewind' else f'lmc_{mode}.md')}")
     return 0
 
 
