@@ -121,6 +121,9 @@ def _prune() -> ml_collections.ConfigDict:
                                     # same workdir (like first_level, it changes no result)
     section.distribution = "global"  # global | uniform | erk: per-layer budgets (methods that
                                     # honour it; validation names the others)
+    section.structure = "unstructured"  # unstructured | N:M, e.g. 2:4 (N of every M input
+                                    # channels) | block:B, e.g. block:16 (B output channels
+                                    # together); sparsity.structure
     section.source = "final"        # weights scored: final (IMP) | init (pruning at init)
     section.synflow_rounds = 100    # synflow: rounds of shrinking density
     section.grasp_temperature = 200.0  # grasp: logits / T for the gradient (authors' code)

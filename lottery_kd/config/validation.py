@@ -12,6 +12,7 @@ from typing import Any, Callable
 from lottery_kd.sparsity import dynamic as dynamic_lib
 from lottery_kd.training import losses
 from lottery_kd.sparsity import masks as masks_lib, pruning
+from lottery_kd.sparsity import structure as structure_lib
 from lottery_kd.study import variants as variants_lib
 from lottery_kd.config.identity import ADDED_KEYS as ADDED_DEFAULTS
 from lottery_kd.sparsity.distributions import DISTRIBUTIONS
@@ -21,7 +22,7 @@ from lottery_kd.data.imagenet import parse_range
 from lottery_kd.models import BASES, CONV_IMPLS, MODEL_NAMES, NORM_IMPLS
 from lottery_kd.runtime.parallel import BATCH_NORM_MODES, DISTRIBUTED_MODES
 from lottery_kd.config.errors import ConfigError
-from lottery_kd.config.plan import STEP_COUNT, parse_epochs, parse_names
+from lottery_kd.config.plan import STEP_COUNT, parse_epochs, parse_names, pruning_levels
 
 PRUNE_SCHEDULES = ("iterative", "oneshot")
 VALIDATION_SPLITS = ("first", "random")
@@ -194,12 +195,50 @@ def _check_prune(config: Any, check: Check) -> None:
         check(prune.scope not in masks_lib.SCOPES or prune.scope in method.scopes,
               "prune.scope", prune.scope, f"not with prune.method={prune.method!r}; allowed "
               f"with that method: {', '.join(method.scopes)}")
+    _check_structure(config, check)
     check(prune.source in PRUNE_SOURCES, "prune.source", prune.source,
           f"allowed: {', '.join(PRUNE_SOURCES)}")
     check(_is_int(prune.synflow_rounds) and prune.synflow_rounds >= 1, "prune.synflow_rounds",
           prune.synflow_rounds, "an integer >= 1")
     check(_is_number(prune.grasp_temperature) and prune.grasp_temperature > 0,
           "prune.grasp_temperature", prune.grasp_temperature, "a number > 0")
+
+
+def _check_structure(config: Any, check: Check) -> None:
+    """prune.structure parses, the masking function keeps it, and N:M's fixed sparsity agrees
+    with the level fractions (or dynamic.sparsity)."""
+    prune, dyn = config.prune, config.dynamic
+    try:
+        shape = structure_lib.parse(prune.structure)
+    except ValueError as error:
+        check(False, "prune.structure", prune.structure, str(error).split(": ", 1)[-1])
+        return
+    if shape.kind == "unstructured":
+        return
+    if prune.method in pruning.names():
+        check(pruning.entry(prune.method).structured, "prune.structure", prune.structure,
+              f"prune.method={prune.method!r} does not keep a structure; use unstructured")
+    if shape.kind != "nm":
+        return
+    fixed = shape.fixed_sparsity
+    check(prune.distribution != "erk", "prune.distribution", prune.distribution,
+          f"not with prune.structure={shape.text}, which gives every layer sparsity {fixed:g}")
+    if dyn.method:
+        check(_is_number(dyn.sparsity) and abs(dyn.sparsity - fixed) < 1e-9, "dynamic.sparsity",
+              dyn.sparsity, f"{fixed:g}: prune.structure={shape.text} fixes it")
+        check(dyn.distribution == "uniform", "dynamic.distribution", dyn.distribution,
+              f"uniform: prune.structure={shape.text} gives every layer sparsity {fixed:g}")
+        return
+    try:
+        levels = pruning_levels(prune)
+    except (TypeError, ValueError):
+        return  # reported by _check_prune
+    sparsities = [1 - (1 - prune.fraction) ** (level if prune.schedule == "oneshot" else 1)
+                  for level in levels] if _is_number(prune.fraction) else []
+    check(len(levels) <= 1 and all(abs(s - fixed) < 1e-9 for s in sparsities), "prune.fraction",
+          prune.fraction, f"prune.structure={shape.text} fixes the sparsity at {fixed:g}: one "
+          f"level at that sparsity, e.g. prune.fraction={fixed:g} prune.levels=1 (or "
+          f"prune.only_levels=1); the run asks for levels {list(levels)}")
 
 
 def _check_lottery(config: Any, check: Check) -> None:

@@ -100,7 +100,8 @@ def snip(params: PyTree, masks: PyTree, fraction: float, *, rng: Optional[jax.Ar
     """SNIP connection sensitivity |w * dL/dw| on context's batch."""
     scores = snip_scores(_loss_fn(context, masks), masks_lib.apply(params, masks))
     return prune_by_scores(scores, masks, fraction, scope=scope,
-                           distribution=context.get("distribution", "global"))
+                           distribution=context.get("distribution", "global"),
+                           structure=context.get("structure", "unstructured"))
 
 
 def grasp(params: PyTree, masks: PyTree, fraction: float, *, rng: Optional[jax.Array] = None,
@@ -109,21 +110,25 @@ def grasp(params: PyTree, masks: PyTree, fraction: float, *, rng: Optional[jax.A
     loss_fn = _loss_fn(context, masks, context.get("grasp_temperature", 200.0))
     scores = grasp_scores(loss_fn, masks_lib.apply(params, masks))
     return prune_by_scores(scores, masks, fraction, scope=scope,
-                           distribution=context.get("distribution", "global"))
+                           distribution=context.get("distribution", "global"),
+                           structure=context.get("structure", "unstructured"))
 
 
 def synflow(params: PyTree, masks: PyTree, fraction: float, *, rng: Optional[jax.Array] = None,
             scope: masks_lib.Scope = "conv", **context: Any) -> PyTree:
     """Iterative SynFlow: `context["synflow_rounds"]` (100) rounds of exponentially shrinking
-    density, ending with exactly ceil(fraction x remaining) weights removed."""
+    density, ending with exactly ceil(fraction x remaining) weights removed. With a structure
+    (N:M, block:B) the rounds run unstructured and their last scores choose the structured mask
+    (prune_by_scores from the masks given)."""
     rounds = int(context.get("synflow_rounds", 100))
     if rounds < 1:
         raise ValueError(f"synflow_rounds must be >= 1, got {rounds}")
     forward = _forward_fn(context, context.get("input_shape", ()))
     distribution = context.get("distribution", "global")
+    structure = context.get("structure", "unstructured")
     # The final per-layer (or total) keep counts, fixed before the rounds start.
     final = prune_by_scores(jax.tree.map(jnp.abs, params), masks, fraction, scope=scope,
-                            distribution=distribution)
+                            distribution=distribution, structure=structure)
     start_counts = masks_lib.layer_counts(masks, scope)
     final_counts = masks_lib.layer_counts(final, scope)
     names = list(start_counts)
@@ -142,4 +147,7 @@ def synflow(params: PyTree, masks: PyTree, fraction: float, *, rng: Optional[jax
             keep = [int(t) if k == rounds else int(round(s * r ** (k / rounds)))
                     for s, t, r in zip(start, target, ratio)]
         current = prune_to_keep(scores, current, keep, scope=scope)
+    if structure != "unstructured":
+        return prune_by_scores(scores_fn(params, current), masks, fraction, scope=scope,
+                               distribution=distribution, structure=structure)
     return current

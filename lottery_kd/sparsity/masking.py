@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lottery_kd.sparsity import masks as masks_lib
+from lottery_kd.sparsity import structure as structure_lib
 from lottery_kd.sparsity.distributions import DISTRIBUTIONS, keep_counts, num_to_prune
 from lottery_kd.registry import Registry
 
@@ -30,6 +31,7 @@ class MaskingEntry:
     uses_data: bool = False
     distributions: tuple[str, ...] = DISTRIBUTIONS
     scopes: tuple[str, ...] = masks_lib.SCOPES
+    structured: bool = True  # honours context["structure"] (N:M, block:B)
 
 
 # The one registry of masking functions (the extension point: registered at import, never
@@ -39,18 +41,20 @@ _REGISTRY: Registry[MaskingEntry] = Registry("masking function", "prune.method")
 
 def register(name: str, *, uses_data: bool = False,
              distributions: Sequence[str] = DISTRIBUTIONS,
-             scopes: Sequence[str] = masks_lib.SCOPES
+             scopes: Sequence[str] = masks_lib.SCOPES, structured: bool = True
              ) -> Callable[[MaskingFunction], MaskingFunction]:
     """Decorator registering a masking function under `name` (a name is registered once).
 
     `uses_data=True` asks the IMP driver for a training batch in context["batch"] (SNIP, GraSP).
     Every function gets context["model"], ["batch_stats"], ["input_shape"], ["distribution"],
-    ["synflow_rounds"] and ["grasp_temperature"]. `distributions` and `scopes`: the
-    prune.distribution and prune.scope values the function is meant for; config validation
-    refuses the others by name.
+    ["structure"], ["synflow_rounds"] and ["grasp_temperature"]. `distributions` and `scopes`:
+    the prune.distribution and prune.scope values the function is meant for; config validation
+    refuses the others by name, and prune.structure other than unstructured unless
+    `structured` (pass context["structure"] on to prune_by_scores and it is).
     """
     def decorator(fn: MaskingFunction) -> MaskingFunction:
-        _REGISTRY.add(name, MaskingEntry(fn, uses_data, tuple(distributions), tuple(scopes)))
+        _REGISTRY.add(name, MaskingEntry(fn, uses_data, tuple(distributions), tuple(scopes),
+                                         structured))
         return fn
     return decorator
 
@@ -76,18 +80,26 @@ def get(name: str) -> MaskingFunction:
 
 
 def check_result(name: str, new_masks: PyTree, old_masks: PyTree, params: PyTree,
-                 scope: masks_lib.Scope) -> None:
+                 scope: masks_lib.Scope, structure: str = "unstructured") -> None:
     """ValueError naming the masking function `name` unless its output keeps the contract:
-    a bool mask per parameter, in-scope leaves only pruned, no pruned weight revived."""
+    a bool mask per parameter, in-scope leaves only pruned, no pruned weight revived, and the
+    pattern of prune.structure in every structured kernel."""
     try:
         masks_lib.validate(new_masks, params, scope)
     except ValueError as error:
         raise ValueError(f"masking function {name!r} returned invalid masks: {error}") from None
+    shape = structure_lib.parse(structure)
     for (layer, new), old in zip(masks_lib.named_leaves(new_masks), jax.tree.leaves(old_masks)):
         revived = int(np.count_nonzero(np.asarray(new) & ~np.asarray(old, dtype=bool)))
         if revived:
             raise ValueError(f"masking function {name!r} revived {revived} pruned weight(s) of "
                              f"{layer}; a masking function only removes")
+        broken = (structure_lib.violations(shape, new)
+                  if masks_lib.is_prunable(layer, np.shape(new), scope) else 0)
+        if broken:
+            raise ValueError(f"masking function {name!r} broke prune.structure={shape.text} in "
+                             f"{broken} group(s) of {layer}: pass context['structure'] on to "
+                             "prune_by_scores (or refuse structures it cannot keep)")
 
 
 def check_fraction(fraction: float) -> None:
@@ -112,7 +124,8 @@ def prune_smallest(scores: np.ndarray, alive: np.ndarray, k: int) -> np.ndarray:
 
 
 def prune_by_scores(scores: PyTree, masks: PyTree, fraction: float, *, scope: masks_lib.Scope =
-                    "conv", distribution: str = "global", layerwise: bool = False) -> PyTree:
+                    "conv", distribution: str = "global", layerwise: bool = False,
+                    structure: str = "unstructured") -> PyTree:
     """Remove the lowest-scoring `fraction` of the remaining in-scope weights.
 
     `distribution` decides how many each layer loses (sparsity.distributions): `global` ranks
@@ -120,10 +133,17 @@ def prune_by_scores(scores: PyTree, masks: PyTree, fraction: float, *, scope: ma
     `layerwise=True` means) removes ceil(fraction x remaining_l) from every layer; `erk` removes
     ceil(fraction x remaining) in all, split by ERK densities. Within a layer the lowest scores
     go. Ties are broken by position (tree order, then flat index), so results are deterministic.
-    Non-finite scores rank as they compare (NaN last).
+    Non-finite scores rank as they compare (NaN last). `structure` (sparsity.structure): N:M
+    keeps the N best of every M input channels (`fraction` must be 1 - N/M); block:B ranks
+    blocks by the sum of their scores and counts in blocks.
     """
     check_fraction(fraction)
     distribution = "uniform" if layerwise else distribution
+    shape = structure_lib.parse(structure)
+    if shape.kind == "nm":
+        return _prune_n_of_m(shape, scores, masks, fraction, scope)
+    if shape.kind == "block":
+        return _prune_blocks(shape, scores, masks, fraction, scope, distribution)
     flat_masks = masks_lib.named_leaves(masks)
     selected = masks_lib.prunable_indices(masks, scope)
     remaining = sum(int(np.count_nonzero(np.asarray(flat_masks[i][1]))) for i in selected)
@@ -131,6 +151,56 @@ def prune_by_scores(scores: PyTree, masks: PyTree, fraction: float, *, scope: ma
                            distribution=distribution, layer_fraction=fraction)
 
 
+def _prune_n_of_m(shape: structure_lib.Structure, scores: PyTree, masks: PyTree,
+                  fraction: float, scope: masks_lib.Scope) -> PyTree:
+    """N:M: every structured in-scope kernel keeps its N best of every M input channels."""
+    if abs(float(fraction) - shape.fixed_sparsity) > 1e-9:
+        raise ValueError(f"prune.structure={shape.text} keeps {shape.n} of every {shape.m} "
+                         f"weights, so it prunes a fraction of {shape.fixed_sparsity:g}, not "
+                         f"{float(fraction):g}: set prune.fraction={shape.fixed_sparsity:g} "
+                         "with one level")
+    flat_scores = jax.tree.leaves(scores)
+
+    def keep(index: int, name: str, mask: Any) -> jax.Array:
+        mask = np.asarray(mask, dtype=bool)
+        if not shape.applies(mask.shape):
+            return jnp.asarray(mask)
+        return jnp.asarray(structure_lib.keep_top_n(shape, np.asarray(flat_scores[index]), mask))
+    return masks_lib.map_prunable(keep, masks, scope,
+                                  other=lambda mask: jnp.asarray(np.asarray(mask, dtype=bool)))
+
+
+def _prune_blocks(shape: structure_lib.Structure, scores: PyTree, masks: PyTree,
+                  fraction: float, scope: masks_lib.Scope, distribution: str) -> PyTree:
+    """block:B: the same ranking as unstructured pruning over blocks (score: the sum of the
+    block's alive scores), counted in blocks; a block goes whole."""
+    flat_masks, flat_scores = masks_lib.named_leaves(masks), jax.tree.leaves(scores)
+    structured = {flat_masks[i][0]: i for i in masks_lib.prunable_indices(masks, scope)
+                  if shape.applies(np.shape(flat_masks[i][1]))}
+    block_masks, block_scores = [], []
+    for i, (name, mask) in enumerate(flat_masks):
+        mask = np.asarray(mask, dtype=bool)
+        if name in structured:
+            rows = shape.groups(mask)
+            size = shape.group_shape(mask.shape)
+            block_masks.append(rows.any(axis=1).reshape(size))
+            block_scores.append(np.where(rows, shape.groups(np.asarray(
+                flat_scores[i], np.float64)), 0.0).sum(axis=1).reshape(size))
+        else:
+            block_masks.append(mask)
+            block_scores.append(np.zeros(mask.shape))
+    treedef = jax.tree.structure(masks)
+    pruned = prune_by_scores(jax.tree.unflatten(treedef, block_scores),
+                             jax.tree.unflatten(treedef, block_masks), fraction,
+                             scope=lambda name, _: name in structured, distribution=distribution)
+    leaves = []
+    for (name, mask), blocks in zip(flat_masks, jax.tree.leaves(pruned)):
+        mask = np.asarray(mask, dtype=bool)
+        if name in structured:
+            kept = np.repeat(np.asarray(blocks).reshape(-1, 1), shape.m, axis=1)
+            mask = mask & shape.ungroup(kept, mask.shape)
+        leaves.append(jnp.asarray(mask))
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def prune_to_counts(scores: PyTree, masks: PyTree, num_to_remove: int, *,

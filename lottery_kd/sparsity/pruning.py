@@ -40,7 +40,8 @@ def magnitude_global(params: PyTree, masks: PyTree, fraction: float, *,
     """Magnitude pruning: raw |w|, ranked over all prunable weights (no normalisation) unless
     context["distribution"] sets per-layer budgets (uniform, erk)."""
     return prune_by_scores(jax.tree.map(jnp.abs, params), masks, fraction, scope=scope,
-                           distribution=context.get("distribution", "global"))
+                           distribution=context.get("distribution", "global"),
+                           structure=context.get("structure", "unstructured"))
 
 
 @register("magnitude_layerwise", distributions=("global", "uniform"))
@@ -50,7 +51,7 @@ def magnitude_layerwise(params: PyTree, masks: PyTree, fraction: float, *,
     """Layer-wise magnitude pruning: each prunable layer loses `fraction` of its remaining (the
     uniform distribution, whatever prune.distribution says: its default, global, or uniform)."""
     return prune_by_scores(jax.tree.map(jnp.abs, params), masks, fraction, scope=scope,
-                           layerwise=True)
+                           layerwise=True, structure=context.get("structure", "unstructured"))
 
 
 @register("random")
@@ -64,10 +65,12 @@ def random_pruning(params: PyTree, masks: PyTree, fraction: float, *,
     keys = jax.random.split(rng, len(leaves))
     scores = [jax.random.uniform(key, np.shape(leaf)) for key, leaf in zip(keys, leaves)]
     return prune_by_scores(jax.tree.unflatten(treedef, scores), masks, fraction, scope=scope,
-                           distribution=context.get("distribution", "global"))
+                           distribution=context.get("distribution", "global"),
+                           structure=context.get("structure", "unstructured"))
 
 
-@register("magnitude_filter", distributions=("global",), scopes=("conv", "conv_no_shortcut"))
+@register("magnitude_filter", distributions=("global",), scopes=("conv", "conv_no_shortcut"),
+          structured=False)
 def magnitude_filter(params: PyTree, masks: PyTree, fraction: float, *,
                      rng: Optional[jax.Array] = None, scope: masks_lib.Scope = "conv",
                      **context: Any) -> PyTree:

@@ -86,7 +86,8 @@ class LotteryRun(Study):
         scored = self.load_snapshot("init") if prune.source == "init" else chain
         masks = method(scored["params"], chain["masks"], fraction, rng=rng, scope=self.scope,
                        **self.prune_context(scored, with_batch=pruning.uses_data(prune.method)))
-        pruning.check_result(prune.method, masks, chain["masks"], scored["params"], self.scope)
+        pruning.check_result(prune.method, masks, chain["masks"], scored["params"], self.scope,
+                             prune.structure)
         return masks
 
     def prune_context(self, scored: PyTree, *, with_batch: bool) -> dict:
@@ -95,7 +96,8 @@ class LotteryRun(Study):
         prune = self.config.prune
         context = {"model": self.dense_model, "batch_stats": scored["batch_stats"],
                    "input_shape": tuple(self.data.image_shape),
-                   "distribution": prune.distribution, "synflow_rounds": prune.synflow_rounds,
+                   "distribution": prune.distribution, "structure": prune.structure,
+                   "synflow_rounds": prune.synflow_rounds,
                    "grasp_temperature": prune.grasp_temperature}
         if with_batch:
             images, labels = self.trainer.device_batch(0)
@@ -129,7 +131,8 @@ class LotteryRun(Study):
         init = self.load_snapshot("init")
         masks = pruning.get("random")(init["params"], init["masks"], dyn.sparsity,
                                       rng=derived_key(self.config.seed, "dynamic", "masks"),
-                                      scope=self.scope, distribution=dyn.distribution)
+                                      scope=self.scope, distribution=dyn.distribution,
+                                      structure=self.config.prune.structure)
         start = init
         if dyn.init == "sparse":
             start = {"params": sparse_aware_init(init["params"], masks, derived_key(
@@ -138,7 +141,7 @@ class LotteryRun(Study):
         total = self.plan.total_steps
         update = MaskUpdate(dyn.method, dyn.delta_t, dyn.alpha,
                             end_step=int(dyn.end_fraction * total), seed=self.config.seed,
-                            scope=self.scope)
+                            scope=self.scope, structure=self.config.prune.structure)
         self._train(1, name, start, masks, start_step=0, num_steps=total,
                     schedule=self.schedule, distill=dyn.distill, mask_update=update)
 
