@@ -9,7 +9,8 @@ fraction 0.3, cosine-decayed, updates until 75% of training). The training recip
 release's CIFAR one (lottery_kd.config.defaults: 182 epochs, batch 128, lr 0.1, x0.1 after epochs
 90 and 135, 45k/5k train/validation); no paper's protocol is named (`protocol=""`). Any model by
 --config.model.name; SET by --config.dynamic.method=set; sparse-aware init by
---config.dynamic.init=sparse.
+--config.dynamic.init=sparse; gradual magnitude pruning (dense at first, pruned on a cubic schedule
+between 25% and 75% of training) by --config.dynamic.method=gmp.
 """
 
 from __future__ import annotations

@@ -166,3 +166,20 @@ def test_a_block_study_trains_block_tickets(tmp_path):
     kernels = _kernels(ticket["masks"])
     assert len(kernels) == 3 and all(structure.violations(shape, m) == 0 for _, m in kernels)
     assert rows[1]["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_gradual_pruning_with_blocks_prunes_whole_blocks_to_its_target(resnet20):
+    from lottery_kd.sparsity.gradual import GradualPruning
+    schedule = GradualPruning(0.8, 10, 0, 30, distribution="uniform", structure="block:16")
+    masks, shape = masks_lib.create(resnet20), structure.parse("block:16")
+    for step in schedule.update_steps():
+        new = schedule.new_masks(step, masks_lib.apply(resnet20, masks), masks)
+        assert all(not (m & ~o).any() for (_, m), (_, o) in zip(_kernels(new), _kernels(masks)))
+        assert all(structure.violations(shape, m) == 0 for _, m in _kernels(new))
+        assert masks_lib.sparsity(new) == pytest.approx(schedule.sparsity_at(step), abs=0.01)
+        masks = new
+    assert masks_lib.sparsity(masks) == pytest.approx(0.8, abs=0.01)
+    config = make_tiny_config()
+    config.prune.structure, config.dynamic.method = "2:4", "gmp"
+    with pytest.raises(ConfigError, match="prune.structure.*gmp"):
+        config_lib.validate(config)

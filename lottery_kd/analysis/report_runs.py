@@ -181,12 +181,12 @@ def published_for(model: str, dataset: str, reference: Optional[dict]) -> dict:
 
 def undistilled_twin(variant: str) -> Optional[str]:
     """The registered variant with the same weights and schedule but no distillation, if any;
-    for a dynamic sparse run (rigl_kd, set_kd_sparse_init) the same run without "_kd"."""
+    for a dynamic sparse run (rigl_kd, set_kd_sparse_init, gmp_kd) the same run without "_kd"."""
     from lottery_kd.sparsity import dynamic
     from lottery_kd.study import variants as variants_lib
     if variant not in variants_lib.names():
         method, _, rest = variant.partition("_kd")
-        return method + rest if _ and method in dynamic.names() else None
+        return method + rest if _ and method in dynamic.method_names() else None
     if not variants_lib.get(variant).distill:
         return None
     spec = variants_lib.get(variant)

@@ -141,14 +141,19 @@ def _lottery() -> ml_collections.ConfigDict:
 def _dynamic() -> ml_collections.ConfigDict:
     """Dynamic sparse training (RigL, SET, ...) instead of IMP levels."""
     section = ml_collections.ConfigDict()  # dynamic sparse training instead of IMP levels
-    section.method = ""           # "" (off) | rigl | set | a registered dynamic method
-    section.sparsity = 0.8        # of the in-scope weights, constant throughout
+    section.method = ""           # "" (off) | rigl | set | gmp | a registered dynamic method
+                                  # (gmp: gradual magnitude pruning, Zhu & Gupta 2017)
+    section.sparsity = 0.8        # of the in-scope weights, constant throughout (gmp: reached
+                                  # at end_fraction)
     section.distribution = "erk"  # layer-wise densities: erk | uniform
     section.delta_t = 100         # steps between mask updates
-    section.alpha = 0.3           # initial drop fraction (cosine-decayed)
-    section.end_fraction = 0.75   # no mask updates after this fraction of training
+    section.alpha = 0.3           # initial drop fraction (cosine-decayed; not gmp)
+    section.start_fraction = 0.25  # gmp: pruning starts after this fraction of training
+    section.end_fraction = 0.75   # no mask updates after this fraction of training (gmp: the
+                                  # cubic schedule reaches dynamic.sparsity there)
     section.distill = False       # add the KD loss from the dense (level 0) teacher
-    section.init = "dense"        # dense (the init snapshot) | sparse (sparse-aware init)
+    section.init = "dense"        # dense (the init snapshot) | sparse (sparse-aware init;
+                                  # not gmp, which starts dense)
     return section
 
 

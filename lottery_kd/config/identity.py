@@ -33,7 +33,8 @@ COSMETIC_KEYS = ("log.progress", "log.tensorboard", "parallel.distributed",
 ADDED_KEYS = {"model.norm_impl": "flax", "protocol": "",
               "data.validation_split": "random", "data.normalization": "train_statistics",
               "data.crop_scale": "0.08,1", "data.crop_ratio": "3/4,4/3",
-              "prune.only_levels": "", "prune.structure": "unstructured"}
+              "prune.only_levels": "", "prune.structure": "unstructured",
+              "dynamic.start_fraction": 0.25}
 
 
 class SavedConfigError(ValueError):

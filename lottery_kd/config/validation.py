@@ -9,7 +9,8 @@ import math
 import re
 from typing import Any, Callable
 
-from lottery_kd.sparsity import dynamic as dynamic_lib
+from lottery_kd.config.defaults import get_config as default_config
+from lottery_kd.sparsity import dynamic as dynamic_lib, gradual
 from lottery_kd.training import losses
 from lottery_kd.sparsity import masks as masks_lib, pruning
 from lottery_kd.sparsity import structure as structure_lib
@@ -223,7 +224,11 @@ def _check_structure(config: Any, check: Check) -> None:
     fixed = shape.fixed_sparsity
     check(prune.distribution != "erk", "prune.distribution", prune.distribution,
           f"not with prune.structure={shape.text}, which gives every layer sparsity {fixed:g}")
-    if dyn.method:
+    if dyn.method == gradual.NAME:
+        check(False, "prune.structure", prune.structure, f"not with dynamic.method="
+              f"'{gradual.NAME}': N:M fixes the sparsity that gradual pruning approaches step "
+              "by step; use unstructured or block:B")
+    elif dyn.method:
         check(_is_number(dyn.sparsity) and abs(dyn.sparsity - fixed) < 1e-9, "dynamic.sparsity",
               dyn.sparsity, f"{fixed:g}: prune.structure={shape.text} fixes it")
         check(dyn.distribution == "uniform", "dynamic.distribution", dyn.distribution,
@@ -268,10 +273,10 @@ def _check_logging(config: Any, check: Check) -> None:
 
 
 def _check_dynamic(config: Any, check: Check) -> None:
-    """Dynamic sparse training (RigL, SET, ...)."""
+    """Dynamic sparse training (RigL, SET, ...) and gradual magnitude pruning (gmp)."""
     dyn = config.dynamic
-    check(not dyn.method or dyn.method in dynamic_lib.names(), "dynamic.method", dyn.method,
-          f"'' (off) or one of: {', '.join(dynamic_lib.names())}")
+    check(not dyn.method or dyn.method in dynamic_lib.method_names(), "dynamic.method",
+          dyn.method, f"'' (off) or one of: {', '.join(dynamic_lib.method_names())}")
     check(_is_number(dyn.sparsity) and 0 < dyn.sparsity < 1, "dynamic.sparsity", dyn.sparsity,
           "a number in the open interval (0, 1)")
     check(dyn.distribution in ("erk", "uniform"), "dynamic.distribution", dyn.distribution,
@@ -280,9 +285,32 @@ def _check_dynamic(config: Any, check: Check) -> None:
           "an integer >= 1 (steps between mask updates)")
     check(_is_number(dyn.alpha) and 0 <= dyn.alpha <= 1, "dynamic.alpha", dyn.alpha,
           "a number in [0, 1]")
-    check(_is_number(dyn.end_fraction) and 0 <= dyn.end_fraction <= 1, "dynamic.end_fraction",
-          dyn.end_fraction, "a number in [0, 1]")
+    for key in ("start_fraction", "end_fraction"):
+        check(_is_number(dyn[key]) and 0 <= dyn[key] <= 1, f"dynamic.{key}", dyn[key],
+              "a number in [0, 1]")
     check(dyn.init in ("dense", "sparse"), "dynamic.init", dyn.init, "allowed: dense, sparse")
+    _check_gradual(dyn, check)
+
+
+def _check_gradual(dyn: Any, check: Check) -> None:
+    """What gradual magnitude pruning (dynamic.method=gmp) needs, and the keys only it reads."""
+    defaults = default_config().dynamic
+    if dyn.method != gradual.NAME:
+        check(not dyn.method or dyn.start_fraction == defaults.start_fraction,
+              "dynamic.start_fraction", dyn.start_fraction, f"applies to dynamic.method="
+              f"'{gradual.NAME}' only; leave it at {defaults.start_fraction!r} for "
+              f"dynamic.method={dyn.method!r}")
+        return
+    check(dyn.init == "dense", "dynamic.init", dyn.init,
+          f"not with dynamic.method='{gradual.NAME}': gradual magnitude pruning starts from the "
+          "dense init and prunes it; use dynamic.init='dense'")
+    check(dyn.alpha == defaults.alpha, "dynamic.alpha", dyn.alpha,
+          f"dynamic.method='{gradual.NAME}' regrows nothing and ignores it; leave it at "
+          f"{defaults.alpha!r}")
+    if _is_number(dyn.start_fraction) and _is_number(dyn.end_fraction):
+        check(dyn.start_fraction < dyn.end_fraction, "dynamic.start_fraction",
+              dyn.start_fraction, f"below dynamic.end_fraction={dyn.end_fraction!r} with "
+              f"dynamic.method='{gradual.NAME}' (pruning runs from the start to the end fraction)")
 
 
 def _check_parallel(config: Any, check: Check) -> None:

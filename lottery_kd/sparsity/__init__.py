@@ -1,2 +1,3 @@
 """Sparsity: mask pytrees, masking functions and their registry, criteria, layer-wise
-distributions, dynamic sparse training and sparse-aware initialisation."""
+distributions, dynamic sparse training, gradual magnitude pruning and sparse-aware
+initialisation."""

@@ -91,7 +91,19 @@ def keep_counts(name: str, shapes: Sequence[tuple[int, ...]], remaining: Sequenc
         return None
     if name == "uniform":
         return [r - num_to_prune(r, layer_fraction) for r in remaining]
-    keep_total = sum(remaining) - num_to_remove
+    return split_keep("erk", shapes, remaining, sum(remaining) - num_to_remove)
+
+
+def split_keep(name: str, shapes: Sequence[tuple[int, ...]], remaining: Sequence[int],
+               keep_total: int) -> list[int]:
+    """Per-layer numbers of weights to keep that add up to `keep_total` exactly, each at most
+    the layer's remaining count: `uniform` at the density keep_total / sum(sizes) in every layer,
+    `erk` at ERK densities (integers by largest remainder; what a layer cannot hold goes to the
+    others). Budgets of the whole network's sizes, not of what remains: gradual pruning's."""
+    if name not in ("uniform", "erk"):
+        raise ValueError(f"split_keep: distribution {name!r} has no per-layer budget; allowed: "
+                         "uniform, erk")
     sizes = [math.prod(s) for s in shapes]
-    densities = erk_densities(shapes, keep_total / sum(sizes) if sum(sizes) else 0.0)
+    density = keep_total / sum(sizes) if sum(sizes) else 0.0
+    densities = erk_densities(shapes, density) if name == "erk" else [density] * len(sizes)
     return _integer_split([d * n for d, n in zip(densities, sizes)], list(remaining), keep_total)

@@ -13,21 +13,23 @@ grow-by-score methods. After an update the trainer zeroes the dropped weights an
 momentum of the grown ones (which start at 0.0).
 
 Built in: `rigl` (Evci et al. 2020: grow by |gradient|) and `set` (Mocanu et al. 2018: grow at
-random).
+random). `gmp` (gradual magnitude pruning, sparsity.gradual) is a dynamic.method too, but no
+drop-and-grow function: it starts dense and only prunes, on its own schedule (GradualPruning).
+Both schedules offer the trainer the `MaskSchedule` interface.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lottery_kd.sparsity import masks as masks_lib
+from lottery_kd.sparsity import gradual, masks as masks_lib
 from lottery_kd.sparsity import structure as structure_lib
 from lottery_kd.registry import Registry
 
@@ -45,6 +47,11 @@ def register(name: str) -> Callable[[DynamicMethod], DynamicMethod]:
 def names() -> tuple[str, ...]:
     """Registered dynamic sparse method names."""
     return _REGISTRY.names()
+
+
+def method_names() -> tuple[str, ...]:
+    """Every dynamic.method value: the registered methods, then gradual magnitude pruning."""
+    return names() + (gradual.NAME,)
 
 
 def get(name: str) -> DynamicMethod:
@@ -141,9 +148,28 @@ def sparse_evolutionary_training(params: PyTree, masks: PyTree, grads: PyTree,
                          scope=scope, structure=structure)
 
 
+class MaskSchedule(Protocol):
+    """What the trainer's mask-update callback needs of a schedule (MaskUpdate, GradualPruning):
+    `due(step)`, `new_masks(step, params, masks, grads)`, and whether those need the dense
+    gradient (`needs_grads`; else grads is None)."""
+
+    method: str
+    delta_t: int
+    end_step: int
+    scope: masks_lib.Scope
+    needs_grads: bool
+
+    def due(self, step: int) -> bool:
+        """Whether the masks change before global step `step`."""
+
+    def new_masks(self, step: int, params: PyTree, masks: PyTree,
+                  grads: Optional[PyTree]) -> PyTree:
+        """The masks after the update at `step`."""
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskUpdate:
-    """When and how a training run updates its masks (the trainer calls `due` and `apply`)."""
+    """When and how a training run updates its masks (the trainer calls `due` and `new_masks`)."""
 
     method: str
     delta_t: int
@@ -152,6 +178,7 @@ class MaskUpdate:
     seed: int = 0
     scope: masks_lib.Scope = "conv"
     structure: str = "unstructured"
+    needs_grads: ClassVar[bool] = True  # registered methods get the dense gradient
 
     def due(self, step: int) -> bool:
         """Whether the masks change before global step `step`."""

@@ -174,33 +174,61 @@ def _prune_blocks(shape: structure_lib.Structure, scores: PyTree, masks: PyTree,
                   fraction: float, scope: masks_lib.Scope, distribution: str) -> PyTree:
     """block:B: the same ranking as unstructured pruning over blocks (score: the sum of the
     block's alive scores), counted in blocks; a block goes whole."""
+    block_scores, block_masks, structured = _block_view(shape, scores, masks, scope)
+    pruned = prune_by_scores(block_scores, block_masks, fraction,
+                             scope=lambda name, _: name in structured, distribution=distribution)
+    return _expand_blocks(shape, pruned, masks, structured)
+
+
+def prune_blocks_to_keep(structure: str, scores: PyTree, masks: PyTree, keep: Sequence[int], *,
+                         scope: masks_lib.Scope = "conv") -> PyTree:
+    """block:B with per-layer counts: the l-th in-scope layer keeps its round(keep[l] / B)
+    best blocks (summed scores); out-of-structure layers stay as they are. Never revives."""
+    shape = structure_lib.parse(structure)
+    block_scores, block_masks, structured = _block_view(shape, scores, masks, scope)
+    names = [name for name, _ in masks_lib.named_leaves(masks)]
+    selected = [names[i] for i in masks_lib.prunable_indices(masks, scope)]
+    blocks = [int(round(k / shape.m)) for name, k in zip(selected, keep) if name in structured]
+    kept = prune_to_keep(block_scores, block_masks, blocks,
+                         scope=lambda name, _: name in structured)
+    return _expand_blocks(shape, kept, masks, structured)
+
+
+def _block_view(shape: structure_lib.Structure, scores: PyTree, masks: PyTree,
+                scope: masks_lib.Scope) -> tuple[PyTree, PyTree, set[str]]:
+    """(block scores, block masks, the structured in-scope layers): each structured kernel
+    counted in blocks (alive: any weight alive; score: the sum over its alive weights), every
+    other leaf as it is."""
     flat_masks, flat_scores = masks_lib.named_leaves(masks), jax.tree.leaves(scores)
-    structured = {flat_masks[i][0]: i for i in masks_lib.prunable_indices(masks, scope)
+    structured = {flat_masks[i][0] for i in masks_lib.prunable_indices(masks, scope)
                   if shape.applies(np.shape(flat_masks[i][1]))}
     block_masks, block_scores = [], []
-    for i, (name, mask) in enumerate(flat_masks):
+    for (name, mask), score in zip(flat_masks, flat_scores):
         mask = np.asarray(mask, dtype=bool)
         if name in structured:
-            rows = shape.groups(mask)
-            size = shape.group_shape(mask.shape)
+            rows, size = shape.groups(mask), shape.group_shape(mask.shape)
             block_masks.append(rows.any(axis=1).reshape(size))
-            block_scores.append(np.where(rows, shape.groups(np.asarray(
-                flat_scores[i], np.float64)), 0.0).sum(axis=1).reshape(size))
+            block_scores.append(np.where(rows, shape.groups(np.asarray(score, np.float64)),
+                                         0.0).sum(axis=1).reshape(size))
         else:
             block_masks.append(mask)
             block_scores.append(np.zeros(mask.shape))
     treedef = jax.tree.structure(masks)
-    pruned = prune_by_scores(jax.tree.unflatten(treedef, block_scores),
-                             jax.tree.unflatten(treedef, block_masks), fraction,
-                             scope=lambda name, _: name in structured, distribution=distribution)
+    return (jax.tree.unflatten(treedef, block_scores), jax.tree.unflatten(treedef, block_masks),
+            structured)
+
+
+def _expand_blocks(shape: structure_lib.Structure, block_masks: PyTree, masks: PyTree,
+                   structured: set[str]) -> PyTree:
+    """Weight masks from block masks: a weight stays where it was alive and its block is kept."""
     leaves = []
-    for (name, mask), blocks in zip(flat_masks, jax.tree.leaves(pruned)):
+    for (name, mask), blocks in zip(masks_lib.named_leaves(masks), jax.tree.leaves(block_masks)):
         mask = np.asarray(mask, dtype=bool)
         if name in structured:
             kept = np.repeat(np.asarray(blocks).reshape(-1, 1), shape.m, axis=1)
             mask = mask & shape.ungroup(kept, mask.shape)
         leaves.append(jnp.asarray(mask))
-    return jax.tree.unflatten(treedef, leaves)
+    return jax.tree.unflatten(jax.tree.structure(masks), leaves)
 
 
 def prune_to_counts(scores: PyTree, masks: PyTree, num_to_remove: int, *,

@@ -21,8 +21,9 @@ from lottery_kd.config import protocols
 from lottery_kd.config.identity import (ADDED_KEYS, COSMETIC_KEYS,  # noqa: F401  (re-exported)
                                         config_digest, config_to_dict)
 from lottery_kd.data.augment import normalize
-from lottery_kd.sparsity import pruning
-from lottery_kd.sparsity.dynamic import MaskUpdate
+from lottery_kd.sparsity import gradual, pruning
+from lottery_kd.sparsity.dynamic import MaskSchedule, MaskUpdate
+from lottery_kd.sparsity.gradual import GradualPruning
 from lottery_kd.sparsity.sparse_init import sparse_aware_init
 from lottery_kd.study import results, variants as variants_lib
 from lottery_kd.study.checkpoints import CheckpointError
@@ -123,27 +124,43 @@ class LotteryRun(Study):
 
     def run_dynamic(self) -> None:
         """Dynamic sparse training (RigL, SET, ...) from init at dynamic.sparsity, its masks
-        updated during training at a constant count; with dynamic.distill, KD from the dense
-        network. One row: level 1, variant e.g. 'rigl_kd'."""
+        updated during training at a constant count, or gradual magnitude pruning (gmp) from
+        the dense init to dynamic.sparsity; with dynamic.distill, KD from the dense network.
+        One row: level 1, variant e.g. 'rigl_kd' or 'gmp'."""
         dyn, name = self.config.dynamic, self.dynamic_name()
         if (1, name) in self._done():
             return
         init = self.load_snapshot("init")
+        total = self.plan.total_steps
+        if dyn.method == gradual.NAME:  # dense at first (init's all-true masks)
+            start, masks = init, init["masks"]
+            update: MaskSchedule = GradualPruning(
+                dyn.sparsity, dyn.delta_t, *gradual.pruning_steps(dyn.start_fraction,
+                                                                  dyn.end_fraction, total),
+                distribution=dyn.distribution, scope=self.scope,
+                structure=self.config.prune.structure)
+        else:
+            start, masks = self._sparse_start(init)
+            update = MaskUpdate(dyn.method, dyn.delta_t, dyn.alpha,
+                                end_step=int(dyn.end_fraction * total), seed=self.config.seed,
+                                scope=self.scope, structure=self.config.prune.structure)
+        self._train(1, name, start, masks, start_step=0, num_steps=total,
+                    schedule=self.schedule, distill=dyn.distill, mask_update=update)
+
+    def _sparse_start(self, init: PyTree) -> tuple[PyTree, PyTree]:
+        """(weights, masks) a drop-and-grow run starts from: random masks at dynamic.sparsity
+        (dynamic.distribution's layer densities) over the init weights, or over their
+        sparse-aware redraw (dynamic.init='sparse')."""
+        dyn = self.config.dynamic
         masks = pruning.get("random")(init["params"], init["masks"], dyn.sparsity,
                                       rng=derived_key(self.config.seed, "dynamic", "masks"),
                                       scope=self.scope, distribution=dyn.distribution,
                                       structure=self.config.prune.structure)
-        start = init
-        if dyn.init == "sparse":
-            start = {"params": sparse_aware_init(init["params"], masks, derived_key(
-                self.config.seed, "dynamic", "sparse_init"), scope=self.scope),
-                "batch_stats": init["batch_stats"]}
-        total = self.plan.total_steps
-        update = MaskUpdate(dyn.method, dyn.delta_t, dyn.alpha,
-                            end_step=int(dyn.end_fraction * total), seed=self.config.seed,
-                            scope=self.scope, structure=self.config.prune.structure)
-        self._train(1, name, start, masks, start_step=0, num_steps=total,
-                    schedule=self.schedule, distill=dyn.distill, mask_update=update)
+        if dyn.init != "sparse":
+            return init, masks
+        return {"params": sparse_aware_init(init["params"], masks, derived_key(
+            self.config.seed, "dynamic", "sparse_init"), scope=self.scope),
+            "batch_stats": init["batch_stats"]}, masks
 
     def _announce(self, level: int, variant: str) -> None:
         planned = [(r["level"], r["variant"]) for r in self.planned_runs()]

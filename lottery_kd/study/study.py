@@ -26,7 +26,8 @@ from lottery_kd.models import flops as flops_lib, get_model
 from lottery_kd.runtime.environment import record_start
 from lottery_kd.runtime.parallel import DataParallel
 from lottery_kd.sparsity import masks as masks_lib
-from lottery_kd.sparsity.dynamic import MaskUpdate
+from lottery_kd.sparsity.dynamic import MaskSchedule
+from lottery_kd.sparsity.gradual import GradualPruning
 from lottery_kd.study import results, variants as variants_lib
 from lottery_kd.study.checkpoints import SnapshotCache, SnapshotStore
 from lottery_kd.study.variants import DENSE, snapshot_name
@@ -185,13 +186,13 @@ class Study:
     # ---- training --------------------------------------------------------------------------
     def _train(self, level: int, variant_name: str, start: PyTree, masks: PyTree, *,
                start_step: int, num_steps: int, schedule, distill: bool, on_step=None,
-               mask_update: Optional[MaskUpdate] = None) -> dict:
+               mask_update: Optional[MaskSchedule] = None) -> dict:
         """Train one run from `start` under `masks`, resuming its checkpoint if there is one;
         then save its snapshot, append its row and delete its resume checkpoints."""
         tag = snapshot_name(level, variant_name)
         main = self.parallel.is_main
         masks = self.parallel.replicate(masks)
-        sparsity = masks_lib.sparsity(masks, self.scope)
+        sparsity = masks_lib.sparsity(masks, self.scope)  # at the start (GMP: then it prunes)
         state = self.trainer.init_state(start["params"], start["batch_stats"], masks, start_step)
         outputs = RunOutputs.open(
             f"[level {level} {variant_name}]", progress_mode=self.config.log.progress,
@@ -200,7 +201,7 @@ class Study:
             fingerprint=self.fingerprint, log=self.log, main=main)
 
         def log_scalars(step: int, row: dict) -> None:
-            outputs.write_row(step, row, sparsity=sparsity)
+            outputs.write_row(step, {"sparsity": sparsity, **row})  # a dynamic run's: its own
             if main and "epoch_seconds" in row:  # the pace analysis.status estimates with
                 results.append_epoch_time(self.workdir, {
                     "level": level, "variant": variant_name, "step": step,
@@ -225,35 +226,44 @@ class Study:
                 from None
         finally:
             outputs.close(resume=False)  # the resume store goes once the row is written
-        row = self._record(level, variant_name, fit, sparsity=sparsity, start_step=start_step,
-                           distill=distill, mask_update=mask_update)
+        row = self._record(level, variant_name, fit, start_step=start_step, distill=distill,
+                           mask_update=mask_update)
         if main:
             outputs.resume.delete_all()  # the final snapshot and the row now stand for this run
         else:
             outputs.resume.close()
         return row
 
-    def _flops(self, row: dict, mask_update: Optional[MaskUpdate]) -> dict[str, float]:
-        """The row's training FLOPs, dense-equivalent and with the pruned weights skipped."""
+    def _flops(self, row: dict, mask_update: Optional[MaskSchedule],
+               masks: PyTree) -> dict[str, float]:
+        """The row's training FLOPs, dense-equivalent and with the pruned weights skipped (a GMP
+        run: summed over the stretches between its updates, at each one's layer counts)."""
         if self._layer_flops is None:
             self._layer_flops = flops_lib.layer_flops(self.model, self.data.image_shape)
         rigl = (mask_update.delta_t, mask_update.end_step) \
             if mask_update and mask_update.method == "rigl" else None
-        return flops_lib.row_flops(self._layer_flops, row,
-                                   batch_size=self.config.train.batch_size,
-                                   kd_stop_step=self.plan.kd_stop_step, rigl=rigl,
-                                   basis=bool(self.config.model.basis))
+        stretches = [(row["start_step"], row["steps"], row["layer_counts"])]
+        if isinstance(mask_update, GradualPruning):  # dense at first: not its final counts
+            stretches = mask_update.count_schedule(masks, row["start_step"], row["steps"])
+        parts = [flops_lib.row_flops(self._layer_flops, {**row, "start_step": first,
+                                                         "steps": steps, "layer_counts": counts},
+                                     batch_size=self.config.train.batch_size,
+                                     kd_stop_step=self.plan.kd_stop_step, rigl=rigl,
+                                     basis=bool(self.config.model.basis))
+                 for first, steps, counts in stretches]
+        return {key: sum(part[key] for part in parts) for key in parts[0]}
 
-    def _record(self, level: int, variant_name: str, fit, *, sparsity: float, start_step: int,
-                distill: bool, mask_update: Optional[MaskUpdate]) -> dict:
-        """Save a finished run's snapshot (fit.masks: a dynamic method changes them, keeping
-        their count, so `sparsity` is the run's) and append its result row and summary; every
-        process waits until the row is written."""
+    def _record(self, level: int, variant_name: str, fit, *, start_step: int, distill: bool,
+                mask_update: Optional[MaskSchedule]) -> dict:
+        """Save a finished run's snapshot and append its result row and summary (sparsity and
+        counts of its final masks, fit.masks: a dynamic method changes them); every process
+        waits until the row is written."""
         tag = snapshot_name(level, variant_name)
         snapshot = self._snapshot(fit.state.params, fit.state.batch_stats, fit.masks)
         self.snapshots.save(tag, snapshot)
         self._finals[tag] = snapshot
         remaining, total = masks_lib.count(fit.masks, self.scope)
+        sparsity = masks_lib.sparsity(fit.masks, self.scope)
         row = {"level": level, "variant": variant_name, "sparsity": sparsity,
                "remaining_weights": remaining, "prunable_weights": total,
                "test_accuracy": fit.test_accuracy, "best_val_accuracy": fit.best_val_accuracy,
@@ -263,7 +273,7 @@ class Study:
                "layer_counts": {name: list(counts) for name, counts in
                                 masks_lib.layer_counts(fit.masks, self.scope).items()},
                "seconds": round(fit.seconds, 2)}
-        row.update(self._flops(row, mask_update))
+        row.update(self._flops(row, mask_update, fit.masks))
         if self.parallel.is_main:
             results.append_row(self.results_path, row)
             results.write_summary(self.workdir, results.read_rows(self.results_path),

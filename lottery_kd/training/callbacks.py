@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import jax
 import numpy as np
 
-from lottery_kd.sparsity import dynamic
+from lottery_kd.sparsity import dynamic, masks as masks_lib
 from lottery_kd.study.checkpoints import CheckpointError, ResumeStore
 from lottery_kd.training.errors import NonFiniteLossError
 from lottery_kd.training.progress import Progress
@@ -288,25 +288,31 @@ class StopRequest(Callback):
 
 
 class MaskUpdates(Callback):
-    """Dynamic sparse training: before every step `update` says is due, new masks at a constant
-    active count (from the dense gradient of the step's batch and loss); dropped weights become
-    0.0, grown weights 0.0 with fresh momentum."""
+    """Dynamic sparse training: before every step `update` says is due, its new masks (from the
+    dense gradient of the step's batch and loss when update.needs_grads: RigL; GMP and the like
+    get None and no gradient is computed). Dropped weights become 0.0 and lose their momentum;
+    grown weights start at 0.0 with fresh momentum. Every epoch row gets the masks' sparsity."""
 
-    def __init__(self, update: dynamic.MaskUpdate):
+    def __init__(self, update: dynamic.MaskSchedule):
         self.update = update
 
     def on_step_begin(self, loop: Loop) -> None:
         if not self.update.due(loop.global_step):
             return
         trainer, state, masks = loop.trainer, loop.state, loop.masks
-        teacher = loop.teacher if loop.distill else None
-        grads = trainer.dense_gradient(teacher is not None)(
-            state.params, state.batch_stats, masks, loop.images, loop.labels, teacher or {})
+        grads = None
+        if self.update.needs_grads:
+            teacher = loop.teacher if loop.distill else None
+            grads = trainer.dense_gradient(teacher is not None)(
+                state.params, state.batch_stats, masks, loop.images, loop.labels, teacher or {})
         new_masks = self.update.new_masks(loop.global_step, state.params, masks, grads)
         params, opt_state = dynamic.reset_grown(trainer.optimizer, state.opt_state, state.params,
                                                 masks, new_masks)
         loop.state = trainer.parallel.replicate(state.replace(params=params, opt_state=opt_state))
         loop.masks = trainer.parallel.replicate(new_masks)
+
+    def on_epoch_end(self, loop: Loop, row: dict) -> None:
+        row["sparsity"] = masks_lib.sparsity(loop.masks, self.update.scope)
 
 
 class ShowProgress(Callback):
@@ -350,7 +356,7 @@ class LogScalars(Callback):
 
 def standard_callbacks(*, resume: Optional[ResumeStore] = None, checkpoint_every: int = 0,
                        stop_requested: Optional[Callable[[], bool]] = None,
-                       mask_update: Optional[dynamic.MaskUpdate] = None,
+                       mask_update: Optional[dynamic.MaskSchedule] = None,
                        progress: Optional[Progress] = None,
                        log_scalars: Optional[Callable[[int, dict], None]] = None
                        ) -> list[Callback]:
