@@ -1,14 +1,15 @@
 """Train-step and inference images/s against density: the dense native path and the sparse path.
 
     python -m benchmarks.sparse --models resnet20 --densities 1,0.5,0.2,0.1074,0.05,0.02 \
-        --out benchmarks/results/sparse_cpu.json
+        --out benchmarks/results/sparse_cpu.json [--structures unstructured,block:16]
 
 For each model (batch 128, CIFAR shapes): global magnitude masks at each density (conv weights,
 shortcuts included) on the model's initial weights; one compiled cross-entropy train step and one
 inference function per conv_impl ("native": the dense kernels, "sparse": the masked kernels that
 skip pruned weights, each layer dense above its crossover), the masks an argument, so every
 density runs the same compiled code. Timed in alternating blocks (native, sparse, native, ...)
-after an untimed block each; medians. Records: model, density, pass (train | infer), impl,
+after an untimed block each; medians. Records: model, density, structure (--structures: block:B
+and unstructured at each density below 1, N:M at N/M), pass (train | infer), impl,
 images_per_sec, default (whether it is the path a study uses by default, model.conv_impl
 'auto'), and the speed-up over the same impl at density 1. Where torch is installed, PyTorch
 eager's dense train step and inference (benchmarks.compare_pytorch's network) are recorded
@@ -55,22 +56,40 @@ def _compiled(model_name: str, impl: str, batch: int) -> dict:
     return {"setup": setup, "step": step, "infer": infer, "state_for": state_for}
 
 
-def _masks(setup, density: float):
+def _masks(setup, density: float, structure: str = "unstructured"):
     from lottery_kd.sparsity import pruning
     if density >= 1.0:
         return setup.dense_masks
-    return pruning.get("magnitude_global")(setup.params, setup.dense_masks, 1.0 - density)
+    return pruning.get("magnitude_global")(setup.params, setup.dense_masks, 1.0 - density,
+                                           structure=structure)
+
+
+def cells(densities: list[float], structures: list[str]) -> list[tuple[float, str]]:
+    """The (density, structure) pairs measured: density 1 once (unstructured), N:M only at its
+    own density N/M, block:B and unstructured at every density below 1."""
+    from lottery_kd.sparsity import structure as structure_lib
+    out = []
+    for density in densities:
+        for text in structures:
+            fixed = structure_lib.parse(text).fixed_sparsity
+            if density >= 1.0:
+                keep = text == "unstructured"
+            else:
+                keep = fixed is None or abs(1.0 - fixed - density) < 1e-9
+            if keep:
+                out.append((density, text))
+    return out
 
 
 def measure(model_name: str, densities: list[float], batch: int, steps: int,
-            repeats: int) -> list[dict]:
-    """Every (density, pass, impl) of one model, the impls alternating within each cell."""
+            repeats: int, structures: tuple[str, ...] = ("unstructured",)) -> list[dict]:
+    """Every (density, structure, pass, impl) of one model, the impls alternating in each cell."""
     import jax
 
     built = {impl: _compiled(model_name, impl, batch) for impl in IMPLS}
     records = []
-    for density in densities:
-        masks = _masks(built[IMPLS[0]]["setup"], density)
+    for density, structure in cells(densities, list(structures)):
+        masks = _masks(built[IMPLS[0]]["setup"], density, structure)
         for pass_name in ("train", "infer"):
             calls = {}
             for impl, parts in built.items():
@@ -94,8 +113,9 @@ def measure(model_name: str, densities: list[float], batch: int, steps: int,
                     if repeat >= 0:
                         seconds[impl].append(took)
             for impl in calls:
-                records.append({"model": model_name, "density": density, "pass": pass_name,
-                                "impl": impl, "default": impl == DEFAULT_IMPL, "batch": batch,
+                records.append({"model": model_name, "density": density,
+                                "structure": structure, "pass": pass_name, "impl": impl,
+                                "default": impl == DEFAULT_IMPL, "batch": batch,
                                 "images_per_sec": round(steps * batch / median(seconds[impl]),
                                                         1)})
     records += _pytorch_records(model_name, batch, steps)
@@ -133,8 +153,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed block")
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per impl")
+    parser.add_argument("--structures", default="unstructured",
+                        help="prune.structure values, e.g. unstructured,block:16,2:4")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
+    structures = tuple(args.structures.split(","))
+    try:
+        from lottery_kd.sparsity import structure as structure_lib
+        [structure_lib.parse(text) for text in structures]
+    except ValueError as error:
+        raise SystemExit(f"--structures: {error}") from None
     try:
         densities = sorted({float(d) for d in args.densities.split(",")}, reverse=True)
     except ValueError:
@@ -144,10 +172,12 @@ def main(argv: list[str] | None = None) -> None:
     reexec_with_malloc_tuning()
     records = []
     for model_name in args.models.split(","):
-        records += measure(model_name, densities, args.batch, args.steps, args.repeats)
+        records += measure(model_name, densities, args.batch, args.steps, args.repeats,
+                           structures)
         for r in records:
             if r["model"] == model_name:
-                print(f"{model_name} density {r['density']:<7g} {r['pass']:<5} {r['impl']:<6} "
+                print(f"{model_name} density {r['density']:<7g} {r.get('structure', ''):<12} "
+                      f"{r['pass']:<5} {r['impl']:<6} "
                       f"{r['images_per_sec']:8.1f} img/s  x{r['speedup_over_densest']:.2f}",
                       file=sys.stderr)
     write_json({"benchmark": "sparse", "environment": environment(), "records": records},

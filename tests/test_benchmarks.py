@@ -77,14 +77,23 @@ def test_sparse_benchmark_records_both_paths_for_each_density_and_pass(tmp_path)
     out = tmp_path / "sparse.json"
     done = subprocess.run([sys.executable, "-m", "benchmarks.sparse", "--models", "resnet20",
                            "--densities", "1,0.1074", "--batch", "16", "--steps", "1",
-                           "--repeats", "1", "--out", str(out)], cwd=REPO,
+                           "--repeats", "1", "--structures", "unstructured,block:16",
+                           "--out", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [r for r in json.loads(out.read_text())["records"]
                if r["impl"] != "pytorch_eager"]
-    cells = [(r["density"], r["pass"], r["impl"]) for r in records]
-    assert cells == [(d, p, i) for d in (1.0, 0.1074) for p in ("train", "infer")
-                     for i in ("native", "sparse")]
+    cells = [(r["density"], r["structure"], r["pass"], r["impl"]) for r in records]
+    assert cells == [(d, s, p, i) for d, s in ((1.0, "unstructured"), (0.1074, "unstructured"),
+                                              (0.1074, "block:16"))
+                     for p in ("train", "infer") for i in ("native", "sparse")]
     assert all(r["images_per_sec"] > 0 and r["default"] == (r["impl"] == "native")
                for r in records)
     assert all(r["speedup_over_densest"] == 1.0 for r in records if r["density"] == 1.0)
+
+
+def test_sparse_benchmark_cells_measure_each_structure_where_it_applies():
+    from benchmarks.sparse import cells
+    assert cells([1.0, 0.5, 0.1], ["unstructured", "2:4", "block:16"]) == [
+        (1.0, "unstructured"), (0.5, "unstructured"), (0.5, "2:4"), (0.5, "block:16"),
+        (0.1, "unstructured"), (0.1, "block:16")]

@@ -35,6 +35,12 @@ def test_readme_masking_function_example_registers_and_prunes_exactly():
     removed_magnitudes = np.abs(np.arange(-50.0, 50.0))[~kept]
     assert removed_magnitudes.max() <= 10  # the smallest |w|^2
     assert np.all(np.asarray(new["fc"]["kernel"]))  # fc is out of the default scope
+    params["conv"]["kernel"] = jnp.arange(-80.0, 80.0).reshape(2, 2, 5, 8)
+    masks = masks_lib.create(params)
+    blocks = fn(params, masks, 0.5, rng=jax.random.key(1), structure="block:4")
+    pruning.check_result("magnitude_squared_plus_noise", blocks, masks, params, "conv", "block:4")
+    rows = np.asarray(blocks["conv"]["kernel"]).reshape(-1, 4)
+    assert set(rows.sum(axis=1)) == {0, 4} and rows.sum() == 80  # whole blocks, half of them
 
 
 def test_readme_variant_example_runs_in_a_study(tmp_path):
