@@ -73,3 +73,29 @@ def test_a_sparse_study_scores_and_grows_with_its_dense_twin(tmp_path):
     assert study.dense_model is not study.model
     assert study.trainer.dense_model is study.dense_model
     assert study.dense_model.conv.keywords["conv_impl"] == "native"
+
+
+def test_a_relaunch_switches_conv_impl_for_the_next_runs_never_halfway(tmp_path):
+    """model.conv_impl says how, not what: a study stopped in the middle of a run and launched
+    again on another conv_impl finishes that run on the path it started on, the next runs take
+    the new one, each row says which it ran, and the snapshots stay valid (one digest)."""
+    from lottery_kd.study import lottery, results
+    from lottery_kd.study.study import Study
+    from lottery_kd.training.errors import TrainingInterrupted
+    from tests.conftest import make_tiny_config
+    from tests.test_reliability import StopAfter
+    config = make_tiny_config()
+    config.prune.levels, config.lottery.variants = 1, "lt,kd"
+    config.checkpoint.every_steps = 4
+    config.model.conv_impl = "xla"
+    with pytest.raises(TrainingInterrupted):  # dense 38 steps, 1 between runs, 10 of lt's
+        lottery.run(config, tmp_path, log=lambda *_: None, stop_requested=StopAfter(38 + 1 + 10))
+    digest = Study(config, tmp_path, log=lambda *_: None, record=False).fingerprint
+    config.model.conv_impl = "native"
+    lines = []
+    rows = lottery.run(config, tmp_path, log=lines.append)
+    assert [(r["variant"], r["conv_impl"]) for r in rows] == [
+        ("dense", "xla"), ("lt", "xla"), ("kd", "native")]
+    assert any("resumes on model.conv_impl=xla" in line for line in lines)
+    assert Study(config, tmp_path, log=lambda *_: None, record=False).fingerprint == digest
+    assert results.read_rows(tmp_path / "results.jsonl") == rows

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import ml_collections
 
@@ -26,6 +26,12 @@ COSMETIC_KEYS = ("log.progress", "log.tensorboard", "parallel.distributed",
                  "parallel.coordinator_bind_address", "parallel.num_cpu_devices",
                  "checkpoint.every_steps", "checkpoint.keep", "prune.first_level",
                  "prune.only_levels", "protocol")
+
+# How a result is computed, not what it is: each run records the value it ran on (its row's
+# `conv_impl`) and resumes on it, never switching halfway; a relaunch may change it for the runs
+# that start after. The config digest keeps the study's first value (config.json's), so the
+# study's snapshots stay valid across a switch.
+EXECUTION_KEYS = ("model.conv_impl",)
 
 # Settings added after studies may have started, with the value that reproduces what ran before
 # they existed. A saved config without the key reads as that value, and at that value the key
@@ -87,13 +93,19 @@ def differing_keys(saved: dict, now: dict) -> list[str]:
     saved_flat = canonical_settings(flatten(saved))
     now_flat = canonical_settings(flatten(now))
     return [key for key in sorted(set(saved_flat) | set(now_flat))
-            if key not in COSMETIC_KEYS and setting(saved_flat, key) != setting(now_flat, key)]
+            if key not in COSMETIC_KEYS + EXECUTION_KEYS
+            and setting(saved_flat, key) != setting(now_flat, key)]
 
 
-def config_digest(config: Any) -> str:
-    """sha256 of the settings that decide results (cosmetic and placement keys left out)."""
+def config_digest(config: Any, saved: Optional[dict] = None) -> str:
+    """sha256 of the settings that decide results (cosmetic and placement keys left out), the
+    execution keys at their values in `saved` (the study's config.json) when given."""
     flat = {k: v for k, v in canonical_settings(flatten(config_to_dict(config))).items()
             if k not in COSMETIC_KEYS}
+    if saved is not None:
+        saved_flat = canonical_settings(flatten(saved))
+        flat.update({key: setting(saved_flat, key) for key in EXECUTION_KEYS
+                     if key in flat})
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 

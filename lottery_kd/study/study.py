@@ -23,13 +23,13 @@ from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.kernels.build import NativeKernelError
 from lottery_kd.kernels.conv3x3 import native_enabled
 from lottery_kd.models import flops as flops_lib, get_model
-from lottery_kd.runtime.environment import record_start
+from lottery_kd.runtime.environment import read_starts, record_start
 from lottery_kd.runtime.parallel import DataParallel
 from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.sparsity.dynamic import MaskSchedule
 from lottery_kd.sparsity.gradual import GradualPruning
 from lottery_kd.study import results, variants as variants_lib
-from lottery_kd.study.checkpoints import SnapshotCache, SnapshotStore
+from lottery_kd.study.checkpoints import SnapshotCache, SnapshotStore, read_fingerprint
 from lottery_kd.study.variants import DENSE, snapshot_name
 from lottery_kd.study.workdir import Workdir
 from lottery_kd.study.workdir_checks import (check_batch_norm_groups, check_workdir_path,
@@ -73,7 +73,7 @@ class Study:
         self.plan = config_lib.plan_steps(config, self.data.train.num_examples)
         self.variants = [variants_lib.get(name)
                          for name in config_lib.parse_names(config.lottery.variants)]
-        self.model, self.dense_model = self._models(config)
+        self.model, self.dense_model = self._models(config, config.model.conv_impl)
         if record:  # the analysis tools read the study as it is and write nothing into it
             prepare_workdir(self.workdir, config, write=self.parallel.is_main)
         check_batch_norm_groups(self.workdir, config.parallel.batch_norm,
@@ -85,7 +85,9 @@ class Study:
         self.schedule = optim.step_schedule(config.train.lr, self.plan.milestone_steps,
                                             decay=config.train.lr_decay,
                                             warmup_steps=self.plan.warmup_steps)
-        self.fingerprint = {"model": config.model.name, "config_digest": config_digest(config)}
+        saved = identity.read_saved(self.paths.config) if self.paths.config.is_file() else None
+        self.fingerprint = {"model": config.model.name,
+                            "config_digest": config_digest(config, saved)}
         self.snapshots = SnapshotStore(self.paths.snapshots, self.fingerprint)
         self.results_path = self.paths.results
         self._finals = SnapshotCache(size=4)  # bounded: not every snapshot of the study
@@ -115,28 +117,48 @@ class Study:
                      batch_norm_groups=self.parallel.batch_norm_groups(
                          config.parallel.batch_norm))
 
-    def _models(self, config: Any) -> tuple[Any, Any]:
-        """(the model, its dense twin): with model.conv_impl='sparse' the twin runs the dense
+    def _models(self, config: Any, conv_impl: str) -> tuple[Any, Any]:
+        """(the model, its dense twin) on `conv_impl`: with 'sparse' the twin runs the dense
         kernels, for what needs gradients at pruned weights (RigL's growth, SNIP, GraSP)."""
         def build(conv_impl: str) -> Any:
             return get_model(config.model.name, self.data.num_classes, basis=config.model.basis,
                              basis_seed=config.seed, conv_impl=conv_impl,
                              norm_impl=config.model.norm_impl)
         try:  # before the workdir is written: a conv_impl this machine cannot run is bad input
-            model = build(config.model.conv_impl)
+            model = build(conv_impl)
         except NativeKernelError as error:
             raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
-        return model, (build("native") if config.model.conv_impl == "sparse" else model)
+        return model, (build("native") if conv_impl == "sparse" else model)
 
-    def make_trainer(self, data) -> Trainer:
+    def make_trainer(self, data, conv_impl: Optional[str] = None) -> Trainer:
         """A trainer with this study's model, optimizer, distillation and device layout, over
-        `data` (the study's own, or another order or subset of it for the analysis tools)."""
+        `data` (the study's own, or another order or subset of it for the analysis tools), its
+        convolutions on `conv_impl` (default: model.conv_impl)."""
         config, kd = self.config, self.config.kd
-        return Trainer(self.model, data, batch_size=config.train.batch_size,
+        model, dense_model = self.model, self.dense_model
+        if conv_impl not in (None, config.model.conv_impl):
+            model, dense_model = self._models(config, conv_impl)
+        return Trainer(model, data, batch_size=config.train.batch_size,
                        momentum=config.train.momentum, weight_decay=config.train.weight_decay,
                        distillation=Distillation(kd.temperature, kd.alpha, kd.reduction),
                        parallel=self.parallel, batch_norm=config.parallel.batch_norm,
-                       dense_model=self.dense_model)
+                       dense_model=dense_model)
+
+    def run_conv_impl(self, tag: str) -> str:
+        """The model.conv_impl run `tag` trains on: the one its resume checkpoints were written
+        on (a run never switches paths halfway; checkpoints from before this was recorded: the
+        previous start's), else this launch's."""
+        store = self.paths.resume(tag)
+        steps = sorted((int(p.name) for p in store.iterdir() if p.name.isdigit()),
+                       reverse=True) if store.is_dir() else []
+        for step in steps:
+            fingerprint = read_fingerprint(store / str(step))
+            if fingerprint is not None:
+                if "conv_impl" in fingerprint:
+                    return fingerprint["conv_impl"]
+                starts = read_starts(self.workdir)
+                return starts[-2].get("conv_impl", "auto") if len(starts) > 1 else "auto"
+        return self.config.model.conv_impl
 
     @classmethod
     def from_workdir(cls, workdir: str | os.PathLike, *, log=print) -> "Study":
@@ -193,12 +215,19 @@ class Study:
         main = self.parallel.is_main
         masks = self.parallel.replicate(masks)
         sparsity = masks_lib.sparsity(masks, self.scope)  # at the start (GMP: then it prunes)
-        state = self.trainer.init_state(start["params"], start["batch_stats"], masks, start_step)
+        conv_impl = self.run_conv_impl(tag)
+        trainer = self.trainer
+        if conv_impl != self.config.model.conv_impl:
+            self.log(f"[level {level} {variant_name}] resumes on model.conv_impl={conv_impl}, the "
+                     f"path it started on (model.conv_impl={self.config.model.conv_impl} takes "
+                     "over from the next run)")
+            trainer = self.make_trainer(self.data, conv_impl)
+        state = trainer.init_state(start["params"], start["batch_stats"], masks, start_step)
         outputs = RunOutputs.open(
             f"[level {level} {variant_name}]", progress_mode=self.config.log.progress,
             tensorboard=self.paths.tensorboard(tag) if self.config.log.tensorboard else None,
             resume=self.paths.resume(tag), keep=self.config.checkpoint.keep,
-            fingerprint=self.fingerprint, log=self.log, main=main)
+            fingerprint={**self.fingerprint, "conv_impl": conv_impl}, log=self.log, main=main)
 
         def log_scalars(step: int, row: dict) -> None:
             outputs.write_row(step, {"sparsity": sparsity, **row})  # a dynamic run's: its own
@@ -209,7 +238,7 @@ class Study:
                     "seconds": round(row["epoch_seconds"], 3)})
 
         try:
-            fit = self.trainer.fit(state, masks, num_steps=num_steps, schedule=schedule,
+            fit = trainer.fit(state, masks, num_steps=num_steps, schedule=schedule,
                                    teacher=self.teacher() if distill else None,
                                    kd_stop_step=self.plan.kd_stop_step,
                                    on_step=on_step, callbacks=outputs.callbacks(
@@ -227,7 +256,7 @@ class Study:
         finally:
             outputs.close(resume=False)  # the resume store goes once the row is written
         row = self._record(level, variant_name, fit, start_step=start_step, distill=distill,
-                           mask_update=mask_update)
+                           mask_update=mask_update, conv_impl=conv_impl)
         if main:
             outputs.resume.delete_all()  # the final snapshot and the row now stand for this run
         else:
@@ -254,7 +283,7 @@ class Study:
         return {key: sum(part[key] for part in parts) for key in parts[0]}
 
     def _record(self, level: int, variant_name: str, fit, *, start_step: int, distill: bool,
-                mask_update: Optional[MaskSchedule]) -> dict:
+                mask_update: Optional[MaskSchedule], conv_impl: str) -> dict:
         """Save a finished run's snapshot and append its result row and summary (sparsity and
         counts of its final masks, fit.masks: a dynamic method changes them); every process
         waits until the row is written."""
@@ -272,7 +301,7 @@ class Study:
                "start_step": start_step, "distill": distill,
                "layer_counts": {name: list(counts) for name, counts in
                                 masks_lib.layer_counts(fit.masks, self.scope).items()},
-               "seconds": round(fit.seconds, 2)}
+               "seconds": round(fit.seconds, 2), "conv_impl": conv_impl}
         row.update(self._flops(row, mask_update, fit.masks))
         if self.parallel.is_main:
             results.append_row(self.results_path, row)
