@@ -4,7 +4,8 @@
         --out benchmarks/results/sparse_cpu.json [--structures unstructured,block:16]
 
 For each model (batch 128, CIFAR shapes): global magnitude masks at each density (conv weights,
-shortcuts included) on the model's initial weights; one compiled cross-entropy train step and one
+shortcuts included; --scope conv_no_shortcut: the renda protocol's, shortcuts dense) on the
+model's initial weights; one compiled cross-entropy train step and one
 inference function per conv_impl ("native": the dense kernels, "sparse": the masked kernels that
 skip pruned weights, each layer dense above its crossover), the masks an argument, so every
 density runs the same compiled code. Timed in alternating blocks (native, sparse, native, ...)
@@ -56,12 +57,12 @@ def _compiled(model_name: str, impl: str, batch: int) -> dict:
     return {"setup": setup, "step": step, "infer": infer, "state_for": state_for}
 
 
-def _masks(setup, density: float, structure: str = "unstructured"):
+def _masks(setup, density: float, structure: str = "unstructured", scope: str = "conv"):
     from lottery_kd.sparsity import pruning
     if density >= 1.0:
         return setup.dense_masks
     return pruning.get("magnitude_global")(setup.params, setup.dense_masks, 1.0 - density,
-                                           structure=structure)
+                                           structure=structure, scope=scope)
 
 
 def cells(densities: list[float], structures: list[str]) -> list[tuple[float, str]]:
@@ -82,14 +83,15 @@ def cells(densities: list[float], structures: list[str]) -> list[tuple[float, st
 
 
 def measure(model_name: str, densities: list[float], batch: int, steps: int,
-            repeats: int, structures: tuple[str, ...] = ("unstructured",)) -> list[dict]:
+            repeats: int, structures: tuple[str, ...] = ("unstructured",),
+            scope: str = "conv") -> list[dict]:
     """Every (density, structure, pass, impl) of one model, the impls alternating in each cell."""
     import jax
 
     built = {impl: _compiled(model_name, impl, batch) for impl in IMPLS}
     records = []
     for density, structure in cells(densities, list(structures)):
-        masks = _masks(built[IMPLS[0]]["setup"], density, structure)
+        masks = _masks(built[IMPLS[0]]["setup"], density, structure, scope)
         for pass_name in ("train", "infer"):
             calls = {}
             for impl, parts in built.items():
@@ -113,7 +115,7 @@ def measure(model_name: str, densities: list[float], batch: int, steps: int,
                     if repeat >= 0:
                         seconds[impl].append(took)
             for impl in calls:
-                records.append({"model": model_name, "density": density,
+                records.append({"model": model_name, "density": density, "scope": scope,
                                 "structure": structure, "pass": pass_name, "impl": impl,
                                 "default": impl == DEFAULT_IMPL, "batch": batch,
                                 "images_per_sec": round(steps * batch / median(seconds[impl]),
@@ -155,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per impl")
     parser.add_argument("--structures", default="unstructured",
                         help="prune.structure values, e.g. unstructured,block:16,2:4")
+    parser.add_argument("--scope", default="conv", choices=("conv", "conv_no_shortcut"),
+                        help="what is pruned: conv (shortcuts too) or conv_no_shortcut (renda)")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     structures = tuple(args.structures.split(","))
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     records = []
     for model_name in args.models.split(","):
         records += measure(model_name, densities, args.batch, args.steps, args.repeats,
-                           structures)
+                           structures, args.scope)
         for r in records:
             if r["model"] == model_name:
                 print(f"{model_name} density {r['density']:<7g} {r.get('structure', ''):<12} "
