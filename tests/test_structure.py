@@ -83,8 +83,9 @@ def test_block16_prunes_whole_blocks_ranked_by_their_summed_magnitude(resnet20):
 
 
 @pytest.mark.parametrize("text", ["2:4", "block:16"])
-@pytest.mark.parametrize("method", ["random", "magnitude_layerwise", "snip", "grasp",
-                                    "synflow"])
+@pytest.mark.parametrize("method", ["magnitude_layerwise", "snip", "synflow",
+                                    pytest.param("random", marks=pytest.mark.slow),
+                                    pytest.param("grasp", marks=pytest.mark.slow)])
 def test_every_score_criterion_keeps_the_structure(method, text):
     model = get_model("digits_convnet", 10)
     params, batch_stats = init_variables(model, jax.random.key(0), (8, 8, 1))
