@@ -90,6 +90,10 @@ def _train() -> ml_collections.ConfigDict:
                                     # Renda et al.: 91,136); "": 50% and 75% of epochs
     section.lr_decay = 0.1          # LR factor at each milestone
     section.warmup_epochs = 0       # linear warm-up
+    section.precision = "float32"   # float32 | bfloat16: the dtype forward and backward run in
+                                    # (params, optimizer state, update, losses stay float32;
+                                    # training.precision). bfloat16 runs outside the native CPU
+                                    # kernels (conv_impl auto -> XLA; native/sparse refused)
     return section
 
 

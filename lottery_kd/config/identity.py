@@ -40,7 +40,7 @@ ADDED_KEYS = {"model.norm_impl": "flax", "protocol": "",
               "data.validation_split": "random", "data.normalization": "train_statistics",
               "data.crop_scale": "0.08,1", "data.crop_ratio": "3/4,4/3",
               "prune.only_levels": "", "prune.structure": "unstructured",
-              "dynamic.start_fraction": 0.25}
+              "dynamic.start_fraction": 0.25, "train.precision": "float32"}
 
 
 class SavedConfigError(ValueError):

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from lottery_kd.config.defaults import get_config as default_config
 from lottery_kd.sparsity import dynamic as dynamic_lib, gradual
-from lottery_kd.training import losses
+from lottery_kd.training import losses, precision as precision_lib
 from lottery_kd.sparsity import masks as masks_lib, pruning
 from lottery_kd.sparsity import structure as structure_lib
 from lottery_kd.study import variants as variants_lib
@@ -137,6 +137,14 @@ def _check_train(config: Any, check: Check) -> None:
     except ValueError:
         check(False, "train.milestones", train.milestones,
               "comma-separated integer epochs such as '91,136', or '' for 50%/75% of training")
+    check(train.precision in precision_lib.PRECISIONS, "train.precision", train.precision,
+          f"allowed: {', '.join(precision_lib.PRECISIONS)}")
+    if train.precision == precision_lib.BFLOAT16:
+        check(config.model.conv_impl not in precision_lib.FLOAT32_ONLY_CONV_IMPLS,
+              "model.conv_impl", config.model.conv_impl,
+              f"not with train.precision={train.precision!r}: the native "
+              f"{'/'.join(precision_lib.FLOAT32_ONLY_CONV_IMPLS)} kernels are float32-only; use "
+              "'auto' (XLA's convolution in bfloat16) or 'xla', or train.precision='float32'")
 
 
 def _check_kd(config: Any, check: Check) -> None:

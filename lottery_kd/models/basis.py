@@ -56,7 +56,8 @@ def _is_basis_kernel(path: tuple, leaf: Any) -> bool:
 
 def transform(kernel: jax.Array, basis: str, seed: int, inverse: bool = False) -> jax.Array:
     """Coefficients of a [kh, kw, c_in, c_out] kernel in `basis` (or, with `inverse`, the kernel
-    of such coefficients)."""
+    of such coefficients), in the kernel's dtype (bfloat16 coefficients: the float32 transform
+    rounded to bfloat16, as train.precision=bfloat16 computes)."""
     kh, kw, c_in, c_out = kernel.shape
     if basis == "dct":
         out = kernel
@@ -64,12 +65,12 @@ def transform(kernel: jax.Array, basis: str, seed: int, inverse: bool = False) -
             matrix = jnp.asarray(dct_matrix(size))
             matrix = matrix.T if inverse else matrix
             out = jnp.moveaxis(jnp.tensordot(matrix, out, axes=([1], [axis])), 0, axis)
-        return out
+        return out.astype(kernel.dtype)  # a no-op on float32
     if basis == "random":
         matrix = jnp.asarray(random_orthogonal(kh * kw * c_in, seed))
         flat = kernel.reshape(kh * kw * c_in, c_out)
         out = matrix @ flat if inverse else matrix.T @ flat
-        return out.reshape(kernel.shape)
+        return out.reshape(kernel.shape).astype(kernel.dtype)
     raise ValueError(f"model.basis: unknown basis {basis!r}; allowed: {', '.join(BASES)}")
 
 

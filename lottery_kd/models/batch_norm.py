@@ -7,6 +7,11 @@ set of per-channel sums plus one affine pass over (dz, y); on a single CPU devic
 native kernel (lottery_kd.kernels.batch_norm), elsewhere as the same math in jnp. Same parameter
 and batch_stats trees and update rule as nn.BatchNorm (biased batch variance), so checkpoints
 load either way; results differ from Flax's by float32 rounding (~1e-7 relative).
+
+Other input dtypes (bfloat16 under train.precision=bfloat16; the kernel is float32-only) take
+the jnp path: the batch mean and variance and the normalisation are computed in float32, the
+output (and the input's cotangent) come back in the input's dtype, and the running statistics
+stay float32.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ def _affine(y: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, residual: Optional[j
 
 
 def _statistics(y: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """float32 batch mean and (biased) variance, whatever y's dtype."""
+    y = y.astype(jnp.float32)  # a no-op on float32
     axes = tuple(range(y.ndim - 1))
     mean = jnp.mean(y, axes)
     return mean, jnp.maximum(jnp.mean(y * y, axes) - mean * mean, 0.0)
@@ -46,9 +53,13 @@ def batch_norm_train(y: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
                      residual: Optional[jnp.ndarray] = None, *, epsilon: float,
                      relu: bool) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Training-mode BatchNorm over all but the last axis of y, then `+ residual` (None: none)
-    and a ReLU (`relu`). Returns (output, batch mean, batch variance). Runs the native kernel
-    (lottery_kd.kernels.batch_norm) where it applies, else the same math in jnp."""
+    and a ReLU (`relu`). Returns (output in y's dtype, float32 batch mean, float32 batch
+    variance). Runs the native kernel (lottery_kd.kernels.batch_norm) where it applies, else the
+    same math in jnp."""
     has_residual = residual is not None
+    # one dtype per role, so the custom VJP's cotangents match (no-ops when all are float32)
+    bias = bias.astype(scale.dtype)
+    residual = residual.astype(y.dtype) if has_residual else None
     return _batch_norm(y, scale, bias, residual if has_residual else _none(), epsilon, relu,
                        has_residual)
 
@@ -72,7 +83,8 @@ def _forward_math(y, scale, bias, residual, epsilon, relu, has_residual):
     """(out, mean, var) in jnp: the kernel's reference and its derivative."""
     mean, var = _statistics(y)
     a = scale * lax.rsqrt(var + epsilon)
-    return _affine(y, a, bias - mean * a, residual if has_residual else None, relu), mean, var
+    out = _affine(y, a, bias - mean * a, residual if has_residual else None, relu)
+    return out.astype(y.dtype), mean, var  # float32 math, y's dtype out (no-op on float32)
 
 
 def _backward(epsilon, relu, has_residual, saved, cotangents):
@@ -85,7 +97,10 @@ def _backward(epsilon, relu, has_residual, saved, cotangents):
 
 
 def _backward_math(g_out, out, y, scale, mean, var, g_mean, g_var, epsilon, relu, has_residual):
-    """(dy, dscale, dbias, dresidual) in jnp: the kernel's reference and its derivative."""
+    """(dy, dscale, dbias, dresidual) in jnp: the kernel's reference and its derivative.
+    Computed in float32; each cotangent returned in its operand's dtype (no-ops on float32)."""
+    dtype, param_dtype = y.dtype, scale.dtype
+    g_out, y = g_out.astype(jnp.float32), y.astype(jnp.float32)
     axes = tuple(range(y.ndim - 1))
     count = y.size // y.shape[-1]
     rstd = lax.rsqrt(var + epsilon)
@@ -99,7 +114,8 @@ def _backward_math(g_out, out, y, scale, mean, var, g_mean, g_var, epsilon, relu
     slope = (2.0 * g_var - a * rstd * sum_dz_xhat) / count
     offset = (g_mean - a * sum_dz) / count
     dy = a * dz + slope * centred + offset
-    return dy, sum_dz_xhat, sum_dz, dz if has_residual else _none()
+    return (dy.astype(dtype), sum_dz_xhat.astype(param_dtype), sum_dz.astype(param_dtype),
+            dz.astype(dtype) if has_residual else _none())
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
@@ -155,7 +171,7 @@ class FusedBatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
         if self.use_running_average:
             a = scale * lax.rsqrt(running_var.value + self.epsilon)
-            return _affine(y, a, bias - running_mean.value * a, residual, relu)
+            return _affine(y, a, bias - running_mean.value * a, residual, relu).astype(y.dtype)
         out, mean, var = batch_norm_train(y, scale, bias, residual, epsilon=self.epsilon,
                                           relu=relu)
         if not self.is_initializing():

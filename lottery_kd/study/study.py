@@ -34,7 +34,7 @@ from lottery_kd.study.variants import DENSE, snapshot_name
 from lottery_kd.study.workdir import Workdir
 from lottery_kd.study.workdir_checks import (check_batch_norm_groups, check_workdir_path,
                                              prepare_workdir)
-from lottery_kd.training import optim
+from lottery_kd.training import optim, precision as precision_lib
 from lottery_kd.training.errors import NonFiniteLossError, TrainingInterrupted
 from lottery_kd.training.run_setup import RunOutputs
 from lottery_kd.training.steps import Distillation, init_variables
@@ -112,20 +112,23 @@ class Study:
             {"steps_per_epoch": self.plan.steps_per_epoch,
              "total_steps": self.plan.total_steps, "rewind_step": self.plan.rewind_step,
              "runs": self.planned_runs()}, indent=1) + "\n")
+        conv_impl = precision_lib.conv_impl_for(config.model.conv_impl, config.train.precision)
         record_start(self.workdir, conv_impl=config.model.conv_impl,
-                     native_conv_available=native_enabled(config.model.conv_impl),
+                     native_conv_available=native_enabled(conv_impl),
+                     precision=config.train.precision,
                      batch_norm_groups=self.parallel.batch_norm_groups(
                          config.parallel.batch_norm))
 
     def _models(self, config: Any, conv_impl: str) -> tuple[Any, Any]:
         """(the model, its dense twin) on `conv_impl`: with 'sparse' the twin runs the dense
-        kernels, for what needs gradients at pruned weights (RigL's growth, SNIP, GraSP)."""
+        kernels, for what needs gradients at pruned weights (RigL's growth, SNIP, GraSP). In
+        bfloat16, conv_impl='auto' builds XLA's convolutions (training.precision.conv_impl_for)."""
         def build(conv_impl: str) -> Any:
             return get_model(config.model.name, self.data.num_classes, basis=config.model.basis,
                              basis_seed=config.seed, conv_impl=conv_impl,
                              norm_impl=config.model.norm_impl)
         try:  # before the workdir is written: a conv_impl this machine cannot run is bad input
-            model = build(conv_impl)
+            model = build(precision_lib.conv_impl_for(conv_impl, config.train.precision))
         except NativeKernelError as error:
             raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
         return model, (build("native") if conv_impl == "sparse" else model)
@@ -142,7 +145,7 @@ class Study:
                        momentum=config.train.momentum, weight_decay=config.train.weight_decay,
                        distillation=Distillation(kd.temperature, kd.alpha, kd.reduction),
                        parallel=self.parallel, batch_norm=config.parallel.batch_norm,
-                       dense_model=dense_model)
+                       dense_model=dense_model, precision=config.train.precision)
 
     def run_conv_impl(self, tag: str) -> str:
         """The model.conv_impl run `tag` trains on: the one its resume checkpoints were written

@@ -5,11 +5,14 @@ dense-gradient steps.
 inference mode on the same augmented batch, no gradient), masked SGD update after which pruned
 weights are exactly 0.0. The learning rate is an argument, so one compiled step serves every retrain
 whatever schedule step it enters at. The loop that calls these steps is training.trainer.
+`precision` (train.precision, training.precision) is the dtype the network computes in; the
+state, the update and the losses are float32 either way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional, Sequence
 
 import flax
@@ -20,7 +23,7 @@ import optax
 from lottery_kd.data.augment import normalize
 from lottery_kd.runtime.parallel import BATCH_NORM_MODES, DataParallel
 from lottery_kd.sparsity import masks as masks_lib
-from lottery_kd.training import losses
+from lottery_kd.training import losses, precision as precision_lib
 
 PyTree = Any
 
@@ -62,25 +65,33 @@ def _apply_per_device(model, variables: PyTree, images: jax.Array, groups: int):
 
 
 def _training_loss(model, distillation: Optional[Distillation],
-                   parallel: Optional[DataParallel], batch_norm: str) -> Callable:
+                   parallel: Optional[DataParallel], batch_norm: str,
+                   precision: str = precision_lib.FLOAT32) -> Callable:
     """loss(weights, batch_stats, images, labels, teacher) -> (loss, (logits, new batch_stats)):
     the training-mode loss (CE, or KD from the teacher in inference mode) at `weights`, with
-    BatchNorm statistics over the global batch or per device."""
+    BatchNorm statistics over the global batch or per device. The student's and the teacher's
+    weights and the images are cast to `precision`'s compute dtype here (batch statistics stay
+    float32); the logits are float32 before the loss."""
     if batch_norm not in BATCH_NORM_MODES:
         raise ValueError(f"parallel.batch_norm={batch_norm!r}; allowed: "
                          f"{', '.join(BATCH_NORM_MODES)}")
+    precision_lib.check(precision)
     groups = parallel.batch_norm_groups(batch_norm) if parallel is not None else 1
+    compute = functools.partial(precision_lib.to_compute, precision=precision)
 
     def loss(weights, batch_stats, images, labels, teacher):
-        variables = {"params": weights, "batch_stats": batch_stats}
+        variables = {"params": compute(weights), "batch_stats": batch_stats}
+        images = compute(images)
         if groups > 1:
             logits, updates = _apply_per_device(model, variables, images, groups)
         else:
             logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+        logits = precision_lib.to_float32(logits)
         if distillation is None:
             value = losses.cross_entropy(logits, labels)
         else:
-            teacher_logits = model.apply(teacher, images, train=False)
+            teacher = {**teacher, "params": compute(teacher["params"])}
+            teacher_logits = precision_lib.to_float32(model.apply(teacher, images, train=False))
             value = losses.kd_loss(logits, teacher_logits, labels,
                                    temperature=distillation.temperature,
                                    alpha=distillation.alpha, reduction=distillation.reduction)
@@ -92,11 +103,12 @@ def _training_loss(model, distillation: Optional[Distillation],
 def make_dense_gradient(model: flax.linen.Module, distillation: Optional[Distillation], *,
                         normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None,
                         parallel: Optional[DataParallel] = None,
-                        batch_norm: str = "global") -> Callable:
+                        batch_norm: str = "global",
+                        precision: str = precision_lib.FLOAT32) -> Callable:
     """jit(grad(params, batch_stats, masks, images, labels, teacher) -> grads): the gradient of
     the training loss with respect to the masked weights, pruned positions included (what RigL
-    grows by). Nothing is updated."""
-    loss_of = _training_loss(model, distillation, parallel, batch_norm)
+    grows by), in `precision` as the train step (float32 gradients). Nothing is updated."""
+    loss_of = _training_loss(model, distillation, parallel, batch_norm, precision)
 
     def dense_gradient(params, batch_stats, masks, images, labels, teacher):
         if normalization is not None:
@@ -115,7 +127,8 @@ def make_train_step(model: flax.linen.Module, optimizer: optax.GradientTransform
                     distillation: Optional[Distillation], *,
                     normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None,
                     parallel: Optional[DataParallel] = None,
-                    batch_norm: str = "global") -> Callable:
+                    batch_norm: str = "global",
+                    precision: str = precision_lib.FLOAT32) -> Callable:
     """jit(step(state, masks, images, labels, lr, teacher) -> (state, metrics)).
 
     `teacher` is {"params", "batch_stats"} of the teacher network (same architecture) and is only
@@ -123,9 +136,11 @@ def make_train_step(model: flax.linen.Module, optimizer: optax.GradientTransform
     takes uint8 images and normalises them itself. With `parallel`, the step runs over its mesh:
     state, masks, lr and teacher replicated, images and labels sharded on the batch axis; the loss
     is the global-batch mean (so gradients are averaged over devices) and BatchNorm statistics
-    are global, or per device with batch_norm="per_device".
+    are global, or per device with batch_norm="per_device". `precision` (training.precision):
+    the dtype the student and the teacher compute in; params, optimizer state, the update and
+    the loss are float32 whatever it is.
     """
-    loss_of = _training_loss(model, distillation, parallel, batch_norm)
+    loss_of = _training_loss(model, distillation, parallel, batch_norm, precision)
 
     def step(state: TrainState, masks: PyTree, images: jax.Array, labels: jax.Array,
              lr: jax.Array, teacher: PyTree):
@@ -158,16 +173,21 @@ def make_train_step(model: flax.linen.Module, optimizer: optax.GradientTransform
 
 
 def make_eval_step(model: flax.linen.Module, mean: Sequence[float], std: Sequence[float],
-                   parallel: Optional[DataParallel] = None) -> Callable:
+                   parallel: Optional[DataParallel] = None,
+                   precision: str = precision_lib.FLOAT32) -> Callable:
     """jit(eval_step(params, batch_stats, masks, images, labels, valid) -> (correct, nll_sum)).
 
-    Inference mode (BatchNorm running statistics) on masked params; padding rows (valid=False)
-    count for nothing. With `parallel` the batch is sharded over its mesh.
+    Inference mode (BatchNorm running statistics) on masked params, computing in `precision` as
+    the train step does (the NLL in float32); padding rows (valid=False) count for nothing. With
+    `parallel` the batch is sharded over its mesh.
     """
+    compute = functools.partial(precision_lib.to_compute, precision=precision)
 
     def eval_step(params, batch_stats, masks, images, labels, valid):
-        variables = {"params": masks_lib.apply(params, masks), "batch_stats": batch_stats}
-        logits = model.apply(variables, normalize(images, mean, std), train=False)
+        variables = {"params": compute(masks_lib.apply(params, masks)),
+                     "batch_stats": batch_stats}
+        logits = precision_lib.to_float32(
+            model.apply(variables, compute(normalize(images, mean, std)), train=False))
         log_probs = jax.nn.log_softmax(logits)
         nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
         correct = (jnp.argmax(logits, -1) == labels) & valid

@@ -18,7 +18,7 @@ import numpy as np
 from lottery_kd.data.inputs import EvalInput, InputData
 from lottery_kd.runtime.parallel import DataParallel
 from lottery_kd.sparsity import masks as masks_lib
-from lottery_kd.training import optim
+from lottery_kd.training import optim, precision as precision_lib
 from lottery_kd.training.callbacks import (BestValidation, Callback, CallbackList, Evaluate, Loop,
                                            NonFiniteCheck)
 from lottery_kd.training.errors import TrainingInterrupted
@@ -50,7 +50,10 @@ class Trainer:
     def __init__(self, model: flax.linen.Module, data: InputData, *, batch_size: int,
                  momentum: float, weight_decay: float, distillation: Optional[Distillation],
                  parallel: Optional[DataParallel] = None, batch_norm: str = "global",
-                 dense_model: Optional[flax.linen.Module] = None):
+                 dense_model: Optional[flax.linen.Module] = None,
+                 precision: str = precision_lib.FLOAT32):
+        """`precision` (train.precision): the dtype every step computes in (training.precision);
+        the state and the update are float32 either way."""
         if data.train.num_examples < batch_size:
             raise ValueError(f"train.batch_size={batch_size} is larger than the training set "
                              f"({data.train.num_examples} examples)")
@@ -66,11 +69,11 @@ class Trainer:
         self.steps_per_epoch = data.train.num_examples // batch_size
         self.optimizer = optim.sgd_direction(momentum, weight_decay)
         common = dict(normalization=(data.mean, data.std), parallel=self.parallel,
-                      batch_norm=batch_norm)
+                      batch_norm=batch_norm, precision=precision)
         self.train_step_ce = make_train_step(model, self.optimizer, None, **common)
         self.train_step_kd = (make_train_step(model, self.optimizer, distillation, **common)
                               if distillation is not None else None)
-        self._eval_step = make_eval_step(model, data.mean, data.std, self.parallel)
+        self._eval_step = make_eval_step(model, data.mean, data.std, self.parallel, precision)
         self._distillation = distillation
         self._common = common
         self._dense_gradients: dict[bool, Callable] = {}
