@@ -35,8 +35,7 @@ class PreActBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        norm = (lambda name: BatchNorm(use_running_average=not train, name=name))
-        activated = relu_select(norm("norm1")(x))
+        activated = relu_select(BatchNorm(use_running_average=not train, name="norm1")(x))
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.channels:
             shortcut = nn.Conv(self.channels, (1, 1), (self.stride, self.stride),
@@ -44,7 +43,7 @@ class PreActBlock(nn.Module):
                                name="shortcut_conv")(activated)
         y = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding=1,
                     use_bias=False, kernel_init=conv_init, name="conv1")(activated)
-        y = relu_select(norm("norm2")(y))
+        y = relu_select(BatchNorm(use_running_average=not train, name="norm2")(y))
         y = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False, kernel_init=conv_init,
                     name="conv2")(y)
         return y + shortcut
