@@ -64,8 +64,9 @@ def test_unknown_model_names_the_allowed_ones():
         get_model("resnet21", 10)
     assert "resnet56" in str(error.value) and "digits_convnet" in str(error.value)
     with pytest.raises(ValueError) as error:
-        get_model("vgg16", 10)
+        get_model("vgg11", 10)
     assert "resnet20" in str(error.value) and "resnet110_bottleneck" in str(error.value)
+    assert all(name in str(error.value) for name in ("wrn22_2", "vgg16", "vgg19", "vit_tiny"))
 
 
 def test_relu_select_equals_relu_in_value_and_gradient():

@@ -113,7 +113,8 @@ def _prune() -> ml_collections.ConfigDict:
     section = ml_collections.ConfigDict()
     section.method = "magnitude_global"  # lottery_kd.sparsity.pruning.names()
     section.scope = "conv"          # conv (stem + 1x1 shortcuts included) | conv_no_shortcut
-                                    # (Renda et al.) | conv_fc
+                                    # (Renda et al.) | conv_fc | vit_matmul (a ViT's
+                                    # attention and MLP kernels: vit_tiny)
     section.fraction = 0.2          # of the remaining weights, per level
     section.schedule = "oneshot"    # oneshot (level L prunes the dense network to sparsity
                                     # 1-(1-fraction)^L) | iterative (IMP)

@@ -20,7 +20,7 @@ from lottery_kd.sparsity.distributions import DISTRIBUTIONS
 from lottery_kd.config import protocols
 from lottery_kd.data import DATASET_NAMES, NORMALIZATIONS, SOURCES
 from lottery_kd.data.imagenet import parse_range
-from lottery_kd.models import BASES, CONV_IMPLS, MODEL_NAMES, NORM_IMPLS
+from lottery_kd.models import BASES, CONV_IMPLS, MODEL_NAMES, NORM_IMPLS, scopes_for
 from lottery_kd.runtime.parallel import BATCH_NORM_MODES, DISTRIBUTED_MODES
 from lottery_kd.config.errors import ConfigError
 from lottery_kd.config.plan import STEP_COUNT, parse_epochs, parse_names, pruning_levels
@@ -205,12 +205,29 @@ def _check_prune(config: Any, check: Check) -> None:
               "prune.scope", prune.scope, f"not with prune.method={prune.method!r}; allowed "
               f"with that method: {', '.join(method.scopes)}")
     _check_structure(config, check)
+    _check_model_scope(config, check)
     check(prune.source in PRUNE_SOURCES, "prune.source", prune.source,
           f"allowed: {', '.join(PRUNE_SOURCES)}")
     check(_is_int(prune.synflow_rounds) and prune.synflow_rounds >= 1, "prune.synflow_rounds",
           prune.synflow_rounds, "an integer >= 1")
     check(_is_number(prune.grasp_temperature) and prune.grasp_temperature > 0,
           "prune.grasp_temperature", prune.grasp_temperature, "a number > 0")
+
+
+def _check_model_scope(config: Any, check: Check) -> None:
+    """A named prune.scope must select the model's weights: the conv scopes find nothing but
+    the patch embedding in a ViT, `vit_matmul` nothing in a convnet (models.scopes_for)."""
+    name, scope = config.model.name, config.prune.scope
+    if name not in MODEL_NAMES or callable(scope) or scope not in masks_lib.SCOPES:
+        return  # reported by _check_model / _check_prune
+    allowed = scopes_for(name)
+    what = ("has no convolution kernels but its patch embedding" if "vit_matmul" in allowed
+            else "has no attention or MLP kernels")
+    check(scope in allowed, "prune.scope", scope,
+          f"model {name} {what}; use prune.scope={' or '.join(allowed)}")
+    check(not config.model.basis or scope != "vit_matmul", "model.basis", config.model.basis,
+          "'' with prune.scope=vit_matmul: a basis re-expresses convolution kernels only, and "
+          "vit_matmul prunes none")
 
 
 def _check_structure(config: Any, check: Check) -> None:

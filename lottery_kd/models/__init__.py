@@ -16,6 +16,9 @@ from lottery_kd.models.cifar_resnet import (NORM_IMPLS, CifarResNet,  # noqa: F4
                                            build_cifar_resnet, check_norm_impl)
 from lottery_kd.models.imagenet_resnet import ImageNetResNet, build_imagenet_resnet
 from lottery_kd.models.small import DigitsConvNet
+from lottery_kd.models.vgg import build_vgg
+from lottery_kd.models.vit import VisionTransformer
+from lottery_kd.models.wide_resnet import build_wide_resnet
 
 _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "digits_convnet": lambda num_classes: DigitsConvNet(num_classes),
@@ -27,9 +30,27 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     # torchvision's ImageNet ResNets (7x7 stem + max pool, 64..512 planes)
     "resnet18": lambda num_classes: build_imagenet_resnet(18, num_classes),
     "resnet50": lambda num_classes: build_imagenet_resnet(50, num_classes),
+    # RigL's CIFAR network: pre-activation WideResNet-22-2 (models/wide_resnet.py)
+    "wrn22_2": lambda num_classes: build_wide_resnet(22, 2, num_classes),
+    # open_lth's CIFAR VGGs with BatchNorm (models/vgg.py)
+    "vgg16": lambda num_classes: build_vgg(16, num_classes),
+    "vgg19": lambda num_classes: build_vgg(19, num_classes),
+    # a small ViT for 32x32 images: 4x4 patches, 192 wide, 9 blocks of 3 heads (models/vit.py)
+    "vit_tiny": lambda num_classes: VisionTransformer(num_classes),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+# The models whose matmul weights are Dense kernels in attention and MLP blocks: prune.scope
+# vit_matmul selects those; conv and conv_no_shortcut would select the patch embedding alone.
+TRANSFORMER_NAMES: tuple[str, ...] = ("vit_tiny",)
+
+
+def scopes_for(name: str) -> tuple[str, ...]:
+    """The named pruning scopes (sparsity.masks.SCOPES) that make sense for model `name`:
+    `vit_matmul` and `conv_fc` (every kernel) for a transformer, the conv scopes otherwise."""
+    if name in TRANSFORMER_NAMES:
+        return ("vit_matmul", "conv_fc")
+    return ("conv", "conv_no_shortcut", "conv_fc")
 
 
 def get_model(name: str, num_classes: int, *, basis: str = "", basis_seed: int = 0,
@@ -40,8 +61,9 @@ def get_model(name: str, num_classes: int, *, basis: str = "", basis_seed: int =
     orthonormal basis (lottery_kd.models.basis.BasisModel). `conv_impl` picks how the CIFAR
     ResNets run their 3x3 convolutions (lottery_kd.kernels.conv3x3: "auto", "xla", "native")
     and `norm_impl` the BatchNorms of the CIFAR and ImageNet ResNets ("flax" or "fused":
-    lottery_kd.models.batch_norm). The ImageNet ResNets always use XLA's convolutions, and the
-    digits convnet XLA's convolutions and Flax's BatchNorm.
+    lottery_kd.models.batch_norm). The ImageNet ResNets always use XLA's convolutions; the
+    digits convnet, `wrn22_2`, `vgg16`, `vgg19` and `vit_tiny` XLA's convolutions and Flax's
+    BatchNorm (vit_tiny has LayerNorms only), whatever `conv_impl` and `norm_impl` say.
     """
     if name not in _BUILDERS:
         raise ValueError(f"model.name: unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}")

@@ -18,7 +18,9 @@ PyTree = Any
 # A predicate gets the parameter's path ("stage1_block1/conv1/kernel") and its shape.
 ScopePredicate = Callable[[str, tuple], bool]
 Scope = Union[str, ScopePredicate]
-SCOPES: tuple[str, ...] = ("conv", "conv_no_shortcut", "conv_fc")
+SCOPES: tuple[str, ...] = ("conv", "conv_no_shortcut", "conv_fc", "vit_matmul")
+# Module names whose 2-D kernels are a transformer's matmul weights (scope `vit_matmul`).
+VIT_MATMUL_MODULES: tuple[str, ...] = ("attn", "mlp")
 
 
 def path_name(path: tuple) -> str:
@@ -39,8 +41,10 @@ def is_prunable(name: str, shape: tuple, scope: Scope = "conv") -> bool:
     `conv`: every convolution kernel (4-D `kernel`: stem, blocks and 1x1 shortcuts; the
     KD-ticket release). `conv_no_shortcut`: the same without the projection shortcuts (modules
     named `shortcut*`; Renda et al.'s code prunes only tensors named conv*). `conv_fc`: every
-    convolution kernel plus dense kernels (2-D `kernel`; open_lth). Biases, BatchNorm
-    scales/offsets: never.
+    convolution kernel plus dense kernels (2-D `kernel`; open_lth). `vit_matmul`: the 2-D
+    kernels of modules inside an `attn` or `mlp` module (a ViT's query/key/value/out and MLP
+    weights; models.vit): not the patch embedding, position embeddings, LayerNorms or head.
+    Biases, BatchNorm and LayerNorm scales/offsets: never.
     """
     check_scope(scope)
     leaf_name = name.rsplit("/", 1)[-1]
@@ -48,6 +52,9 @@ def is_prunable(name: str, shape: tuple, scope: Scope = "conv") -> bool:
         return False
     if callable(scope):
         return bool(scope(name, tuple(shape)))
+    if scope == "vit_matmul":
+        return len(shape) == 2 and any(part in VIT_MATMUL_MODULES
+                                       for part in name.split("/")[:-1])
     if scope == "conv_no_shortcut":
         return len(shape) == 4 and not any(part.startswith("shortcut")
                                            for part in name.split("/")[:-1])
