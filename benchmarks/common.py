@@ -71,22 +71,27 @@ CIFAR_NORMALIZATION = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
 
 
 def resnet_steps(model_name: str, conv_impl: str, norm_impl: str, sparsity: float, *,
-                 normalization: str = "channel") -> SimpleNamespace:
+                 normalization: str = "channel", precision: str = "float32",
+                 variables: Optional[tuple] = None) -> SimpleNamespace:
     """What the step benchmarks share: the model, its initial params and batch_stats, the SGD
     optimizer, all-true masks, magnitude masks at `sparsity` (all-true at 0), and the
     cross-entropy and KD train steps (not jitted) with the recipe's settings. `normalization`:
     "channel" (CIFAR-10's channel statistics) or "per_image" (per-image standardisation, the
-    renda protocol's)."""
+    renda protocol's). `precision`: train.precision of both steps (float32 or bfloat16; the
+    model is built on precision.conv_impl_for(conv_impl, precision), as a study builds it).
+    `variables`: (params, batch_stats) to start from instead of initialising (one init compile
+    per architecture, whatever the precision)."""
     import jax
 
     from lottery_kd.sparsity import masks as masks_lib, pruning
 
-    from lottery_kd.training import optim
+    from lottery_kd.training import optim, precision as precision_lib
     from lottery_kd.training.steps import Distillation, init_variables, make_train_step
     from lottery_kd.models import get_model
 
-    model = get_model(model_name, 10, conv_impl=conv_impl, norm_impl=norm_impl)
-    params, batch_stats = init_variables(model, jax.random.key(0), (32, 32, 3))
+    model = get_model(model_name, 10, conv_impl=precision_lib.conv_impl_for(conv_impl, precision),
+                      norm_impl=norm_impl)
+    params, batch_stats = variables or init_variables(model, jax.random.key(0), (32, 32, 3))
     optimizer = optim.sgd_direction(0.9, 2e-4)
     dense_masks = masks_lib.create(params)
     normalize = CIFAR_NORMALIZATION if normalization == "channel" else (None, None)
@@ -95,6 +100,6 @@ def resnet_steps(model_name: str, conv_impl: str, norm_impl: str, sparsity: floa
     return SimpleNamespace(
         model=model, params=params, batch_stats=batch_stats, optimizer=optimizer,
         dense_masks=dense_masks, masks=masks,
-        ce=make_train_step(model, optimizer, None, normalization=normalize),
+        ce=make_train_step(model, optimizer, None, normalization=normalize, precision=precision),
         kd=make_train_step(model, optimizer, Distillation(5.0, 0.9, "mean"),
-                                 normalization=normalize))
+                           normalization=normalize, precision=precision))
