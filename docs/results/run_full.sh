@@ -13,14 +13,20 @@
 #   setsid nohup bash docs/results/run_full.sh >> runs/full/resnet20_renda_seed0.log 2>&1 < /dev/null &
 # Stop it with SIGTERM (it saves a resume checkpoint). `SEED=1 ONLY=10` runs the second seed
 # of the 89.26 % row.
+# The tickets train on the masked-convolution kernels that skip pruned weights (CONV_IMPL=sparse,
+# from 2026-12-03; model.conv_impl is an execution key: the run in progress when it was switched,
+# the dense network, finished on the path it started on, and each row's conv_impl says which
+# path it ran). The shrunk check docs/results/sparse_kernels_shrunk.sh found the same accuracies
+# on both paths within seed noise.
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}
 OUT=${OUT:-runs/full}
 SEED=${SEED:-0}
 ONLY=${ONLY:-10,8}
+CONV_IMPL=${CONV_IMPL:-sparse}
 mkdir -p "$OUT"
 exec python -m experiments.cifar10_resnet20 --workdir "$OUT/resnet20_renda_seed$SEED" \
-  --config.seed="$SEED" \
+  --config.seed="$SEED" --config.model.conv_impl="$CONV_IMPL" \
   --config.data.dir="$DATA" \
   --config.prune.schedule=oneshot --config.prune.levels=10 --config.prune.only_levels="$ONLY" \
   --config.lottery.variants=lt,weight_rewind,lr_rewind,kd,kd_rewind,reinit \
