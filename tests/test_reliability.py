@@ -264,6 +264,8 @@ def test_a_full_disk_mid_study_stops_cleanly_and_the_rerun_completes(tmp_path, m
 # SIGTERM, as a preemption sends it, to the real command
 
 
+@pytest.mark.slow  # 36 s: the stop-and-resume path runs by default (stopped fits above,
+# test_damage's half study); the signal's wiring to it here and in test_kill_resume (slow)
 def test_sigterm_saves_a_resume_checkpoint_and_the_same_command_finishes_the_study(tmp_path):
     args = [sys.executable, "-m", "experiments.quickstart", "--config.train.epochs=3",
             "--config.prune.levels=1", "--config.prune.first_level=1",
