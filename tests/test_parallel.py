@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO
 
-QUICK = ["--config.train.epochs=2", "--config.prune.levels=1", "--config.prune.first_level=1",
+QUICK = ["--config.train.epochs=1", "--config.prune.levels=1", "--config.prune.first_level=1",
          "--config.lottery.variants=lt,kd", "--config.log.progress=lines",
          "--config.log.tensorboard=False"]
 ONE_EXAMPLE = 1.0 / 180 + 1e-9  # val has 180 images, test 360: at most one flipped prediction
