@@ -20,8 +20,9 @@ import ml_collections
 from lottery_kd.config import protocols
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = protocols.experiment_config(protocols.NONE, dataset="cifar10", network="resnet20")
+def with_rigl(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` set to RigL's CIFAR dynamic sparse recipe: 90 % ERK, masks every 100 steps,
+    drop fraction 0.3 cosine-decayed, no updates after 75 % of training, no distillation."""
     config.dynamic.method = "rigl"
     config.dynamic.sparsity = 0.9
     config.dynamic.distribution = "erk"
@@ -30,6 +31,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.dynamic.end_fraction = 0.75
     config.dynamic.distill = False
     return config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    return with_rigl(protocols.experiment_config(protocols.NONE, dataset="cifar10",
+                                                 network="resnet20"))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments.cifar10_rigl import with_rigl
 from lottery_kd.config import protocols
 
 
@@ -44,14 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.lr_decay = 0.2              # 0.1 / 5^i
     config.train.milestones = "77,154,231"   # RigL: steps 30k, 60k, 90k at 390 steps/epoch
     config.prune.scope = "conv_fc"           # every conv and the fc (RigL: prune_last_layer)
-    config.dynamic.method = "rigl"
-    config.dynamic.sparsity = 0.9
-    config.dynamic.distribution = "erk"
-    config.dynamic.delta_t = 100
-    config.dynamic.alpha = 0.3
-    config.dynamic.end_fraction = 0.75
-    config.dynamic.distill = False
-    return config
+    return with_rigl(config)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 
 from lottery_kd import config as config_lib
 from lottery_kd.analysis.lmc import error_barrier, interpolate
-from lottery_kd.analysis.sweep import open_study
+from lottery_kd.analysis.sweep import check_creatable, open_study
 from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.study.results import write_atomic
 from lottery_kd.study.variants import DENSE, snapshot_name
@@ -343,10 +343,6 @@ def check_out_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; give a folder")
     if not out.exists():
-        parent = next(p for p in out.absolute().parents if p.exists())
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise ValueError(f"--out {out} cannot be created ({parent} is "
-                             f"{'not a folder' if not parent.is_dir() else 'not writable'}); "
-                             "choose another --out")
+        check_creatable(out)
     elif (out / "config.json").is_file():
         raise ValueError(f"--out {out} holds a study (config.json); choose another --out")

@@ -57,6 +57,16 @@ def check_teacher(run: Study, option: str) -> None:
     run.teacher()  # a damaged snapshot: CheckpointError now, not after hours of training
 
 
+def check_creatable(out: Path) -> None:
+    """A ValueError unless the missing folder `out` can be made (its nearest existing parent is a
+    writable folder)."""
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out} cannot be created ({parent} is "
+                         f"{'not a folder' if not parent.is_dir() else 'not writable'}); "
+                         "choose another --out")
+
+
 def check_out(out: Path, name: str, settings: dict, what: str) -> Optional[dict]:
     """Check --out before anything is written into it, against the `settings` of this command:
     a ValueError if `out` cannot be a folder of results, holds an unreadable out/`name`, or
@@ -66,11 +76,7 @@ def check_out(out: Path, name: str, settings: dict, what: str) -> Optional[dict]
         raise ValueError(f"--out {out} is a file, not a folder; give a folder (new or holding "
                          f"this command's {name})")
     if not out.exists():
-        parent = next(p for p in out.absolute().parents if p.exists())
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise ValueError(f"--out {out} cannot be created ({parent} is "
-                             f"{'not a folder' if not parent.is_dir() else 'not writable'}); "
-                             "choose another --out")
+        check_creatable(out)
         return None
     if (out / "config.json").is_file():
         raise ValueError(f"--out {out} holds a study (config.json), whose checkpoints are no "
