@@ -161,6 +161,7 @@ def test_native_kernel_is_used_only_where_it_applies():
     assert native.applies(jnp.zeros((4, 4, 4, 16))) == (HAVE_NATIVE and jax.device_count() == 1)
 
 
+@pytest.mark.slow  # 21 s; the per-shape value and gradient checks above run by default
 def test_resnet_train_step_with_fused_norm_matches_flax():
     """A whole masked ResNet-20 step: same variables, loss and updated state either way."""
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8))

@@ -24,6 +24,7 @@ def prepared_data_dir(tmp_path_factory):
     return data_dir
 
 
+@pytest.mark.slow  # 47 s with the preparation (two thirds of it); errors below run by default
 @needs_cifar10
 def test_tfds_prepared_cifar10_equals_the_local_source_image_for_image(prepared_data_dir):
     kwargs = dict(validation_size=5000)
@@ -36,6 +37,7 @@ def test_tfds_prepared_cifar10_equals_the_local_source_image_for_image(prepared_
     assert from_tfds.mean == local.mean and from_tfds.std == local.std
 
 
+@pytest.mark.slow  # shares the 28 s preparation
 @needs_cifar10
 def test_plain_tfds_load_finds_the_offline_preparation(prepared_data_dir):
     import tensorflow_datasets as tfds
@@ -45,7 +47,7 @@ def test_plain_tfds_load_finds_the_offline_preparation(prepared_data_dir):
     assert builder.info.splits["test"].num_examples == 10000
 
 
-@pytest.mark.slow  # 18 s; the image-for-image equality above runs by default
+@pytest.mark.slow  # 18 s
 @needs_cifar10
 def test_experiment_runs_on_the_tfds_source_offline(prepared_data_dir, tmp_path):
     from experiments import cifar10_resnet20
