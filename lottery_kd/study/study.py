@@ -94,11 +94,12 @@ class Study:
         self._layer_flops: Optional[dict[str, int]] = None  # models.flops, on first use
         if record and self.parallel.is_main:
             self._record_start()
+        rewind = "" if config.dynamic.method else f"rewind step {self.plan.rewind_step}, "
         self.log(f"{config.model.name} on {data_cfg.name}: train {self.data.train.num_examples}, "
                  f"val {self.data.val.num_examples if self.data.val else 0}, "
                  f"test {self.data.test.num_examples}; "
                  f"{self.plan.steps_per_epoch} steps/epoch, {self.plan.total_steps} steps, "
-                 f"rewind step {self.plan.rewind_step}, LR drops at steps "
+                 f"{rewind}LR drops at steps "
                  f"{list(self.plan.milestone_steps)}; {self.parallel.device_count} device(s) in "
                  f"{self.parallel.process_count} process(es); workdir {self.workdir}\n"
                  f"{protocols.describe(config)}")
