@@ -44,7 +44,7 @@ def tickets_table(base: Path) -> list[str]:
              "| --- | --- | --- |" + " --- |" * (len(VARIANTS) + 1)]
     for folder, name in TICKETS.items():
         rows = _rows(base / folder)
-        cells = ["n/a" if v == "weight_rewind" and folder == "vit_tiny" else _cell(rows.get(v))
+        cells = ["not run" if v == "weight_rewind" and folder == "vit_tiny" else _cell(rows.get(v))
                  for v in VARIANTS]
         sparse = next((r for v, r in rows.items() if v != "dense"), None)
         lines.append(f"| {name} | {_train_images(base / folder)} | {_cell(rows.get('dense'))} | "
