@@ -305,3 +305,26 @@ def test_the_wrn22_2_experiment_is_rigls_recipe():
     steps_per_epoch = 50_000 // config.train.batch_size
     drops = [int(e) * steps_per_epoch for e in config.train.milestones.split(",")]
     assert [round(d, -3) for d in drops] == [30_000, 60_000, 90_000]
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_vgg_small_map_conv_is_xlas_convolution_in_values_and_gradients(size):
+    """The matmul path VGG takes on maps of 2x2 and smaller (XLA's CPU convolution runs those at
+    under 1 GFLOP/s) computes the same convolution; larger maps go to XLA unchanged."""
+    from lottery_kd.models import vgg
+    x = jax.random.normal(jax.random.key(0), (3, size, size, 16))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 16, 8))
+    numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+
+    def loss(conv, x, w):
+        out = conv(x, w, (1, 1), [(1, 1), (1, 1)], lhs_dilation=(1, 1), rhs_dilation=(1, 1),
+                   dimension_numbers=numbers, feature_group_count=1, precision=None)
+        return jnp.sum(out * jnp.arange(out.size, dtype=out.dtype).reshape(out.shape))
+
+    for got, want in zip(jax.grad(loss, argnums=(1, 2))(vgg.small_map_conv, x, w),
+                         jax.grad(loss, argnums=(1, 2))(jax.lax.conv_general_dilated, x, w)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(loss(vgg.small_map_conv, x, w),
+                               loss(jax.lax.conv_general_dilated, x, w), rtol=1e-5)
+    hlo = jax.jit(lambda x, w: loss(vgg.small_map_conv, x, w)).lower(x, w).as_text()
+    assert ("convolution" in hlo) == (size * size > vgg.SMALL_MAP)
