@@ -13,8 +13,8 @@
 #     recipe, not a ViT's);
 #   * then, in RigL's recipe, RigL's two baselines at 80 % ERK: Static (RigL with no mask update:
 #     dynamic.end_fraction=0) and gradual magnitude pruning (dynamic.method=gmp, RigL's "Pruning").
-# Each workdir trains its own dense network first. About 3 h on 2 idle cores (wrn22_2 trains at
-# about 60 images/s there); rerun to resume. Tabulate with: python docs/results/models_table.py
+# Each workdir trains its own dense network first. A wrn22_2 or vit_tiny run takes 11-14 min
+# on 2 cores (4 epochs with a test pass each); rerun to resume. Tabulate with: python docs/results/models_table.py
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}
 OUT=${OUT:-runs/models_shrunk}
