@@ -28,10 +28,15 @@ def _rows(folder: Path) -> dict[str, dict]:
     return {row["variant"]: row for row in read_rows(path)} if path.exists() else {}
 
 
-def _train_images(folder: Path) -> str:
-    """The run's data.train_subset from its config.json ('?' before the run starts)."""
+def _config(folder: Path) -> dict:
+    """The run's config.json ({} before the run starts)."""
     path = folder / "config.json"
-    return f"{json.loads(path.read_text())['data']['train_subset']:,}" if path.exists() else "?"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _sparse_row(rows: dict[str, dict]) -> dict | None:
+    """The workdir's first non-dense row, if any."""
+    return next((row for variant, row in rows.items() if variant != "dense"), None)
 
 
 def _cell(row: dict | None) -> str:
@@ -43,11 +48,12 @@ def tickets_table(base: Path) -> list[str]:
     lines = ["| network | train images | dense | " + " | ".join(VARIANTS) + " | sparsity |",
              "| --- | --- | --- |" + " --- |" * (len(VARIANTS) + 1)]
     for folder, name in TICKETS.items():
-        rows = _rows(base / folder)
-        cells = ["not run" if v == "weight_rewind" and folder == "vit_tiny" else _cell(rows.get(v))
-                 for v in VARIANTS]
-        sparse = next((r for v, r in rows.items() if v != "dense"), None)
-        lines.append(f"| {name} | {_train_images(base / folder)} | {_cell(rows.get('dense'))} | "
+        rows, config = _rows(base / folder), _config(base / folder)
+        asked = config.get("lottery", {}).get("variants", ",".join(VARIANTS)).split(",")
+        cells = [_cell(rows.get(v)) if v in asked else "not run" for v in VARIANTS]
+        sparse = _sparse_row(rows)
+        images = f"{config['data']['train_subset']:,}" if config else "?"
+        lines.append(f"| {name} | {images} | {_cell(rows.get('dense'))} | "
                      + " | ".join(cells) + " | "
                      + (f"{100 * sparse['sparsity']:.1f} %" if sparse else "?") + " |")
     return lines
@@ -61,8 +67,7 @@ def rigl_table(base: Path) -> list[str]:
              "RigL's table (250 epochs, 50,000 images) |", "| --- | --- | --- | --- |"]
     for folder, (label, key) in RIGL.items():
         rows = _rows(base / folder)
-        sparse = next((r for v, r in rows.items() if v != "dense"), None)
-        lines.append(f"| {label} | {_cell(sparse)} | {_cell(rows.get('dense'))} | "
+        lines.append(f"| {label} | {_cell(_sparse_row(rows))} | {_cell(rows.get('dense'))} | "
                      f"{published[key]:.1f} |")
     return lines
 
