@@ -143,15 +143,94 @@ def test_invalid_layers_are_refused_by_name():
         sc.masked_conv(x, kernel, mask[0], 1, 1)
 
 
+def nchw(a):
+    return jnp.transpose(a, (0, 3, 1, 2))
+
+
+def nhwc(a):
+    return jnp.transpose(a, (0, 2, 3, 1))
+
+
+def passes_both_layouts(shape: tuple, density: float, path: str, batch: int = 2):
+    """Every pass of one layer in NHWC, and in NCHW with its activations transposed back."""
+    x, kernel, mask, stride, padding = layer(shape, density, batch)
+    w = jnp.where(mask, kernel, 0.0)
+    m = mask.astype(jnp.float32)
+    y_shape = sc.forward(x, w, stride, padding, path).shape
+    dy = jax.random.normal(jax.random.key(5), y_shape)
+    last = [sc.forward(x, w, stride, padding, path),
+            sc.input_grad(dy, w, stride, padding, x.shape, path),
+            sc.filter_grad(x, dy, m, stride, padding, path),
+            *sc.backward(x, dy, w, m, stride, padding, path)]
+    xc, dyc = nchw(x), nchw(dy)
+    first = [nhwc(sc.forward(xc, w, stride, padding, path, "NCHW")),
+             nhwc(sc.input_grad(dyc, w, stride, padding, xc.shape, path, "NCHW")),
+             sc.filter_grad(xc, dyc, m, stride, padding, path, "NCHW")]
+    dx, dw = sc.backward(xc, dyc, w, m, stride, padding, path, "NCHW")
+    return last, first + [nhwc(dx), dw]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("path", ["sparse", "auto", "dense"])
+def test_nchw_activations_give_the_nhwc_results_bit_for_bit(shape, path):
+    """The channel-major layout only moves data differently: every pass sums the same products
+    in the same order (the dense path runs the same kernel on transposed copies), at odd sizes
+    and channel counts too, where rows are shorter than a vector."""
+    for density in (0.5, 0.1):
+        last, first = passes_both_layouts(shape, density, path)
+        for name, a, b in zip(("forward", "input_grad", "filter_grad", "backward dx",
+                               "backward dw"), last, first):
+            # NHWC's strided 1x1 input gradient is XLA's (auto, dense): equal to rounding there
+            if name in ("input_grad", "backward dx") and shape[4] == 1 and shape[3] == 2 \
+                    and path != "sparse":
+                assert relative_error(a, b) < 1e-5, name
+            else:
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[5], SHAPES[10]])
+def test_nchw_masked_conv_and_its_gradients_match_xla(shape):
+    x, kernel, mask, stride, padding = layer(shape, 0.1)
+
+    @jax.jit
+    def both(x, kernel):
+        def loss(conv):
+            return lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+        native = lambda x, w: sc.masked_conv(x, w, mask, stride, padding, layout="NCHW")  # noqa
+        xla = lambda x, w: sc.reference_masked_conv(x, w, mask, stride, padding, "NCHW")  # noqa
+        return [(f(x, kernel), jax.grad(loss(f), (0, 1))(x, kernel)) for f in (native, xla)]
+
+    (got, got_grads), (want, want_grads) = both(nchw(x), kernel)
+    assert got.shape == want.shape and got.shape[1] == kernel.shape[-1]
+    assert relative_error(want, got) < 1e-5
+    for a, b in zip(want_grads, got_grads):
+        assert relative_error(a, b) < 1e-5
+    assert not np.any(np.asarray(got_grads[1])[~np.asarray(mask)])
+
+
+def test_a_bad_layout_is_refused_by_name():
+    x, kernel, mask, _, _ = layer((8, 16, 16, 1, 3), 0.5)
+    with pytest.raises(ValueError, match="layout 'NWHC' must be one of NHWC, NCHW"):
+        sc.masked_conv(x, kernel, mask, 1, 1, layout="NWHC")
+    with pytest.raises(ValueError, match="must be NCHW"):
+        sc.masked_conv(x, kernel, mask, 1, 1, layout="NCHW")  # x is NHWC: 8 channels, not 16
+
+
 # A subprocess's check of a build for AVX2 only (x86-64-v3), with its own cache: every pass of
 # every CIFAR layer shape at density 0.1, forced dense and sparse.
 AVX2_CHECK = """
 import sys
 sys.path.insert(0, {repo!r})
 from tests.test_sparse_conv import SHAPES, check_against_xla
+from tests.test_sparse_conv import passes_both_layouts
+import numpy as np
 for shape in SHAPES[:7]:
     for path in ("sparse", "dense"):
         check_against_xla(shape, 0.1, path)
+for shape in SHAPES:
+    last, first = passes_both_layouts(shape, 0.1, "sparse")
+    for a, b in zip(last, first):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 print("ok")
 """
 

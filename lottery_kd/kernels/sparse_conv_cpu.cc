@@ -1,18 +1,21 @@
-// Masked convolutions that skip pruned weights (NHWC activations, HWIO kernels, float32, kernel
-// size 1 or 3 with padding 0 or 1, stride 1 or 2), for XLA:CPU through the XLA FFI; called by
-// lottery_kd/kernels/sparse_conv.py.
+// Masked convolutions that skip pruned weights (NHWC or NCHW activations, HWIO kernels, float32,
+// kernel size 1 or 3 with padding 0 or 1, stride 1 or 2), for XLA:CPU through the XLA FFI; called
+// by lottery_kd/kernels/sparse_conv.py.
 //
 // Why: a lottery ticket at density ~0.1 does a tenth of the dense network's multiply-adds, but
 // XLA's convolution (and the dense kernels of conv3x3_cpu.cc) cannot skip the zeros. The masks are
 // unstructured, so at density 0.1 nearly every 16-wide vector of output channels at a (kh,kw,c)
 // position still holds a nonzero: skipping zero vectors of the HWIO kernel gains nothing. These
 // kernels vectorise over PIXELS instead:
-//   * each image is transposed to channel-major, zero-padded "phase planes" in a thread-local
+//   * each image is moved to channel-major, zero-padded "phase planes" in a thread-local
 //     buffer (stride 2 splits rows and columns into even/odd phases), so that for every tap
 //     (kh,kw) the pixels an output row needs are contiguous: a convolution becomes, per output
 //     channel, a sum over the nonzero weights of  weight * (input plane shifted by a constant);
 //   * the output is computed channel-major, 16 pixels per vector, a tile of several vectors in
-//     registers (one splat(weight) x shifted load per nonzero and vector), then transposed back;
+//     registers (one splat(weight) x shifted load per nonzero and vector), then moved back;
+//   * an NHWC image is transposed on the way in and out; an NCHW one is copied row by row
+//     (sparse_layout.h), which is why a network that keeps its activations channel-major runs
+//     these kernels without the transposes;
 //   * the lists of nonzeros are built inside each call from the operands (9*C*K values), and each
 //     call measures the layer's density and runs the dense kernels of conv3x3_cpu.cc instead
 //     above a crossover density (where they apply), so callers need no trace-time knowledge.
@@ -31,6 +34,7 @@
 #include <utility>
 
 #include "conv3x3_cpu.cc"  // the dense kernels (Forward, FilterGrad): the path above the crossover
+#include "sparse_layout.h"  // moving activations (NHWC or NCHW) to and from channel-major rows
 
 namespace lottery_kd_sparse {
 
@@ -62,101 +66,6 @@ constexpr int kDotTile = 4;
 
 int64_t RoundUp16(int64_t v) { return (v + 15) / 16 * 16; }
 
-// ---- 16x16 transposes in registers: 4 rounds, round B swaps bit B of the row and column index
-template <int B, int... I>
-inline v16 MixLo(v16 a, v16 b, std::integer_sequence<int, I...>) {
-  return __builtin_shufflevector(a, b, ((I >> B) & 1 ? 16 + (I ^ (1 << B)) : I)...);
-}
-template <int B, int... I>
-inline v16 MixHi(v16 a, v16 b, std::integer_sequence<int, I...>) {
-  return __builtin_shufflevector(a, b, ((I >> B) & 1 ? 16 + I : (I ^ (1 << B)))...);
-}
-template <int B>
-__attribute__((always_inline)) inline void TransposeRound(v16 (&r)[16]) {
-  constexpr auto idx = std::make_integer_sequence<int, 16>();
-#pragma GCC unroll 16
-  for (int i = 0; i < 16; ++i)
-    if (!((i >> B) & 1)) {
-      v16 a = r[i], b = r[i | (1 << B)];
-      r[i] = MixLo<B>(a, b, idx);
-      r[i | (1 << B)] = MixHi<B>(a, b, idx);
-    }
-}
-#ifdef __AVX512F__
-// The same with AVX-512's three-operand shuffles, 64 in all (unpack ps, unpack pd, two rounds of
-// 128-bit lane shuffles): GCC compiled the generic rounds to ~300 shuffles and register copies,
-// which made the transposes cost twice the sparse arithmetic at density 0.1.
-__attribute__((always_inline)) inline void Transpose16(v16 (&r)[16]) {
-  __m512 t[16], u[16];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) {  // t[2i] lane L: r[2i][4L], r[2i+1][4L], r[2i][4L+1], ...
-    t[2 * i] = _mm512_unpacklo_ps((__m512)r[2 * i], (__m512)r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps((__m512)r[2 * i], (__m512)r[2 * i + 1]);
-  }
-#pragma GCC unroll 4
-  for (int g = 0; g < 4; ++g) {  // u[4g+j] lane L: rows 4g .. 4g+3 of column 4L+j
-    __m512d lo01 = (__m512d)t[4 * g], hi01 = (__m512d)t[4 * g + 1];
-    __m512d lo23 = (__m512d)t[4 * g + 2], hi23 = (__m512d)t[4 * g + 3];
-    u[4 * g] = (__m512)_mm512_unpacklo_pd(lo01, lo23);
-    u[4 * g + 1] = (__m512)_mm512_unpackhi_pd(lo01, lo23);
-    u[4 * g + 2] = (__m512)_mm512_unpacklo_pd(hi01, hi23);
-    u[4 * g + 3] = (__m512)_mm512_unpackhi_pd(hi01, hi23);
-  }
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {  // column 4L+j = lanes L of u[j], u[4+j], u[8+j], u[12+j]
-    __m512 w0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
-    __m512 w1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xdd);
-    __m512 w2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
-    __m512 w3 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xdd);
-    r[j] = (v16)_mm512_shuffle_f32x4(w0, w2, 0x88);
-    r[8 + j] = (v16)_mm512_shuffle_f32x4(w0, w2, 0xdd);
-    r[4 + j] = (v16)_mm512_shuffle_f32x4(w1, w3, 0x88);
-    r[12 + j] = (v16)_mm512_shuffle_f32x4(w1, w3, 0xdd);
-  }
-}
-#else
-__attribute__((always_inline)) inline void Transpose16(v16 (&r)[16]) {
-  TransposeRound<0>(r);
-  TransposeRound<1>(r);
-  TransposeRound<2>(r);
-  TransposeRound<3>(r);
-}
-#endif
-
-// Channels [0, nc) of m <= 16 pixels (pixel t at src + t * src_step) to channel-major rows
-// dst + cc * dst_cs + t. Full blocks of 16 channels store 16 values per row, zeros past m: the
-// caller leaves room (zeros land in padding or in places written later).
-void TransposeIn(const float* src, int64_t src_step, int64_t m, int64_t nc, float* dst,
-                 int64_t dst_cs) {
-  int64_t c0 = 0;
-  for (; c0 + 16 <= nc; c0 += 16) {
-    v16 r[16];
-    for (int t = 0; t < 16; ++t) {
-      __builtin_prefetch(src + (t + 16) * src_step + c0);  // the next block (a cache miss)
-      r[t] = t < m ? load16(src + t * src_step + c0) : v16{};
-    }
-    Transpose16(r);
-    for (int cc = 0; cc < 16; ++cc) store16(dst + (c0 + cc) * dst_cs, r[cc]);
-  }
-  for (; c0 < nc; ++c0)
-    for (int64_t t = 0; t < m; ++t) dst[c0 * dst_cs + t] = src[t * src_step + c0];
-}
-
-// The inverse: channel rows src + cc * src_cs (16 readable values each) to m <= 16 pixels,
-// pixel t's channels at dst + t * dst_step.
-void TransposeOut(const float* src, int64_t src_cs, int64_t m, int64_t nc, float* dst,
-                  int64_t dst_step) {
-  int64_t c0 = 0;
-  for (; c0 + 16 <= nc; c0 += 16) {
-    v16 r[16];
-    for (int cc = 0; cc < 16; ++cc) r[cc] = load16(src + (c0 + cc) * src_cs);
-    Transpose16(r);
-    for (int64_t t = 0; t < m; ++t) store16(dst + t * dst_step + c0, r[t]);
-  }
-  for (; c0 < nc; ++c0)
-    for (int64_t t = 0; t < m; ++t) dst[t * dst_step + c0] = src[c0 * src_cs + t];
-}
-
 // The layer and the buffer layouts derived from it.
 struct Geometry {
   int64_t n, h, w, c, k;  // input [n,h,w,c], k output channels
@@ -166,13 +75,16 @@ struct Geometry {
   int64_t ps;             // floats per phase plane (hq * wq and 16 of slack for TransposeIn)
   int64_t x_cs;           // floats per input channel in the phase-plane buffer (s*s planes)
   int64_t y_len;          // floats per output channel, flat over (oh, wq), a multiple of 16
+  Layout lx, ly;          // where an image's input and output values are (NHWC or NCHW)
 };
 
 Geometry MakeGeometry(int64_t n, int64_t h, int64_t w, int64_t c, int64_t k, int64_t r, int64_t s,
-                      int64_t p) {
+                      int64_t p, bool channel_major) {
   Geometry g{n, h, w, c, k, r, s, p};
+  g.lx = ImageLayout(channel_major, c, h, w);
   g.oh = (h + 2 * p - r) / s + 1;
   g.ow = (w + 2 * p - r) / s + 1;
+  g.ly = ImageLayout(channel_major, k, g.oh, g.ow);
   g.hq = (h + 2 * p + s - 1) / s;
   g.wq = (w + 2 * p + s - 1) / s;
   g.ps = g.hq * g.wq + 16;
@@ -209,9 +121,10 @@ int32_t ForwardOffset(const Geometry& g, int64_t kh, int64_t kw, int64_t cc) {
   return static_cast<int32_t>(cc * g.x_cs + plane * g.ps + (kh / g.s) * g.wq + kw / g.s);
 }
 
-// Scatters an NHWC image into `buf` (its padding zero; see PaddedBuffer): channel cc, padded pixel (row, col) lands in
-// plane (row % s, col % s) at (row / s) * wq + col / s of channel block cc * x_cs. The pixels of a
-// row with one column phase are contiguous there: they move 16 at a time.
+// Scatters an image (NHWC or NCHW) into `buf` (its padding zero; see PaddedBuffer): channel cc,
+// padded pixel (row, col) lands in plane (row % s, col % s) at (row / s) * wq + col / s of
+// channel block cc * x_cs. The pixels of a row with one column phase are contiguous there: they
+// move 16 at a time.
 size_t PhasePlanesSize(const Geometry& g) { return g.c * g.x_cs + 32; }
 
 void ToPhasePlanes(const Geometry& g, const float* img, float* buf) {
@@ -223,10 +136,10 @@ void ToPhasePlanes(const Geometry& g, const float* img, float* buf) {
       int64_t count = iw0 < g.w ? (g.w - iw0 + g.s - 1) / g.s : 0;
       float* dst = buf + ((row % g.s) * g.s + pw) * g.ps + (row / g.s) * g.wq +
                    (iw0 + g.p) / g.s;
-      const float* src = img + (ih * g.w + iw0) * g.c;
+      const float* src = img + ih * g.lx.row + iw0 * g.lx.pixel;
+      const int64_t step = g.s * g.lx.pixel;
       for (int64_t t = 0; t < count; t += 16)
-        TransposeIn(src + t * g.s * g.c, g.s * g.c, std::min<int64_t>(16, count - t), g.c,
-                    dst + t, g.x_cs);
+        Gather(g.lx, src + t * step, step, std::min<int64_t>(16, count - t), g.c, dst + t, g.x_cs);
     }
   }
 }
@@ -309,8 +222,8 @@ void SparseForward(ffi::ThreadPool& pool, const Geometry& g, const float* x, con
     float* y_img = y + n * g.oh * g.ow * g.k;
     for (int64_t i = 0; i < g.oh; ++i)
       for (int64_t j = 0; j < g.ow; j += 16)
-        TransposeOut(out.data() + i * g.wq + j, g.y_len, std::min<int64_t>(16, g.ow - j), g.k,
-                     y_img + (i * g.ow + j) * g.k, g.k);
+        Scatter(g.ly, out.data() + i * g.wq + j, g.y_len, std::min<int64_t>(16, g.ow - j), g.k,
+                y_img + i * g.ly.row + j * g.ly.pixel, g.ly.pixel);
   });
 }
 
@@ -375,8 +288,9 @@ std::vector<SparseRows> InputGradPhases(const Geometry& g, const Transposed& t, 
 void PadDy(const Geometry& g, const Transposed& t, const float* dy_img, float* padded) {
   for (int64_t i = 0; i < g.oh; ++i)
     for (int64_t j = 0; j < g.ow; j += 16)
-      TransposeIn(dy_img + (i * g.ow + j) * g.k, g.k, std::min<int64_t>(16, g.ow - j), g.k,
-                  padded + (i + t.pad) * t.wd + j + t.pad, t.dy_cs);
+      Gather(g.ly, dy_img + i * g.ly.row + j * g.ly.pixel, g.ly.pixel,
+             std::min<int64_t>(16, g.ow - j), g.k, padded + (i + t.pad) * t.wd + j + t.pad,
+             t.dy_cs);
 }
 
 // One image's dx from its padded dy.
@@ -394,10 +308,11 @@ void InputGradImage(const Geometry& g, const Transposed& t, const std::vector<Sp
       int64_t count = iw0 < g.w ? (g.w - iw0 + g.s - 1) / g.s : 0;
       const float* src = out.data() + (ph * g.s + pw) * plane + (row / g.s - t.i0[ph]) * t.wd +
                          (iw0 + g.p) / g.s - t.j0[pw];
-      float* dst = dx_img + (ih * g.w + iw0) * g.c;
+      float* dst = dx_img + ih * g.lx.row + iw0 * g.lx.pixel;
+      const int64_t step = g.s * g.lx.pixel;
       for (int64_t j = 0; j < count; j += 16)
-        TransposeOut(src + j, t.x_len, std::min<int64_t>(16, count - j), g.c,
-                     dst + j * g.s * g.c, g.s * g.c);
+        Scatter(g.lx, src + j, t.x_len, std::min<int64_t>(16, count - j), g.c, dst + j * step,
+                step);
     }
   }
 }
@@ -496,8 +411,8 @@ void FilterGradImage(const Geometry& g, const DotList& list, uint64_t call, cons
   float* dyt = grad.Prepare(call, g.k * pitch);
   for (int64_t i = 0; i < g.oh; ++i)
     for (int64_t j = 0; j < g.ow; j += 16)
-      TransposeIn(dy_img + (i * g.ow + j) * g.k, g.k, std::min<int64_t>(16, g.ow - j), g.k,
-                  dyt + i * g.wq + j, pitch);
+      Gather(g.ly, dy_img + i * g.ly.row + j * g.ly.pixel, g.ly.pixel,
+             std::min<int64_t>(16, g.ow - j), g.k, dyt + i * g.wq + j, pitch);
   FilterGradDots(g, list, planes, dyt, pitch, sums);
 }
 
@@ -562,15 +477,50 @@ void SparseBackward(ffi::ThreadPool& pool, const Geometry& g, const float* x, co
 
 // ---- the dense kernels of conv3x3_cpu.cc, above the crossover ----
 bool DenseApplies(const Geometry& g, int64_t out_channels) {
-  return g.r == 3 && g.p == 1 && out_channels % 16 == 0;
+  bool whole_vectors = !g.lx.channel_major || ((g.h * g.w) % 16 == 0 && (g.oh * g.ow) % 16 == 0);
+  return g.r == 3 && g.p == 1 && out_channels % 16 == 0 && whole_vectors;
 }
 
 ::Shape DenseShape(const Geometry& g) {
   return ::Shape{g.n, g.h, g.w, g.c, g.k, g.oh, g.ow, g.s};
 }
 
+// The dense kernels read and write NHWC: a channel-major call converts its operands around them
+// (what the sparse loops avoid; above the crossover the dense arithmetic outweighs it).
+std::vector<float> ChannelsLastCopy(ffi::ThreadPool& pool, const float* src, int64_t n, int64_t c,
+                                    int64_t hw) {
+  std::vector<float> out(n * c * hw);
+  ParallelFor(pool, n,
+              [&](int64_t i) { ToChannelsLast(src + i * c * hw, c, hw, &out[i * c * hw]); });
+  return out;
+}
+
+void ChannelsFirstInto(ffi::ThreadPool& pool, const std::vector<float>& src, int64_t n, int64_t c,
+                       int64_t hw, float* dst) {
+  ParallelFor(pool, n,
+              [&](int64_t i) { ToChannelsFirst(&src[i * c * hw], c, hw, dst + i * c * hw); });
+}
+
+void DenseForward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* w,
+                  float* y) {
+  if (!g.lx.channel_major) return ::Forward(pool, DenseShape(g), x, w, y);
+  std::vector<float> xl = ChannelsLastCopy(pool, x, g.n, g.c, g.h * g.w);
+  std::vector<float> yl(g.n * g.oh * g.ow * g.k);
+  ::Forward(pool, DenseShape(g), xl.data(), w, yl.data());
+  ChannelsFirstInto(pool, yl, g.n, g.k, g.oh * g.ow, y);
+}
+
+
 void DenseInputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const float* w,
                     float* dx) {
+  if (g.lx.channel_major) {
+    std::vector<float> dyl = ChannelsLastCopy(pool, dy, g.n, g.k, g.oh * g.ow);
+    std::vector<float> dxl(g.n * g.h * g.w * g.c);
+    Geometry last = g;
+    last.lx.channel_major = last.ly.channel_major = false;
+    DenseInputGrad(pool, last, dyl.data(), w, dxl.data());
+    return ChannelsFirstInto(pool, dxl, g.n, g.c, g.h * g.w, dx);
+  }
   // stride 1: a forward convolution of dy with the flipped kernel, its channels swapped
   std::vector<float> flipped(9 * g.c * g.k);
   for (int64_t kh = 0; kh < 3; ++kh)
@@ -594,21 +544,26 @@ bool UseDense(int64_t path, bool applies, float density, float crossover) {
   return path == 1 || density > crossover;
 }
 
-// Reads the layer from the input activation x [N,H,W,C], the kernel [R,R,C,K] and the output-side
-// activation [N,OH,OW,K], and refuses what the kernels do not cover.
+// Reads the layer from the input activation x ([N,H,W,C], or [N,C,H,W] with layout 1), the
+// kernel [R,R,C,K] and the output-side activation (likewise [N,OH,OW,K] or [N,K,OH,OW]), and
+// refuses what the kernels do not cover.
 ffi::Error ReadGeometry(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd,
                         ffi::Span<const int64_t> yd, int64_t stride, int64_t padding,
-                        Geometry* g) {
-  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
-    return ffi::Error::InvalidArgument("sparse_conv: expected NHWC activations and HWIO kernels");
-  if (wd[0] != wd[1] || (wd[0] != 1 && wd[0] != 3) || wd[2] != xd[3] || wd[3] != yd[3])
+                        int64_t layout, Geometry* g) {
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || (layout != 0 && layout != 1))
+    return ffi::Error::InvalidArgument(
+        "sparse_conv: expected NHWC (layout 0) or NCHW (layout 1) activations, HWIO kernels");
+  const bool cm = layout == 1;
+  const int64_t xc = cm ? xd[1] : xd[3], xh = cm ? xd[2] : xd[1], xw = cm ? xd[3] : xd[2];
+  const int64_t yk = cm ? yd[1] : yd[3], yh = cm ? yd[2] : yd[1], yw = cm ? yd[3] : yd[2];
+  if (wd[0] != wd[1] || (wd[0] != 1 && wd[0] != 3) || wd[2] != xc || wd[3] != yk)
     return ffi::Error::InvalidArgument("sparse_conv: kernel must be [R,R,C,K] with R = 1 or 3");
   if (stride != 1 && stride != 2)
     return ffi::Error::InvalidArgument("sparse_conv: stride must be 1 or 2");
   if (padding < 0 || padding >= wd[0])
     return ffi::Error::InvalidArgument("sparse_conv: padding must be 0 .. kernel size - 1");
-  *g = MakeGeometry(xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], stride, padding);
-  if (g->oh != yd[1] || g->ow != yd[2] || g->n != yd[0])
+  *g = MakeGeometry(xd[0], xh, xw, xc, wd[3], wd[0], stride, padding, cm);
+  if (g->oh != yh || g->ow != yw || g->n != yd[0])
     return ffi::Error::InvalidArgument("sparse_conv: output shape does not match the layer");
   if (g->c * g->x_cs > (int64_t{1} << 30))
     return ffi::Error::InvalidArgument("sparse_conv: image too large for 32-bit offsets");
@@ -617,14 +572,15 @@ ffi::Error ReadGeometry(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t padding,
-                       int64_t path) {
+                       int64_t path, int64_t layout) {
   Geometry g;
-  if (auto err = ReadGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride, padding, &g);
+  if (auto err = ReadGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride, padding,
+                              layout, &g);
       err.failure())
     return err;
   float density = Density(w.typed_data(), w.element_count());
   if (UseDense(path, DenseApplies(g, g.k), density, kForwardCrossover))
-    ::Forward(pool, DenseShape(g), x.typed_data(), w.typed_data(), y->typed_data());
+    DenseForward(pool, g, x.typed_data(), w.typed_data(), y->typed_data());
   else
     SparseForward(pool, g, x.typed_data(), w.typed_data(), y->typed_data());
   return ffi::Error::Success();
@@ -651,16 +607,23 @@ void RunInputGrad(ffi::ThreadPool& pool, const Geometry& g, bool dense, const fl
 void RunFilterGrad(ffi::ThreadPool& pool, const Geometry& g, bool dense, const float* x,
                    const float* dy, const float* mask, float* dw) {
   if (!dense) return SparseFilterGrad(pool, g, x, dy, mask, dw);
-  ::FilterGrad(pool, DenseShape(g), x, dy, dw);
+  if (g.lx.channel_major) {
+    std::vector<float> xl = ChannelsLastCopy(pool, x, g.n, g.c, g.h * g.w);
+    std::vector<float> dyl = ChannelsLastCopy(pool, dy, g.n, g.k, g.oh * g.ow);
+    ::FilterGrad(pool, DenseShape(g), xl.data(), dyl.data(), dw);
+  } else {
+    ::FilterGrad(pool, DenseShape(g), x, dy, dw);
+  }
   for (int64_t i = 0; i < g.r * g.r * g.c * g.k; ++i) dw[i] = mask[i] != 0.0f ? dw[i] : 0.0f;
 }
 
 ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                          ffi::ResultBuffer<ffi::F32> dx, int64_t stride, int64_t padding,
-                         int64_t path) {
+                         int64_t path, int64_t layout) {
   Geometry g;
   if (auto err =
-          ReadGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride, padding, &g);
+          ReadGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride, padding,
+                       layout, &g);
       err.failure())
     return err;
   RunInputGrad(pool, g, InputGradDense(g, path, w.typed_data()), dy.typed_data(), w.typed_data(),
@@ -670,10 +633,10 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Bu
 
 ffi::Error FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                           ffi::Buffer<ffi::F32> mask, ffi::ResultBuffer<ffi::F32> dw,
-                          int64_t stride, int64_t padding, int64_t path) {
+                          int64_t stride, int64_t padding, int64_t path, int64_t layout) {
   Geometry g;
   if (auto err = ReadGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride, padding,
-                              &g);
+                              layout, &g);
       err.failure())
     return err;
   if (mask.element_count() != dw->element_count())
@@ -688,10 +651,11 @@ ffi::Error FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
 ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                         ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> mask,
                         ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dw,
-                        int64_t stride, int64_t padding, int64_t path) {
+                        int64_t stride, int64_t padding, int64_t path, int64_t layout) {
   Geometry g;
   if (auto err =
-          ReadGeometry(x.dimensions(), w.dimensions(), dy.dimensions(), stride, padding, &g);
+          ReadGeometry(x.dimensions(), w.dimensions(), dy.dimensions(), stride, padding,
+                       layout, &g);
       err.failure())
     return err;
   if (mask.element_count() != w.element_count() || dw->element_count() != w.element_count() ||
@@ -720,7 +684,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdSparseConvForward, lottery_kd_sparse::For
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("padding")
-                                  .Attr<int64_t>("path"));
+                                  .Attr<int64_t>("path")
+                                  .Attr<int64_t>("layout"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdSparseConvInputGrad, lottery_kd_sparse::InputGradImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -729,7 +694,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdSparseConvInputGrad, lottery_kd_sparse::I
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("padding")
-                                  .Attr<int64_t>("path"));
+                                  .Attr<int64_t>("path")
+                                  .Attr<int64_t>("layout"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdSparseConvFilterGrad, lottery_kd_sparse::FilterGradImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -739,7 +705,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdSparseConvFilterGrad, lottery_kd_sparse::
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("padding")
-                                  .Attr<int64_t>("path"));
+                                  .Attr<int64_t>("path")
+                                  .Attr<int64_t>("layout"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdSparseConvBackward, lottery_kd_sparse::BackwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -751,4 +718,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LotteryKdSparseConvBackward, lottery_kd_sparse::Ba
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("padding")
-                                  .Attr<int64_t>("path"));
+                                  .Attr<int64_t>("path")
+                                  .Attr<int64_t>("layout"));
