@@ -5,13 +5,15 @@
 For each layer shape (batch 128) and each density (random unstructured masks, as global
 magnitude pruning leaves them): forward, input gradient, filter gradient (at the mask's
 positions) and both gradients ("backward": sparse_conv's one call, as masked_conv's VJP runs
-them), each jitted on its own, timed in alternating blocks (dense, sparse, dense, ...) after
-a warm-up; medians. "dense" is conv3x3's native kernel where it applies (3x3, padding 1; the
-filter gradient then masked) and XLA's convolution elsewhere (1x1 kernels, the stride-2 input
-gradient), as a dense network would run; "sparse" is sparse_conv with its path forced to the
-sparse loops (masked_conv's "auto" path sends the 1x1 stride-2 input gradient to XLA instead).
-Records: shape, pass, density, the dense implementation, milliseconds of each, the speed-up and
-the largest relative difference between the two results.
+them), each jitted on its own, timed in alternating blocks (dense, sparse, sparse_nchw, dense,
+...) after a warm-up; medians. "dense" is conv3x3's native kernel where it applies (3x3,
+padding 1; the filter gradient then masked) and XLA's convolution elsewhere (1x1 kernels, the
+stride-2 input gradient), as a dense network would run; "sparse" is sparse_conv with its path
+forced to the sparse loops (masked_conv's "auto" path sends the 1x1 stride-2 input gradient to
+XLA instead); "sparse_nchw" the same loops on channel-major (NCHW) activations, which they read
+without transposing (the operands are transposed once, untimed).
+Records: shape, pass, density, the dense implementation, milliseconds of each, the speed-ups
+over dense and the largest relative difference between the dense and sparse (NHWC) results.
 """
 
 from __future__ import annotations
@@ -59,23 +61,33 @@ def _passes(stride: int, size: int):
         "filter_grad": lambda x, w, m, dy: sc.filter_grad(x, dy, m, stride, padding, "sparse"),
         "backward": lambda x, w, m, dy: sc.backward(x, dy, w, m, stride, padding, "sparse"),
     }
+    cm = {
+        "forward": lambda x, w, m, dy: sc.forward(x, w, stride, padding, "sparse", "NCHW"),
+        "input_grad": lambda x, w, m, dy: sc.input_grad(dy, w, stride, padding, x.shape,
+                                                        "sparse", "NCHW"),
+        "filter_grad": lambda x, w, m, dy: sc.filter_grad(x, dy, m, stride, padding, "sparse",
+                                                          "NCHW"),
+        "backward": lambda x, w, m, dy: sc.backward(x, dy, w, m, stride, padding, "sparse",
+                                                    "NCHW"),
+    }
     impl = {name: "native" if native and not (name == "input_grad" and stride == 2) else "xla"
             for name in dense}
     impl["backward"] = "native" if native and stride == 1 else "xla+native" if native else "xla"
-    return {name: {"dense": jax.jit(dense[name]), "sparse": jax.jit(sparse[name])}
-            for name in dense}, impl
+    return {name: {"dense": jax.jit(dense[name]), "sparse": jax.jit(sparse[name]),
+                   "sparse_nchw": jax.jit(cm[name])} for name in dense}, impl
 
 
-def _time_pair(impls: dict, args: tuple, steps: int, repeats: int) -> tuple[dict, dict]:
-    """Outputs and median ms per call of each implementation, timed in alternating blocks."""
+def _time_pair(impls: dict, args: dict, steps: int, repeats: int) -> tuple[dict, dict]:
+    """Outputs and median ms per call of each implementation (called with args[name]), timed in
+    alternating blocks."""
     import jax
 
-    outputs = {name: jax.block_until_ready(fn(*args)) for name, fn in impls.items()}
+    outputs = {name: jax.block_until_ready(fn(*args[name])) for name, fn in impls.items()}
     seconds = {name: [] for name in impls}
     for _ in range(repeats):
         for name, fn in impls.items():
-            seconds[name].append(timed(lambda fn=fn: [fn(*args) for _ in range(steps)][-1],
-                                       jax.block_until_ready) / steps)
+            seconds[name].append(timed(lambda fn=fn, a=args[name]: [fn(*a) for _ in range(steps)]
+                                       [-1], jax.block_until_ready) / steps)
     return outputs, {name: 1e3 * median(values) for name, values in seconds.items()}
 
 
@@ -97,7 +109,9 @@ def measure(batch: int, steps: int, repeats: int, densities: tuple[float, ...]) 
         passes, impl = _passes(stride, size)
         for density in densities:
             mask = (jax.random.uniform(keys[3], kernel.shape) < density).astype(np.float32)
-            args = (x, kernel * mask, mask, dy)
+            nhwc = (x, kernel * mask, mask, dy)
+            nchw = (x.transpose(0, 3, 1, 2), kernel * mask, mask, dy.transpose(0, 3, 1, 2))
+            args = {"dense": nhwc, "sparse": nhwc, "sparse_nchw": nchw}
             for pass_name, impls in passes.items():
                 outputs, ms = _time_pair(impls, args, steps, repeats)
                 a, b = (np.concatenate([np.ravel(np.asarray(v, np.float64))
@@ -108,6 +122,8 @@ def measure(batch: int, steps: int, repeats: int, densities: tuple[float, ...]) 
                     "pass": pass_name, "density": density, "dense_impl": impl[pass_name],
                     "dense_ms": round(ms["dense"], 3), "sparse_ms": round(ms["sparse"], 3),
                     "speedup": round(ms["dense"] / ms["sparse"], 2),
+                    "sparse_nchw_ms": round(ms["sparse_nchw"], 3),
+                    "speedup_nchw": round(ms["dense"] / ms["sparse_nchw"], 2),
                     "max_relative_difference": float(np.max(np.abs(a - b))
                                                      / max(np.max(np.abs(a)), 1e-30))})
                 print(json.dumps(records[-1]), file=sys.stderr, flush=True)

@@ -1,6 +1,8 @@
 """The table of docs/results/sparse_kernels_shrunk.sh: each ticket's end-of-training test accuracy
 (%) on the dense kernels and on the sparse kernels, per seed, and whether every pruned weight of
-every final snapshot is exactly 0.0.
+every final snapshot is exactly 0.0; then the density of each stage's kernels in those tickets
+(global magnitude pruning leaves the early, narrow stages far denser than the average, and a layer
+above the kernels' crossover runs dense).
 
     python docs/results/sparse_kernels_table.py [runs/sparse_kernels_shrunk]
 """
@@ -27,6 +29,37 @@ def pruned_nonzero(workdir: Path, tag: str) -> int:
                for p, m in zip(jax.tree.leaves(snap["params"]), jax.tree.leaves(snap["masks"])))
 
 
+def stage_of(kernel: str) -> str:
+    """'stem', 'stage1' .. 'stage3' or 'shortcuts' for a layer_counts name."""
+    if "shortcut" in kernel:
+        return "shortcuts"
+    return kernel.split("_")[0] if kernel.startswith("stage") else "stem"
+
+
+def stage_densities(row: dict) -> dict[str, float]:
+    """Remaining / all weights of each stage's kernels in one results row."""
+    kept: dict[str, list[int]] = {}
+    for name, (remaining, total) in row["layer_counts"].items():
+        counts = kept.setdefault(stage_of(name), [0, 0])
+        counts[0] += remaining
+        counts[1] += total
+    return {stage: remaining / total for stage, (remaining, total) in sorted(kept.items())}
+
+
+def print_stage_densities(root: str) -> None:
+    rows = [(path.parent.name, row) for path in sorted(Path(root).glob("*/results.jsonl"))
+            for row in read_rows(path) if row["variant"] != "dense"]
+    if not rows:
+        return
+    stages = list(stage_densities(rows[0][1]))
+    print("\n| workdir | ticket | overall | " + " | ".join(stages) + " |")
+    print("|" + " --- |" * (len(stages) + 3))
+    for workdir, row in rows:
+        cells = stage_densities(row)
+        print(f"| {workdir} | {row['variant']} | {1 - row['sparsity']:.4f} | "
+              + " | ".join(f"{cells[s]:.3f}" for s in stages) + " |")
+
+
 def main(root: str = "runs/sparse_kernels_shrunk") -> None:
     print("| seed | run | native (dense kernels) | sparse kernels | pruned weights != 0 |")
     print("| --- | --- | --- | --- | --- |")
@@ -45,6 +78,7 @@ def main(root: str = "runs/sparse_kernels_shrunk") -> None:
                 tag = f"level_{rows[('sparse', variant)]['level']}_{variant}"
                 zeros = str(pruned_nonzero(Path(root) / f"sparse_seed{seed}", tag))
             print(f"| {seed} | {variant} | {cells[0]} | {cells[1]} | {zeros} |")
+    print_stage_densities(root)
 
 
 if __name__ == "__main__":
