@@ -60,6 +60,9 @@ CIFAR10_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch
 GPU_TESTS = ("tests/test_train_step.py tests/test_precision.py tests/test_losses_optim.py "
              "tests/test_masks_pruning.py tests/test_structure.py")
 SMOKE_TESTS = 'tests/test_precision.py -k "auto_conv_is_xla or refuses_the_float32_only"'
+# setup.cfg's addopts without pytest-xdist's two workers: on a GPU every worker process would
+# claim most of the device's memory, and the GPU image need not have xdist installed
+ONE_PROCESS = ["-o", 'addopts=-ra --strict-markers -m "not slow"', "-p", "no:xdist"]
 # Per-mode defaults of the options left unset; "caps": each section's share of --budget, seconds.
 DEFAULTS = {
     "gpu": {"models": "resnet20,resnet56,resnet110", "batches": "128,1024",
@@ -249,8 +252,8 @@ def section_tests(plan: dict, timeout: float) -> dict:
     """The pytest subset in a subprocess: its counts and failed ids (pytest_counts)."""
     if not plan["tests"].strip():
         return {"status": "skipped", "note": "--tests ''"}
-    command = [sys.executable, "-m", "pytest", "-v", "--durations=5", "-p", "no:cacheprovider",
-               *shlex.split(plan["tests"])]
+    command = [sys.executable, "-m", "pytest", *ONE_PROCESS, "-v", "--durations=5", "-p",
+               "no:cacheprovider", *shlex.split(plan["tests"])]
     done = run_process(command, timeout, CHILD_ENV)
     return {**_outcome(done, timeout), "command": shlex.join(["python", *command[1:]]),
             **pytest_counts(done.output)}
