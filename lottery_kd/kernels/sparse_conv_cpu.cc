@@ -516,8 +516,9 @@ void DenseInputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, c
   if (g.lx.channel_major) {
     std::vector<float> dyl = ChannelsLastCopy(pool, dy, g.n, g.k, g.oh * g.ow);
     std::vector<float> dxl(g.n * g.h * g.w * g.c);
-    Geometry last = g;
-    last.lx.channel_major = last.ly.channel_major = false;
+    Geometry last = g;  // the same layer on the NHWC copies
+    last.lx = ImageLayout(false, g.c, g.h, g.w);
+    last.ly = ImageLayout(false, g.k, g.oh, g.ow);
     DenseInputGrad(pool, last, dyl.data(), w, dxl.data());
     return ChannelsFirstInto(pool, dxl, g.n, g.c, g.h * g.w, dx);
   }
