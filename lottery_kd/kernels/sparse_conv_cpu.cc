@@ -14,8 +14,7 @@
 //   * the output is computed channel-major, 16 pixels per vector, a tile of several vectors in
 //     registers (one splat(weight) x shifted load per nonzero and vector), then moved back;
 //   * an NHWC image is transposed on the way in and out; an NCHW one is copied row by row
-//     (sparse_layout.h), which is why a network that keeps its activations channel-major runs
-//     these kernels without the transposes;
+//     (sparse_layout.h; a small saving, measured there);
 //   * the lists of nonzeros are built inside each call from the operands (9*C*K values), and each
 //     call measures the layer's density and runs the dense kernels of conv3x3_cpu.cc instead
 //     above a crossover density (where they apply), so callers need no trace-time knowledge.
