@@ -1,11 +1,11 @@
 """Build, cache and register the native CPU kernels (C++ behind the XLA FFI) on first use.
 
 Each kernel source (conv3x3_cpu.cc, batch_norm_cpu.cc, sparse_conv_cpu.cc, all including
-cpu_common.h; sparse_conv_cpu.cc includes conv3x3_cpu.cc too) is compiled with the system C++
-compiler (`$CXX`, else c++/g++/clang++) for this CPU (-march=native, or `$LOTTERY_KD_MARCH`, e.g.
-x86-64-v3 for an AVX2-only build) and cached under `$LOTTERY_KD_CACHE` (default
-~/.cache/lottery_kd), keyed by every source in this folder, compiler, flags, jax version and CPU
-flags. Without a compiler the package still works: the "auto"
+cpu_common.h; sparse_conv_cpu.cc includes conv3x3_cpu.cc and its sparse_*.h parts too) is
+compiled with the system C++ compiler (`$CXX`, else c++/g++/clang++) for this CPU
+(-march=native, or `$LOTTERY_KD_MARCH`, e.g. x86-64-v3 for an AVX2-only build) and cached under
+`$LOTTERY_KD_CACHE` (default ~/.cache/lottery_kd), keyed by every source in this folder,
+compiler, flags, jax version and CPU flags. Without a compiler the package still works: the "auto"
 settings fall back to XLA, and only an explicit request for a native kernel fails, saying why.
 LOTTERY_KD_NATIVE_CONV=0 turns every native kernel off.
 """
