@@ -56,3 +56,38 @@ def test_normalize_uses_per_channel_statistics():
     images = jnp.full((2, 4, 4, 3), 100, jnp.uint8)
     out = augment.normalize(images, (100.0, 50.0, 0.0), (1.0, 2.0, 4.0))
     np.testing.assert_allclose(out[0, 0, 0], [0.0, 25.0, 25.0])
+
+
+def test_cached_epoch_order_gives_the_pure_functions_batches():
+    # InMemoryTrainInput draws each epoch's permutation once; its batches must be train_batch's
+    # across epoch boundaries (6 steps per epoch here), on going back to an earlier epoch, with a
+    # new batch size, and for a fresh instance that starts mid-epoch (a resumed run).
+    from lottery_kd.data.inputs import InMemoryTrainInput
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (50, 32, 32, 3), dtype=np.uint8)
+    labels = (np.arange(50) % 10).astype(np.int32)
+    source = InMemoryTrainInput(images, labels, seed=5, augment=True)
+    resumed = InMemoryTrainInput(images, labels, seed=5, augment=True)
+    calls = [(source, 0, 8), (source, 5, 8), (source, 6, 8), (source, 13, 8), (source, 7, 8),
+             (source, 7, 16), (source, 2, 16), (resumed, 13, 8), (resumed, 14, 8)]
+    for input_, step, batch in calls:
+        want = augment.train_batch(jnp.asarray(images), jnp.asarray(labels), jnp.uint32(5),
+                                   jnp.int32(step), batch_size=batch, augment=True)
+        got = input_.batch(step, batch)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_batch_order_is_pinned_across_commits():
+    # A study resumes across commits: the batch at step s must never change. These hashes are
+    # the order of the CIFAR-10 training split (50,000 images, batch 128, seed 0) since the
+    # epoch-permutation cache (first step, last of epoch 0, first of epoch 1, the renda rewind
+    # step, the first LR drop, the last step of 182 epochs).
+    import hashlib
+
+    pinned = {0: "2a1fd02b20cfe54b", 389: "576698dcf05a7098", 390: "a9b0c032da72a162",
+              12870: "13530e471478fe27", 35490: "5fa8fdf66d38e5f6", 70979: "4fc511d1000d37a0"}
+    for step, digest in pinned.items():
+        index = np.asarray(augment.batch_indices(0, step, 50000, 128))
+        assert hashlib.sha256(index.tobytes()).hexdigest()[:16] == digest, step

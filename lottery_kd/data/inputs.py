@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lottery_kd.data import STREAMED_NAMES, Dataset, load_dataset
-from lottery_kd.data.augment import train_batch
+from lottery_kd.data.augment import batch_from_permutation, epoch_permutation
 
 Batch = tuple[jax.Array, jax.Array]
 EvalBatch = tuple[jax.Array, jax.Array, jax.Array]
@@ -59,12 +59,25 @@ class InMemoryTrainInput:
         self.seed = seed
         self.augment = augment
         self.process_index, self.process_count = process_index, process_count
+        self._epoch_order: Optional[tuple[tuple[int, int], jax.Array]] = None
 
     def batch(self, step: int, batch_size: int) -> Batch:
         rows = _process_rows(batch_size, self.process_index, self.process_count)
-        return train_batch(self.images, self.labels, jnp.asarray(self.seed, jnp.uint32),
-                           jnp.asarray(step, jnp.int32), batch_size=batch_size,
-                           augment=self.augment, rows=rows)
+        seed = jnp.asarray(self.seed, jnp.uint32)
+        return batch_from_permutation(self.images, self.labels,
+                                      self._permutation(step, batch_size), seed,
+                                      jnp.asarray(step, jnp.int32), batch_size=batch_size,
+                                      augment=self.augment, rows=rows)
+
+    def _permutation(self, step: int, batch_size: int) -> jax.Array:
+        """The epoch's permutation, drawn once per epoch (and batch size), not once per step."""
+        key = (int(step) // (self.num_examples // batch_size), batch_size)
+        if self._epoch_order is None or self._epoch_order[0] != key:
+            order = epoch_permutation(jnp.asarray(self.seed, jnp.uint32),
+                                        jnp.asarray(key[0], jnp.int32),
+                                        num_examples=self.num_examples)
+            self._epoch_order = (key, order)
+        return self._epoch_order[1]
 
 
 class InMemoryEvalInput:
