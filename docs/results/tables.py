@@ -40,6 +40,12 @@ def load_study(path: str) -> tuple[int, dict]:
     return seed, rows
 
 
+def _has(rows: dict, key: tuple, metric: str) -> bool:
+    """Whether the study has the cell and the cell the metric (a study without a validation
+    split has no test accuracy at best validation: docs/results/full_length.py's study)."""
+    return key in rows and rows[key].get(metric) is not None
+
+
 def accuracy_table(rows: dict) -> None:
     print("| sparsity % | dense | " + " | ".join(VARIANTS) + " |")
     print("|---" * (len(VARIANTS) + 2) + "|")
@@ -47,8 +53,9 @@ def accuracy_table(rows: dict) -> None:
         cells = []
         for variant in ("dense",) + VARIANTS:
             row = rows.get((sparsity, variant))
-            cells.append("" if row is None else f"{100 * row['test_accuracy']:.2f} "
-                         f"({100 * row['test_accuracy_at_best_val']:.2f})")
+            best = None if row is None else row.get("test_accuracy_at_best_val")
+            cells.append("" if row is None else f"{100 * row['test_accuracy']:.2f}"
+                         + ("" if best is None else f" ({100 * best:.2f})"))
         print(f"| {sparsity:.2f} | " + " | ".join(cells) + " |")
 
 
@@ -64,7 +71,7 @@ def paired_differences(studies: dict) -> None:
             for a, b in differences:
                 values = [100 * (rows[(sparsity, a)][metric] - rows[(sparsity, b)][metric])
                           for rows in studies.values()
-                          if (sparsity, a) in rows and (sparsity, b) in rows]
+                          if all(_has(rows, (sparsity, v), metric) for v in (a, b))]
                 text = " / ".join(f"{v:+.2f}" for v in values)
                 if len(values) > 1:
                     text += f" (mean {statistics.mean(values):+.2f})"
@@ -85,7 +92,8 @@ def against_dense(studies: dict, metric: str = "test_accuracy_at_best_val") -> N
         cells = []
         for variant in VARIANTS:
             values = [100 * (rows[(sparsity, variant)][metric] - rows[(0.0, "dense")][metric])
-                      for rows in studies.values() if (sparsity, variant) in rows]
+                      for rows in studies.values()
+                      if all(_has(rows, k, metric) for k in ((sparsity, variant), (0.0, "dense")))]
             cells.append(" / ".join(f"{v:+.2f}" for v in values))
         print(f"| {sparsity:.2f} | " + " | ".join(cells) + " |")
 
@@ -95,7 +103,7 @@ def seed_spread(studies: dict) -> None:
     print("\nSeed-to-seed spread of the cells more than one seed has (points): "
           "std at best validation, std at the end, largest difference at the end")
     for key in cells:
-        rows = [rows[key] for rows in studies.values() if key in rows]
+        rows = [rows[key] for rows in studies.values() if _has(rows, key, METRICS[0][0])]
         if len(rows) < 2:
             continue
         best = [100 * r["test_accuracy_at_best_val"] for r in rows]

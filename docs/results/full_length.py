@@ -1,0 +1,130 @@
+"""Prints the tables of docs/results.md's full-length section, from a study's files alone.
+
+    python docs/results/full_length.py [STUDY_DIR]   # default runs/full/resnet20_renda_seed0
+
+For the 182-epoch ResNet-20 study (docs/results/run_full.sh):
+1. the test accuracy (%) at the end of training of the dense network and of every variant at each
+   density, with Renda et al.'s at the same density beside (their iterative pruning, median of 3
+   trials; ours one-shot, one seed; their weight rewinding at its best rewind epoch, ours at
+   epoch 33). Runs not finished yet read "running" or "pending" (from plan.json);
+2. the paired differences the KD-ticket claims rest on, in points (same mask, data order and
+   teacher within the study);
+3. each run's seconds per epoch (median over its full 390-step epochs; a start's partial first
+   epoch, which compiles, is left out) and the convolution path it trained on. Epochs that ran
+   beside other work on the machine are slower: the median is a pace, not a benchmark.
+"""
+
+import json
+import os
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+
+from lottery_kd.published import load  # noqa: E402
+from lottery_kd.study import jsonlines  # noqa: E402
+from lottery_kd.study.results import EPOCH_TIME_FIELDS, read_rows  # noqa: E402
+
+VARIANTS = ("lt", "weight_rewind", "lr_rewind", "kd", "kd_rewind", "reinit")
+RENDA = {"lt": "rewind_to_0", "weight_rewind": "best_weight_rewinding",
+         "lr_rewind": "lr_rewinding"}
+DIFFERENCES = (("kd", "weight_rewind"), ("kd", "lt"), ("kd_rewind", "weight_rewind"),
+               ("kd_rewind", "lr_rewind"), ("weight_rewind", "lt"), ("lr_rewind", "lt"))
+
+
+def density(level: int) -> float:
+    return 0.8 ** level
+
+
+def renda_row(level: int) -> dict:
+    """Renda et al.'s ResNet-20 row at the nearest published density (within 0.005), or {}."""
+    rows = load("renda2020_cifar10_imagenet")["iterative"]["resnet20"]
+    near = min(rows, key=lambda r: abs(r["density"] - density(level)))
+    return near if abs(near["density"] - density(level)) < 0.005 else {}
+
+
+def planned_levels(plan: dict) -> list[int]:
+    """The pruning levels in the order the study trains them."""
+    return list(dict.fromkeys(r["level"] for r in plan["runs"] if r["level"] > 0))
+
+
+def accuracy_table(plan: dict, rows: dict, current: tuple) -> None:
+    dense = rows.get((0, "dense"))
+    renda_dense = load("renda2020_cifar10_imagenet")["dense"]["resnet20"]
+    print("Test accuracy (%) at the end of training; Renda et al. in brackets where they report "
+          "the method")
+    print(f"Dense: {100 * dense['test_accuracy']:.2f} (Renda {renda_dense})" if dense
+          else "Dense: " + ("running" if current == (0, "dense") else "pending"))
+    print("\n| density | sparsity % | " + " | ".join(VARIANTS) + " |")
+    print("|---" * (len(VARIANTS) + 2) + "|")
+    for level in planned_levels(plan):
+        theirs, cells = renda_row(level), []
+        for variant in VARIANTS:
+            planned = any(r["level"] == level and r["variant"] == variant for r in plan["runs"])
+            row = rows.get((level, variant))
+            text = (f"{100 * row['test_accuracy']:.2f}" if row else
+                    "running" if current == (level, variant) else
+                    "pending" if planned else "not run")
+            if variant in RENDA and RENDA[variant] in theirs:
+                text += f" ({theirs[RENDA[variant]]:.2f})"
+            cells.append(text)
+        print(f"| {density(level):.4f} | {100 * (1 - density(level)):.2f} | "
+              + " | ".join(cells) + " |")
+
+
+def differences_table(rows: dict, levels: list[int]) -> None:
+    print("\nPaired differences (points), test accuracy at the end:")
+    print("| density | " + " | ".join(f"{a} − {b}" for a, b in DIFFERENCES) + " |")
+    print("|---" * (len(DIFFERENCES) + 1) + "|")
+    for level in levels:
+        accuracy = {v: rows[(level, v)]["test_accuracy"] for v in VARIANTS if (level, v) in rows}
+        cells = [f"{100 * (accuracy[a] - accuracy[b]):+.2f}" if a in accuracy and b in accuracy
+                 else "" for a, b in DIFFERENCES]
+        print(f"| {density(level):.4f} | " + " | ".join(cells) + " |")
+
+
+def epoch_times(study: str, rows: dict) -> None:
+    """Median seconds per full epoch of each run (a start's partial first epoch, which also
+    compiles, is left out; the median shrugs off the rare start on an epoch boundary)."""
+    times = {}
+    path = os.path.join(study, "epoch_times.jsonl")  # damaged lines skipped, as rows are
+    for entry in jsonlines.scan(path, EPOCH_TIME_FIELDS)[0] if os.path.exists(path) else []:
+        if entry["steps"] == 390:
+            times.setdefault((entry["level"], entry["variant"]), []).append(entry["seconds"])
+    print("\nSeconds per epoch (median over the full 390-step epochs; training and the "
+          "test-set evaluation) and the convolution path:")
+    print("| run | epochs timed | median s/epoch | vs dense | conv path |")
+    print("|---|---|---|---|---|")
+    starts_log = os.path.join(study, "environment.jsonl")
+    running_path = (jsonlines.scan(starts_log, {})[0][-1:] or [{}])[0].get("conv_impl", "?") \
+        if os.path.exists(starts_log) else "?"
+    dense = statistics.median(times[(0, "dense")]) if (0, "dense") in times else None
+    for key, values in times.items():
+        median = statistics.median(values)
+        ratio = f"{dense / median:.2f}x" if dense else ""
+        path = rows[key]["conv_impl"] if key in rows else f"{running_path} (running)"
+        print(f"| L{key[0]} {key[1]} | {len(values)} | {median:.1f} | {ratio} | {path} |")
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
+    study = argv[0] if argv else "runs/full/resnet20_renda_seed0"
+    if not os.path.exists(os.path.join(study, "plan.json")):
+        sys.exit(f"error: {study} has no plan.json; pass the study's workdir "
+                 "(docs/results/run_full.sh writes runs/full/resnet20_renda_seed0)")
+    with open(os.path.join(study, "plan.json")) as f:
+        plan = json.load(f)
+    rows = {(r["level"], r["variant"]): r for r in read_rows(os.path.join(study, "results.jsonl"))}
+    pending = [(r["level"], r["variant"]) for r in plan["runs"]
+               if (r["level"], r["variant"]) not in rows]
+    current = pending[0] if pending else None
+    accuracy_table(plan, rows, current)
+    differences_table(rows, planned_levels(plan))
+    epoch_times(study, rows)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

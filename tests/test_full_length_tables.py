@@ -1,0 +1,54 @@
+"""docs/results/full_length.py: the full-length section's tables from a study's files."""
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "results" / "full_length.py"
+
+
+def _study(tmp_path: Path) -> Path:
+    runs = [(0, "dense"), (10, "lt"), (10, "weight_rewind"), (10, "lr_rewind"), (10, "kd"),
+            (10, "kd_rewind"), (8, "lt")]
+    plan = {"steps_per_epoch": 390, "runs": [{"level": lv, "variant": v} for lv, v in runs]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    done = {(0, "dense"): 0.9166, (10, "lt"): 0.87, (10, "weight_rewind"): 0.905,
+            (10, "kd"): 0.91}
+    rows = [{"level": lv, "variant": v, "sparsity": 1 - 0.8 ** lv, "test_accuracy": acc,
+             "conv_impl": "auto" if lv == 0 else "sparse"} for (lv, v), acc in done.items()]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows)
+                                            + "{damaged\n")
+    times = [(0, "dense", 390, 120.0), (0, "dense", 780, 100.0), (0, "dense", 1170, 96.0),
+             (0, "dense", 1400, 50.0),  # a stop mid-epoch
+             (0, "dense", 1560, 130.0),  # the partial first epoch of the resumed start
+             (0, "dense", 1950, 94.0), (10, "lt", 390, 99.0), (10, "lt", 780, 80.0),
+             (10, "lt", 1170, 60.0)]
+    (tmp_path / "epoch_times.jsonl").write_text("".join(
+        json.dumps({"level": lv, "variant": v, "step": step,
+                    "steps": 230 if seconds == 50.0 else (160 if step == 1560 else 390),
+                    "seconds": seconds}) + "\n" for lv, v, step, seconds in times))
+    (tmp_path / "environment.jsonl").write_text(json.dumps({"conv_impl": "sparse"}) + "\n")
+    return tmp_path
+
+
+def test_tables_pair_variants_with_rendas_numbers_and_time_the_epochs(tmp_path, capsys):
+    runpy.run_path(str(SCRIPT), run_name="not_main")["main"]([str(_study(tmp_path))])
+    out = capsys.readouterr().out
+    assert "Dense: 91.66 (Renda 91.71)" in out
+    # L10 first (the study's order); the first run without a row is the running one
+    assert ("| 0.1074 | 89.26 | 87.00 (86.67) | 90.50 (91.00) | running (91.01) | 91.00 "
+            "| pending | not run |") in out
+    assert "| 0.1678 | 83.22 | pending (88.56) | not run (91.62) |" in out
+    assert out.index("| 0.1074 | 89.26") < out.index("| 0.1678 | 83.22")
+    # kd − weight_rewind, kd − lt, then differences whose runs are missing stay empty
+    assert "| 0.1074 | +0.50 | +4.00 |  |  | +3.50 |  |" in out
+    # dense: the full epochs 120, 100, 96, 94 (the partial ones left out): median 98
+    assert "| L0 dense | 4 | 98.0 | 1.00x | auto |" in out
+    assert "| L10 lt | 3 | 80.0 | 1.23x | sparse |" in out
+
+
+def test_a_directory_without_a_plan_is_refused_with_what_to_pass(tmp_path):
+    with pytest.raises(SystemExit, match="has no plan.json"):
+        runpy.run_path(str(SCRIPT), run_name="not_main")["main"]([str(tmp_path)])
