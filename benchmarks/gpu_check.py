@@ -58,7 +58,8 @@ MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")  # basic-
 PRECISIONS = ("float32", "bfloat16")
 CIFAR10_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
 GPU_TESTS = ("tests/test_train_step.py tests/test_precision.py tests/test_losses_optim.py "
-             "tests/test_masks_pruning.py tests/test_structure.py")
+             "tests/test_masks.py tests/test_pruning_methods.py tests/test_pruning_contract.py "
+             "tests/test_structure.py")
 SMOKE_TESTS = 'tests/test_precision.py -k "auto_conv_is_xla or refuses_the_float32_only"'
 # setup.cfg's addopts without pytest-xdist's two workers: on a GPU every worker process would
 # claim most of the device's memory, and the GPU image need not have xdist installed

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny digits config and the location of the real CIFAR-10 files.
+"""Shared fixtures: a tiny digits config, the location of the real CIFAR-10 files and the digits
+studies the analysis tests read (test_report, test_overlap, test_lmc, test_bootstrap).
 
 The session shares one JAX compilation cache (a temporary folder, also handed to the test's
 subprocesses through the environment): most tests build the same few models afresh, and a
@@ -56,3 +57,21 @@ def make_tiny_config():
 @pytest.fixture
 def tiny_config():
     return make_tiny_config()
+
+
+@pytest.fixture(scope="session")
+def studies(tmp_path_factory):
+    """Two seeds of a quickstart-shaped study (2 levels), plus one with another protocol.
+
+    Trained once per session (about a minute) for the analysis test modules that share it; the
+    analysis tools write nothing into a study, and a test that appends to one appends a torn line
+    that every reader skips."""
+    from lottery_kd.study import lottery
+    from tests.analysis_helpers import _study
+    root = tmp_path_factory.mktemp("analysis")
+    other = make_tiny_config()
+    other.train.epochs = 1
+    other.prune.levels = 1
+    other.lottery.variants = "lt"
+    lottery.run(other, root / "other", log=lambda *_: None)
+    return [_study(root, 0), _study(root, 1)], root / "other"
