@@ -97,3 +97,41 @@ def test_sparse_benchmark_cells_measure_each_structure_where_it_applies():
     assert cells([1.0, 0.5, 0.1], ["unstructured", "2:4", "block:16"]) == [
         (1.0, "unstructured"), (0.5, "unstructured"), (0.5, "2:4"), (0.5, "block:16"),
         (0.1, "unstructured"), (0.1, "block:16")]
+
+
+def test_step_profile_names_the_kernels_of_a_sparse_step(tmp_path):
+    out = tmp_path / "profile.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.step_profile", "--batch-size", "8",
+                           "--steps", "1", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(out.read_text())["records"][0]
+    kinds = {op["kind"]: op for op in record["ops"]}
+    # ResNet-20: 19 masked convolutions, each one forward and one backward call
+    assert kinds["lottery_kd_sparse_conv_forward"]["calls_per_step"] == 19
+    assert kinds["lottery_kd_sparse_conv_backward"]["calls_per_step"] == 19
+    assert "lottery_kd_batch_norm_forward" in kinds
+    assert sum(op["share"] for op in record["ops"]) == pytest.approx(1.0, abs=1e-3)
+    assert record["op_ms_per_step"] > 0 and record["density"] == 0.1074
+
+
+def test_step_profile_groups_trace_events_by_kernel_and_refuses_a_bad_density():
+    from benchmarks.step_profile import aggregate, main, op_kinds
+    hlo = ('  %ffi_call.3 = f32[8] custom-call(f32[8] %p), custom_call_target="conv_fwd"\n'
+           '  ffi_call.7 = f32[8] custom-call(f32[8] %q), custom_call_target="bn_fwd"\n')
+    kinds = op_kinds(hlo)
+    assert kinds == {"ffi_call.3": "conv_fwd", "ffi_call.7": "bn_fwd"}
+    events = [{"ph": "X", "name": "ffi_call.3", "dur": 3000.0},
+              {"ph": "X", "name": "ffi_call.3", "dur": 1000.0},
+              {"ph": "X", "name": "ffi_call.7", "dur": 2000.0},
+              {"ph": "X", "name": "add_fusion.12", "dur": 2000.0},
+              {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 9e9},  # a container, skipped
+              {"ph": "X", "name": "$api.py:12 block_until_ready", "dur": 9e9},
+              {"ph": "i", "name": "ffi_call.3"}]
+    rows = aggregate(events, kinds, steps=2)
+    assert rows == [
+        {"kind": "conv_fwd", "ms_per_step": 2.0, "calls_per_step": 1.0, "share": 0.5},
+        {"kind": "bn_fwd", "ms_per_step": 1.0, "calls_per_step": 0.5, "share": 0.25},
+        {"kind": "add_fusion", "ms_per_step": 1.0, "calls_per_step": 0.5, "share": 0.25}]
+    with pytest.raises(SystemExit):
+        main(["--density", "0"])
