@@ -24,6 +24,9 @@ import time
 from benchmarks.common import environment, resnet_steps, write_json
 from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
+# Steps run before timing: the sparse step settles after ~10 (245 ms for steps 2-9, then 165 ms,
+# ResNet-20 at density 0.1074 on the idle AMD EPYC), the first compiles.
+WARM_UP_STEPS = 12
 SKIPPED = ("ThunkExecutor", "Threadpool", "PjitFunction", "end: ")
 
 
@@ -72,7 +75,7 @@ def profile(model_name: str, conv_impl: str, density: float, batch: int, steps: 
     state = TrainState(jnp.asarray(0), masks_lib.apply(setup.params, setup.masks),
                        setup.batch_stats, setup.optimizer.init(setup.params))
     kinds = op_kinds(step.lower(state, setup.masks).compile().as_text())
-    for _ in range(3):  # compile and warm up
+    for _ in range(WARM_UP_STEPS):
         state, metrics = step(state, setup.masks)
     jax.block_until_ready(metrics)
     began = time.perf_counter()
