@@ -52,12 +52,17 @@ def test_status_follows_a_study_through_a_stop_and_to_the_end(tmp_path):
     assert all(e["steps"] > 0 and e["seconds"] > 0 for e in epochs)
     assert dense_rate == pytest.approx(statistics.median(
         [e["seconds"] / e["steps"] for e in epochs if not e["distill"]][-status.PACE_EPOCHS:]))
-    left = (38 - current["at_step"]) + 38 + 2 * (38 - rewind)
-    assert stopped["steps_left"][False] + stopped["steps_left"][True] == left
-    assert stopped["seconds_left"] == pytest.approx(left * dense_rate)  # KD at the CE pace
+    ce_left, kd_left = (38 - current["at_step"]) + 38, 2 * (38 - rewind)
+    assert stopped["steps_left"] == {False: ce_left, True: kd_left}
+    # before any KD epoch: the CE pace plus a third of the dense network's (the teacher)
+    teacher = statistics.median([e["seconds"] / e["steps"] for e in epochs
+                                 if e["level"] == 0]) / 3
+    assert stopped["seconds_per_step"][True] == pytest.approx(dense_rate + teacher)
+    assert stopped["seconds_left"] == pytest.approx(ce_left * dense_rate
+                                                    + kd_left * (dense_rate + teacher))
     text = status.describe(stopped)
     assert "1 of 5 runs done" in text and "now: level 1 lt" in text
-    assert "KD runs estimated at the cross-entropy pace" in text
+    assert "KD runs estimated at the cross-entropy pace plus a third of the dense" in text
 
     lottery.LotteryRun(config, tmp_path, log=lambda *_: None).run()
     finished = status.study_status(tmp_path)
@@ -100,7 +105,9 @@ def test_the_pace_is_the_median_of_recent_epochs_so_a_paused_one_does_not_skew_i
     old = [{"level": 0, "variant": "dense", "distill": False, "steps": 10, "seconds": 50.0}] * 5
     recent = [{"level": 0, "variant": "dense", "distill": False, "steps": 10, "seconds": s}
               for s in (10.0, 11.0, 2000.0, 10.5, 9.5, 10.0, 12.0, 10.0, 11.0, 10.0)]
-    for record in old + recent:
+    # the partial first epoch of a restart, which also compiled: not a pace
+    restart = [{"level": 0, "variant": "dense", "distill": False, "steps": 3, "seconds": 90.0}]
+    for record in old + recent[:5] + restart + recent[5:]:
         results.append_epoch_time(tmp_path, record)
     with (tmp_path / results.EPOCH_TIMES).open("a") as handle:
         handle.write('{"level": 0, "varia')  # torn by a crash, then appended after

@@ -6,10 +6,12 @@ Reads only plan.json (the study's planned runs, written when it starts), results
 names and times of the resume checkpoints, and epoch_times.jsonl: no data, no JAX, instant, safe
 beside a running study. The estimate uses this study's own speed, KD and cross-entropy epochs
 apart (distillation also runs the teacher): the median seconds per step of its last
-PACE_EPOCHS epochs of that kind (training plus evaluation; a median, so an epoch slowed by a
-paused or busy machine does not skew it), else, for studies started before epoch times were
+PACE_EPOCHS whole epochs of that kind (training plus evaluation; whole, because the partial
+epoch after a restart also compiles; a median, so an epoch slowed by a paused or busy machine
+does not skew it), else, for studies started before epoch times were
 recorded, the mean of its finished runs, else the pace between the current run's last two
-resume checkpoints.
+resume checkpoints. Before any KD epoch, a KD step is the cross-entropy step plus a third of the
+dense network's (the teacher's forward pass).
 """
 
 from __future__ import annotations
@@ -71,10 +73,13 @@ def study_status(workdir: str | Path) -> dict:
         else:
             pending.append(run)
     rate = {kind: (sum(v) / len(v) if v else None) for kind, v in rates.items()}
+    # whole epochs only, where there are any: the first, partial epoch after each (re)start
+    # also compiles, so a study restarted often would look slower than it trains
+    whole = [e for e in valid_epochs if e.get("steps") == plan["steps_per_epoch"]]
+    valid_epochs = whole or [e for e in valid_epochs if e.get("steps")]
     paces: dict[bool, list[float]] = {False: [], True: []}
     for epoch in valid_epochs:
-        if epoch.get("steps"):
-            paces[bool(epoch.get("distill"))].append(epoch["seconds"] / epoch["steps"])
+        paces[bool(epoch.get("distill"))].append(epoch["seconds"] / epoch["steps"])
     source = {kind: ("its last two resume checkpoints" if kind == checkpoint_pace else
                      "its finished runs") if rates[kind] else None for kind in rates}
     for kind, values in paces.items():
@@ -82,7 +87,16 @@ def study_status(workdir: str | Path) -> dict:
             rate[kind] = statistics.median(values[-PACE_EPOCHS:])
             count = min(len(values), PACE_EPOCHS)
             source[kind] = f"the median of its last {count} epoch{'s' if count > 1 else ''}"
-    if rate[True] is None and rate[False] is not None:
+    dense = [e["seconds"] / e["steps"] for e in valid_epochs
+             if e["level"] == 0 and not e.get("distill")]
+    if rate[True] is None and rate[False] is not None and dense:
+        # a KD step adds the teacher's forward pass, a third of a dense training step's
+        # arithmetic (models/flops.py counts it so); the median over all the dense network's
+        # epochs, a finished run's whole record
+        rate[True] = rate[False] + statistics.median(dense) / 3
+        rate_note = ("KD runs estimated at the cross-entropy pace plus a third of the dense "
+                     "network's (the teacher's forward pass) until one finishes")
+    elif rate[True] is None and rate[False] is not None:
         rate_note = "KD runs estimated at the cross-entropy pace until one finishes"
         rate[True] = rate[False]
     elif rate[False] is None and rate[True] is not None:
