@@ -73,36 +73,10 @@ def study_status(workdir: str | Path) -> dict:
         else:
             pending.append(run)
     rate = {kind: (sum(v) / len(v) if v else None) for kind, v in rates.items()}
-    # whole epochs only, where there are any: the first, partial epoch after each (re)start
-    # also compiles, so a study restarted often would look slower than it trains
-    whole = [e for e in valid_epochs if e.get("steps") == plan["steps_per_epoch"]]
-    valid_epochs = whole or [e for e in valid_epochs if e.get("steps")]
-    paces: dict[bool, list[float]] = {False: [], True: []}
-    for epoch in valid_epochs:
-        paces[bool(epoch.get("distill"))].append(epoch["seconds"] / epoch["steps"])
     source = {kind: ("its last two resume checkpoints" if kind == checkpoint_pace else
                      "its finished runs") if rates[kind] else None for kind in rates}
-    for kind, values in paces.items():
-        if values:
-            rate[kind] = statistics.median(values[-PACE_EPOCHS:])
-            count = min(len(values), PACE_EPOCHS)
-            source[kind] = f"the median of its last {count} epoch{'s' if count > 1 else ''}"
-    dense = [e["seconds"] / e["steps"] for e in valid_epochs
-             if e["level"] == 0 and not e.get("distill")]
-    if rate[True] is None and rate[False] is not None and dense:
-        # a KD step adds the teacher's forward pass, a third of a dense training step's
-        # arithmetic (models/flops.py counts it so); the median over all the dense network's
-        # epochs, a finished run's whole record
-        rate[True] = rate[False] + statistics.median(dense) / 3
-        rate_note = ("KD runs estimated at the cross-entropy pace plus a third of the dense "
-                     "network's (the teacher's forward pass) until one finishes")
-    elif rate[True] is None and rate[False] is not None:
-        rate_note = "KD runs estimated at the cross-entropy pace until one finishes"
-        rate[True] = rate[False]
-    elif rate[False] is None and rate[True] is not None:
-        rate_note, rate[False] = "cross-entropy runs estimated at the KD pace", rate[True]
-    else:
-        rate_note = ""
+    dense = _epoch_paces(valid_epochs, plan["steps_per_epoch"], rate, source)
+    rate_note = _fill_missing_pace(rate, dense)
     left_steps = {False: 0, True: 0}
     for run in pending:
         left_steps[run["distill"]] += run["steps"]
@@ -115,6 +89,45 @@ def study_status(workdir: str | Path) -> dict:
             "steps_left": left_steps, "seconds_left": seconds_left, "note": rate_note,
             "pace_from": source, "running": workdir_lock.running_note(workdir),
             "skipped": [jsonlines.describe(d) for d in (damaged_rows, damaged_epochs) if d]}
+
+
+def _epoch_paces(epochs: list[dict], steps_per_epoch: int, rate: dict, source: dict
+                 ) -> list[float]:
+    """Sets rate[kind] (and source[kind]) to the median seconds per step of the last
+    PACE_EPOCHS epochs of each kind; returns the dense network's seconds per step, every
+    epoch. Whole epochs only, where there are any: the partial first epoch after each
+    (re)start also compiles, so a study restarted often would look slower than it trains."""
+    epochs = ([e for e in epochs if e.get("steps") == steps_per_epoch]
+              or [e for e in epochs if e.get("steps")])
+    paces: dict[bool, list[float]] = {False: [], True: []}
+    for epoch in epochs:
+        paces[bool(epoch.get("distill"))].append(epoch["seconds"] / epoch["steps"])
+    for kind, values in paces.items():
+        if values:
+            rate[kind] = statistics.median(values[-PACE_EPOCHS:])
+            count = min(len(values), PACE_EPOCHS)
+            source[kind] = f"the median of its last {count} epoch{'s' if count > 1 else ''}"
+    return [e["seconds"] / e["steps"] for e in epochs
+            if e["level"] == 0 and not e.get("distill")]
+
+
+def _fill_missing_pace(rate: dict, dense: list[float]) -> str:
+    """Estimates the pace of a kind (KD or cross-entropy) with no measurement from the other;
+    returns the note that says how, or ""."""
+    if rate[True] is None and rate[False] is not None and dense:
+        # a KD step adds the teacher's forward pass, a third of a dense training step's
+        # arithmetic (models/flops.py counts it so); the median over all the dense network's
+        # epochs, a finished run's whole record
+        rate[True] = rate[False] + statistics.median(dense) / 3
+        return ("KD runs estimated at the cross-entropy pace plus a third of the dense "
+                "network's (the teacher's forward pass) until one finishes")
+    if rate[True] is None and rate[False] is not None:
+        rate[True] = rate[False]
+        return "KD runs estimated at the cross-entropy pace until one finishes"
+    if rate[False] is None and rate[True] is not None:
+        rate[False] = rate[True]
+        return "cross-entropy runs estimated at the KD pace"
+    return ""
 
 
 class StatusError(ValueError):
