@@ -14,6 +14,7 @@ def _study(tmp_path: Path) -> Path:
             (10, "kd_rewind"), (8, "lt")]
     plan = {"steps_per_epoch": 390, "runs": [{"level": lv, "variant": v} for lv, v in runs]}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
+    (tmp_path / "config.json").write_text(json.dumps({"prune": {"fraction": 0.2}}))
     done = {(0, "dense"): 0.9166, (10, "lt"): 0.87, (10, "weight_rewind"): 0.905,
             (10, "kd"): 0.91}
     rows = [{"level": lv, "variant": v, "sparsity": 1 - 0.8 ** lv, "test_accuracy": acc,

@@ -33,15 +33,16 @@ DIFFERENCES = (("kd", "weight_rewind"), ("kd", "lt"), ("kd_rewind", "weight_rewi
                ("kd_rewind", "lr_rewind"), ("weight_rewind", "lt"), ("lr_rewind", "lt"))
 
 
-def density(level: int) -> float:
-    return 0.8 ** level
+def density(level: int, keep: float) -> float:
+    """The fraction of weights left at `level` when each level keeps `keep` of the last."""
+    return keep ** level
 
 
-def renda_row(level: int) -> dict:
+def renda_row(level: int, keep: float) -> dict:
     """Renda et al.'s ResNet-20 row at the nearest published density (within 0.005), or {}."""
     rows = load("renda2020_cifar10_imagenet")["iterative"]["resnet20"]
-    near = min(rows, key=lambda r: abs(r["density"] - density(level)))
-    return near if abs(near["density"] - density(level)) < 0.005 else {}
+    near = min(rows, key=lambda r: abs(r["density"] - density(level, keep)))
+    return near if abs(near["density"] - density(level, keep)) < 0.005 else {}
 
 
 def planned_levels(plan: dict) -> list[int]:
@@ -59,7 +60,7 @@ def accuracy_table(plan: dict, rows: dict, current: tuple) -> None:
     print("\n| density | sparsity % | " + " | ".join(VARIANTS) + " |")
     print("|---" * (len(VARIANTS) + 2) + "|")
     for level in planned_levels(plan):
-        theirs, cells = renda_row(level), []
+        theirs, cells = renda_row(level, plan["keep"]), []
         for variant in VARIANTS:
             planned = any(r["level"] == level and r["variant"] == variant for r in plan["runs"])
             row = rows.get((level, variant))
@@ -69,19 +70,20 @@ def accuracy_table(plan: dict, rows: dict, current: tuple) -> None:
             if variant in RENDA and RENDA[variant] in theirs:
                 text += f" ({theirs[RENDA[variant]]:.2f})"
             cells.append(text)
-        print(f"| {density(level):.4f} | {100 * (1 - density(level)):.2f} | "
+        kept = density(level, plan["keep"])
+        print(f"| {kept:.4f} | {100 * (1 - kept):.2f} | "
               + " | ".join(cells) + " |")
 
 
-def differences_table(rows: dict, levels: list[int]) -> None:
+def differences_table(rows: dict, plan: dict) -> None:
     print("\nPaired differences (points), test accuracy at the end:")
     print("| density | " + " | ".join(f"{a} − {b}" for a, b in DIFFERENCES) + " |")
     print("|---" * (len(DIFFERENCES) + 1) + "|")
-    for level in levels:
+    for level in planned_levels(plan):
         accuracy = {v: rows[(level, v)]["test_accuracy"] for v in VARIANTS if (level, v) in rows}
         cells = [f"{100 * (accuracy[a] - accuracy[b]):+.2f}" if a in accuracy and b in accuracy
                  else "" for a, b in DIFFERENCES]
-        print(f"| {density(level):.4f} | " + " | ".join(cells) + " |")
+        print(f"| {density(level, plan['keep']):.4f} | " + " | ".join(cells) + " |")
 
 
 def epoch_times(study: str, rows: dict) -> None:
@@ -117,12 +119,14 @@ def main(argv: list[str]) -> None:
                  "(docs/results/run_full.sh writes runs/full/resnet20_renda_seed0)")
     with open(os.path.join(study, "plan.json")) as f:
         plan = json.load(f)
+    with open(os.path.join(study, "config.json")) as f:  # each level keeps 1 - fraction
+        plan["keep"] = 1.0 - json.load(f)["prune"]["fraction"]
     rows = {(r["level"], r["variant"]): r for r in read_rows(os.path.join(study, "results.jsonl"))}
     pending = [(r["level"], r["variant"]) for r in plan["runs"]
                if (r["level"], r["variant"]) not in rows]
     current = pending[0] if pending else None
     accuracy_table(plan, rows, current)
-    differences_table(rows, planned_levels(plan))
+    differences_table(rows, plan)
     epoch_times(study, rows)
 
 
