@@ -9,7 +9,7 @@ For the 182-epoch ResNet-20 study (docs/results/run_full.sh):
    epoch 33). Runs not finished yet read "running" or "pending" (from plan.json);
 2. the paired differences the KD-ticket claims rest on, in points (same mask, data order and
    teacher within the study);
-3. each run's seconds per epoch (median over its full 390-step epochs; a start's partial first
+3. each run's seconds per epoch (median over its full epochs; a start's partial first
    epoch, which compiles, is left out) and the convolution path it trained on. Epochs that ran
    beside other work on the machine are slower: the median is a pace, not a benchmark.
 """
@@ -86,16 +86,16 @@ def differences_table(rows: dict, plan: dict) -> None:
         print(f"| {density(level, plan['keep']):.4f} | " + " | ".join(cells) + " |")
 
 
-def epoch_times(study: str, rows: dict) -> None:
+def epoch_times(study: str, rows: dict, steps_per_epoch: int) -> None:
     """Median seconds per full epoch of each run (a start's partial first epoch, which also
     compiles, is left out; the median shrugs off the rare start on an epoch boundary)."""
     times = {}
     path = os.path.join(study, "epoch_times.jsonl")  # damaged lines skipped, as rows are
     for entry in jsonlines.scan(path, EPOCH_TIME_FIELDS)[0] if os.path.exists(path) else []:
-        if entry["steps"] == 390:
+        if entry["steps"] == steps_per_epoch:
             times.setdefault((entry["level"], entry["variant"]), []).append(entry["seconds"])
-    print("\nSeconds per epoch (median over the full 390-step epochs; training and the "
-          "test-set evaluation) and the convolution path:")
+    print(f"\nSeconds per epoch (median over the full {steps_per_epoch}-step epochs; training "
+          "and the test-set evaluation) and the convolution path:")
     print("| run | epochs timed | median s/epoch | vs dense | conv path |")
     print("|---|---|---|---|---|")
     starts_log = os.path.join(study, "environment.jsonl")
@@ -127,7 +127,7 @@ def main(argv: list[str]) -> None:
     current = pending[0] if pending else None
     accuracy_table(plan, rows, current)
     differences_table(rows, plan)
-    epoch_times(study, rows)
+    epoch_times(study, rows, plan["steps_per_epoch"])
 
 
 if __name__ == "__main__":

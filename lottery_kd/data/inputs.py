@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lottery_kd.data import STREAMED_NAMES, Dataset, load_dataset
-from lottery_kd.data.augment import batch_from_permutation, epoch_permutation
+from lottery_kd.data.augment import batch_from_permutation, epoch_of, epoch_permutation
 
 Batch = tuple[jax.Array, jax.Array]
 EvalBatch = tuple[jax.Array, jax.Array, jax.Array]
@@ -59,7 +59,7 @@ class InMemoryTrainInput:
         self.seed = seed
         self.augment = augment
         self.process_index, self.process_count = process_index, process_count
-        self._epoch_order: Optional[tuple[tuple[int, int], jax.Array]] = None
+        self._epoch_order: Optional[tuple[int, jax.Array]] = None
 
     def batch(self, step: int, batch_size: int) -> Batch:
         rows = _process_rows(batch_size, self.process_index, self.process_count)
@@ -70,15 +70,14 @@ class InMemoryTrainInput:
                                       augment=self.augment, rows=rows)
 
     def _permutation(self, step: int, batch_size: int) -> jax.Array:
-        """The epoch's permutation, drawn once per epoch (and batch size), not once per step."""
-        key = (int(step) // (self.num_examples // batch_size), batch_size)
-        if self._epoch_order is None or self._epoch_order[0] != key:
+        """The epoch's permutation, drawn once per epoch, not once per step."""
+        epoch = epoch_of(int(step), self.num_examples, batch_size)
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
             order = epoch_permutation(jnp.asarray(self.seed, jnp.uint32),
-                                        jnp.asarray(key[0], jnp.int32),
-                                        num_examples=self.num_examples)
-            self._epoch_order = (key, order)
+                                      jnp.asarray(epoch, jnp.int32),
+                                      num_examples=self.num_examples)
+            self._epoch_order = (epoch, order)
         return self._epoch_order[1]
-
 
 class InMemoryEvalInput:
     """An evaluation split on device, padded once to whole batches.
