@@ -8,11 +8,17 @@
 # 89.26 % sparse) first, then level 8 (0.1678, 83.22 %). At each: lt, weight_rewind (epoch 33),
 # lr_rewind, kd and kd_rewind (T=5, alpha=0.9, mean), then reinit.
 #
-# About 2.3-3.3 h per run on a 2-core CPU. It resumes where it stopped: rerun it after a stop,
-# a kill or in a new sitting. Run it in the background so that it outlives the shell:
+# About 4.5-5 h per run on a 2-core AVX-512 CPU (17 h on a Zen 1 EPYC, AVX2). It resumes where
+# it stopped: rerun it after a stop, a kill or in a new sitting. Run it in the background so that
+# it outlives the shell:
 #   setsid nohup bash docs/results/run_full.sh >> runs/full/resnet20_renda_seed0.log 2>&1 < /dev/null &
 # Stop it with SIGTERM (it saves a resume checkpoint). `SEED=1 ONLY=10` runs the second seed
 # of the 89.26 % row.
+# A sitting's machine is not kept for the next one, so the study travels in git: at the end of a
+# sitting stop it (SIGTERM) and save the workdir into the tracked copy, then commit the copy:
+#   python -m lottery_kd.study.carry save runs/full/resnet20_renda_seed0 \
+#     docs/results/full_length/resnet20_renda_seed0
+# This script restores that copy when runs/ lacks the workdir (and refuses a workdir behind it).
 # The tickets train on the masked-convolution kernels that skip pruned weights (CONV_IMPL=sparse,
 # from 2026-12-03; model.conv_impl is an execution key: the run in progress when it was switched,
 # the dense network, finished on the path it started on, and each row's conv_impl says which
@@ -24,7 +30,11 @@ OUT=${OUT:-runs/full}
 SEED=${SEED:-0}
 ONLY=${ONLY:-10,8}
 CONV_IMPL=${CONV_IMPL:-sparse}
+CARRIED=${CARRIED:-docs/results/full_length/resnet20_renda_seed$SEED}
 mkdir -p "$OUT"
+if [ -f "$CARRIED/carry.json" ]; then
+  python -m lottery_kd.study.carry restore "$CARRIED" "$OUT/resnet20_renda_seed$SEED"
+fi
 exec python -m experiments.cifar10_resnet20 --workdir "$OUT/resnet20_renda_seed$SEED" \
   --config.seed="$SEED" --config.model.conv_impl="$CONV_IMPL" \
   --config.data.dir="$DATA" \

@@ -1,0 +1,227 @@
+"""Carry a resumable study to another machine: a checked copy of its workdir, resume included.
+
+A study that outlives one machine (a preemptible VM, a sitting that ends, a laptop that sleeps)
+must take its workdir along. `save WORKDIR DEST` copies what a rerun of the study's command needs
+into the folder DEST (one git tracks, a bucket's mount, another disk):
+  - every file of the workdir but its lock and the folders set aside as damaged;
+  - of each run's resume checkpoints only the newest (the older ones are fallbacks for a write
+    interrupted on this disk, which a finished copy does not need).
+DEST then mirrors that selection (stale files are removed), and `carry.json` in it lists each
+file's size and SHA-256. It is written last, so a copy interrupted midway has none and is refused.
+`restore DEST WORKDIR` checks every file against that list and copies the study into a missing
+or empty WORKDIR (through a temporary folder renamed at the end); the study's command then
+resumes from it. A WORKDIR that already holds the same study, as far along or further, is left
+as it is; one behind the copy, or holding another study, is refused.
+`save` refuses while a process holds the study's lock: a workdir being written is no checkpoint.
+Stop the study first (SIGTERM saves a resume checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+from lottery_kd.study.workdir import Workdir
+from lottery_kd.study.workdir_lock import holder
+
+MANIFEST = "carry.json"
+_CHUNK = 1 << 20
+
+
+class CarryError(ValueError):
+    """A copy that cannot be made or restored as asked; the message says why and what to do."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _older_resume_steps(workdir: Workdir) -> set[Path]:
+    """The resume checkpoint folders of each run but its newest (complete) step."""
+    older: set[Path] = set()
+    resume_root = workdir.checkpoints / "resume"
+    for run in sorted(resume_root.iterdir()) if resume_root.is_dir() else []:
+        steps = sorted((int(p.name), p) for p in run.iterdir() if p.is_dir() and p.name.isdigit())
+        older.update(path for _, path in steps[:-1])
+        # Orbax writes a step into a temporary folder and renames it when complete
+        older.update(p for p in run.iterdir() if p.is_dir() and not p.name.isdigit())
+    return older
+
+
+def carried_files(workdir: str | os.PathLike) -> list[str]:
+    """The workdir's files a resume needs, as sorted POSIX paths relative to it."""
+    paths = Workdir(workdir)
+    root = paths.root
+    skip = _older_resume_steps(paths)
+    chosen = []
+    for folder, subfolders, files in os.walk(root):
+        here = Path(folder)
+        subfolders[:] = sorted(d for d in subfolders
+                               if here / d not in skip and not d.endswith(".damaged"))
+        chosen += [(here / name).relative_to(root).as_posix() for name in files
+                   if here / name != paths.lock and not name.endswith(".damaged")]
+    return sorted(chosen)
+
+
+def _check_pair(workdir: Path, dest: Path) -> None:
+    a, b = workdir.resolve(), dest.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise CarryError(f"{dest} and {workdir} overlap; give the copy a folder of its own")
+
+
+def save(workdir: str | os.PathLike, dest: str | os.PathLike) -> dict:
+    """Mirror the study in `workdir` into `dest` (see the module docstring); its manifest."""
+    workdir, dest = Path(workdir), Path(dest)
+    if not Workdir(workdir).config.is_file():
+        raise CarryError(f"{workdir} holds no study (no config.json); give the study's workdir")
+    _check_pair(workdir, dest)
+    if (who := holder(workdir)) is not None:
+        raise CarryError(f"a study is running in {workdir} (pid {who.get('pid', '?')} on "
+                         f"{who.get('host', '?')}); stop it with SIGTERM, which saves a resume "
+                         "checkpoint, then save the copy")
+    if dest.exists() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
+        raise CarryError(f"{dest} is not empty and holds no {MANIFEST}: it is no earlier copy "
+                         "of a study; give an empty or new folder")
+    (dest / MANIFEST).unlink(missing_ok=True)  # until the copy is whole again
+    files = {}
+    for name in carried_files(workdir):
+        source, target = workdir / name, dest / name
+        digest = _sha256(source)
+        if not (target.is_file() and _sha256(target) == digest):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        files[name] = {"bytes": source.stat().st_size, "sha256": digest}
+    _remove_stale(dest, set(files))
+    manifest = {"study": str(workdir), "files": files}
+    scratch = dest / (MANIFEST + ".tmp")
+    scratch.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    scratch.replace(dest / MANIFEST)
+    return manifest
+
+
+def _remove_stale(dest: Path, keep: set[str]) -> None:
+    """Remove files of `dest` not in `keep` (nor the manifest), then the folders left empty."""
+    for folder, _, files in os.walk(dest, topdown=False):
+        here = Path(folder)
+        for name in files:
+            relative = (here / name).relative_to(dest).as_posix()
+            if relative not in keep and relative != MANIFEST:
+                (here / name).unlink()
+        if here != dest and not any(here.iterdir()):
+            here.rmdir()
+
+
+def _read_manifest(dest: Path) -> dict:
+    try:
+        manifest = json.loads((dest / MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        raise CarryError(f"{dest} has no {MANIFEST}: it is not a whole copy of a study (a save "
+                         "interrupted midway writes none); save it again from the study") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CarryError(f"{dest / MANIFEST} is unreadable ({error}); save the copy "
+                         "again") from None
+    if not isinstance(files, dict):
+        raise CarryError(f"{dest / MANIFEST} lists no files; save the copy again")
+    return files
+
+
+def progress(root: str | os.PathLike) -> tuple[int, int]:
+    """How far a study (or a copy of one) has got: (result rows, newest resume step)."""
+    paths = Workdir(root)
+    rows = 0
+    if paths.results.is_file():
+        rows = sum(1 for line in paths.results.read_text().splitlines() if line.strip())
+    resume_root = paths.checkpoints / "resume"
+    steps = [int(step.name) for run in (resume_root.iterdir() if resume_root.is_dir() else [])
+             for step in run.iterdir() if step.is_dir() and step.name.isdigit()]
+    return rows, max(steps, default=0)
+
+
+def _describe_progress(where: tuple[int, int]) -> str:
+    return f"{where[0]} result rows, resume step {where[1]}"
+
+
+def _check_existing(dest: Path, workdir: Path) -> None:
+    """A workdir already there must be this study, at least as far as the copy."""
+    config = Workdir(workdir).config
+    if not config.is_file() or config.read_bytes() != (dest / "config.json").read_bytes():
+        raise CarryError(f"{workdir} is not empty and holds another study (its config.json "
+                         f"differs from {dest}'s): restoring would mix two studies; restore "
+                         "into a new folder")
+    here, there = progress(workdir), progress(dest)
+    if here < there:
+        raise CarryError(f"{workdir} ({_describe_progress(here)}) is behind the copy in {dest} "
+                         f"({_describe_progress(there)}); move {workdir} away, then restore")
+
+
+def restore(dest: str | os.PathLike, workdir: str | os.PathLike) -> int:
+    """Copy the study saved in `dest` into `workdir`, every file checked against the manifest
+    first; the number of files restored. A workdir that already holds the same study, as far as
+    the copy or further, is left as it is (0 files): rerunning the study resumes it."""
+    dest, workdir = Path(dest), Path(workdir)
+    _check_pair(workdir, dest)
+    files = _read_manifest(dest)
+    if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+        _check_existing(dest, workdir)
+        return 0
+    for name, entry in sorted(files.items()):
+        path = dest / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise CarryError(f"{dest / MANIFEST} names {name!r}, outside the copy")
+        if not path.is_file() or _sha256(path) != entry.get("sha256"):
+            raise CarryError(f"{path} is missing or differs from what {MANIFEST} records; the "
+                             "copy is damaged: save it again from the study, or restore an "
+                             "earlier copy")
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{workdir.name}.restoring-", dir=workdir.parent))
+    for name in files:
+        (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(dest / name, scratch / name)
+    if workdir.exists():
+        workdir.rmdir()
+    scratch.rename(workdir)
+    return len(files)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lottery_kd.study.carry",
+                                     description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    saving = commands.add_parser("save", help="copy a stopped study's workdir into DEST")
+    saving.add_argument("workdir")
+    saving.add_argument("dest")
+    restoring = commands.add_parser("restore", help="copy a saved study into a new WORKDIR")
+    restoring.add_argument("dest")
+    restoring.add_argument("workdir")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "save":
+            files = save(args.workdir, args.dest)["files"]
+            size = sum(entry["bytes"] for entry in files.values())
+            print(f"saved {len(files)} files ({size / 2**20:.1f} MiB) of {args.workdir} "
+                  f"into {args.dest}")
+        else:
+            count = restore(args.dest, args.workdir)
+            done = (f"restored {count} files into {args.workdir}" if count else
+                    f"{args.workdir} already holds this study, as far as the copy or further")
+            print(f"{done}; rerun the study's command to resume it")
+    except (CarryError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""lottery_kd.study.carry: a stopped study copied to another folder (another machine) and resumed
+there ends as an uninterrupted one; damaged, partial or mixed copies are refused."""
+
+import json
+
+import pytest
+
+from lottery_kd.study import carry, lottery, results
+from lottery_kd.study.workdir_lock import WorkdirLock
+from lottery_kd.training.errors import TrainingInterrupted
+from tests.conftest import make_tiny_config
+
+
+def _fake_study(root):
+    """A workdir's shape without training: two resume steps, an unfinished Orbax write, a
+    damaged folder and the lock beside the files a resume needs."""
+    files = {"config.json": "{}", "results.jsonl": '{"level": 0}\n',
+             "checkpoints/snapshots/init/state/d/abc": "init weights",
+             "checkpoints/resume/level_1_lt/20/state/d/x": "older step",
+             "checkpoints/resume/level_1_lt/130/state/d/y": "newest step",
+             "checkpoints/resume/level_1_lt/140.orbax-checkpoint-tmp-7/d/z": "half written",
+             "checkpoints/snapshots/rewind.damaged/d/q": "set aside", "study.lock": "{}"}
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_the_copy_holds_what_a_resume_needs_and_nothing_else(tmp_path):
+    study = _fake_study(tmp_path / "study")
+    assert carry.carried_files(study) == [
+        "checkpoints/resume/level_1_lt/130/state/d/y", "checkpoints/snapshots/init/state/d/abc",
+        "config.json", "results.jsonl"]
+
+
+def test_save_then_restore_gives_the_same_files_and_a_resave_drops_stale_ones(tmp_path):
+    study, copy = _fake_study(tmp_path / "study"), tmp_path / "copy"
+    carry.save(study, copy)
+    assert carry.restore(copy, tmp_path / "elsewhere") == 4
+    for name in carry.carried_files(study):
+        assert (tmp_path / "elsewhere" / name).read_bytes() == (study / name).read_bytes()
+    assert not list(tmp_path.glob(".elsewhere.restoring-*"))  # the scratch folder was renamed
+
+    newest = study / "checkpoints/resume/level_1_lt/150/state/d/w"  # training went on
+    newest.parent.mkdir(parents=True)
+    newest.write_text("a later step")
+    (study / "results.jsonl").write_text('{"level": 0}\n{"level": 1}\n')
+    manifest = carry.save(study, copy)
+    assert sorted(manifest["files"]) == sorted(carry.carried_files(study))
+    assert not (copy / "checkpoints/resume/level_1_lt/130").exists()  # no stale step lingers
+    assert (copy / "results.jsonl").read_text().count("\n") == 2
+
+
+def test_save_refuses_a_running_study_and_a_folder_that_is_no_copy(tmp_path):
+    study = _fake_study(tmp_path / "study")
+    with WorkdirLock(study):
+        with pytest.raises(carry.CarryError, match="a study is running .* stop it with SIGTERM"):
+            carry.save(study, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(carry.CarryError, match="holds no carry.json"):
+        carry.save(study, tmp_path / "notes")
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"  # nothing was removed
+    with pytest.raises(carry.CarryError, match="overlap"):
+        carry.save(study, study / "copy")
+    with pytest.raises(carry.CarryError, match="no config.json"):
+        carry.save(tmp_path / "notes", tmp_path / "copy")
+
+
+def test_restore_refuses_a_damaged_or_partial_copy_and_a_workdir_in_use(tmp_path, capsys):
+    study, copy = _fake_study(tmp_path / "study"), tmp_path / "copy"
+    carry.save(study, copy)
+    assert carry.restore(copy, study) == 0  # the study itself: as far as the copy, left alone
+    other = _fake_study(tmp_path / "other")
+    (other / "config.json").write_text('{"seed": 1}')
+    with pytest.raises(carry.CarryError, match="holds another study"):
+        carry.restore(copy, other)
+    behind = tmp_path / "behind"
+    carry.restore(copy, behind)
+    (study / "results.jsonl").write_text('{"level": 0}\n{"level": 1}\n')  # the study went on
+    carry.save(study, copy)
+    assert carry.progress(copy) == (2, 130) and carry.progress(behind) == (1, 130)
+    with pytest.raises(carry.CarryError, match="is behind the copy .* move .* away"):
+        carry.restore(copy, behind)
+
+    (copy / "checkpoints/snapshots/init/state/d/abc").write_text("init weightz")
+    assert carry.main(["restore", str(copy), str(tmp_path / "new")]) == 2
+    message = capsys.readouterr().err
+    assert "differs from what carry.json records" in message and "Traceback" not in message
+    assert not (tmp_path / "new").exists()  # nothing half-restored
+
+    (copy / "carry.json").unlink()  # as a save interrupted midway leaves it
+    with pytest.raises(carry.CarryError, match="not a whole copy"):
+        carry.restore(copy, tmp_path / "new")
+    (copy / "carry.json").write_text(json.dumps({"files": {"../outside": {"sha256": "0"}}}))
+    with pytest.raises(carry.CarryError, match="outside the copy"):
+        carry.restore(copy, tmp_path / "new")
+
+
+def test_a_stopped_study_carried_to_another_folder_resumes_to_the_uninterrupted_results(tmp_path):
+    config = make_tiny_config()
+    config.prune.levels = 1
+    config.lottery.variants = "lt"
+    config.checkpoint.every_steps = 3
+    quiet = lambda *_: None  # noqa: E731
+
+    def ticket_steps(workdir, stop_at=None):
+        """A stop_requested (one poll per step) counting the steps trained after the dense
+        network's row, and stopping at the `stop_at`-th of them."""
+        steps = []
+
+        def poll():
+            if (workdir / "results.jsonl").exists():
+                steps.append(1)
+            return len(steps) == stop_at
+        return poll, steps
+    poll, reference_steps = ticket_steps(tmp_path / "reference")
+    reference = lottery.run(config, tmp_path / "reference", log=quiet, stop_requested=poll)
+    poll, _ = ticket_steps(tmp_path / "first", stop_at=len(reference_steps) // 2)
+    with pytest.raises(TrainingInterrupted):  # stopped inside the lt run
+        lottery.run(config, tmp_path / "first", log=quiet, stop_requested=poll)
+    assert len(results.read_rows(tmp_path / "first" / "results.jsonl")) == 1
+
+    carry.save(tmp_path / "first", tmp_path / "copy")
+    assert (tmp_path / "copy" / "checkpoints" / "resume" / "level_1_lt").is_dir()
+    carry.restore(tmp_path / "copy", tmp_path / "second")
+    poll, resumed_steps = ticket_steps(tmp_path / "second")
+    rows = lottery.run(config, tmp_path / "second", log=quiet, stop_requested=poll)
+    assert len(resumed_steps) < len(reference_steps) // 2 + 3  # resumed, not redone
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(rows) == strip(reference)
