@@ -245,3 +245,18 @@ def test_an_avx2_build_matches_xla(tmp_path: Path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("ok")
     assert list(tmp_path.rglob("sparse_conv_cpu_*.so")), "the x86-64-v3 build was not used"
+
+
+# The register tiles are sized per instruction set (cpu_common.h: kLanes), so the branch this
+# machine does not run must still compile: both, type-checked for every kernel source (fast: no
+# code generation). The x86-64-v3 build is also run against XLA above (slow).
+@pytest.mark.skipif(build.compiler() is None or os.uname().machine != "x86_64",
+                    reason="needs a C++ compiler for x86-64")
+@pytest.mark.parametrize("march", ["x86-64-v4", "x86-64-v3"])
+def test_every_kernel_source_compiles_for_avx512_and_for_avx2(march: str):
+    for source in ("conv3x3_cpu.cc", "sparse_conv_cpu.cc", "batch_norm_cpu.cc"):
+        done = subprocess.run(
+            [build.compiler(), "-fsyntax-only", f"-march={march}", "-std=c++17", "-w",
+             f"-I{jax.ffi.include_dir()}", f"-I{build.KERNEL_DIR}",
+             str(build.KERNEL_DIR / source)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{source} for {march}:\n{done.stderr[-3000:]}"

@@ -21,7 +21,7 @@ using namespace lottery_kd;  // NOLINT: the shared vector helpers
 
 constexpr int64_t kRowBlocks = 32;
 
-inline v16 Relu(v16 z) { return z > 0.0f ? z : v16{}; }  // a select: relu(NaN) = 0, as XLA's
+inline vn Relu(vn z) { return z > 0.0f ? z : vn{}; }  // a select: relu(NaN) = 0, as XLA's
 
 struct Rows {
   int64_t m, c;
@@ -53,15 +53,15 @@ void Forward(ffi::ThreadPool& pool, const Rows& rows, const float* y, const floa
   std::vector<float> shift(y, y + c);
   std::vector<double> sums;
   BlockSums<2>(pool, rows, [&](int64_t r0, int64_t r1, float* acc) {
-    for (int64_t c0 = 0; c0 < c; c0 += 16) {
-      v16 s = load16(shift.data() + c0), sum{}, sq{};
+    for (int64_t c0 = 0; c0 < c; c0 += kLanes) {
+      vn s = loadn(shift.data() + c0), sum{}, sq{};
       for (int64_t r = r0; r < r1; ++r) {
-        v16 d = load16(y + r * c + c0) - s;
+        vn d = loadn(y + r * c + c0) - s;
         sum += d;
         sq += d * d;
       }
-      store16(acc + c0, sum);
-      store16(acc + c + c0, sq);
+      storen(acc + c0, sum);
+      storen(acc + c + c0, sq);
     }
   }, &sums);
   std::vector<float> a(c), b(c);
@@ -77,10 +77,10 @@ void Forward(ffi::ThreadPool& pool, const Rows& rows, const float* y, const floa
   }
   ParallelFor(pool, kRowBlocks, [&](int64_t block) {
     for (int64_t r = rows.begin(block); r < rows.end(block); ++r)
-      for (int64_t c0 = 0; c0 < c; c0 += 16) {
-        v16 z = load16(y + r * c + c0) * load16(a.data() + c0) + load16(b.data() + c0);
-        if (residual) z += load16(residual + r * c + c0);
-        store16(out + r * c + c0, relu ? Relu(z) : z);
+      for (int64_t c0 = 0; c0 < c; c0 += kLanes) {
+        vn z = loadn(y + r * c + c0) * loadn(a.data() + c0) + loadn(b.data() + c0);
+        if (residual) z += loadn(residual + r * c + c0);
+        storen(out + r * c + c0, relu ? Relu(z) : z);
       }
   });
 }
@@ -95,20 +95,20 @@ void Backward(ffi::ThreadPool& pool, const Rows& rows, const float* g, const flo
               float* dbias, float* dresidual) {
   const int64_t c = rows.c;
   auto dz_at = [&](int64_t i) {
-    v16 gv = load16(g + i);
-    return out ? (load16(out + i) > 0.0f ? gv : v16{}) : gv;
+    vn gv = loadn(g + i);
+    return out ? (loadn(out + i) > 0.0f ? gv : vn{}) : gv;
   };
   std::vector<double> sums;
   BlockSums<2>(pool, rows, [&](int64_t r0, int64_t r1, float* acc) {
-    for (int64_t c0 = 0; c0 < c; c0 += 16) {
-      v16 m = load16(mean + c0), sum{}, cross{};
+    for (int64_t c0 = 0; c0 < c; c0 += kLanes) {
+      vn m = loadn(mean + c0), sum{}, cross{};
       for (int64_t r = r0; r < r1; ++r) {
-        v16 dz = dz_at(r * c + c0);
+        vn dz = dz_at(r * c + c0);
         sum += dz;
-        cross += dz * (load16(y + r * c + c0) - m);
+        cross += dz * (loadn(y + r * c + c0) - m);
       }
-      store16(acc + c0, sum);
-      store16(acc + c + c0, cross);
+      storen(acc + c0, sum);
+      storen(acc + c + c0, cross);
     }
   }, &sums);
   std::vector<float> a(c), slope(c), offset(c);
@@ -124,13 +124,13 @@ void Backward(ffi::ThreadPool& pool, const Rows& rows, const float* g, const flo
   }
   ParallelFor(pool, kRowBlocks, [&](int64_t block) {
     for (int64_t r = rows.begin(block); r < rows.end(block); ++r)
-      for (int64_t c0 = 0; c0 < c; c0 += 16) {
+      for (int64_t c0 = 0; c0 < c; c0 += kLanes) {
         int64_t i = r * c + c0;
-        v16 dz = dz_at(i);
-        v16 centred = load16(y + i) - load16(mean + c0);
-        store16(dy + i, load16(a.data() + c0) * dz + load16(slope.data() + c0) * centred +
-                            load16(offset.data() + c0));
-        if (dresidual) store16(dresidual + i, dz);
+        vn dz = dz_at(i);
+        vn centred = loadn(y + i) - loadn(mean + c0);
+        storen(dy + i, loadn(a.data() + c0) * dz + loadn(slope.data() + c0) * centred +
+                            loadn(offset.data() + c0));
+        if (dresidual) storen(dresidual + i, dz);
       }
   });
 }

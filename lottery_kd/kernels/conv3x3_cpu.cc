@@ -24,22 +24,22 @@ struct Shape {
 
 // The output tile of the forward passes: TW pixels x KB vectors of 16 channels, in registers.
 template <int TW, int KB>
-__attribute__((always_inline)) inline void ZeroTile(v16 (&acc)[TW][KB]) {
+__attribute__((always_inline)) inline void ZeroTile(vn (&acc)[TW][KB * kParts]) {
 #pragma GCC unroll 16
   for (int t = 0; t < TW; ++t)
-#pragma GCC unroll 4
-    for (int b = 0; b < KB; ++b) acc[t][b] = v16{};
+#pragma GCC unroll 8
+    for (int b = 0; b < KB * kParts; ++b) acc[t][b] = vn{};
 }
 
 template <int TW, int KB>
-__attribute__((always_inline)) inline void StoreTile(const v16 (&acc)[TW][KB], const Shape& d,
+__attribute__((always_inline)) inline void StoreTile(const vn (&acc)[TW][KB * kParts], const Shape& d,
                                                      float* y_img, int64_t oh, int64_t ow0,
                                                      int64_t k0) {
   float* y_row = y_img + oh * d.ow * d.k;
 #pragma GCC unroll 16
   for (int t = 0; t < TW; ++t)
-#pragma GCC unroll 4
-    for (int b = 0; b < KB; ++b) store16(y_row + (ow0 + t) * d.k + k0 + 16 * b, acc[t][b]);
+#pragma GCC unroll 8
+    for (int b = 0; b < KB * kParts; ++b) storen(y_row + (ow0 + t) * d.k + k0 + kLanes * b, acc[t][b]);
 }
 
 // ---- forward: y[n,oh,ow,k] = sum_{kh,kw,c} x[n, oh*s+kh-1, ow*s+kw-1, c] w[kh,kw,c,k] ----
@@ -47,7 +47,7 @@ __attribute__((always_inline)) inline void StoreTile(const v16 (&acc)[TW][KB], c
 template <int TW, int KB>
 void ForwardTile(const Shape& d, const float* x_img, const float* w, const float* zeros,
                  float* y_img, int64_t oh, int64_t ow0, int64_t k0) {
-  v16 acc[TW][KB];
+  vn acc[TW][KB * kParts];
   ZeroTile<TW, KB>(acc);
   for (int64_t kh = 0; kh < 3; ++kh) {
     int64_t ih = oh * d.s + kh - 1;
@@ -62,14 +62,14 @@ void ForwardTile(const Shape& d, const float* x_img, const float* w, const float
       }
       const float* wp = w + (kh * 3 + kw) * d.c * d.k + k0;
       for (int64_t c = 0; c < d.c; ++c) {
-        v16 wv[KB];
-#pragma GCC unroll 4
-        for (int b = 0; b < KB; ++b) wv[b] = load16(wp + c * d.k + 16 * b);
+        vn wv[KB * kParts];
+#pragma GCC unroll 8
+        for (int b = 0; b < KB * kParts; ++b) wv[b] = loadn(wp + c * d.k + kLanes * b);
 #pragma GCC unroll 16
         for (int t = 0; t < TW; ++t) {
-          v16 xv = splat(xp[t][c]);
-#pragma GCC unroll 4
-          for (int b = 0; b < KB; ++b) acc[t][b] += xv * wv[b];
+          vn xv = splatn(xp[t][c]);
+#pragma GCC unroll 8
+          for (int b = 0; b < KB * kParts; ++b) acc[t][b] += xv * wv[b];
         }
       }
     }
@@ -108,7 +108,7 @@ void ForwardImage(const Shape& d, const float* x_img, const float* w, const floa
 template <int TW, int KB, int C, int S, bool LEFT, bool RIGHT>
 void ForwardTileFixed(const Shape& d, const float* x_img, const float* w, float* y_img,
                       int64_t oh, int64_t ow0, int64_t k0) {
-  v16 acc[TW][KB];
+  vn acc[TW][KB * kParts];
   ZeroTile<TW, KB>(acc);
   for (int64_t kh = 0; kh < 3; ++kh) {
     int64_t ih = oh * S + kh - 1;
@@ -120,15 +120,15 @@ void ForwardTileFixed(const Shape& d, const float* x_img, const float* w, float*
       const float* wp = w + (kh * 3 + kw) * C * d.k + k0;
 #pragma GCC unroll 2
       for (int c = 0; c < C; ++c) {
-        v16 wv[KB];
-#pragma GCC unroll 4
-        for (int b = 0; b < KB; ++b) wv[b] = load16(wp + c * d.k + 16 * b);
+        vn wv[KB * kParts];
+#pragma GCC unroll 8
+        for (int b = 0; b < KB * kParts; ++b) wv[b] = loadn(wp + c * d.k + kLanes * b);
 #pragma GCC unroll 16
         for (int t = 0; t < TW; ++t) {
           if ((LEFT && kw == 0 && t == 0) || (RIGHT && kw == 2 && t == TW - 1)) continue;
-          v16 xv = splat(x_tile[(t * S + kw - 1) * C + c]);
-#pragma GCC unroll 4
-          for (int b = 0; b < KB; ++b) acc[t][b] += xv * wv[b];
+          vn xv = splatn(x_tile[(t * S + kw - 1) * C + c]);
+#pragma GCC unroll 8
+          for (int b = 0; b < KB * kParts; ++b) acc[t][b] += xv * wv[b];
         }
       }
     }
@@ -156,19 +156,37 @@ void ForwardImageFixed(const Shape& d, const float* x_img, const float* w, float
 // The fixed-shape path covers the forward convolutions of the CIFAR ResNets (3 -> 16, 16 -> 16,
 // 16 -> 32 stride 2, 32 -> 32, 32 -> 64 stride 2, 64 -> 64) and the stride-1 input gradients,
 // which are forward convolutions too; false for any other shape (the general tiles then run).
+// Tiles in vectors of 16 channels: 16 of them with AVX-512 (16 of the 32 zmm registers); with
+// AVX2 each is two ymm of the 16, so there a tile holds 4 (8 ymm, beside the weights and the
+// splat). Measured on a Zen 1 EPYC (benchmarks/results/conv3x3_avx2_zen1_2026-12-03.json).
+template <int C, int S>
+void ForwardImageFixedFor(const Shape& d, const float* x_img, const float* w, float* y_img) {
+  if constexpr (kWideRegisters) {
+    if (d.k == 16) return ForwardImageFixed<1, 16, C, S>(d, x_img, w, y_img);
+    if (d.k == 32) return ForwardImageFixed<2, 8, C, S>(d, x_img, w, y_img);
+    return ForwardImageFixed<4, 4, C, S>(d, x_img, w, y_img);
+  } else {
+    if (d.k == 16) return ForwardImageFixed<1, 4, C, S>(d, x_img, w, y_img);
+    return ForwardImageFixed<2, 2, C, S>(d, x_img, w, y_img);
+  }
+}
+
 bool ForwardImageFixedShape(const Shape& d, const float* x_img, const float* w, float* y_img) {
-  if (d.k == 16 && d.c == 3 && d.s == 1 && d.ow % 16 == 0)  // the stem, on RGB images
-    ForwardImageFixed<1, 16, 3, 1>(d, x_img, w, y_img);
-  else if (d.k == 16 && d.c == 16 && d.s == 1 && d.ow % 16 == 0)
-    ForwardImageFixed<1, 16, 16, 1>(d, x_img, w, y_img);
-  else if (d.k == 32 && d.c == 16 && d.s == 2 && d.ow % 8 == 0)
-    ForwardImageFixed<2, 8, 16, 2>(d, x_img, w, y_img);
-  else if (d.k == 32 && d.c == 32 && d.s == 1 && d.ow % 8 == 0)
-    ForwardImageFixed<2, 8, 32, 1>(d, x_img, w, y_img);
-  else if (d.k == 64 && d.c == 32 && d.s == 2 && d.ow % 4 == 0)
-    ForwardImageFixed<4, 4, 32, 2>(d, x_img, w, y_img);
-  else if (d.k == 64 && d.c == 64 && d.s == 1 && d.ow % 4 == 0)
-    ForwardImageFixed<4, 4, 64, 1>(d, x_img, w, y_img);
+  // each shape's tile width divides its output width (the fixed tiles have no ragged edge)
+  int64_t tile_width = kWideRegisters ? 256 / d.k : (d.k == 16 ? 4 : 2);
+  if (d.ow % tile_width != 0) return false;
+  if (d.k == 16 && d.c == 3 && d.s == 1)  // the stem, on RGB images
+    ForwardImageFixedFor<3, 1>(d, x_img, w, y_img);
+  else if (d.k == 16 && d.c == 16 && d.s == 1)
+    ForwardImageFixedFor<16, 1>(d, x_img, w, y_img);
+  else if (d.k == 32 && d.c == 16 && d.s == 2)
+    ForwardImageFixedFor<16, 2>(d, x_img, w, y_img);
+  else if (d.k == 32 && d.c == 32 && d.s == 1)
+    ForwardImageFixedFor<32, 1>(d, x_img, w, y_img);
+  else if (d.k == 64 && d.c == 32 && d.s == 2)
+    ForwardImageFixedFor<32, 2>(d, x_img, w, y_img);
+  else if (d.k == 64 && d.c == 64 && d.s == 1)
+    ForwardImageFixedFor<64, 1>(d, x_img, w, y_img);
   else
     return false;
   return true;
@@ -180,6 +198,10 @@ void Forward(ffi::ThreadPool& pool, const Shape& d, const float* x, const float*
     const float* x_img = x + n * d.h * d.w * d.c;
     float* y_img = y + n * d.oh * d.ow * d.k;
     if (ForwardImageFixedShape(d, x_img, w, y_img)) return;
+    if constexpr (!kWideRegisters) {
+      if (d.k % 32 == 0) return ForwardImage<2, 2>(d, x_img, w, zeros.data(), y_img);
+      return ForwardImage<1, 4>(d, x_img, w, zeros.data(), y_img);
+    }
     if (d.k % 64 == 0) {
       ForwardImage<4, 4>(d, x_img, w, zeros.data(), y_img);
     } else if (d.k % 32 == 0) {
@@ -198,11 +220,11 @@ void FilterGradBlock(const Shape& d, const float* x_img, const float* dy_img, fl
   for (int64_t kh = 0; kh < 3; ++kh)
     for (int64_t kw = 0; kw < 3; ++kw) {
       float* dwp = dw + ((kh * 3 + kw) * d.c + c0) * d.k + k0;
-      v16 acc[CB][KB];
+      vn acc[CB][KB * kParts];
 #pragma GCC unroll 16
       for (int i = 0; i < CB; ++i)
-#pragma GCC unroll 4
-        for (int b = 0; b < KB; ++b) acc[i][b] = load16(dwp + i * d.k + 16 * b);
+#pragma GCC unroll 8
+        for (int b = 0; b < KB * kParts; ++b) acc[i][b] = loadn(dwp + i * d.k + kLanes * b);
       // output columns whose input column ow*s+kw-1 lies inside the image
       int64_t ow_lo = kw == 0 ? 1 : 0;
       int64_t ow_hi = std::min<int64_t>(d.ow, (d.w - kw) / d.s + 1);
@@ -214,21 +236,21 @@ void FilterGradBlock(const Shape& d, const float* x_img, const float* dy_img, fl
         for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
           const float* dyp = dy_row + ow * d.k;
           const float* xp = x_row + ow * d.s * d.c;
-          v16 g[KB];
-#pragma GCC unroll 4
-          for (int b = 0; b < KB; ++b) g[b] = load16(dyp + 16 * b);
+          vn g[KB * kParts];
+#pragma GCC unroll 8
+          for (int b = 0; b < KB * kParts; ++b) g[b] = loadn(dyp + kLanes * b);
 #pragma GCC unroll 16
           for (int i = 0; i < CB; ++i) {
-            v16 xv = splat(xp[i]);
-#pragma GCC unroll 4
-            for (int b = 0; b < KB; ++b) acc[i][b] += xv * g[b];
+            vn xv = splatn(xp[i]);
+#pragma GCC unroll 8
+            for (int b = 0; b < KB * kParts; ++b) acc[i][b] += xv * g[b];
           }
         }
       }
 #pragma GCC unroll 16
       for (int i = 0; i < CB; ++i)
-#pragma GCC unroll 4
-        for (int b = 0; b < KB; ++b) store16(dwp + i * d.k + 16 * b, acc[i][b]);
+#pragma GCC unroll 8
+        for (int b = 0; b < KB * kParts; ++b) storen(dwp + i * d.k + kLanes * b, acc[i][b]);
     }
 }
 
@@ -270,7 +292,10 @@ void FilterGrad(ffi::ThreadPool& pool, const Shape& d, const float* x, const flo
     for (int64_t n = blk * d.n / blocks; n < (blk + 1) * d.n / blocks; ++n) {
       const float* x_img = x + n * d.h * d.w * d.c;
       const float* dy_img = dy + n * d.oh * d.ow * d.k;
-      if (d.k % 64 == 0) {
+      if (!kWideRegisters) {  // 4 input channels x 16 output channels: 8 ymm (see Forward;
+        // measured faster there than 6 x 16 or 2 x 32, which leave ragged blocks or spill)
+        FilterGradImage<1, 4>(d, x_img, dy_img, acc);
+      } else if (d.k % 64 == 0) {
         FilterGradImage<4, 4>(d, x_img, dy_img, acc);
       } else if (d.k % 32 == 0) {
         FilterGradImage<2, 8>(d, x_img, dy_img, acc);

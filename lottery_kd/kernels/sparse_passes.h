@@ -189,16 +189,24 @@ float HorizontalSum(v16 v) {
 // position and image cost a quarter of the arithmetic on 32x32 images, most of it on 8x8).
 template <int G>
 void DotTile(const float* x, const int32_t* off, const float* dy, int64_t vecs, float* sums) {
-  v16 acc[G];
+  vn acc[G][kParts];  // kParts of the machine's own vectors per 16 lanes (cpu_common.h)
 #pragma GCC unroll 8
-  for (int i = 0; i < G; ++i) acc[i] = v16{};
+  for (int i = 0; i < G; ++i)
+    for (int p = 0; p < kParts; ++p) acc[i][p] = vn{};
   for (int64_t v = 0; v < vecs; ++v) {
-    v16 d = load16(dy + 16 * v);
+#pragma GCC unroll 2
+    for (int p = 0; p < kParts; ++p) {
+      vn d = loadn(dy + 16 * v + kLanes * p);
 #pragma GCC unroll 8
-    for (int i = 0; i < G; ++i) acc[i] += load16(x + off[i] + 16 * v) * d;
+      for (int i = 0; i < G; ++i) acc[i][p] += loadn(x + off[i] + 16 * v + kLanes * p) * d;
+    }
   }
 #pragma GCC unroll 8
-  for (int i = 0; i < G; ++i) store16(sums + 16 * i, load16(sums + 16 * i) + acc[i]);
+  for (int i = 0; i < G; ++i)
+    for (int p = 0; p < kParts; ++p) {
+      float* at = sums + 16 * i + kLanes * p;
+      storen(at, loadn(at) + acc[i][p]);
+    }
 }
 
 using DotTileFn = void (*)(const float*, const int32_t*, const float*, int64_t, float*);

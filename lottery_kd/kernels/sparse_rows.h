@@ -21,7 +21,7 @@ using namespace lottery_kd;  // NOLINT: the shared vector helpers
 constexpr int kTile = 12;     // output vectors in registers (32 zmm registers)
 constexpr int kDotTile = 8;   // filter-gradient dot products in registers
 #else
-constexpr int kTile = 6;      // a v16 is two ymm registers: 12 of the 16
+constexpr int kTile = 6;      // 12 ymm accumulators of the 16
 constexpr int kDotTile = 4;
 #endif
 
@@ -116,20 +116,21 @@ struct SparseRows {
   void EndRow() { start.push_back(static_cast<int64_t>(taps.size())); }
 };
 
-// out[0 .. 16T) = sum over taps of w * in[off .. off + 16T), the tile held in registers.
+// out[0 .. 16T) = sum over taps of w * in[off .. off + 16T), the tile held in registers (T
+// vectors of 16 pixels, each kParts of the machine's own vectors: cpu_common.h says why).
 template <int T>
 void RowTile(const float* in, const Tap* tap, const Tap* end, float* out) {
-  v16 acc[T];
+  vn acc[T * kParts];
 #pragma GCC unroll 16
-  for (int t = 0; t < T; ++t) acc[t] = v16{};
+  for (int t = 0; t < T * kParts; ++t) acc[t] = vn{};
   for (; tap < end; ++tap) {
-    v16 wv = splat(tap->w);
+    vn wv = splatn(tap->w);
     const float* src = in + tap->off;
 #pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) acc[t] += wv * load16(src + 16 * t);
+    for (int t = 0; t < T * kParts; ++t) acc[t] += wv * loadn(src + kLanes * t);
   }
 #pragma GCC unroll 16
-  for (int t = 0; t < T; ++t) store16(out + 16 * t, acc[t]);
+  for (int t = 0; t < T * kParts; ++t) storen(out + kLanes * t, acc[t]);
 }
 
 using RowTileFn = void (*)(const float*, const Tap*, const Tap*, float*);
