@@ -159,37 +159,35 @@ void ForwardImageFixed(const Shape& d, const float* x_img, const float* w, float
 // Tiles in vectors of 16 channels: 16 of them with AVX-512 (16 of the 32 zmm registers); with
 // AVX2 each is two ymm of the 16, so there a tile holds 4 (8 ymm, beside the weights and the
 // splat). Measured on a Zen 1 EPYC (benchmarks/results/conv3x3_avx2_zen1_2026-12-03.json).
+// Runs the fixed tile where its width divides the output width (no ragged edge); else false.
+template <int KB, int TW, int C, int S>
+bool ForwardImageFixedWhole(const Shape& d, const float* x_img, const float* w, float* y_img) {
+  if (d.ow % TW != 0) return false;
+  ForwardImageFixed<KB, TW, C, S>(d, x_img, w, y_img);
+  return true;
+}
+
 template <int C, int S>
-void ForwardImageFixedFor(const Shape& d, const float* x_img, const float* w, float* y_img) {
+bool ForwardImageFixedFor(const Shape& d, const float* x_img, const float* w, float* y_img) {
   if constexpr (kWideRegisters) {
-    if (d.k == 16) return ForwardImageFixed<1, 16, C, S>(d, x_img, w, y_img);
-    if (d.k == 32) return ForwardImageFixed<2, 8, C, S>(d, x_img, w, y_img);
-    return ForwardImageFixed<4, 4, C, S>(d, x_img, w, y_img);
+    if (d.k == 16) return ForwardImageFixedWhole<1, 16, C, S>(d, x_img, w, y_img);
+    if (d.k == 32) return ForwardImageFixedWhole<2, 8, C, S>(d, x_img, w, y_img);
+    return ForwardImageFixedWhole<4, 4, C, S>(d, x_img, w, y_img);
   } else {
-    if (d.k == 16) return ForwardImageFixed<1, 4, C, S>(d, x_img, w, y_img);
-    return ForwardImageFixed<2, 2, C, S>(d, x_img, w, y_img);
+    if (d.k == 16) return ForwardImageFixedWhole<1, 4, C, S>(d, x_img, w, y_img);
+    return ForwardImageFixedWhole<2, 2, C, S>(d, x_img, w, y_img);
   }
 }
 
 bool ForwardImageFixedShape(const Shape& d, const float* x_img, const float* w, float* y_img) {
-  // each shape's tile width divides its output width (the fixed tiles have no ragged edge)
-  int64_t tile_width = kWideRegisters ? 256 / d.k : (d.k == 16 ? 4 : 2);
-  if (d.ow % tile_width != 0) return false;
   if (d.k == 16 && d.c == 3 && d.s == 1)  // the stem, on RGB images
-    ForwardImageFixedFor<3, 1>(d, x_img, w, y_img);
-  else if (d.k == 16 && d.c == 16 && d.s == 1)
-    ForwardImageFixedFor<16, 1>(d, x_img, w, y_img);
-  else if (d.k == 32 && d.c == 16 && d.s == 2)
-    ForwardImageFixedFor<16, 2>(d, x_img, w, y_img);
-  else if (d.k == 32 && d.c == 32 && d.s == 1)
-    ForwardImageFixedFor<32, 1>(d, x_img, w, y_img);
-  else if (d.k == 64 && d.c == 32 && d.s == 2)
-    ForwardImageFixedFor<32, 2>(d, x_img, w, y_img);
-  else if (d.k == 64 && d.c == 64 && d.s == 1)
-    ForwardImageFixedFor<64, 1>(d, x_img, w, y_img);
-  else
-    return false;
-  return true;
+    return ForwardImageFixedFor<3, 1>(d, x_img, w, y_img);
+  if (d.k == 16 && d.c == 16 && d.s == 1) return ForwardImageFixedFor<16, 1>(d, x_img, w, y_img);
+  if (d.k == 32 && d.c == 16 && d.s == 2) return ForwardImageFixedFor<16, 2>(d, x_img, w, y_img);
+  if (d.k == 32 && d.c == 32 && d.s == 1) return ForwardImageFixedFor<32, 1>(d, x_img, w, y_img);
+  if (d.k == 64 && d.c == 32 && d.s == 2) return ForwardImageFixedFor<32, 2>(d, x_img, w, y_img);
+  if (d.k == 64 && d.c == 64 && d.s == 1) return ForwardImageFixedFor<64, 1>(d, x_img, w, y_img);
+  return false;
 }
 
 void Forward(ffi::ThreadPool& pool, const Shape& d, const float* x, const float* w, float* y) {

@@ -47,15 +47,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _older_resume_steps(workdir: Workdir) -> set[Path]:
-    """The resume checkpoint folders of each run but its newest (complete) step."""
-    older: set[Path] = set()
+def _resume_steps(workdir: Workdir) -> dict[Path, list[tuple[int, Path]]]:
+    """Each run's resume folder -> its complete steps (step, folder), oldest first. Orbax writes
+    a step into a temporary folder (not all digits) and renames it when complete."""
     resume_root = workdir.checkpoints / "resume"
-    for run in sorted(resume_root.iterdir()) if resume_root.is_dir() else []:
-        steps = sorted((int(p.name), p) for p in run.iterdir() if p.is_dir() and p.name.isdigit())
+    runs = sorted(resume_root.iterdir()) if resume_root.is_dir() else []
+    return {run: sorted((int(p.name), p) for p in run.iterdir()
+                        if p.is_dir() and p.name.isdigit()) for run in runs if run.is_dir()}
+
+
+def _older_resume_steps(workdir: Workdir) -> set[Path]:
+    """The resume checkpoint folders of each run but its newest complete step."""
+    older: set[Path] = set()
+    for run, steps in _resume_steps(workdir).items():
         older.update(path for _, path in steps[:-1])
-        # Orbax writes a step into a temporary folder and renames it when complete
-        older.update(p for p in run.iterdir() if p.is_dir() and not p.name.isdigit())
+        complete = {path for _, path in steps}
+        older.update(p for p in run.iterdir() if p.is_dir() and p not in complete)
     return older
 
 
@@ -143,9 +150,7 @@ def progress(root: str | os.PathLike) -> tuple[int, int]:
     rows = 0
     if paths.results.is_file():
         rows = sum(1 for line in paths.results.read_text().splitlines() if line.strip())
-    resume_root = paths.checkpoints / "resume"
-    steps = [int(step.name) for run in (resume_root.iterdir() if resume_root.is_dir() else [])
-             for step in run.iterdir() if step.is_dir() and step.name.isdigit()]
+    steps = [step for run in _resume_steps(paths).values() for step, _ in run]
     return rows, max(steps, default=0)
 
 
