@@ -99,3 +99,48 @@ def test_a_relaunch_switches_conv_impl_for_the_next_runs_never_halfway(tmp_path)
     assert any("resumes on model.conv_impl=xla" in line for line in lines)
     assert Study(config, tmp_path, log=lambda *_: None, record=False).fingerprint == digest
     assert results.read_rows(tmp_path / "results.jsonl") == rows
+
+
+def _sparse_conv_calls(conv_impl):
+    """The masked-kernel custom calls of a ResNet-20 forward pass on `conv_impl`."""
+    model = get_model("resnet20", 10, conv_impl=conv_impl)
+    params, stats = init_variables(model, jax.random.key(0), (32, 32, 3))
+    text = jax.jit(lambda p: model.apply({"params": p, "batch_stats": stats},
+                                         jnp.zeros((2, 32, 32, 3)), train=False)).lower(
+        params).as_text()
+    return text.count("lottery_kd_sparse_conv_forward")
+
+
+def test_sparse_runs_the_name_padded_shortcuts_on_the_kernel_and_the_legacy_value_on_xla():
+    """flax pads the 1x1 projection shortcuts by name ('SAME'): "sparse" resolves the name to
+    its pads and runs them on the masked kernel (XLA's 1x1 filter gradient was 45-50 ms of a
+    Zen 1 step); SPARSE_XLA_SHORTCUTS, what "sparse" did before, leaves them to XLA."""
+    from lottery_kd.kernels.conv3x3 import SPARSE_XLA_SHORTCUTS
+    assert _sparse_conv_calls("sparse") == 19 + 2  # stem, 18 block convs, 2 shortcuts
+    assert _sparse_conv_calls(SPARSE_XLA_SHORTCUTS) == 19
+
+
+def test_a_run_started_before_the_shortcut_routing_resumes_with_its_shortcuts_on_xla(tmp_path):
+    """A resume checkpoint written on "sparse" without SPARSE_ROUTING comes from the code that
+    left the shortcuts to XLA: the run finishes that way (its arithmetic never changes halfway);
+    one written with it, and a run not yet started, take "sparse" as it is now."""
+    import json
+
+    from experiments import cifar10_resnet20
+    from lottery_kd.kernels.conv3x3 import SPARSE_ROUTING, SPARSE_XLA_SHORTCUTS
+    from lottery_kd.study.study import Study
+    config = cifar10_resnet20.get_config()
+    config.data.name, config.data.validation_size = "digits", 0
+    config.model.conv_impl = "sparse"
+    study = Study(config, tmp_path, log=lambda *_: None, record=False)
+
+    def resume_checkpoint(tag, fingerprint):
+        meta = study.paths.resume(tag) / "100" / "meta"
+        meta.mkdir(parents=True)
+        (meta / "metadata").write_text(json.dumps({"fingerprint": fingerprint}))
+
+    resume_checkpoint("level_0_dense", {"conv_impl": "sparse"})
+    resume_checkpoint("level_1_lt", {"conv_impl": "sparse", "sparse_routing": SPARSE_ROUTING})
+    assert study.run_conv_impl("level_0_dense") == SPARSE_XLA_SHORTCUTS
+    assert study.run_conv_impl("level_1_lt") == "sparse"
+    assert study.run_conv_impl("level_1_kd") == "sparse"

@@ -32,6 +32,13 @@ from lottery_kd.kernels import build
 from lottery_kd.kernels.build import NativeKernelError  # noqa: F401  (re-exported)
 
 CONV_IMPLS: tuple[str, ...] = ("auto", "xla", "native", "sparse")
+# "sparse" as it ran before SPARSE_ROUTING 2: the convolutions padded by name ('SAME', as
+# flax.linen.Conv pads the 1x1 projection shortcuts) went to XLA, whose 1x1 filter gradient took
+# 45-50 ms of a 425-580 ms ResNet-20 step on a Zen 1 EPYC. Not a config value: a run that started
+# on it resumes on it (study.Study.run_conv_impl), so its arithmetic never changes halfway.
+SPARSE_XLA_SHORTCUTS = "sparse-xla-shortcuts"
+SPARSE_IMPLS: tuple[str, ...] = ("sparse", SPARSE_XLA_SHORTCUTS)
+SPARSE_ROUTING = 2  # recorded with each run on "sparse" (absent: SPARSE_XLA_SHORTCUTS)
 _SOURCE = "conv3x3_cpu.cc"
 _TARGETS = (("lottery_kd_conv3x3_forward", "LotteryKdConv3x3Forward"),
             ("lottery_kd_conv3x3_filter_grad", "LotteryKdConv3x3FilterGrad"))
@@ -143,13 +150,14 @@ def make_conv_general_dilated(conv_impl: str) -> Callable[..., jnp.ndarray] | No
     NativeKernelError now if it cannot be built, JAX is not on CPU, or there are several devices
     (the kernel is an opaque custom call: XLA's SPMD partitioner would gather the sharded batch
     onto every device). "auto" -> the kernel on a single CPU device when it builds, else XLA.
+    SPARSE_XLA_SHORTCUTS (resumed runs only) -> "sparse" with name-padded convolutions on XLA.
     """
-    if conv_impl not in CONV_IMPLS:
+    if conv_impl not in CONV_IMPLS + SPARSE_IMPLS:
         raise ValueError(f"model.conv_impl={conv_impl!r} is invalid: allowed: "
                          f"{', '.join(CONV_IMPLS)}")
     if conv_impl == "xla":
         return None
-    if conv_impl in ("native", "sparse"):
+    if conv_impl in ("native", *SPARSE_IMPLS):
         if jax.default_backend() != "cpu":
             raise NativeKernelError(f"model.conv_impl={conv_impl!r} is a CPU kernel, but JAX runs "
                                     f"on {jax.default_backend()}; use 'auto' or 'xla'")
@@ -159,7 +167,7 @@ def make_conv_general_dilated(conv_impl: str) -> Callable[..., jnp.ndarray] | No
                 f"{jax.device_count()}: XLA's partitioner cannot split the kernel over a sharded "
                 "batch; use 'auto' (XLA's convolution there) or 'xla'")
         ok, reason = _load()
-        if ok and conv_impl == "sparse":
+        if ok and conv_impl in SPARSE_IMPLS:
             from lottery_kd.kernels import sparse_conv
             ok, reason = sparse_conv._load()
         if not ok:
@@ -179,23 +187,28 @@ def native_enabled(conv_impl: str) -> bool:
 
 
 def _sparse_padding(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                    dimension_numbers, feature_group_count) -> int | None:
+                    dimension_numbers, feature_group_count, by_name: bool = True) -> int | None:
     """The symmetric padding of a 1x1 or 3x3 NHWC/HWIO float32 convolution with stride 1 or 2
-    that the masked kernel covers, or None where it does not apply."""
+    that the masked kernel covers, or None where it does not apply. Padding given by name
+    ('SAME', 'VALID') counts by the pads it stands for, unless `by_name` is False."""
     if lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32 or lhs.ndim != 4 or rhs.ndim != 4:
         return None
     size = rhs.shape[0]
     if size not in (1, 3) or rhs.shape[1] != size or feature_group_count != 1:
         return None
-    if tuple(window_strides) not in ((1, 1), (2, 2)) or isinstance(padding, str):
-        return None
-    pads = {p for pair in padding for p in pair}
-    if len(pads) != 1 or not 0 <= next(iter(pads)) < size:
+    if tuple(window_strides) not in ((1, 1), (2, 2)):
         return None
     if any(d not in (None, (1, 1), [1, 1]) for d in (lhs_dilation, rhs_dilation)):
         return None
     expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
     if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != expected:
+        return None
+    if isinstance(padding, str):
+        if not by_name:
+            return None
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    pads = {p for pair in padding for p in pair}
+    if len(pads) != 1 or not 0 <= next(iter(pads)) < size:
         return None
     return next(iter(pads))
 
@@ -207,9 +220,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     conv_impl="sparse" to the masked kernel, whose mask is the kernel's nonzeros: the training
     step hands the model params * masks, so the zeros are the pruned weights (an unpruned weight
     that is exactly 0.0 gets no gradient; the dense paths are for what needs one everywhere)."""
-    if conv_impl == "sparse" and not kwargs:
+    if conv_impl in SPARSE_IMPLS and not kwargs:
         pad = _sparse_padding(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                              dimension_numbers, feature_group_count)
+                              dimension_numbers, feature_group_count,
+                              by_name=conv_impl == "sparse")
         if pad is not None:
             from lottery_kd.kernels import sparse_conv
             return sparse_conv.masked_conv(lhs, rhs, rhs != 0, int(window_strides[0]), pad)

@@ -21,7 +21,8 @@ from lottery_kd.config import identity, protocols
 from lottery_kd.config.identity import config_digest
 from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.kernels.build import NativeKernelError
-from lottery_kd.kernels.conv3x3 import native_enabled
+from lottery_kd.kernels.conv3x3 import (SPARSE_IMPLS, SPARSE_ROUTING, SPARSE_XLA_SHORTCUTS,
+                                      native_enabled)
 from lottery_kd.models import flops as flops_lib, get_model
 from lottery_kd.runtime.environment import read_starts, record_start
 from lottery_kd.runtime.parallel import DataParallel
@@ -132,7 +133,7 @@ class Study:
             model = build(precision_lib.conv_impl_for(conv_impl, config.train.precision))
         except NativeKernelError as error:
             raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
-        return model, (build("native") if conv_impl == "sparse" else model)
+        return model, (build("native") if conv_impl in SPARSE_IMPLS else model)
 
     def make_trainer(self, data, conv_impl: Optional[str] = None) -> Trainer:
         """A trainer with this study's model, optimizer, distillation and device layout, over
@@ -149,19 +150,22 @@ class Study:
                        dense_model=dense_model, precision=config.train.precision)
 
     def run_conv_impl(self, tag: str) -> str:
-        """The model.conv_impl run `tag` trains on: the one its resume checkpoints were written
-        on (a run never switches paths halfway; checkpoints from before this was recorded: the
-        previous start's), else this launch's."""
+        """The conv_impl run `tag` trains on: the one its resume checkpoints were written on (a
+        run never switches paths halfway; checkpoints from before this was recorded: the
+        previous start's; "sparse" from before SPARSE_ROUTING: SPARSE_XLA_SHORTCUTS), else this
+        launch's model.conv_impl."""
         store = self.paths.resume(tag)
         steps = sorted((int(p.name) for p in store.iterdir() if p.name.isdigit()),
                        reverse=True) if store.is_dir() else []
         for step in steps:
             fingerprint = read_fingerprint(store / str(step))
             if fingerprint is not None:
-                if "conv_impl" in fingerprint:
-                    return fingerprint["conv_impl"]
-                starts = read_starts(self.workdir)
-                return starts[-2].get("conv_impl", "auto") if len(starts) > 1 else "auto"
+                if "conv_impl" not in fingerprint:
+                    starts = read_starts(self.workdir)
+                    return starts[-2].get("conv_impl", "auto") if len(starts) > 1 else "auto"
+                if fingerprint["conv_impl"] == "sparse" and "sparse_routing" not in fingerprint:
+                    return SPARSE_XLA_SHORTCUTS
+                return fingerprint["conv_impl"]
         return self.config.model.conv_impl
 
     @classmethod
@@ -231,7 +235,9 @@ class Study:
             f"[level {level} {variant_name}]", progress_mode=self.config.log.progress,
             tensorboard=self.paths.tensorboard(tag) if self.config.log.tensorboard else None,
             resume=self.paths.resume(tag), keep=self.config.checkpoint.keep,
-            fingerprint={**self.fingerprint, "conv_impl": conv_impl}, log=self.log, main=main)
+            fingerprint={**self.fingerprint, "conv_impl": conv_impl,
+                         **({"sparse_routing": SPARSE_ROUTING} if conv_impl == "sparse" else {})},
+            log=self.log, main=main)
 
         def log_scalars(step: int, row: dict) -> None:
             outputs.write_row(step, {"sparsity": sparsity, **row})  # a dynamic run's: its own
