@@ -39,7 +39,9 @@ namespace lottery_kd_sparse {
 using namespace lottery_kd;  // NOLINT: the shared vector helpers
 
 // Densities (nonzero weights / all weights) above which the dense kernels run instead, where they
-// apply (3x3, padding 1, a multiple of 16 output channels; stride 1 only for the input gradient).
+// apply (3x3, padding 1, a multiple of 16 output channels; stride 1 only for the input gradient),
+// per instruction set: the two paths' speeds scale differently with the vector width.
+#if defined(__AVX512F__)
 // Measured with benchmarks/sparse_conv.py (batch 128, the five 3x3 CIFAR ResNet shapes, AVX-512
 // EPYC, 2 cores shared with a training job: noisy; benchmarks/results/
 // sparse_conv_cpu_under_load_v2_2026-12-03.json). Sparse / dense speed-up, range over the shapes:
@@ -53,6 +55,20 @@ using namespace lottery_kd;  // NOLINT: the shared vector helpers
 constexpr float kForwardCrossover = 0.3f;
 constexpr float kInputGradCrossover = 0.3f;
 constexpr float kFilterGradCrossover = 0.25f;
+#else
+// AVX2 (a Zen 1 EPYC, 2 cores, idle: `python -m benchmarks.sparse_conv --densities
+// 0.6,0.5,0.4,0.3,0.2 --steps 3 --repeats 3`, benchmarks/results/
+// sparse_conv_cpu_avx2_zen1_crossover_2026-12-03.json). Sparse / dense, range over the shapes:
+//                  0.6        0.5        0.4        0.3        0.2
+//   forward        0.63-0.86  0.75-1.03  0.93-1.22  1.14-1.51  1.58-2.00
+//   input grad s1  0.72-0.82  0.85-1.01  1.02-1.25  1.31-1.55  1.84-1.90
+//   filter grad    0.40-0.91  0.46-1.27  0.59-1.32  0.94-1.78  1.14-2.33
+// (the stride-2 input gradient, against XLA: 1.21-2.53 at 0.6, so always sparse). The forward
+// and input gradient cross near 0.4, the filter gradient near 0.3 (the 8x8x64 layer's lowest).
+constexpr float kForwardCrossover = 0.4f;
+constexpr float kInputGradCrossover = 0.4f;
+constexpr float kFilterGradCrossover = 0.3f;
+#endif
 
 // ---- the dense kernels of conv3x3_cpu.cc, above the crossover ----
 bool DenseApplies(const Geometry& g, int64_t out_channels) {
