@@ -55,6 +55,7 @@ using namespace lottery_kd;  // NOLINT: the shared vector helpers
 constexpr float kForwardCrossover = 0.3f;
 constexpr float kInputGradCrossover = 0.3f;
 constexpr float kFilterGradCrossover = 0.25f;
+constexpr float kSixteenChannelCrossover = 0.0f;  // not measured apart: the passes' own
 #else
 // AVX2 (a Zen 1 EPYC, 2 cores, idle: `python -m benchmarks.sparse_conv --densities
 // 0.6,0.5,0.4,0.3,0.2 --steps 3 --repeats 3`, benchmarks/results/
@@ -65,9 +66,13 @@ constexpr float kFilterGradCrossover = 0.25f;
 //   filter grad    0.40-0.91  0.46-1.27  0.59-1.32  0.94-1.78  1.14-2.33
 // (the stride-2 input gradient, against XLA: 1.21-2.53 at 0.6, so always sparse). The forward
 // and input gradient cross near 0.4, the filter gradient near 0.3 (the 8x8x64 layer's lowest).
+// Where the dense kernel's vector dimension holds only 16 channels (one vector: its least
+// efficient case, the 32x32x16 layers) the sparse loops win up to 0.5 in every pass (forward
+// 1.03, input gradient 1.01, filter gradient 1.27 at 0.5; 0.86, 0.79, 0.91 at 0.6).
 constexpr float kForwardCrossover = 0.4f;
 constexpr float kInputGradCrossover = 0.4f;
 constexpr float kFilterGradCrossover = 0.3f;
+constexpr float kSixteenChannelCrossover = 0.5f;
 #endif
 
 // ---- the dense kernels of conv3x3_cpu.cc, above the crossover ----
@@ -135,8 +140,10 @@ float Density(const float* v, int64_t size) {
 }
 
 // path: 0 = by density (the crossovers above), 1 = dense (where it applies), 2 = sparse.
-bool UseDense(int64_t path, bool applies, float density, float crossover) {
+// `channels`: those the dense kernel vectorises over (its output's).
+bool UseDense(int64_t path, bool applies, float density, float crossover, int64_t channels) {
   if (!applies || path == 2) return false;
+  if (channels == 16) crossover = std::max(crossover, kSixteenChannelCrossover);
   return path == 1 || density > crossover;
 }
 
@@ -175,7 +182,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
       err.failure())
     return err;
   float density = Density(w.typed_data(), w.element_count());
-  if (UseDense(path, DenseApplies(g, g.k), density, kForwardCrossover))
+  if (UseDense(path, DenseApplies(g, g.k), density, kForwardCrossover, g.k))
     DenseForward(pool, g, x.typed_data(), w.typed_data(), y->typed_data());
   else
     SparseForward(pool, g, x.typed_data(), w.typed_data(), y->typed_data());
@@ -184,12 +191,12 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 
 bool InputGradDense(const Geometry& g, int64_t path, const float* w) {
   bool applies = DenseApplies(g, g.c) && g.s == 1;
-  return UseDense(path, applies, Density(w, g.r * g.r * g.c * g.k), kInputGradCrossover);
+  return UseDense(path, applies, Density(w, g.r * g.r * g.c * g.k), kInputGradCrossover, g.c);
 }
 
 bool FilterGradDense(const Geometry& g, int64_t path, const float* mask) {
   return UseDense(path, DenseApplies(g, g.k), Density(mask, g.r * g.r * g.c * g.k),
-                  kFilterGradCrossover);
+                  kFilterGradCrossover, g.k);
 }
 
 void RunInputGrad(ffi::ThreadPool& pool, const Geometry& g, bool dense, const float* dy,
