@@ -23,7 +23,9 @@
 # from 2026-12-03; model.conv_impl is an execution key: the run in progress when it was switched,
 # the dense network, finished on the path it started on, and each row's conv_impl says which
 # path it ran). The shrunk check docs/results/sparse_kernels_shrunk.sh found the same accuracies
-# on both paths within seed noise.
+# on both paths within seed noise. The dense network started before the sparse path took over the
+# 1x1 shortcuts (2026-12-03), so it resumes, and its row reads, as sparse-xla-shortcuts (the
+# shortcuts on XLA, bit for bit as it began); the tickets run them on the masked kernel.
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}
 OUT=${OUT:-runs/full}
