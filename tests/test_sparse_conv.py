@@ -260,3 +260,39 @@ def test_every_kernel_source_compiles_for_avx512_and_for_avx2(march: str):
              f"-I{jax.ffi.include_dir()}", f"-I{build.KERNEL_DIR}",
              str(build.KERNEL_DIR / source)], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"{source} for {march}:\n{done.stderr[-3000:]}"
+
+
+def _avx512_build() -> bool:
+    """Whether the kernels here compile their AVX-512 branch (-march=native on an AVX-512 CPU)."""
+    march = os.environ.get("LOTTERY_KD_MARCH") or "native"
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return march == "native" and " avx512f" in flags
+
+
+# (shape, density, which path "auto" takes: on AVX-512, on AVX2) around the filter gradient's
+# crossovers in sparse_conv_cpu.cc: AVX-512 0.25, AVX2 0.3, and 0.5 on AVX2 for 16-channel layers
+CHOICES = [((32, 16, 16, 1, 3), 0.45, "dense", "sparse"),
+           ((16, 32, 32, 1, 3), 0.28, "dense", "sparse"),
+           ((16, 32, 32, 1, 3), 0.35, "dense", "dense"),
+           ((8, 64, 64, 1, 3), 0.2, "sparse", "sparse")]
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the crossovers measured are x86's")
+@pytest.mark.parametrize("shape,density,on_avx512,on_avx2", CHOICES)
+def test_auto_takes_the_path_its_instruction_sets_crossover_names(shape, density, on_avx512,
+                                                                  on_avx2):
+    """The per-layer choice, bit for bit: the filter gradient on "auto" equals the path its
+    crossover picks and differs from the other one (their sums over pixels run in other
+    orders; the forward passes of both add the nonzero taps in one order, so bits cannot tell
+    them apart)."""
+    hw, c, k, stride, size = shape
+    order = np.argsort(np.asarray(jax.random.uniform(jax.random.key(2), (size * size * c * k,))))
+    mask = np.zeros(order.size, np.float32)
+    mask[order[:round(density * order.size)]] = 1.0  # exactly `density`
+    mask = jnp.asarray(mask.reshape(size, size, c, k))
+    x = jax.random.normal(jax.random.key(3), (4, hw, hw, c))
+    dy = jax.random.normal(jax.random.key(4), (4, hw // stride, hw // stride, k))
+    out = {path: np.asarray(sc.filter_grad(x, dy, mask, stride, 1, path)) for path in sc.PATHS}
+    expected = on_avx512 if _avx512_build() else on_avx2
+    assert out["dense"].tobytes() != out["sparse"].tobytes()
+    assert out["auto"].tobytes() == out[expected].tobytes()

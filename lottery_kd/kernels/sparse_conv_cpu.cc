@@ -55,7 +55,7 @@ using namespace lottery_kd;  // NOLINT: the shared vector helpers
 constexpr float kForwardCrossover = 0.3f;
 constexpr float kInputGradCrossover = 0.3f;
 constexpr float kFilterGradCrossover = 0.25f;
-constexpr float kSixteenChannelCrossover = 0.0f;  // not measured apart: the passes' own
+constexpr float kSixteenChannelCrossover = 0.0f;  // not measured per channel count here
 #else
 // AVX2 (a Zen 1 EPYC, 2 cores, idle: `python -m benchmarks.sparse_conv --densities
 // 0.6,0.5,0.4,0.3,0.2 --steps 3 --repeats 3`, benchmarks/results/
