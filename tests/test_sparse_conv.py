@@ -265,8 +265,7 @@ def test_every_kernel_source_compiles_for_avx512_and_for_avx2(march: str):
 def _avx512_build() -> bool:
     """Whether the kernels here compile their AVX-512 branch (-march=native on an AVX-512 CPU)."""
     march = os.environ.get("LOTTERY_KD_MARCH") or "native"
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return march == "native" and " avx512f" in flags
+    return march == "native" and " avx512f" in build.cpu_signature()
 
 
 # (shape, density, which path "auto" takes: on AVX-512, on AVX2) around the filter gradient's

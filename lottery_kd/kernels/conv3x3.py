@@ -39,6 +39,20 @@ CONV_IMPLS: tuple[str, ...] = ("auto", "xla", "native", "sparse")
 SPARSE_XLA_SHORTCUTS = "sparse-xla-shortcuts"
 SPARSE_IMPLS: tuple[str, ...] = ("sparse", SPARSE_XLA_SHORTCUTS)
 SPARSE_ROUTING = 2  # recorded with each run on "sparse" (absent: SPARSE_XLA_SHORTCUTS)
+
+
+def execution_record(conv_impl: str) -> dict:
+    """What a run's resume checkpoints record of how it computes (read by resumed_conv_impl)."""
+    return {"conv_impl": conv_impl,
+            **({"sparse_routing": SPARSE_ROUTING} if conv_impl == "sparse" else {})}
+
+
+def resumed_conv_impl(record: dict) -> str:
+    """The conv_impl a run resumes on, from its checkpoint's execution_record: a "sparse" run
+    recorded before SPARSE_ROUTING existed resumes on the routing it began with."""
+    if record["conv_impl"] == "sparse" and "sparse_routing" not in record:
+        return SPARSE_XLA_SHORTCUTS
+    return record["conv_impl"]
 _SOURCE = "conv3x3_cpu.cc"
 _TARGETS = (("lottery_kd_conv3x3_forward", "LotteryKdConv3x3Forward"),
             ("lottery_kd_conv3x3_filter_grad", "LotteryKdConv3x3FilterGrad"))

@@ -21,8 +21,8 @@ from lottery_kd.config import identity, protocols
 from lottery_kd.config.identity import config_digest
 from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.kernels.build import NativeKernelError
-from lottery_kd.kernels.conv3x3 import (SPARSE_IMPLS, SPARSE_ROUTING, SPARSE_XLA_SHORTCUTS,
-                                      native_enabled)
+from lottery_kd.kernels.conv3x3 import (SPARSE_IMPLS, execution_record, native_enabled,
+                                      resumed_conv_impl)
 from lottery_kd.models import flops as flops_lib, get_model
 from lottery_kd.runtime.environment import read_starts, record_start
 from lottery_kd.runtime.parallel import DataParallel
@@ -163,9 +163,7 @@ class Study:
                 if "conv_impl" not in fingerprint:
                     starts = read_starts(self.workdir)
                     return starts[-2].get("conv_impl", "auto") if len(starts) > 1 else "auto"
-                if fingerprint["conv_impl"] == "sparse" and "sparse_routing" not in fingerprint:
-                    return SPARSE_XLA_SHORTCUTS
-                return fingerprint["conv_impl"]
+                return resumed_conv_impl(fingerprint)
         return self.config.model.conv_impl
 
     @classmethod
@@ -235,9 +233,8 @@ class Study:
             f"[level {level} {variant_name}]", progress_mode=self.config.log.progress,
             tensorboard=self.paths.tensorboard(tag) if self.config.log.tensorboard else None,
             resume=self.paths.resume(tag), keep=self.config.checkpoint.keep,
-            fingerprint={**self.fingerprint, "conv_impl": conv_impl,
-                         **({"sparse_routing": SPARSE_ROUTING} if conv_impl == "sparse" else {})},
-            log=self.log, main=main)
+            fingerprint={**self.fingerprint, **execution_record(conv_impl)}, log=self.log,
+            main=main)
 
         def log_scalars(step: int, row: dict) -> None:
             outputs.write_row(step, {"sparsity": sparsity, **row})  # a dynamic run's: its own
