@@ -5,9 +5,13 @@
 
 Run it at two commits (same machine, same libraries): equal hashes mean a change kept every
 float of training bit for bit, so a study may resume across it without mixing arithmetic.
+The masks are 80% sparse unless `--sparsity` says otherwise: the sparse path picks its kernels
+by density, so check a dense run with `--sparsity 0` (a crossover change moves the 80%
+fingerprint of `--conv-impl sparse` but not a density-1 run's arithmetic).
 That is how the kernel speed-ups that landed while the CPU reproduction was running
 (docs/results.md) were checked. The steps alternate masked cross-entropy and masked KD steps
-(80% sparse magnitude masks, the teacher being the initial network) on fixed random batches.
+(80% sparse global magnitude masks by default, the teacher being the initial network) on fixed
+random batches.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from benchmarks.common import environment, resnet_steps, write_json
 
 
 def fingerprint(model_name: str, conv_impl: str, norm_impl: str, steps: int,
-                batch_size: int, normalization: str = "channel") -> str:
+                batch_size: int, normalization: str = "channel", sparsity: float = 0.8) -> str:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -28,7 +32,7 @@ def fingerprint(model_name: str, conv_impl: str, norm_impl: str, steps: int,
 
     from lottery_kd.training.steps import TrainState
 
-    setup = resnet_steps(model_name, conv_impl, norm_impl, 0.8, normalization=normalization)
+    setup = resnet_steps(model_name, conv_impl, norm_impl, sparsity, normalization=normalization)
     params, batch_stats, optimizer, masks = (setup.params, setup.batch_stats, setup.optimizer,
                                              setup.masks)
     ce, kd = jax.jit(setup.ce), jax.jit(setup.kd)
@@ -58,13 +62,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--normalization", default="channel", choices=("channel", "per_image"),
                         help="per_image: the step of the renda protocol's studies")
+    parser.add_argument("--sparsity", type=float, default=0.8,
+                        help="of the global magnitude masks (0: all weights, a dense run)")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     record = {"model": args.model, "conv_impl": args.conv_impl, "norm_impl": args.norm_impl,
               "steps": args.steps, "batch": args.batch_size,
-              "normalization": args.normalization,
+              "normalization": args.normalization, "sparsity": args.sparsity,
               "fingerprint": fingerprint(args.model, args.conv_impl, args.norm_impl, args.steps,
-                                         args.batch_size, args.normalization)}
+                                         args.batch_size, args.normalization, args.sparsity)}
     write_json({"benchmark": "step_fingerprint", **environment(), "records": [record]}, args.out)
 
 

@@ -1,6 +1,7 @@
 """The table of docs/results/sparse_kernels_shrunk.sh: each ticket's end-of-training test accuracy
 (%) on the dense kernels and on the sparse kernels, per seed, and whether every pruned weight of
-every final snapshot is exactly 0.0; then the density of each stage's kernels in those tickets
+every final snapshot is exactly 0.0; then each run's paired difference over the seeds; then the
+density of each stage's kernels in those tickets
 (global magnitude pruning leaves the early, narrow stages far denser than the average, and a layer
 above the kernels' crossover runs dense).
 
@@ -60,10 +61,36 @@ def print_stage_densities(root: str) -> None:
               + " | ".join(f"{cells[s]:.3f}" for s in stages) + " |")
 
 
+def seeds_in(root: str) -> list[int]:
+    """The seeds with a workdir on either path under `root`, in order."""
+    return sorted({int(path.name.rsplit("_seed", 1)[1]) for path in Path(root).glob("*_seed*")
+                   if path.name.rsplit("_seed", 1)[1].isdigit()})
+
+
+def print_paired_differences(accuracies: dict) -> None:
+    """Per run: each path's mean over the seeds run on both, the paired difference sparse - native
+    with its standard error, and the seed-to-seed standard deviation on each path (the noise the
+    difference is measured against)."""
+    print("\n| run | seeds | native mean | sparse mean | sparse - native (± s.e.) "
+          "| seed s.d. native | seed s.d. sparse |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for variant in ("dense", "lt", "kd"):
+        pairs = [(n, s) for (n, s) in accuracies.get(variant, {}).values()
+                 if n is not None and s is not None]
+        if len(pairs) < 2:
+            continue
+        native, sparse = (np.array(column) for column in zip(*pairs))
+        diff = sparse - native
+        print(f"| {variant} | {len(pairs)} | {native.mean():.2f} | {sparse.mean():.2f} | "
+              f"{diff.mean():+.2f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.2f} | "
+              f"{native.std(ddof=1):.2f} | {sparse.std(ddof=1):.2f} |")
+
+
 def main(root: str = "runs/sparse_kernels_shrunk") -> None:
     print("| seed | run | native (dense kernels) | sparse kernels | pruned weights != 0 |")
     print("| --- | --- | --- | --- | --- |")
-    for seed in (0, 1):
+    accuracies: dict = {}
+    for seed in seeds_in(root):
         rows = {}
         for impl in ("native", "sparse"):
             path = Path(root) / f"{impl}_seed{seed}"
@@ -71,13 +98,16 @@ def main(root: str = "runs/sparse_kernels_shrunk") -> None:
                 for row in read_rows(path / "results.jsonl"):
                     rows[(impl, row["variant"])] = row
         for variant in ("dense", "lt", "kd"):
-            cells = [f"{100 * rows[(i, variant)]['test_accuracy']:.2f}"
-                     if (i, variant) in rows else "not run yet" for i in ("native", "sparse")]
+            values = [100 * rows[(i, variant)]["test_accuracy"] if (i, variant) in rows else None
+                      for i in ("native", "sparse")]
+            accuracies.setdefault(variant, {})[seed] = values
+            cells = [f"{v:.2f}" if v is not None else "not run yet" for v in values]
             zeros = "-"
             if variant != "dense" and ("sparse", variant) in rows:
                 tag = f"level_{rows[('sparse', variant)]['level']}_{variant}"
                 zeros = str(pruned_nonzero(Path(root) / f"sparse_seed{seed}", tag))
             print(f"| {seed} | {variant} | {cells[0]} | {cells[1]} | {zeros} |")
+    print_paired_differences(accuracies)
     print_stage_densities(root)
 
 
