@@ -63,8 +63,8 @@ def print_stage_densities(root: str) -> None:
 
 def seeds_in(root: str) -> list[int]:
     """The seeds with a workdir on either path under `root`, in order."""
-    return sorted({int(path.name.rsplit("_seed", 1)[1]) for path in Path(root).glob("*_seed*")
-                   if path.name.rsplit("_seed", 1)[1].isdigit()})
+    suffixes = (path.name.rsplit("_seed", 1)[1] for path in Path(root).glob("*_seed*"))
+    return sorted({int(suffix) for suffix in suffixes if suffix.isdigit()})
 
 
 def print_paired_differences(accuracies: dict) -> None:

@@ -53,6 +53,8 @@ def resumed_conv_impl(record: dict) -> str:
     if record["conv_impl"] == "sparse" and "sparse_routing" not in record:
         return SPARSE_XLA_SHORTCUTS
     return record["conv_impl"]
+
+
 _SOURCE = "conv3x3_cpu.cc"
 _TARGETS = (("lottery_kd_conv3x3_forward", "LotteryKdConv3x3Forward"),
             ("lottery_kd_conv3x3_filter_grad", "LotteryKdConv3x3FilterGrad"))
