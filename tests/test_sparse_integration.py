@@ -72,7 +72,8 @@ def test_a_sparse_study_scores_and_grows_with_its_dense_twin(tmp_path):
     study = Study(config, tmp_path, log=lambda *_: None, record=False)
     assert study.dense_model is not study.model
     assert study.trainer.dense_model is study.dense_model
-    assert study.dense_model.conv.keywords["conv_impl"] == "native"
+    # the twin keeps the shortcut routing it always had (conv3x3.CONV_ROUTING)
+    assert study.dense_model.conv.keywords["conv_impl"] == "native-xla-shortcuts"
 
 
 def test_a_relaunch_switches_conv_impl_for_the_next_runs_never_halfway(tmp_path):
@@ -121,13 +122,14 @@ def test_sparse_runs_the_name_padded_shortcuts_on_the_kernel_and_the_legacy_valu
 
 
 def test_a_run_started_before_the_shortcut_routing_resumes_with_its_shortcuts_on_xla(tmp_path):
-    """A resume checkpoint written on "sparse" without SPARSE_ROUTING comes from the code that
-    left the shortcuts to XLA: the run finishes that way (its arithmetic never changes halfway);
-    one written with it, and a run not yet started, take "sparse" as it is now."""
+    """A resume checkpoint written on "sparse" without a routing comes from the code that left
+    the shortcuts to XLA: the run finishes that way (its arithmetic never changes halfway); one
+    written at routing 2 ("sparse_routing") or later, and a run not yet started, take "sparse"
+    as it is now."""
     import json
 
     from experiments import cifar10_resnet20
-    from lottery_kd.kernels.conv3x3 import SPARSE_ROUTING, SPARSE_XLA_SHORTCUTS
+    from lottery_kd.kernels.conv3x3 import CONV_ROUTING, SPARSE_XLA_SHORTCUTS
     from lottery_kd.study.study import Study
     config = cifar10_resnet20.get_config()
     config.data.name, config.data.validation_size = "digits", 0
@@ -140,7 +142,9 @@ def test_a_run_started_before_the_shortcut_routing_resumes_with_its_shortcuts_on
         (meta / "metadata").write_text(json.dumps({"fingerprint": fingerprint}))
 
     resume_checkpoint("level_0_dense", {"conv_impl": "sparse"})
-    resume_checkpoint("level_1_lt", {"conv_impl": "sparse", "sparse_routing": SPARSE_ROUTING})
+    resume_checkpoint("level_1_lt", {"conv_impl": "sparse", "sparse_routing": 2})
+    resume_checkpoint("level_1_kd_rewind", {"conv_impl": "sparse", "conv_routing": CONV_ROUTING})
     assert study.run_conv_impl("level_0_dense") == SPARSE_XLA_SHORTCUTS
     assert study.run_conv_impl("level_1_lt") == "sparse"
+    assert study.run_conv_impl("level_1_kd_rewind") == "sparse"
     assert study.run_conv_impl("level_1_kd") == "sparse"

@@ -32,27 +32,54 @@ from lottery_kd.kernels import build
 from lottery_kd.kernels.build import NativeKernelError  # noqa: F401  (re-exported)
 
 CONV_IMPLS: tuple[str, ...] = ("auto", "xla", "native", "sparse")
-# "sparse" as it ran before SPARSE_ROUTING 2: the convolutions padded by name ('SAME', as
-# flax.linen.Conv pads the 1x1 projection shortcuts) went to XLA, whose 1x1 filter gradient took
-# 45-50 ms of a 425-580 ms ResNet-20 step on a Zen 1 EPYC. Not a config value: a run that started
-# on it resumes on it (study.Study.run_conv_impl), so its arithmetic never changes halfway.
-SPARSE_XLA_SHORTCUTS = "sparse-xla-shortcuts"
+# How the convolutions that flax pads by name ('SAME': the 1x1 projection shortcuts) are routed,
+# by generation. A run records the generation it started on (execution_record) and resumes on it
+# (resumed_conv_impl, study.Study.run_conv_impl), so its arithmetic never changes halfway; the
+# older routings are execution values a resume may take, never config values.
+#   1: on XLA on every path. XLA's 1x1 stride-2 filter gradient took 22-31 ms a shortcut of a
+#      ResNet-20 step on a Zen 1 EPYC (45-50 ms of 425-580), 4-5 ms of ~112 on an AVX-512 EPYC.
+#   2 (2026-12-03): "sparse" runs them on the masked kernel.
+#   3 (2026-12-04): "native", and "auto" where it runs the native kernel, run them as a strided
+#      slice and a matmul (_pointwise_conv): 4-5 ms where XLA's took 26-36, differentiable to
+#      every order (GraSP).
+CONV_ROUTING = 3
+SPARSE_XLA_SHORTCUTS = "sparse-xla-shortcuts"  # "sparse" at routing 1
+NATIVE_XLA_SHORTCUTS = "native-xla-shortcuts"  # "native" at routings 1-2
+AUTO_XLA_SHORTCUTS = "auto-xla-shortcuts"  # "auto" at routings 1-2
+XLA_SHORTCUTS: dict[str, str] = {SPARSE_XLA_SHORTCUTS: "sparse", NATIVE_XLA_SHORTCUTS: "native",
+                                 AUTO_XLA_SHORTCUTS: "auto"}
 SPARSE_IMPLS: tuple[str, ...] = ("sparse", SPARSE_XLA_SHORTCUTS)
-SPARSE_ROUTING = 2  # recorded with each run on "sparse" (absent: SPARSE_XLA_SHORTCUTS)
+
+
+def base_conv_impl(conv_impl: str) -> str:
+    """The config value an execution value runs as, routing aside ("native-xla-shortcuts" ->
+    "native")."""
+    return XLA_SHORTCUTS.get(conv_impl, conv_impl)
+
+
+def dense_twin_impl(conv_impl: str) -> str:
+    """The conv_impl of a sparse model's dense twin (what needs gradients at pruned weights):
+    the dense kernels, with the shortcuts on XLA as the twin always ran them (routing 3 left the
+    twin alone, so no sparse run's RigL growth changes arithmetic halfway)."""
+    return NATIVE_XLA_SHORTCUTS
 
 
 def execution_record(conv_impl: str) -> dict:
     """What a run's resume checkpoints record of how it computes (read by resumed_conv_impl)."""
-    return {"conv_impl": conv_impl,
-            **({"sparse_routing": SPARSE_ROUTING} if conv_impl == "sparse" else {})}
+    return {"conv_impl": conv_impl, "conv_routing": CONV_ROUTING}
 
 
 def resumed_conv_impl(record: dict) -> str:
-    """The conv_impl a run resumes on, from its checkpoint's execution_record: a "sparse" run
-    recorded before SPARSE_ROUTING existed resumes on the routing it began with."""
-    if record["conv_impl"] == "sparse" and "sparse_routing" not in record:
+    """The conv_impl a run resumes on, from its checkpoint's execution_record: a run recorded
+    before the routing it would get now resumes on the routing it began with (CONV_ROUTING).
+    Checkpoints of routing 2 recorded only "sparse_routing" (on "sparse" runs)."""
+    conv_impl = record["conv_impl"]
+    routing = record.get("conv_routing", record.get("sparse_routing", 1))
+    if conv_impl == "sparse" and routing < 2:
         return SPARSE_XLA_SHORTCUTS
-    return record["conv_impl"]
+    if conv_impl in ("native", "auto") and routing < 3:
+        return {"native": NATIVE_XLA_SHORTCUTS, "auto": AUTO_XLA_SHORTCUTS}[conv_impl]
+    return conv_impl
 
 
 _SOURCE = "conv3x3_cpu.cc"
@@ -166,14 +193,16 @@ def make_conv_general_dilated(conv_impl: str) -> Callable[..., jnp.ndarray] | No
     NativeKernelError now if it cannot be built, JAX is not on CPU, or there are several devices
     (the kernel is an opaque custom call: XLA's SPMD partitioner would gather the sharded batch
     onto every device). "auto" -> the kernel on a single CPU device when it builds, else XLA.
-    SPARSE_XLA_SHORTCUTS (resumed runs only) -> "sparse" with name-padded convolutions on XLA.
+    The XLA_SHORTCUTS values (resumed runs only) -> their config value with the convolutions
+    padded by name on XLA (CONV_ROUTING).
     """
-    if conv_impl not in CONV_IMPLS + SPARSE_IMPLS:
+    if conv_impl not in CONV_IMPLS + tuple(XLA_SHORTCUTS):
         raise ValueError(f"model.conv_impl={conv_impl!r} is invalid: allowed: "
                          f"{', '.join(CONV_IMPLS)}")
-    if conv_impl == "xla":
+    base = base_conv_impl(conv_impl)
+    if base == "xla":
         return None
-    if conv_impl in ("native", *SPARSE_IMPLS):
+    if base in ("native", "sparse"):
         if jax.default_backend() != "cpu":
             raise NativeKernelError(f"model.conv_impl={conv_impl!r} is a CPU kernel, but JAX runs "
                                     f"on {jax.default_backend()}; use 'auto' or 'xla'")
@@ -183,7 +212,7 @@ def make_conv_general_dilated(conv_impl: str) -> Callable[..., jnp.ndarray] | No
                 f"{jax.device_count()}: XLA's partitioner cannot split the kernel over a sharded "
                 "batch; use 'auto' (XLA's convolution there) or 'xla'")
         ok, reason = _load()
-        if ok and conv_impl in SPARSE_IMPLS:
+        if ok and base == "sparse":
             from lottery_kd.kernels import sparse_conv
             ok, reason = sparse_conv._load()
         if not ok:
@@ -195,6 +224,7 @@ def native_enabled(conv_impl: str) -> bool:
     """Whether `conv_impl` sends the 3x3 convolutions it covers to the kernel here: "native"
     always (make_conv_general_dilated has checked it can), "auto" on a single CPU device when
     the kernel builds, "xla" never. The one rule the dispatch and the study's record share."""
+    conv_impl = base_conv_impl(conv_impl)
     if conv_impl == "xla":
         return False
     if conv_impl == "auto" and not build.single_cpu_device():
@@ -229,28 +259,39 @@ def _sparse_padding(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilatio
     return next(iter(pads))
 
 
+def _pointwise_conv(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
+                    precision: Any = None) -> jnp.ndarray:
+    """An unpadded NHWC 1x1 convolution as a strided slice and a matmul: XLA's CPU convolution
+    took 26-36 ms for the 1x1 stride-2 filter gradient of a ResNet-20 shortcut that its matmul
+    does in 4-5 ms (Zen 1). Plain JAX, so differentiable to every order."""
+    x = x[:, ::stride, ::stride, :]
+    n, h, w, c = x.shape
+    y = jnp.matmul(x.reshape(n * h * w, c), kernel.reshape(c, -1), precision=precision)
+    return y.reshape(n, h, w, -1)
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None,
                          *, conv_impl: str = "auto", **kwargs: Any) -> jnp.ndarray:
-    """`lax.conv_general_dilated`, routed to the native 3x3 kernel where it applies, or with
-    conv_impl="sparse" to the masked kernel, whose mask is the kernel's nonzeros: the training
-    step hands the model params * masks, so the zeros are the pruned weights (an unpruned weight
-    that is exactly 0.0 gets no gradient; the dense paths are for what needs one everywhere)."""
-    if conv_impl in SPARSE_IMPLS and not kwargs:
-        pad = _sparse_padding(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                              dimension_numbers, feature_group_count,
-                              by_name=conv_impl == "sparse")
+    """`lax.conv_general_dilated`, routed to the native 3x3 kernel where it applies (and the
+    unpadded 1x1 convolutions to a matmul, CONV_ROUTING 3), or with conv_impl="sparse" to the
+    masked kernel, whose mask is the kernel's nonzeros: the training step hands the model
+    params * masks, so the zeros are the pruned weights (an unpruned weight that is exactly 0.0
+    gets no gradient; the dense paths are for what needs one everywhere)."""
+    base, old_routing = base_conv_impl(conv_impl), conv_impl in XLA_SHORTCUTS
+    args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count)
+    if base == "sparse" and not kwargs:
+        pad = _sparse_padding(*args, by_name=not old_routing)
         if pad is not None:
             from lottery_kd.kernels import sparse_conv
             return sparse_conv.masked_conv(lhs, rhs, rhs != 0, int(window_strides[0]), pad)
-    use_native = (
-        not kwargs
-        and _native_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                            dimension_numbers, feature_group_count)
-        and native_enabled(conv_impl)
-    )
-    if use_native:
-        return conv3x3(lhs, rhs, int(window_strides[0]))
+    if not kwargs and native_enabled(base):
+        if _native_applies(*args):
+            return conv3x3(lhs, rhs, int(window_strides[0]))
+        if base != "sparse" and not old_routing and rhs.shape[0] == 1 \
+                and _sparse_padding(*args) == 0:
+            return _pointwise_conv(lhs, rhs, int(window_strides[0]), precision)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, precision=precision,
                                     **kwargs)

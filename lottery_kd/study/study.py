@@ -21,8 +21,8 @@ from lottery_kd.config import identity, protocols
 from lottery_kd.config.identity import config_digest
 from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.kernels.build import NativeKernelError
-from lottery_kd.kernels.conv3x3 import (SPARSE_IMPLS, execution_record, native_enabled,
-                                      resumed_conv_impl)
+from lottery_kd.kernels.conv3x3 import (SPARSE_IMPLS, dense_twin_impl, execution_record,
+                                      native_enabled, resumed_conv_impl)
 from lottery_kd.models import flops as flops_lib, get_model
 from lottery_kd.runtime.environment import read_starts, record_start
 from lottery_kd.runtime.parallel import DataParallel
@@ -133,7 +133,7 @@ class Study:
             model = build(precision_lib.conv_impl_for(conv_impl, config.train.precision))
         except NativeKernelError as error:
             raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
-        return model, (build("native") if conv_impl in SPARSE_IMPLS else model)
+        return model, (build(dense_twin_impl(conv_impl)) if conv_impl in SPARSE_IMPLS else model)
 
     def make_trainer(self, data, conv_impl: Optional[str] = None) -> Trainer:
         """A trainer with this study's model, optimizer, distillation and device layout, over
@@ -152,7 +152,7 @@ class Study:
     def run_conv_impl(self, tag: str) -> str:
         """The conv_impl run `tag` trains on: the one its resume checkpoints were written on (a
         run never switches paths halfway; checkpoints from before this was recorded: the
-        previous start's; "sparse" from before SPARSE_ROUTING: SPARSE_XLA_SHORTCUTS), else this
+        previous start's; on the shortcut routing they began with, conv3x3.CONV_ROUTING), else this
         launch's model.conv_impl."""
         store = self.paths.resume(tag)
         steps = sorted((int(p.name) for p in store.iterdir() if p.name.isdigit()),
@@ -162,7 +162,8 @@ class Study:
             if fingerprint is not None:
                 if "conv_impl" not in fingerprint:
                     starts = read_starts(self.workdir)
-                    return starts[-2].get("conv_impl", "auto") if len(starts) > 1 else "auto"
+                    previous = starts[-2].get("conv_impl", "auto") if len(starts) > 1 else "auto"
+                    return resumed_conv_impl({"conv_impl": previous})
                 return resumed_conv_impl(fingerprint)
         return self.config.model.conv_impl
 

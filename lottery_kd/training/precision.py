@@ -65,4 +65,5 @@ def conv_impl_for(conv_impl: str, precision: str) -> str:
     native kernels are float32-only); every other value as given (validation refuses
     native/sparse with bfloat16)."""
     check(precision)
-    return "xla" if precision == BFLOAT16 and conv_impl == "auto" else conv_impl
+    auto = conv_impl in ("auto", "auto-xla-shortcuts")  # the latter: resumed, conv3x3.CONV_ROUTING
+    return "xla" if precision == BFLOAT16 and auto else conv_impl
