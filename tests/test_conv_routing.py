@@ -103,6 +103,15 @@ def test_a_native_study_resumes_its_run_on_the_shortcut_routing_it_began_with(tm
     assert study.run_conv_impl("level_1_lt") == "native"
     assert study.run_conv_impl("level_1_kd") == conv_lib.AUTO_XLA_SHORTCUTS
     assert study.run_conv_impl("level_1_kd_rewind") == "native"
+    # an analysis copy (LMC, bootstrap) from before the record ran at routing 2
+    copy = tmp_path / "lmc" / "checkpoints" / "k19_copy1"
+    assert study.copy_conv_impl(copy) == "native"
+    meta = copy / "7" / "meta"
+    meta.mkdir(parents=True)
+    (meta / "metadata").write_text(json.dumps({"fingerprint": {"model": "resnet20"}}))
+    assert study.copy_conv_impl(copy) == conv_lib.NATIVE_XLA_SHORTCUTS
+    (meta / "metadata").write_text(json.dumps({"fingerprint": conv_lib.execution_record("xla")}))
+    assert study.copy_conv_impl(copy) == "xla"
     trainer = study.make_trainer(study.data, conv_lib.NATIVE_XLA_SHORTCUTS)
     assert trainer.model.conv.keywords["conv_impl"] == conv_lib.NATIVE_XLA_SHORTCUTS
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from lottery_kd.analysis import bootstrap, curves, lmc
+from lottery_kd.kernels import conv3x3
 from lottery_kd.study import lottery
+from lottery_kd.study.checkpoints import read_fingerprint
 from tests.analysis_helpers import _beside, _captured, _png_size
 
 
@@ -65,9 +67,9 @@ def test_lmc_on_digits_gives_barriers_for_rewind_0_and_a_later_step(studies, lmc
     # A ticket with KD, its two copies on the data orders seed+1 and seed+2 ...
     data_seeds, original = [], lmc.LinearModeConnectivity._trainer
 
-    def record(self, data_seed):
+    def record(self, data_seed, conv_impl):
         data_seeds.append(data_seed)
-        return original(self, data_seed)
+        return original(self, data_seed, conv_impl)
 
     monkeypatch.setattr(lmc.LinearModeConnectivity, "_trainer", record)
     ticket = lmc.run_sweep(first, ["1ep"], tmp_path / "ticket", ticket="level_2_kd",
@@ -96,8 +98,7 @@ def test_lmc_spawns_from_the_studys_cross_entropy_trajectory_even_with_distill(s
     k = plain.plan.rewind_step
     rewind = plain.run.load_snapshot("rewind")
     init = plain.run.load_snapshot("init")
-    retrained = plain._fit(plain.run.trainer, init, init["masks"], 0, k, "check", tmp_path,
-                           distill=False)
+    retrained = plain._fit(None, init, init["masks"], 0, k, "check", tmp_path, distill=False)
     for a, b in zip(jax.tree.leaves(retrained.state.params), jax.tree.leaves(rewind["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for a, b in zip(jax.tree.leaves(distilled.spawn_point(k, tmp_path)["params"]),
@@ -115,18 +116,22 @@ def test_a_killed_lmc_sweep_resumes_inside_its_copy_and_ends_as_an_uninterrupted
     fits = []
     original = lmc.LinearModeConnectivity._fit
 
-    def crash_on_the_second_copy(self, trainer, start, masks, start_step, num_steps, tag, out,
+    def crash_on_the_second_copy(self, data_seed, start, masks, start_step, num_steps, tag, out,
                                  **kwargs):
         fits.append(tag)
         if tag.endswith("copy2") and len(fits) == 2:
             raise KeyboardInterrupt  # a kill after copy 1 was trained and checkpointed
-        return original(self, trainer, start, masks, start_step, num_steps, tag, out, **kwargs)
+        return original(self, data_seed, start, masks, start_step, num_steps, tag, out, **kwargs)
 
     monkeypatch.setattr(lmc.LinearModeConnectivity, "_fit", crash_on_the_second_copy)
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         lmc.run_sweep(first, ["1ep"], out, points=5, log=lambda *_: None)
-    assert (out / "checkpoints" / "k19_copy1").is_dir()
+    copy1 = out / "checkpoints" / "k19_copy1"
+    recorded = [read_fingerprint(p) for p in copy1.iterdir() if p.name.isdigit()]
+    assert recorded and all(  # the path it trained on, which a resume keeps
+        f["conv_impl"] == json.loads((first / "config.json").read_text())["model"]["conv_impl"]
+        and f["conv_routing"] == conv3x3.CONV_ROUTING for f in recorded)
     with pytest.raises(ValueError, match="other settings"):  # --out is claimed already
         lmc.run_sweep(first, ["1ep"], out, points=5, distill=True, log=lambda *_: None)
     resumed = lmc.run_sweep(first, ["1ep"], out, points=5, log=lambda *_: None)

@@ -37,6 +37,7 @@ from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.study.checkpoints import CheckpointError, quiet_failed_restores
 from lottery_kd.data import Dataset, load_dataset
 from lottery_kd.data.inputs import InputData
+from lottery_kd.kernels.conv3x3 import execution_record
 from lottery_kd.config import parse_names
 from lottery_kd.analysis.sweep import (check_out, check_teacher, measure_missing,
                                       open_study)
@@ -78,16 +79,17 @@ class DeepBootstrap:
         self.real, self.ideal = split_worlds(dataset, real_size)
         self.batch_size = config.train.batch_size
         self.log = log
-        self._trainers: dict[str, Trainer] = {}
+        self._trainers: dict[tuple[str, str], Trainer] = {}
 
-    def _trainer(self, name: str, dataset) -> Trainer:
-        """One trainer per world, kept: its steps compile once for every comparison."""
-        if name not in self._trainers:
-            self._trainers[name] = self.run.make_trainer(InputData.from_dataset(
+    def _trainer(self, name: str, dataset, conv_impl: str) -> Trainer:
+        """One trainer per world and conv_impl, kept: its steps compile once for every
+        comparison."""
+        if (name, conv_impl) not in self._trainers:
+            self._trainers[(name, conv_impl)] = self.run.make_trainer(InputData.from_dataset(
                 dataset, seed=self.run.config.seed,
                 eval_batch_size=self.run.config.data.eval_batch_size,
-                device_count=self.run.parallel.device_count))
-        return self._trainers[name]
+                device_count=self.run.parallel.device_count), conv_impl)
+        return self._trainers[(name, conv_impl)]
 
     def max_steps(self) -> int:
         """Steps the fresh (ideal-world) stream allows without repeating an example."""
@@ -100,7 +102,9 @@ class DeepBootstrap:
         curve so far are checkpointed at every evaluation point under out/checkpoints: a killed
         run goes on from the last one (the batch at a step is pure in the step, so it ends as an
         uninterrupted run would)."""
-        trainer = self._trainer(name, dataset)
+        store = out / "checkpoints" / f"{tag}_{name}"
+        conv_impl = self.run.copy_conv_impl(store)  # the path a killed run started on
+        trainer = self._trainer(name, dataset, conv_impl)
         init = self.run.load_snapshot("init")
         state = trainer.init_state(init["params"], init["batch_stats"], masks, 0)
         masks = self.run.parallel.replicate(masks)
@@ -109,8 +113,9 @@ class DeepBootstrap:
         outputs = RunOutputs.open(f"[bootstrap {tag} {name}]",
                                   progress_mode=self.run.config.log.progress,
                                   tensorboard=out / "tensorboard" / f"{tag}_{name}",
-                                  resume=out / "checkpoints" / f"{tag}_{name}", keep=2,
-                                  fingerprint=self.run.fingerprint, log=self.log)
+                                  resume=store, keep=2, log=self.log,
+                                  fingerprint={**self.run.fingerprint,
+                                               **execution_record(conv_impl)})
         progress, writer, resume = outputs.progress, outputs.writer, outputs.resume
         try:
             curve: list[dict] = []

@@ -52,6 +52,7 @@ from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.study.checkpoints import CheckpointError, quiet_failed_restores
 from lottery_kd.analysis.sweep import check_out, check_teacher, measure_missing, open_study
 from lottery_kd.data.inputs import input_data_from_config
+from lottery_kd.kernels.conv3x3 import execution_record
 from lottery_kd.study.results import write_atomic
 from lottery_kd.training.run_setup import RunOutputs
 from lottery_kd.training.trainer import Trainer
@@ -83,25 +84,32 @@ class LinearModeConnectivity:
         self.masks = (self.run.load_existing(ticket, "--ticket")["masks"] if ticket
                       else init["masks"])
         self.plan = self.run.plan
-        self._trainers: dict[int, Trainer] = {}
+        self._trainers: dict[tuple[Optional[int], str], Trainer] = {}
 
-    def _trainer(self, data_seed: int) -> Trainer:
-        """A trainer identical to the study's but for its data order (seed); kept, so that
-        its steps compile once for every rewind point of a sweep."""
-        if data_seed not in self._trainers:
-            self._trainers[data_seed] = self.run.make_trainer(input_data_from_config(
+    def _trainer(self, data_seed: Optional[int], conv_impl: str) -> Trainer:
+        """A trainer identical to the study's but for its data order (seed; None: the study's
+        own) and its conv_impl; kept, so that its steps compile once for every rewind point."""
+        key = (data_seed, conv_impl)
+        if key not in self._trainers:
+            data = self.run.data if data_seed is None else input_data_from_config(
                 self.run.config.data, seed=data_seed,
-                device_count=self.run.parallel.device_count))
-        return self._trainers[data_seed]
+                device_count=self.run.parallel.device_count)
+            self._trainers[key] = self.run.make_trainer(data, conv_impl)
+        return self._trainers[key]
 
-    def _fit(self, trainer: Trainer, start: PyTree, masks: PyTree, start_step: int,
+    def _fit(self, data_seed: Optional[int], start: PyTree, masks: PyTree, start_step: int,
              num_steps: int, tag: str, out: Path, *, distill: bool):
         # checkpointed every epoch under --out: a killed sweep resumes inside the copy it was
-        # training (lmc.json pins --out to one study and one set of settings)
+        # training (lmc.json pins --out to one study and one set of settings), on the path it
+        # started on (Study.copy_conv_impl)
+        store = out / "checkpoints" / tag
+        conv_impl = self.run.copy_conv_impl(store)
+        trainer = self._trainer(data_seed, conv_impl)
         outputs = RunOutputs.open(f"[lmc {tag}]", progress_mode=self.run.config.log.progress,
-                                  tensorboard=out / "tensorboard" / tag,
-                                  resume=out / "checkpoints" / tag, keep=2,
-                                  fingerprint=self.run.fingerprint, log=self.log)
+                                  tensorboard=out / "tensorboard" / tag, resume=store, keep=2,
+                                  fingerprint={**self.run.fingerprint,
+                                               **execution_record(conv_impl)},
+                                  log=self.log)
         sparsity = masks_lib.sparsity(masks, self.run.scope)
         try:
             return trainer.fit(
@@ -147,8 +155,8 @@ class LinearModeConnectivity:
             return init
         if rewind_step == self.plan.rewind_step and self.run.snapshots.exists("rewind"):
             return self.run.load_snapshot("rewind")
-        fit = self._fit(self.run.trainer, init, init["masks"], 0, rewind_step,
-                        f"spawn_{rewind_step}", out, distill=False)
+        fit = self._fit(None, init, init["masks"], 0, rewind_step, f"spawn_{rewind_step}", out,
+                        distill=False)
         return {"params": fit.state.params, "batch_stats": fit.state.batch_stats}
 
     def measure(self, rewind_step: int, out: Path, points: int = 11) -> dict:
@@ -158,9 +166,9 @@ class LinearModeConnectivity:
         start = self.spawn_point(rewind_step, out)
         ends = []
         for copy in (1, 2):
-            trainer = self._trainer(self.run.config.seed + copy)
-            fit = self._fit(trainer, start, self.masks, rewind_step, total - rewind_step,
-                            f"k{rewind_step}_copy{copy}", out, distill=self.distill)
+            fit = self._fit(self.run.config.seed + copy, start, self.masks, rewind_step,
+                            total - rewind_step, f"k{rewind_step}_copy{copy}", out,
+                            distill=self.distill)
             ends.append(fit)
         alphas = [i / (points - 1) for i in range(points)]
         errors, losses = [], []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import jax
@@ -154,17 +155,27 @@ class Study:
         run never switches paths halfway; checkpoints from before this was recorded: the
         previous start's; on the shortcut routing they began with, conv3x3.CONV_ROUTING), else this
         launch's model.conv_impl."""
-        store = self.paths.resume(tag)
+        starts = read_starts(self.workdir)
+        previous = starts[-2].get("conv_impl", "auto") if len(starts) > 1 else "auto"
+        return self.conv_impl_at(self.paths.resume(tag), resumed_conv_impl({"conv_impl": previous}))
+
+    def copy_conv_impl(self, store: Path) -> str:
+        """The conv_impl an analysis tool's copy (LMC, bootstrap) with resume checkpoints in
+        `store` trains on: the recorded one; a copy from before the record ran on the study's
+        model.conv_impl at shortcut routing 2, the last without it."""
+        before = resumed_conv_impl({"conv_impl": self.config.model.conv_impl, "conv_routing": 2})
+        return self.conv_impl_at(store, before)
+
+    def conv_impl_at(self, store: Path, unrecorded: str) -> str:
+        """The conv_impl of the newest resume checkpoint in `store` that has a fingerprint
+        (resumed_conv_impl of its execution_record; `unrecorded` if it predates that record), or
+        model.conv_impl where there is none."""
         steps = sorted((int(p.name) for p in store.iterdir() if p.name.isdigit()),
                        reverse=True) if store.is_dir() else []
         for step in steps:
             fingerprint = read_fingerprint(store / str(step))
             if fingerprint is not None:
-                if "conv_impl" not in fingerprint:
-                    starts = read_starts(self.workdir)
-                    previous = starts[-2].get("conv_impl", "auto") if len(starts) > 1 else "auto"
-                    return resumed_conv_impl({"conv_impl": previous})
-                return resumed_conv_impl(fingerprint)
+                return resumed_conv_impl(fingerprint) if "conv_impl" in fingerprint else unrecorded
         return self.config.model.conv_impl
 
     @classmethod
