@@ -46,6 +46,10 @@ CONV_ROUTING = 3
 SPARSE_XLA_SHORTCUTS = "sparse-xla-shortcuts"  # "sparse" at routing 1
 NATIVE_XLA_SHORTCUTS = "native-xla-shortcuts"  # "native" at routings 1-2
 AUTO_XLA_SHORTCUTS = "auto-xla-shortcuts"  # "auto" at routings 1-2
+# A sparse model's dense twin (what needs gradients at pruned weights: RigL's growth, SNIP,
+# GraSP): the dense kernels with the shortcuts on XLA, as the twin always ran them, so routing 3
+# changes no sparse run's arithmetic halfway.
+DENSE_TWIN_IMPL = NATIVE_XLA_SHORTCUTS
 XLA_SHORTCUTS: dict[str, str] = {SPARSE_XLA_SHORTCUTS: "sparse", NATIVE_XLA_SHORTCUTS: "native",
                                  AUTO_XLA_SHORTCUTS: "auto"}
 SPARSE_IMPLS: tuple[str, ...] = ("sparse", SPARSE_XLA_SHORTCUTS)
@@ -55,13 +59,6 @@ def base_conv_impl(conv_impl: str) -> str:
     """The config value an execution value runs as, routing aside ("native-xla-shortcuts" ->
     "native")."""
     return XLA_SHORTCUTS.get(conv_impl, conv_impl)
-
-
-def dense_twin_impl(conv_impl: str) -> str:
-    """The conv_impl of a sparse model's dense twin (what needs gradients at pruned weights):
-    the dense kernels, with the shortcuts on XLA as the twin always ran them (routing 3 left the
-    twin alone, so no sparse run's RigL growth changes arithmetic halfway)."""
-    return NATIVE_XLA_SHORTCUTS
 
 
 def execution_record(conv_impl: str) -> dict:

@@ -22,7 +22,7 @@ from lottery_kd.config import identity, protocols
 from lottery_kd.config.identity import config_digest
 from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.kernels.build import NativeKernelError
-from lottery_kd.kernels.conv3x3 import (SPARSE_IMPLS, dense_twin_impl, execution_record,
+from lottery_kd.kernels.conv3x3 import (DENSE_TWIN_IMPL, SPARSE_IMPLS, execution_record,
                                       native_enabled, resumed_conv_impl)
 from lottery_kd.models import flops as flops_lib, get_model
 from lottery_kd.runtime.environment import read_starts, record_start
@@ -134,7 +134,7 @@ class Study:
             model = build(precision_lib.conv_impl_for(conv_impl, config.train.precision))
         except NativeKernelError as error:
             raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
-        return model, (build(dense_twin_impl(conv_impl)) if conv_impl in SPARSE_IMPLS else model)
+        return model, (build(DENSE_TWIN_IMPL) if conv_impl in SPARSE_IMPLS else model)
 
     def make_trainer(self, data, conv_impl: Optional[str] = None) -> Trainer:
         """A trainer with this study's model, optimizer, distillation and device layout, over
@@ -153,7 +153,7 @@ class Study:
     def run_conv_impl(self, tag: str) -> str:
         """The conv_impl run `tag` trains on: the one its resume checkpoints were written on (a
         run never switches paths halfway; checkpoints from before this was recorded: the
-        previous start's; on the shortcut routing they began with, conv3x3.CONV_ROUTING), else this
+        previous start's), on the shortcut routing it began with (conv3x3.CONV_ROUTING), else this
         launch's model.conv_impl."""
         starts = read_starts(self.workdir)
         previous = starts[-2].get("conv_impl", "auto") if len(starts) > 1 else "auto"
