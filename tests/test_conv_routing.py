@@ -4,8 +4,6 @@ the routing it started on."""
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +12,7 @@ from jax import lax
 
 from lottery_kd.kernels import conv3x3 as conv_lib
 from lottery_kd.training import precision as precision_lib
+from tests.routing_helpers import routing_study, write_fingerprint
 
 pytestmark = pytest.mark.skipif(
     not conv_lib.native_available() and conv_lib._compiler() is None,
@@ -84,21 +83,10 @@ def test_a_run_resumes_on_the_routing_its_checkpoints_record(record, resumes_on)
 def test_a_native_study_resumes_its_run_on_the_shortcut_routing_it_began_with(tmp_path):
     """A resume checkpoint from before routing 3 finishes its run with the shortcuts on XLA;
     one from older code without any record resumes on its start's conv_impl, routed as then."""
-    from experiments import cifar10_resnet20
-    from lottery_kd.study.study import Study
-    config = cifar10_resnet20.get_config()
-    config.data.name, config.data.validation_size = "digits", 0
-    config.model.conv_impl = "native"
-    study = Study(config, tmp_path, log=lambda *_: None, record=False)
-
-    def resume_checkpoint(tag, fingerprint):
-        meta = study.paths.resume(tag) / "100" / "meta"
-        meta.mkdir(parents=True)
-        (meta / "metadata").write_text(json.dumps({"fingerprint": fingerprint}))
-
-    resume_checkpoint("level_0_dense", {"conv_impl": "native"})
-    resume_checkpoint("level_1_lt", conv_lib.execution_record("native"))
-    resume_checkpoint("level_1_kd", {})  # written before conv_impl was recorded
+    study = routing_study(tmp_path, "native")
+    write_fingerprint(study.paths.resume("level_0_dense"), {"conv_impl": "native"})
+    write_fingerprint(study.paths.resume("level_1_lt"), conv_lib.execution_record("native"))
+    write_fingerprint(study.paths.resume("level_1_kd"), {})  # from before conv_impl was recorded
     assert study.run_conv_impl("level_0_dense") == conv_lib.NATIVE_XLA_SHORTCUTS
     assert study.run_conv_impl("level_1_lt") == "native"
     assert study.run_conv_impl("level_1_kd") == conv_lib.AUTO_XLA_SHORTCUTS
@@ -106,11 +94,9 @@ def test_a_native_study_resumes_its_run_on_the_shortcut_routing_it_began_with(tm
     # an analysis copy (LMC, bootstrap) from before the record ran at routing 2
     copy = tmp_path / "lmc" / "checkpoints" / "k19_copy1"
     assert study.copy_conv_impl(copy) == "native"
-    meta = copy / "7" / "meta"
-    meta.mkdir(parents=True)
-    (meta / "metadata").write_text(json.dumps({"fingerprint": {"model": "resnet20"}}))
+    write_fingerprint(copy, {"model": "resnet20"}, step=7)
     assert study.copy_conv_impl(copy) == conv_lib.NATIVE_XLA_SHORTCUTS
-    (meta / "metadata").write_text(json.dumps({"fingerprint": conv_lib.execution_record("xla")}))
+    write_fingerprint(copy, conv_lib.execution_record("xla"), step=7)
     assert study.copy_conv_impl(copy) == "xla"
     trainer = study.make_trainer(study.data, conv_lib.NATIVE_XLA_SHORTCUTS)
     assert trainer.model.conv.keywords["conv_impl"] == conv_lib.NATIVE_XLA_SHORTCUTS

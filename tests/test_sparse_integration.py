@@ -11,6 +11,7 @@ from lottery_kd.models import get_model
 from lottery_kd.sparsity import masks as masks_lib, pruning
 from lottery_kd.training import optim
 from lottery_kd.training.steps import TrainState, init_variables, make_train_step
+from tests.routing_helpers import routing_study, write_fingerprint
 
 pytestmark = pytest.mark.skipif(not sparse_conv.native_available(),
                                 reason="the native masked kernel does not build here")
@@ -126,24 +127,13 @@ def test_a_run_started_before_the_shortcut_routing_resumes_with_its_shortcuts_on
     the shortcuts to XLA: the run finishes that way (its arithmetic never changes halfway); one
     written at routing 2 ("sparse_routing") or later, and a run not yet started, take "sparse"
     as it is now."""
-    import json
-
-    from experiments import cifar10_resnet20
     from lottery_kd.kernels.conv3x3 import CONV_ROUTING, SPARSE_XLA_SHORTCUTS
-    from lottery_kd.study.study import Study
-    config = cifar10_resnet20.get_config()
-    config.data.name, config.data.validation_size = "digits", 0
-    config.model.conv_impl = "sparse"
-    study = Study(config, tmp_path, log=lambda *_: None, record=False)
-
-    def resume_checkpoint(tag, fingerprint):
-        meta = study.paths.resume(tag) / "100" / "meta"
-        meta.mkdir(parents=True)
-        (meta / "metadata").write_text(json.dumps({"fingerprint": fingerprint}))
-
-    resume_checkpoint("level_0_dense", {"conv_impl": "sparse"})
-    resume_checkpoint("level_1_lt", {"conv_impl": "sparse", "sparse_routing": 2})
-    resume_checkpoint("level_1_kd_rewind", {"conv_impl": "sparse", "conv_routing": CONV_ROUTING})
+    study = routing_study(tmp_path, "sparse")
+    write_fingerprint(study.paths.resume("level_0_dense"), {"conv_impl": "sparse"})
+    write_fingerprint(study.paths.resume("level_1_lt"),
+                      {"conv_impl": "sparse", "sparse_routing": 2})
+    write_fingerprint(study.paths.resume("level_1_kd_rewind"),
+                      {"conv_impl": "sparse", "conv_routing": CONV_ROUTING})
     assert study.run_conv_impl("level_0_dense") == SPARSE_XLA_SHORTCUTS
     assert study.run_conv_impl("level_1_lt") == "sparse"
     assert study.run_conv_impl("level_1_kd_rewind") == "sparse"
