@@ -53,3 +53,21 @@ def test_tables_pair_variants_with_rendas_numbers_and_time_the_epochs(tmp_path, 
 def test_a_directory_without_a_plan_is_refused_with_what_to_pass(tmp_path):
     with pytest.raises(SystemExit, match="has no plan.json"):
         runpy.run_path(str(SCRIPT), run_name="not_main")["main"]([str(tmp_path)])
+
+
+def test_a_running_run_shows_the_path_its_resume_checkpoints_record(tmp_path, capsys):
+    """The start record holds the config value ("sparse"); a run checkpointed before the
+    shortcut routing resumes as sparse-xla-shortcuts, and the epoch table says so."""
+    from tests.routing_helpers import write_fingerprint
+    study = _study(tmp_path)
+    with open(study / "epoch_times.jsonl", "a") as f:
+        f.write(json.dumps({"level": 10, "variant": "lr_rewind", "step": 390, "steps": 390,
+                            "seconds": 70.0}) + "\n")
+    main = runpy.run_path(str(SCRIPT), run_name="not_main")["main"]
+    main([str(study)])
+    assert "| L10 lr_rewind | 1 | 70.0 | 1.40x | sparse (running) |" in capsys.readouterr().out
+    write_fingerprint(study / "checkpoints" / "resume" / "level_10_lr_rewind",
+                      {"conv_impl": "sparse"}, step=390)
+    main([str(study)])
+    assert "| L10 lr_rewind | 1 | 70.0 | 1.40x | sparse-xla-shortcuts (running) |" in \
+        capsys.readouterr().out

@@ -22,9 +22,13 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
+from lottery_kd.kernels.conv3x3 import resumed_conv_impl  # noqa: E402
 from lottery_kd.published import load  # noqa: E402
 from lottery_kd.study import jsonlines  # noqa: E402
+from lottery_kd.study.checkpoints import latest_fingerprint  # noqa: E402
 from lottery_kd.study.results import EPOCH_TIME_FIELDS, read_rows  # noqa: E402
+from lottery_kd.study.variants import snapshot_name  # noqa: E402
+from lottery_kd.study.workdir import Workdir  # noqa: E402
 
 VARIANTS = ("lt", "weight_rewind", "lr_rewind", "kd", "kd_rewind", "reinit")
 RENDA = {"lt": "rewind_to_0", "weight_rewind": "best_weight_rewinding",
@@ -86,6 +90,13 @@ def differences_table(rows: dict, plan: dict) -> None:
         print(f"| {density(level, plan['keep']):.4f} | " + " | ".join(cells) + " |")
 
 
+def unfinished_path(study: str, key: tuple[int, str], started: str) -> str:
+    """The conv_impl an unfinished run trains on: the one its resume checkpoints record (a run
+    resumes on the path it started on, e.g. sparse-xla-shortcuts), else the last start's."""
+    fingerprint = latest_fingerprint(Workdir(study).resume(snapshot_name(*key))) or {}
+    return resumed_conv_impl(fingerprint) if "conv_impl" in fingerprint else started
+
+
 def epoch_times(study: str, rows: dict, steps_per_epoch: int) -> None:
     """Median seconds per full epoch of each run (a start's partial first epoch, which also
     compiles, is left out; the median shrugs off the rare start on an epoch boundary)."""
@@ -105,7 +116,8 @@ def epoch_times(study: str, rows: dict, steps_per_epoch: int) -> None:
     for key, values in times.items():
         median = statistics.median(values)
         ratio = f"{dense / median:.2f}x" if dense else ""
-        path = rows[key]["conv_impl"] if key in rows else f"{running_path} (running)"
+        path = rows[key]["conv_impl"] if key in rows else \
+            f"{unfinished_path(study, key, running_path)} (running)"
         print(f"| L{key[0]} {key[1]} | {len(values)} | {median:.1f} | {ratio} | {path} |")
 
 

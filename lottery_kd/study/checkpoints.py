@@ -191,6 +191,19 @@ def read_fingerprint(path: str | os.PathLike) -> Optional[dict]:
     return fingerprint if isinstance(fingerprint, dict) else None
 
 
+def latest_fingerprint(store: str | os.PathLike) -> Optional[dict]:
+    """The fingerprint of the newest checkpoint in `store` (step folders) that has one, or None:
+    what a resume of that run will be checked against, and the path it trains on."""
+    store = Path(store)
+    steps = sorted((int(p.name) for p in store.iterdir() if p.name.isdigit()),
+                   reverse=True) if store.is_dir() else []
+    for step in steps:
+        fingerprint = read_fingerprint(store / str(step))
+        if fingerprint is not None:
+            return fingerprint
+    return None
+
+
 def _read_meta(path: Path, where: str) -> dict:
     import json
     meta_file = path / "meta" / "metadata"

@@ -31,7 +31,7 @@ from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.sparsity.dynamic import MaskSchedule
 from lottery_kd.sparsity.gradual import GradualPruning
 from lottery_kd.study import results, variants as variants_lib
-from lottery_kd.study.checkpoints import SnapshotCache, SnapshotStore, read_fingerprint
+from lottery_kd.study.checkpoints import SnapshotCache, SnapshotStore, latest_fingerprint
 from lottery_kd.study.variants import DENSE, snapshot_name
 from lottery_kd.study.workdir import Workdir
 from lottery_kd.study.workdir_checks import (check_batch_norm_groups, check_workdir_path,
@@ -170,13 +170,10 @@ class Study:
         """The conv_impl of the newest resume checkpoint in `store` that has a fingerprint
         (resumed_conv_impl of its execution_record; `unrecorded` if it predates that record), or
         model.conv_impl where there is none."""
-        steps = sorted((int(p.name) for p in store.iterdir() if p.name.isdigit()),
-                       reverse=True) if store.is_dir() else []
-        for step in steps:
-            fingerprint = read_fingerprint(store / str(step))
-            if fingerprint is not None:
-                return resumed_conv_impl(fingerprint) if "conv_impl" in fingerprint else unrecorded
-        return self.config.model.conv_impl
+        fingerprint = latest_fingerprint(store)
+        if fingerprint is None:
+            return self.config.model.conv_impl
+        return resumed_conv_impl(fingerprint) if "conv_impl" in fingerprint else unrecorded
 
     @classmethod
     def from_workdir(cls, workdir: str | os.PathLike, *, log=print) -> "Study":
