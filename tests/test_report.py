@@ -205,6 +205,15 @@ def test_report_names_a_directory_that_holds_no_study(tmp_path):
     assert "config.json is missing" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_study_whose_first_run_is_still_training_is_named_so_with_where_to_follow_it(
+        tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(lottery.config_to_dict(make_tiny_config())))
+    with pytest.raises(report.ReportError, match="no run has finished yet") as error:
+        report.load_run(tmp_path)
+    assert f"python -m lottery_kd.status {tmp_path}" in str(error.value)
+    assert f"tensorboard --logdir {tmp_path / 'tensorboard'}" in str(error.value)
+
+
 def test_runs_that_differ_in_seed_variants_or_oneshot_first_level_share_a_protocol():
     config = lottery.config_to_dict(make_tiny_config())
     config["prune"]["schedule"] = "oneshot"

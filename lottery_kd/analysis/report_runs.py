@@ -38,10 +38,13 @@ def load_run(directory: str | os.PathLike) -> dict:
     workdir = Workdir(directory)
     if not directory.is_dir():
         raise ReportError(f"{directory}: no such study folder; check the path")
-    for path in (workdir.config, workdir.results):
-        if not path.is_file():
-            raise ReportError(f"{directory} is not a finished or running study: {path.name} "
-                              "is missing")
+    if not workdir.config.is_file():
+        raise ReportError(f"{directory} is not a study: {workdir.config.name} is missing")
+    if not workdir.results.is_file():
+        raise ReportError(
+            f"{directory}: no run has finished yet ({workdir.results.name} is missing), so there "
+            f"is nothing to report; follow it with python -m lottery_kd.status {directory}, or "
+            f"tensorboard --logdir {workdir.tensorboard_root}")
     try:
         config = read_saved(workdir.config)
     except SavedConfigError as error:
