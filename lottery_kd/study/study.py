@@ -241,12 +241,12 @@ class Study:
             trainer = self.make_trainer(self.data, conv_impl)
         state = trainer.init_state(start["params"], start["batch_stats"], masks, start_step)
         teacher_logits = self.run_teacher_logits(tag, num_steps) if distill else None
+        kd_record = {"teacher_logits": teacher_logits} if distill else {}
         outputs = RunOutputs.open(
             f"[level {level} {variant_name}]", progress_mode=self.config.log.progress,
             tensorboard=self.paths.tensorboard(tag) if self.config.log.tensorboard else None,
             resume=self.paths.resume(tag), keep=self.config.checkpoint.keep,
-            fingerprint={**self.fingerprint, **execution_record(conv_impl),
-                         **({"teacher_logits": teacher_logits} if distill else {})},
+            fingerprint={**self.fingerprint, **execution_record(conv_impl), **kd_record},
             log=self.log, main=main)
 
         def log_scalars(step: int, row: dict) -> None:
@@ -282,8 +282,7 @@ class Study:
             outputs.close(resume=False)  # the resume store goes once the row is written
         row = self._record(level, variant_name, fit, start_step=start_step, distill=distill,
                            mask_update=mask_update,
-                           execution={"conv_impl": conv_impl,
-                                      **({"teacher_logits": teacher_logits} if distill else {})})
+                           execution={"conv_impl": conv_impl, **kd_record})
         if main:
             outputs.resume.delete_all()  # the final snapshot and the row now stand for this run
         else:
@@ -363,12 +362,12 @@ class Study:
             processes=self.parallel.process_count)
 
     def teacher_cache(self, teacher: PyTree) -> teacher_cache_lib.TeacherLogitsCache:
-        """The store of `teacher`'s logits on this study's training batches (one per teacher,
-        batch size and precision; the study's config fixes the data order)."""
+        """The store of `teacher`'s logits on this study's training batches (one per teacher; the
+        config digest fixes the data order, batch size and precision; batch size and classes
+        give the chunks' shape)."""
         key = {"teacher": teacher_cache_lib.tree_digest(teacher),
                "config_digest": self.fingerprint["config_digest"],
-               "batch_size": self.config.train.batch_size, "classes": self.data.num_classes,
-               "precision": self.config.train.precision, "seed": self.config.seed}
+               "batch_size": self.config.train.batch_size, "classes": self.data.num_classes}
         return teacher_cache_lib.TeacherLogitsCache(self.paths.teacher_logits, key,
                                                     log=self.log)
 
