@@ -74,8 +74,9 @@ def resnet_steps(model_name: str, conv_impl: str, norm_impl: str, sparsity: floa
                  normalization: str = "channel", precision: str = "float32",
                  variables: Optional[tuple] = None) -> SimpleNamespace:
     """What the step benchmarks share: the model, its initial params and batch_stats, the SGD
-    optimizer, all-true masks, magnitude masks at `sparsity` (all-true at 0), and the
-    cross-entropy and KD train steps (not jitted) with the recipe's settings. `normalization`:
+    optimizer, all-true masks, magnitude masks at `sparsity` (all-true at 0), the jitted
+    cross-entropy and KD train steps with the recipe's settings, and the two halves of the KD
+    step a run with cached teacher logits uses (teacher_forward, kd_logits). `normalization`:
     "channel" (CIFAR-10's channel statistics) or "per_image" (per-image standardisation, the
     renda protocol's). `precision`: train.precision of both steps (float32 or bfloat16; the
     model is built on precision.conv_impl_for(conv_impl, precision), as a study builds it).
@@ -86,7 +87,8 @@ def resnet_steps(model_name: str, conv_impl: str, norm_impl: str, sparsity: floa
     from lottery_kd.sparsity import masks as masks_lib, pruning
 
     from lottery_kd.training import optim, precision as precision_lib
-    from lottery_kd.training.steps import Distillation, init_variables, make_train_step
+    from lottery_kd.training.steps import (Distillation, init_variables, make_teacher_forward,
+                                           make_train_step)
     from lottery_kd.models import get_model
 
     model = get_model(model_name, 10, conv_impl=precision_lib.conv_impl_for(conv_impl, precision),
@@ -102,4 +104,9 @@ def resnet_steps(model_name: str, conv_impl: str, norm_impl: str, sparsity: floa
         dense_masks=dense_masks, masks=masks,
         ce=make_train_step(model, optimizer, None, normalization=normalize, precision=precision),
         kd=make_train_step(model, optimizer, Distillation(5.0, 0.9, "mean"),
-                           normalization=normalize, precision=precision))
+                           normalization=normalize, precision=precision),
+        kd_logits=make_train_step(model, optimizer, Distillation(5.0, 0.9, "mean"),
+                                  normalization=normalize, precision=precision,
+                                  teacher_input="logits"),
+        teacher_forward=make_teacher_forward(model, normalization=normalize,
+                                             precision=precision))

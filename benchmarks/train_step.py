@@ -9,13 +9,16 @@ recorded) and then timed in alternating blocks, so the ratios are measured side 
 - dense: the library's train step with all-true masks baked in as constants (XLA folds the mask
   selects away: the cost of the step without masking);
 - masked: the library's step with the masks as an argument, at --sparsity (magnitude_global);
-- masked_kd: the same plus the KD loss, the teacher (same architecture) run in inference mode.
+- masked_kd: the same plus the KD loss, the teacher (same architecture) run in inference mode;
+- masked_kd_fill: the KD step of a run that fills the teacher-logit cache (training.
+  teacher_cache): the teacher's forward on its own, then the step fed its logits;
+- masked_kd_cached: the KD step of a run that reads the cache (the logits given).
 
 Plus the eval forward (inference mode). Medians over --repeats blocks of --steps steps after a
 warm-up; synthetic uint8 images (throughput does not depend on pixel values). Records: model,
 variant, batch, images_per_sec, compile_s (trace + lower + XLA compile, ahead of time, no
-execution), and the ratios masked/dense and masked_kd/masked as time ratios (step time over step
-time).
+execution), and the ratios masked/dense, masked_kd/masked and masked_kd_cached/masked_kd as time ratios (step
+time over step time).
 """
 
 from __future__ import annotations
@@ -64,15 +67,30 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity
                                 jax.tree.map(lambda x: jnp.array(x, copy=True), batch_stats),
                                 optimizer.init(params))
 
+    began = time.perf_counter()
+    forward = setup.teacher_forward.lower(teacher, images).compile()
+    forward_compile = time.perf_counter() - began
+    logits = forward(teacher, images)
+
+    def fill(state, *args):  # a cache-filling run's step: the teacher, then the student
+        return compiled_steps["masked_kd_cached"](state, *args[:-1], forward(teacher, images))
+
     arguments = {"dense": (dense, lambda s: (s, images, labels, lr)),
                  "masked": (ce, lambda s: (s, masks, images, labels, lr, {})),
-                 "masked_kd": (kd, lambda s: (s, masks, images, labels, lr, teacher))}
-    calls, states, compile_s = {}, {}, {}
+                 "masked_kd": (kd, lambda s: (s, masks, images, labels, lr, teacher)),
+                 "masked_kd_cached": (setup.kd_logits,
+                                      lambda s: (s, masks, images, labels, lr, logits)),
+                 "masked_kd_fill": (fill, lambda s: (s, masks, images, labels, lr, logits))}
+    calls, states, compile_s, compiled_steps = {}, {}, {}, {}
     for variant, (step, args) in arguments.items():
         state = fresh_state(dense_masks if variant == "dense" else masks)
         began = time.perf_counter()  # trace + lower + XLA compile, no execution
-        compiled = step.lower(*args(state)).compile()
-        compile_s[variant] = time.perf_counter() - began
+        if variant == "masked_kd_fill":  # both halves, compiled above
+            compiled, compile_s[variant] = step, forward_compile + compile_s["masked_kd_cached"]
+        else:
+            compiled = step.lower(*args(state)).compile()
+            compile_s[variant] = time.perf_counter() - began
+        compiled_steps[variant] = compiled
         calls[variant] = lambda s, compiled=compiled, args=args: compiled(*args(s))
         states[variant] = state
     seconds = {variant: [] for variant in calls}
@@ -117,7 +135,11 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity
                     "conv_impl": conv_impl, "norm_impl": norm_impl,
                     "masked_over_dense": round(per_step["masked"] / per_step["dense"], 3),
                     "masked_kd_over_masked": round(per_step["masked_kd"] / per_step["masked"],
-                                                   3)})
+                                                   3),
+                    "masked_kd_fill_over_masked_kd": round(
+                        per_step["masked_kd_fill"] / per_step["masked_kd"], 3),
+                    "masked_kd_cached_over_masked_kd": round(
+                        per_step["masked_kd_cached"] / per_step["masked_kd"], 3)})
     return records
 
 

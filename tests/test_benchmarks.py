@@ -20,14 +20,18 @@ def test_train_step_benchmark_writes_every_variant_and_the_ratios(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     variants = [r["variant"] for r in report["records"]]
-    assert variants == ["dense", "masked", "masked_kd", "eval", "ratios"] * 2
-    assert [r["conv_impl"] for r in report["records"]] == ["xla"] * 5 + ["auto"] * 5
+    assert variants == ["dense", "masked", "masked_kd", "masked_kd_cached", "masked_kd_fill",
+                        "eval", "ratios"] * 2
+    assert [r["conv_impl"] for r in report["records"]] == ["xla"] * 7 + ["auto"] * 7
     assert {r["norm_impl"] for r in report["records"]} == {"fused"}
     assert {r["malloc"] for r in report["records"]} == {"tuned"}
-    for record in report["records"][:4]:
+    for record in report["records"][:6]:
         assert {"model", "variant", "batch", "images_per_sec", "compile_s"} <= set(record)
         assert record["images_per_sec"] > 0
     assert report["records"][1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    ratios = report["records"][6]
+    assert ratios["masked_kd_cached_over_masked_kd"] > 0
+    assert ratios["masked_kd_fill_over_masked_kd"] > 0
     assert "jax" in report["versions"] and report["backend"] == "cpu"
 
 

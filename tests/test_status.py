@@ -52,7 +52,8 @@ def test_status_follows_a_study_through_a_stop_and_to_the_end(tmp_path):
     assert all(e["steps"] > 0 and e["seconds"] > 0 for e in epochs)
     assert dense_rate == pytest.approx(statistics.median(
         [e["seconds"] / e["steps"] for e in epochs if not e["distill"]][-status.PACE_EPOCHS:]))
-    ce_left, kd_left = (38 - current["at_step"]) + 38, 2 * (38 - rewind)
+    # the level-2 kd_rewind reads the teacher logits the level-1 one stores: at the CE pace
+    ce_left, kd_left = (38 - current["at_step"]) + 38 + (38 - rewind), 38 - rewind
     assert stopped["steps_left"] == {False: ce_left, True: kd_left}
     # before any KD epoch: the CE pace plus a third of the dense network's (the teacher)
     teacher = statistics.median([e["seconds"] / e["steps"] for e in epochs
@@ -63,6 +64,7 @@ def test_status_follows_a_study_through_a_stop_and_to_the_end(tmp_path):
     text = status.describe(stopped)
     assert "1 of 5 runs done" in text and "now: level 1 lt" in text
     assert "KD runs estimated at the cross-entropy pace plus a third of the dense" in text
+    assert status.READER_NOTE in text
 
     lottery.LotteryRun(config, tmp_path, log=lambda *_: None).run()
     finished = status.study_status(tmp_path)

@@ -11,7 +11,9 @@ epoch after a restart also compiles; a median, so an epoch slowed by a paused or
 does not skew it), else, for studies started before epoch times were
 recorded, the mean of its finished runs, else the pace between the current run's last two
 resume checkpoints. Before any KD epoch, a KD step is the cross-entropy step plus a third of the
-dense network's (the teacher's forward pass).
+dense network's (the teacher's forward pass). Where the study caches the teacher's logits
+(training.teacher_cache), a KD run whose steps an earlier KD run covers reads them and is
+counted at the cross-entropy pace.
 """
 
 from __future__ import annotations
@@ -77,11 +79,13 @@ def study_status(workdir: str | Path) -> dict:
                      "its finished runs") if rates[kind] else None for kind in rates}
     dense = _epoch_paces(valid_epochs, plan["steps_per_epoch"], rate, source)
     rate_note = _fill_missing_pace(rate, dense)
+    readers = _cache_readers(plan["runs"]) if _caches_teacher_logits(workdir) else set()
+    if readers & {(r["level"], r["variant"]) for r in pending + [current] if r}:
+        rate_note = "; ".join(filter(None, [rate_note, READER_NOTE]))
     left_steps = {False: 0, True: 0}
-    for run in pending:
-        left_steps[run["distill"]] += run["steps"]
-    if current is not None:
-        left_steps[current["distill"]] += run_left(current)
+    for run in pending + ([current] if current is not None else []):
+        kind = run["distill"] and (run["level"], run["variant"]) not in readers
+        left_steps[kind] += run_left(run) if run is current else run["steps"]
     seconds_left = (None if rate[False] is None else
                     sum(left_steps[kind] * rate[kind] for kind in (False, True)))
     return {"workdir": str(workdir), "runs": len(plan["runs"]), "done": done,
@@ -89,6 +93,29 @@ def study_status(workdir: str | Path) -> dict:
             "steps_left": left_steps, "seconds_left": seconds_left, "note": rate_note,
             "pace_from": source, "running": workdir_lock.running_note(workdir),
             "skipped": [jsonlines.describe(d) for d in (damaged_rows, damaged_epochs) if d]}
+
+
+READER_NOTE = ("KD runs that read the teacher logits an earlier KD run stored "
+               "(kd.teacher_logits cached) estimated at the cross-entropy pace")
+
+
+def _caches_teacher_logits(workdir: Path) -> bool:
+    """Whether the study's latest start gives new KD runs cached teacher logits (its record in
+    environment.jsonl; starts from before the cache did not)."""
+    starts = jsonlines.scan(Workdir(workdir).environment)[0]
+    return bool(starts) and starts[-1].get("teacher_logits") == "cached"
+
+
+def _cache_readers(runs: list[dict]) -> set[tuple[int, str]]:
+    """The KD runs of a plan whose every step an earlier KD run covers: with cached teacher
+    logits they read them all and run at the cross-entropy step's pace."""
+    readers, covered = set(), []
+    for run in (r for r in runs if r["distill"]):
+        first, end = run["start_step"], run["start_step"] + run["steps"]
+        if any(a <= first and end <= b for a, b in covered):
+            readers.add((run["level"], run["variant"]))
+        covered.append((first, end))
+    return readers
 
 
 def _epoch_paces(epochs: list[dict], steps_per_epoch: int, rate: dict, source: dict

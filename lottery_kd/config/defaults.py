@@ -105,6 +105,11 @@ def _kd() -> ml_collections.ConfigDict:
     section.reduction = "mean"         # as the KD-ticket CIFAR code (torch KLDivLoss's
                                        # default); or batchmean
     section.stop_epoch = config_dict.placeholder(int)  # plain CE from this epoch on; unset: never
+    section.teacher_logits = "auto"    # how a KD step gets the teacher's logits: cached (computed
+                                       # once per step and shared by the study's KD runs,
+                                       # training.teacher_cache), in_step, or auto (cached where
+                                       # they fit 4 GiB on one process). How, not what: each run
+                                       # records its mode and resumes on it
     return section
 
 

@@ -28,10 +28,10 @@ COSMETIC_KEYS = ("log.progress", "log.tensorboard", "parallel.distributed",
                  "prune.only_levels", "protocol")
 
 # How a result is computed, not what it is: each run records the value it ran on (its row's
-# `conv_impl`) and resumes on it, never switching halfway; a relaunch may change it for the runs
+# `conv_impl`, a KD row's `teacher_logits`) and resumes on it, never switching halfway; a relaunch may change it for the runs
 # that start after. The config digest keeps the study's first value (config.json's), so the
 # study's snapshots stay valid across a switch.
-EXECUTION_KEYS = ("model.conv_impl",)
+EXECUTION_KEYS = ("model.conv_impl", "kd.teacher_logits")
 
 # Settings added after studies may have started, with the value that reproduces what ran before
 # they existed. A saved config without the key reads as that value, and at that value the key
@@ -40,7 +40,8 @@ ADDED_KEYS = {"model.norm_impl": "flax", "protocol": "",
               "data.validation_split": "random", "data.normalization": "train_statistics",
               "data.crop_scale": "0.08,1", "data.crop_ratio": "3/4,4/3",
               "prune.only_levels": "", "prune.structure": "unstructured",
-              "dynamic.start_fraction": 0.25, "train.precision": "float32"}
+              "dynamic.start_fraction": 0.25, "train.precision": "float32",
+              "kd.teacher_logits": "in_step"}
 
 
 class SavedConfigError(ValueError):
@@ -106,6 +107,7 @@ def config_digest(config: Any, saved: Optional[dict] = None) -> str:
         saved_flat = canonical_settings(flatten(saved))
         flat.update({key: setting(saved_flat, key) for key in EXECUTION_KEYS
                      if key in flat})
+        flat = canonical_settings(flat)  # an execution key added since: out, as it was
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from lottery_kd.config.defaults import get_config as default_config
 from lottery_kd.sparsity import dynamic as dynamic_lib, gradual
-from lottery_kd.training import losses, precision as precision_lib
+from lottery_kd.training import losses, precision as precision_lib, teacher_cache
 from lottery_kd.sparsity import masks as masks_lib, pruning
 from lottery_kd.sparsity import structure as structure_lib
 from lottery_kd.study import variants as variants_lib
@@ -161,6 +161,8 @@ def _check_kd(config: Any, check: Check) -> None:
                                     (not epochs_ok or kd.stop_epoch <= train.epochs)),
           "kd.stop_epoch", kd.stop_epoch,
           f"unset (distil throughout) or an epoch in [1, train.epochs={train.epochs}]")
+    check(kd.teacher_logits in teacher_cache.MODES, "kd.teacher_logits", kd.teacher_logits,
+          f"allowed: {', '.join(teacher_cache.MODES)}")
 
 
 def _check_prune(config: Any, check: Check) -> None:

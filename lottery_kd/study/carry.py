@@ -5,7 +5,8 @@ must take its workdir along. `save WORKDIR DEST` copies what a rerun of the stud
 into the folder DEST (one git tracks, a bucket's mount, another disk):
   - every file of the workdir but its lock and the folders set aside as damaged;
   - of each run's resume checkpoints only the newest (the older ones are fallbacks for a write
-    interrupted on this disk, which a finished copy does not need).
+    interrupted on this disk, which a finished copy does not need);
+  - not the cached teacher logits (hundreds of MB, which the KD runs compute again if missing).
 DEST then mirrors that selection (stale files are removed), and `carry.json` in it lists each
 file's size and SHA-256. It is written last, so a copy interrupted midway has none and is refused.
 `restore DEST WORKDIR` checks every file against that list and copies the study into a missing
@@ -70,7 +71,7 @@ def carried_files(workdir: str | os.PathLike) -> list[str]:
     """The workdir's files a resume needs, as sorted POSIX paths relative to it."""
     paths = Workdir(workdir)
     root = paths.root
-    skip = _older_resume_steps(paths)
+    skip = _older_resume_steps(paths) | {paths.teacher_logits}  # recomputable, and large
     chosen = []
     for folder, subfolders, files in os.walk(root):
         here = Path(folder)

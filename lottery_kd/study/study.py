@@ -37,6 +37,7 @@ from lottery_kd.study.workdir import Workdir
 from lottery_kd.study.workdir_checks import (check_batch_norm_groups, check_workdir_path,
                                              prepare_workdir)
 from lottery_kd.training import optim, precision as precision_lib
+from lottery_kd.training import teacher_cache as teacher_cache_lib
 from lottery_kd.training.errors import NonFiniteLossError, TrainingInterrupted
 from lottery_kd.training.run_setup import RunOutputs
 from lottery_kd.training.steps import Distillation, init_variables
@@ -120,7 +121,8 @@ class Study:
                      native_conv_available=native_enabled(conv_impl),
                      precision=config.train.precision,
                      batch_norm_groups=self.parallel.batch_norm_groups(
-                         config.parallel.batch_norm))
+                         config.parallel.batch_norm),
+                     teacher_logits=self.new_run_teacher_logits(self.plan.total_steps))
 
     def _models(self, config: Any, conv_impl: str) -> tuple[Any, Any]:
         """(the model, its dense twin) on `conv_impl`: with 'sparse' the twin runs the dense
@@ -238,12 +240,14 @@ class Study:
                      "over from the next run)")
             trainer = self.make_trainer(self.data, conv_impl)
         state = trainer.init_state(start["params"], start["batch_stats"], masks, start_step)
+        teacher_logits = self.run_teacher_logits(tag, num_steps) if distill else None
+        kd_record = {"teacher_logits": teacher_logits} if distill else {}
         outputs = RunOutputs.open(
             f"[level {level} {variant_name}]", progress_mode=self.config.log.progress,
             tensorboard=self.paths.tensorboard(tag) if self.config.log.tensorboard else None,
             resume=self.paths.resume(tag), keep=self.config.checkpoint.keep,
-            fingerprint={**self.fingerprint, **execution_record(conv_impl)}, log=self.log,
-            main=main)
+            fingerprint={**self.fingerprint, **execution_record(conv_impl), **kd_record},
+            log=self.log, main=main)
 
         def log_scalars(step: int, row: dict) -> None:
             outputs.write_row(step, {"sparsity": sparsity, **row})  # a dynamic run's: its own
@@ -254,13 +258,18 @@ class Study:
                     "seconds": round(row["epoch_seconds"], 3)})
 
         try:
+            teacher = self.teacher() if distill else None
+            cache = self.teacher_cache(teacher) if teacher_logits == "cached" else None
             fit = trainer.fit(state, masks, num_steps=num_steps, schedule=schedule,
-                                   teacher=self.teacher() if distill else None,
-                                   kd_stop_step=self.plan.kd_stop_step,
-                                   on_step=on_step, callbacks=outputs.callbacks(
-                                       checkpoint_every=self.config.checkpoint.every_steps,
-                                       stop_requested=self.stop_requested,
-                                       mask_update=mask_update, log_scalars=log_scalars))
+                              teacher=teacher, kd_stop_step=self.plan.kd_stop_step,
+                              on_step=on_step, callbacks=outputs.callbacks(
+                                  checkpoint_every=self.config.checkpoint.every_steps,
+                                  stop_requested=self.stop_requested,
+                                  mask_update=mask_update, log_scalars=log_scalars),
+                              teacher_cache=cache)
+            if cache is not None:
+                self.log(f"[level {level} {variant_name}] teacher logits: {cache.read} steps "
+                         f"read from {cache.directory}, {cache.computed} computed and stored")
         except NonFiniteLossError as error:
             raise TrainingFailed(
                 f"level {level}, variant {variant_name}: non-finite loss at global step "
@@ -272,7 +281,8 @@ class Study:
         finally:
             outputs.close(resume=False)  # the resume store goes once the row is written
         row = self._record(level, variant_name, fit, start_step=start_step, distill=distill,
-                           mask_update=mask_update, conv_impl=conv_impl)
+                           mask_update=mask_update,
+                           execution={"conv_impl": conv_impl, **kd_record})
         if main:
             outputs.resume.delete_all()  # the final snapshot and the row now stand for this run
         else:
@@ -299,10 +309,11 @@ class Study:
         return {key: sum(part[key] for part in parts) for key in parts[0]}
 
     def _record(self, level: int, variant_name: str, fit, *, start_step: int, distill: bool,
-                mask_update: Optional[MaskSchedule], conv_impl: str) -> dict:
+                mask_update: Optional[MaskSchedule], execution: dict) -> dict:
         """Save a finished run's snapshot and append its result row and summary (sparsity and
-        counts of its final masks, fit.masks: a dynamic method changes them); every process
-        waits until the row is written."""
+        counts of its final masks, fit.masks: a dynamic method changes them; `execution`: how
+        it was computed, conv_impl and a KD run's teacher_logits); every process waits until
+        the row is written."""
         tag = snapshot_name(level, variant_name)
         snapshot = self._snapshot(fit.state.params, fit.state.batch_stats, fit.masks)
         self.snapshots.save(tag, snapshot)
@@ -317,7 +328,7 @@ class Study:
                "start_step": start_step, "distill": distill,
                "layer_counts": {name: list(counts) for name, counts in
                                 masks_lib.layer_counts(fit.masks, self.scope).items()},
-               "seconds": round(fit.seconds, 2), "conv_impl": conv_impl}
+               "seconds": round(fit.seconds, 2), **execution}
         row.update(self._flops(row, mask_update, fit.masks))
         if self.parallel.is_main:
             results.append_row(self.results_path, row)
@@ -333,6 +344,32 @@ class Study:
         """The KD teacher: the trained dense network's parameters and BatchNorm statistics."""
         dense = self.load_snapshot(snapshot_name(0, DENSE))
         return {"params": dense["params"], "batch_stats": dense["batch_stats"]}
+
+    def run_teacher_logits(self, tag: str, num_steps: int) -> str:
+        """How KD run `tag` gets its teacher's logits: as its resume checkpoints record (in_step
+        if they predate the record), else kd.teacher_logits resolved for this run."""
+        fingerprint = latest_fingerprint(self.paths.resume(tag))
+        if fingerprint is not None:
+            return fingerprint.get("teacher_logits", "in_step")
+        return self.new_run_teacher_logits(num_steps)
+
+    def new_run_teacher_logits(self, num_steps: int) -> str:
+        """kd.teacher_logits resolved for a KD run of `num_steps` that starts now (recorded in
+        environment.jsonl at each start, for `status`'s estimate)."""
+        return teacher_cache_lib.resolve_mode(
+            self.config.kd.teacher_logits, steps=num_steps,
+            batch_size=self.config.train.batch_size, classes=self.data.num_classes,
+            processes=self.parallel.process_count)
+
+    def teacher_cache(self, teacher: PyTree) -> teacher_cache_lib.TeacherLogitsCache:
+        """The store of `teacher`'s logits on this study's training batches (one per teacher; the
+        config digest fixes the data order, batch size and precision; batch size and classes
+        give the chunks' shape)."""
+        key = {"teacher": teacher_cache_lib.tree_digest(teacher),
+               "config_digest": self.fingerprint["config_digest"],
+               "batch_size": self.config.train.batch_size, "classes": self.data.num_classes}
+        return teacher_cache_lib.TeacherLogitsCache(self.paths.teacher_logits, key,
+                                                    log=self.log)
 
     def _done(self) -> set[tuple[int, str]]:
         return {(r["level"], r["variant"]) for r in results.read_rows(self.results_path)

@@ -11,6 +11,8 @@
       tensorboard/TAG/       TensorBoard scalars of one run (TAG: level_<L>_<variant>)
       checkpoints/snapshots/NAME/   init, rewind and each run's final weights and masks
       checkpoints/resume/TAG/       the resume checkpoints of the run in progress
+      teacher_logits/KEY/    the KD teacher's logits per step, shared by the KD runs
+                             (training.teacher_cache; not needed to resume, never carried)
 
 A file set aside because it was damaged keeps its name with `.damaged` appended.
 """
@@ -70,6 +72,10 @@ class Workdir:
     @property
     def snapshots(self) -> Path:
         return self.checkpoints / "snapshots"
+
+    @property
+    def teacher_logits(self) -> Path:
+        return self.root / "teacher_logits"
 
     @property
     def tensorboard_root(self) -> Path:

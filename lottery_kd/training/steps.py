@@ -26,6 +26,7 @@ from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.training import losses, precision as precision_lib
 
 PyTree = Any
+TEACHER_INPUTS: tuple[str, ...] = ("params", "logits")  # what a KD step's `teacher` argument is
 
 
 @flax.struct.dataclass
@@ -66,12 +67,16 @@ def _apply_per_device(model, variables: PyTree, images: jax.Array, groups: int):
 
 def _training_loss(model, distillation: Optional[Distillation],
                    parallel: Optional[DataParallel], batch_norm: str,
-                   precision: str = precision_lib.FLOAT32) -> Callable:
+                   precision: str = precision_lib.FLOAT32,
+                   teacher_input: str = "params") -> Callable:
     """loss(weights, batch_stats, images, labels, teacher) -> (loss, (logits, new batch_stats)):
     the training-mode loss (CE, or KD from the teacher in inference mode) at `weights`, with
     BatchNorm statistics over the global batch or per device. The student's and the teacher's
     weights and the images are cast to `precision`'s compute dtype here (batch statistics stay
-    float32); the logits are float32 before the loss."""
+    float32); the logits are float32 before the loss. teacher_input="logits": `teacher` is the
+    teacher's float32 logits on this batch (make_teacher_forward's, e.g. from a cache)."""
+    if teacher_input not in TEACHER_INPUTS:
+        raise ValueError(f"teacher_input={teacher_input!r}; allowed: {', '.join(TEACHER_INPUTS)}")
     if batch_norm not in BATCH_NORM_MODES:
         raise ValueError(f"parallel.batch_norm={batch_norm!r}; allowed: "
                          f"{', '.join(BATCH_NORM_MODES)}")
@@ -90,14 +95,41 @@ def _training_loss(model, distillation: Optional[Distillation],
         if distillation is None:
             value = losses.cross_entropy(logits, labels)
         else:
-            teacher = {**teacher, "params": compute(teacher["params"])}
-            teacher_logits = precision_lib.to_float32(model.apply(teacher, images, train=False))
+            teacher_logits = teacher if teacher_input == "logits" \
+                else _teacher_logits(model, teacher, images, compute)
             value = losses.kd_loss(logits, teacher_logits, labels,
                                    temperature=distillation.temperature,
                                    alpha=distillation.alpha, reduction=distillation.reduction)
         return value, (logits, updates["batch_stats"])
 
     return loss
+
+
+def _teacher_logits(model, teacher: PyTree, images: jax.Array, compute: Callable) -> jax.Array:
+    """The teacher's float32 logits in inference mode on normalised `images` (already cast)."""
+    teacher = {**teacher, "params": compute(teacher["params"])}
+    return precision_lib.to_float32(model.apply(teacher, images, train=False))
+
+
+def make_teacher_forward(model: flax.linen.Module, *,
+                         normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None,
+                         parallel: Optional[DataParallel] = None,
+                         precision: str = precision_lib.FLOAT32) -> Callable:
+    """jit(forward(teacher, images) -> float32 logits): the KD teacher's output on a training
+    batch as the train step computes it (normalised, in `precision`), on its own, so that the
+    logits can be stored once and fed to every KD run on the same batches
+    (training.teacher_cache; make_train_step(teacher_input="logits"))."""
+    compute = functools.partial(precision_lib.to_compute, precision=precision)
+
+    def forward(teacher, images):
+        if normalization is not None:
+            images = normalize(images, *normalization)
+        return _teacher_logits(model, teacher, compute(images), compute)
+
+    if parallel is None:
+        return jax.jit(forward)
+    return jax.jit(forward, in_shardings=(parallel.replicated, parallel.batch),
+                   out_shardings=parallel.batch)
 
 
 def make_dense_gradient(model: flax.linen.Module, distillation: Optional[Distillation], *,
@@ -128,7 +160,8 @@ def make_train_step(model: flax.linen.Module, optimizer: optax.GradientTransform
                     normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None,
                     parallel: Optional[DataParallel] = None,
                     batch_norm: str = "global",
-                    precision: str = precision_lib.FLOAT32) -> Callable:
+                    precision: str = precision_lib.FLOAT32,
+                    teacher_input: str = "params") -> Callable:
     """jit(step(state, masks, images, labels, lr, teacher) -> (state, metrics)).
 
     `teacher` is {"params", "batch_stats"} of the teacher network (same architecture) and is only
@@ -138,9 +171,10 @@ def make_train_step(model: flax.linen.Module, optimizer: optax.GradientTransform
     is the global-batch mean (so gradients are averaged over devices) and BatchNorm statistics
     are global, or per device with batch_norm="per_device". `precision` (training.precision):
     the dtype the student and the teacher compute in; params, optimizer state, the update and
-    the loss are float32 whatever it is.
+    the loss are float32 whatever it is. teacher_input="logits": `teacher` is the teacher's
+    logits on this batch (make_teacher_forward's), sharded like the labels.
     """
-    loss_of = _training_loss(model, distillation, parallel, batch_norm, precision)
+    loss_of = _training_loss(model, distillation, parallel, batch_norm, precision, teacher_input)
 
     def step(state: TrainState, masks: PyTree, images: jax.Array, labels: jax.Array,
              lr: jax.Array, teacher: PyTree):
@@ -167,8 +201,10 @@ def make_train_step(model: flax.linen.Module, optimizer: optax.GradientTransform
     if parallel is None:
         return jax.jit(step, donate_argnums=(0,))
     replicated, batch = parallel.replicated, parallel.batch
+    teacher_sharding = batch if teacher_input == "logits" else replicated
     return jax.jit(step, donate_argnums=(0,),
-                   in_shardings=(replicated, replicated, batch, batch, replicated, replicated),
+                   in_shardings=(replicated, replicated, batch, batch, replicated,
+                                 teacher_sharding),
                    out_shardings=(replicated, replicated))
 
 

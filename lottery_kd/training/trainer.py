@@ -23,7 +23,8 @@ from lottery_kd.training.callbacks import (BestValidation, Callback, CallbackLis
                                            NonFiniteCheck)
 from lottery_kd.training.errors import TrainingInterrupted
 from lottery_kd.training.steps import (Distillation, TrainState, make_dense_gradient,
-                                       make_eval_step, make_train_step)
+                                       make_eval_step, make_teacher_forward, make_train_step)
+from lottery_kd.training.teacher_cache import TeacherLogitsCache
 
 PyTree = Any
 
@@ -77,6 +78,28 @@ class Trainer:
         self._distillation = distillation
         self._common = common
         self._dense_gradients: dict[bool, Callable] = {}
+        self._from_logits: Optional[tuple[Callable, Callable]] = None
+
+    def kd_from_logits(self) -> tuple[Callable, Callable]:
+        """(teacher forward, KD train step fed the teacher's logits), compiled on first use: the
+        two halves of train_step_kd for runs whose teacher logits are cached."""
+        if self._from_logits is None:
+            common = self._common
+            self._from_logits = (
+                make_teacher_forward(self.model, normalization=common["normalization"],
+                                     parallel=self.parallel, precision=common["precision"]),
+                make_train_step(self.model, self.optimizer, self._distillation,
+                                teacher_input="logits", **common))
+        return self._from_logits
+
+    def teacher_logits(self, cache: TeacherLogitsCache, loop: Loop) -> jax.Array:
+        """The teacher's logits on the loop's batch: the cache's, or computed and stored."""
+        stored = cache.lookup(loop.global_step)
+        if stored is not None:
+            return jax.device_put(stored, self.parallel.batch)
+        logits = self.kd_from_logits()[0](loop.teacher, loop.images)
+        cache.store(loop.global_step, logits)
+        return logits
 
     def dense_gradient(self, distill: bool) -> Callable:
         """The (compiled on first use) dense-gradient function for dynamic mask updates."""
@@ -121,7 +144,8 @@ class Trainer:
             schedule: optim.Schedule, teacher: Optional[PyTree] = None,
             kd_stop_step: Optional[int] = None,
             on_step: Optional[Mapping[int, Callable[[TrainState], None]]] = None,
-            callbacks: Sequence[Callback] = ()) -> FitResult:
+            callbacks: Sequence[Callback] = (),
+            teacher_cache: Optional[TeacherLogitsCache] = None) -> FitResult:
         """Train `num_steps` steps from `state.step`, evaluating at every epoch boundary.
 
         `schedule(global_step)` gives the learning rate; `teacher` switches the KD loss on (until
@@ -131,6 +155,8 @@ class Trainer:
         tracks the best validation accuracy and the test accuracy at that epoch; `callbacks`
         (see training.callbacks and its `standard_callbacks`) add resume checkpoints, stop
         requests (TrainingInterrupted), dynamic mask updates, progress and scalar logging.
+        With `teacher_cache` the KD steps read the teacher's logits from it, computing and
+        storing those it lacks (training.teacher_cache).
         """
         if teacher is not None and self.train_step_kd is None:
             raise ValueError("this Trainer was built without distillation settings")
@@ -138,7 +164,9 @@ class Trainer:
         loop = Loop(self, state, self.parallel.replicate(masks),
                     self.parallel.replicate(teacher) if teacher is not None else None,
                     first=first, end=first + num_steps)
-        hooks = CallbackList([NonFiniteCheck(), Evaluate(), BestValidation(), *callbacks])
+        cached = [teacher_cache] if teacher is not None and teacher_cache is not None else []
+        hooks = CallbackList([NonFiniteCheck(), Evaluate(), BestValidation(), *callbacks,
+                              *cached])
         hooks.on_resume(loop)
         loop.start, loop.began = int(loop.state.step), time.perf_counter()
         hooks.on_fit_start(loop)
@@ -151,11 +179,14 @@ class Trainer:
             distill = teacher is not None and (kd_stop_step is None or global_step < kd_stop_step)
             loop.begin_step(global_step, *upcoming, distill)
             hooks.on_step_begin(loop)
-            step_fn = self.train_step_kd if distill else self.train_step_ce
+            step_fn, teacher_input = ((self.train_step_kd, loop.teacher) if distill
+                                      else (self.train_step_ce, {}))
+            if distill and cached:
+                step_fn, teacher_input = (self.kd_from_logits()[1],
+                                          self.teacher_logits(teacher_cache, loop))
             loop.lr = schedule(global_step)
             loop.state, metrics = step_fn(loop.state, loop.masks, loop.images, loop.labels,
-                                          jnp.asarray(loop.lr, jnp.float32),
-                                          loop.teacher if distill else {})
+                                          jnp.asarray(loop.lr, jnp.float32), teacher_input)
             if global_step + 1 < loop.end:
                 upcoming = self.device_batch(global_step + 1)
             loop.pending.append(metrics)
