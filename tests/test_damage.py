@@ -432,7 +432,11 @@ def test_a_second_launch_is_refused_at_once_and_the_first_finishes_undisturbed(
         output = _finish(first, first_log)
     message = second.stdout + second.stderr
     assert second.returncode == 2, message[-3000:]
-    assert elapsed < 15, f"refused only after {elapsed:.1f} s"
+    # "At once" means before any training: no run of the second printed a line, and it was refused
+    # while the first still ran (above). The wall-clock bound is loose on purpose: on two cores
+    # shared with a training job and the other test worker, its imports alone took 23 s.
+    assert "[level" not in message and "[study]" not in message, message[-3000:]
+    assert elapsed < 60, f"refused only after {elapsed:.1f} s"
     assert f"another process (pid {first.pid} on {info['host']}" in message, message
     assert f"running this study in {workdir}" in message, message
     assert "Traceback" not in message
