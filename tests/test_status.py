@@ -121,3 +121,26 @@ def test_the_pace_is_the_median_of_recent_epochs_so_a_paused_one_does_not_skew_i
     assert found["pace_from"] == {False: "the median of its last 10 epochs",
                                   True: "the median of its last 1 epoch"}
     assert "CE 1.025 s/step from the median of its last 10 epochs" in status.describe(found)
+
+
+def test_an_estimate_from_the_dense_pace_alone_is_called_an_upper_bound_on_the_sparse_path(
+        tmp_path):
+    plan = {"steps_per_epoch": 10, "runs": [
+        {"level": 0, "variant": "dense", "distill": False, "start_step": 0, "steps": 100},
+        {"level": 1, "variant": "lt", "distill": False, "start_step": 0, "steps": 100}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"conv_impl": "sparse"}}))
+    for _ in range(3):
+        results.append_epoch_time(tmp_path, {"level": 0, "variant": "dense", "distill": False,
+                                             "steps": 10, "seconds": 20.0})
+    assert status.SPARSE_NOTE in status.describe(status.study_status(tmp_path))
+    # the first ticket epoch measures the sparse pace: no longer a bound
+    results.append_epoch_time(tmp_path, {"level": 1, "variant": "lt", "distill": False,
+                                         "steps": 10, "seconds": 10.0})
+    assert status.SPARSE_NOTE not in status.describe(status.study_status(tmp_path))
+    # a study on the dense kernels: the dense pace is the tickets' pace too
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"conv_impl": "native"}}))
+    (tmp_path / results.EPOCH_TIMES).unlink()
+    results.append_epoch_time(tmp_path, {"level": 0, "variant": "dense", "distill": False,
+                                         "steps": 10, "seconds": 20.0})
+    assert status.SPARSE_NOTE not in status.describe(status.study_status(tmp_path))

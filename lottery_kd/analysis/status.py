@@ -11,7 +11,9 @@ epoch after a restart also compiles; a median, so an epoch slowed by a paused or
 does not skew it), else, for studies started before epoch times were
 recorded, the mean of its finished runs, else the pace between the current run's last two
 resume checkpoints. Before any KD epoch, a KD step is the cross-entropy step plus a third of the
-dense network's (the teacher's forward pass). Where the study caches the teacher's logits
+dense network's (the teacher's forward pass); before any pruned network has trained on the
+sparse kernels (model.conv_impl=sparse), the dense network's pace makes the estimate an upper
+bound, and it says so. Where the study caches the teacher's logits
 (training.teacher_cache), a KD run whose steps an earlier KD run covers reads them and is
 counted at the cross-entropy pace.
 """
@@ -82,6 +84,8 @@ def study_status(workdir: str | Path) -> dict:
     readers = _cache_readers(plan["runs"]) if _caches_teacher_logits(workdir) else set()
     if readers & {(r["level"], r["variant"]) for r in pending + [current] if r}:
         rate_note = "; ".join(filter(None, [rate_note, READER_NOTE]))
+    if _sparse_runs_unmeasured(workdir, valid_epochs, pending + [current]):
+        rate_note = "; ".join(filter(None, [rate_note, SPARSE_NOTE]))
     left_steps = {False: 0, True: 0}
     for run in pending + ([current] if current is not None else []):
         kind = run["distill"] and (run["level"], run["variant"]) not in readers
@@ -97,6 +101,22 @@ def study_status(workdir: str | Path) -> dict:
 
 READER_NOTE = ("KD runs that read the teacher logits an earlier KD run stored "
                "(kd.teacher_logits cached) estimated at the cross-entropy pace")
+
+
+SPARSE_NOTE = ("an upper bound: the pruned networks run on model.conv_impl=sparse, which skips "
+               "their pruned weights, and none has trained an epoch yet, so every pace so far "
+               "is the dense network's")
+
+
+def _sparse_runs_unmeasured(workdir: Path, epochs: list[dict], runs: list) -> bool:
+    """Whether runs of pruned networks are still to come on the sparse kernels (config.json's
+    model.conv_impl) while every recorded epoch is the dense network's, which runs slower."""
+    try:
+        conv_impl = json.loads(Workdir(workdir).config.read_text())["model"]["conv_impl"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return (conv_impl == "sparse" and any(r and r["level"] > 0 for r in runs)
+            and not any(e.get("level", 0) > 0 for e in epochs))
 
 
 def _caches_teacher_logits(workdir: Path) -> bool:
