@@ -71,3 +71,24 @@ def test_a_running_run_shows_the_path_its_resume_checkpoints_record(tmp_path, ca
     main([str(study)])
     assert "| L10 lr_rewind | 1 | 70.0 | 1.40x | sparse-xla-shortcuts (running) |" in \
         capsys.readouterr().out
+
+
+def test_kd_epochs_say_where_their_teacher_logits_came_from(tmp_path, capsys):
+    """A KD run that reads the stored logits runs faster than the one that computed them: the
+    epoch table names each one's source (epochs from before the record: in the step)."""
+    study = _study(tmp_path)
+    epochs = [(10, "kd", 390, 150.0, "computed"), (10, "kd", 780, 150.0, "computed"),
+              (10, "kd_rewind", 390, 95.0, "read"), (10, "kd_rewind", 780, 97.0, "mixed"),
+              (8, "kd", 390, 160.0, None)]
+    with open(study / "epoch_times.jsonl", "a") as f:
+        for level, variant, step, seconds, teacher in epochs:
+            f.write(json.dumps({"level": level, "variant": variant, "step": step, "steps": 390,
+                                "seconds": seconds, "distill": True,
+                                **({"teacher": teacher} if teacher else {})}) + "\n")
+    runpy.run_path(str(SCRIPT), run_name="not_main")["main"]([str(study)])
+    out = capsys.readouterr().out
+    assert "| L10 kd | 2 | 150.0 | 0.65x | sparse | computed and stored (2) |" in out
+    assert ("| L10 kd_rewind | 2 | 96.0 | 1.02x | sparse (running) | read from the store (1), "
+            "part read, part computed (1) |") in out
+    assert "| L8 kd | 1 | 160.0 | 0.61x | sparse (running) | teacher in the step (1) |" in out
+    assert "| L10 lt | 3 | 80.0 | 1.23x | sparse |  |" in out  # not a KD run

@@ -144,3 +144,21 @@ def test_an_estimate_from_the_dense_pace_alone_is_called_an_upper_bound_on_the_s
     results.append_epoch_time(tmp_path, {"level": 0, "variant": "dense", "distill": False,
                                          "steps": 10, "seconds": 20.0})
     assert status.SPARSE_NOTE not in status.describe(status.study_status(tmp_path))
+
+
+def test_kd_epochs_that_read_stored_teacher_logits_do_not_set_the_kd_pace(tmp_path):
+    plan = {"steps_per_epoch": 10, "runs": [
+        {"level": 0, "variant": "dense", "distill": False, "start_step": 0, "steps": 10},
+        {"level": 1, "variant": "kd", "distill": True, "start_step": 0, "steps": 10},
+        {"level": 1, "variant": "kd_rewind", "distill": True, "start_step": 0, "steps": 10},
+        {"level": 2, "variant": "kd", "distill": True, "start_step": 0, "steps": 100}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    epochs = [(0, "dense", False, 10.0, None), (1, "kd", True, 15.0, "computed"),
+              (1, "kd_rewind", True, 9.0, "read"), (1, "kd_rewind", True, 9.5, "read")]
+    for level, variant, distill, seconds, teacher in epochs:
+        results.append_epoch_time(tmp_path, {"level": level, "variant": variant, "steps": 10,
+                                             "distill": distill, "seconds": seconds,
+                                             **({"teacher": teacher} if teacher else {})})
+    found = status.study_status(tmp_path)
+    # the KD pace is the epoch that ran the teacher, not a median with the two that read
+    assert found["seconds_per_step"] == {False: pytest.approx(1.0), True: pytest.approx(1.5)}

@@ -91,6 +91,11 @@ def test_the_second_kd_run_reads_every_step_the_first_computed(cached_study):
     assert f"{by_variant['kd']['steps']} computed" in kd_line
     assert f"{by_variant['kd_rewind']['steps']} steps read" in rewind_line
     assert rewind_line.endswith(", 0 computed and stored")
+    # each epoch records where its teacher logits came from (status and the results page read it)
+    epochs = results.read_epoch_times(workdir)
+    assert {e["variant"]: e.get("teacher") for e in epochs} == \
+        {"dense": None, "kd": "computed", "kd_rewind": "read"}
+    assert len({e.get("teacher") for e in epochs if e["variant"] == "kd_rewind"}) == 1
     chunks = sorted((Workdir(workdir).teacher_logits).glob("*/chunk_*.npy"))
     assert chunks and all(path.with_suffix(".json").is_file() for path in chunks)
     stored = np.concatenate([np.load(path) for path in chunks])

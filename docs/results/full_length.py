@@ -97,18 +97,28 @@ def unfinished_path(study: str, key: tuple[int, str], started: str) -> str:
     return resumed_conv_impl(fingerprint) if "conv_impl" in fingerprint else started
 
 
+TEACHER_SOURCES = {"in_step": "teacher in the step", "computed": "computed and stored",
+                   "read": "read from the store", "mixed": "part read, part computed"}
+
+
 def epoch_times(study: str, rows: dict, steps_per_epoch: int) -> None:
     """Median seconds per full epoch of each run (a start's partial first epoch, which also
     compiles, is left out; the median shrugs off the rare start on an epoch boundary)."""
-    times = {}
+    times, teacher = {}, {}
     path = os.path.join(study, "epoch_times.jsonl")  # damaged lines skipped, as rows are
     for entry in jsonlines.scan(path, EPOCH_TIME_FIELDS)[0] if os.path.exists(path) else []:
         if entry["steps"] == steps_per_epoch:
-            times.setdefault((entry["level"], entry["variant"]), []).append(entry["seconds"])
+            key = (entry["level"], entry["variant"])
+            times.setdefault(key, []).append(entry["seconds"])
+            if entry.get("distill"):  # how its KD steps got the teacher's logits
+                source = TEACHER_SOURCES.get(entry.get("teacher", "in_step"), "?")
+                teacher.setdefault(key, {}).setdefault(source, 0)
+                teacher[key][source] += 1
     print(f"\nSeconds per epoch (median over the full {steps_per_epoch}-step epochs; training "
-          "and the test-set evaluation) and the convolution path:")
-    print("| run | epochs timed | median s/epoch | vs dense | conv path |")
-    print("|---|---|---|---|---|")
+          "and the test-set evaluation), the convolution path and, for KD epochs, where the "
+          "teacher's logits came from (kd.teacher_logits; epochs of each):")
+    print("| run | epochs timed | median s/epoch | vs dense | conv path | teacher logits |")
+    print("|---|---|---|---|---|---|")
     starts_log = os.path.join(study, "environment.jsonl")
     running_path = (jsonlines.scan(starts_log, {})[0][-1:] or [{}])[0].get("conv_impl", "?") \
         if os.path.exists(starts_log) else "?"
@@ -118,7 +128,9 @@ def epoch_times(study: str, rows: dict, steps_per_epoch: int) -> None:
         ratio = f"{dense / median:.2f}x" if dense else ""
         path = rows[key]["conv_impl"] if key in rows else \
             f"{unfinished_path(study, key, running_path)} (running)"
-        print(f"| L{key[0]} {key[1]} | {len(values)} | {median:.1f} | {ratio} | {path} |")
+        sources = ", ".join(f"{name} ({count})" for name, count in teacher.get(key, {}).items())
+        print(f"| L{key[0]} {key[1]} | {len(values)} | {median:.1f} | {ratio} | {path} | "
+              f"{sources} |")
 
 
 def main(argv: list[str]) -> None:

@@ -6,7 +6,8 @@ Reads only plan.json (the study's planned runs, written when it starts), results
 names and times of the resume checkpoints, and epoch_times.jsonl: no data, no JAX, instant, safe
 beside a running study. The estimate uses this study's own speed, KD and cross-entropy epochs
 apart (distillation also runs the teacher): the median seconds per step of its last
-PACE_EPOCHS whole epochs of that kind (training plus evaluation; whole, because the partial
+PACE_EPOCHS whole epochs of that kind (KD epochs that read stored teacher logits left out;
+training plus evaluation; whole, because the partial
 epoch after a restart also compiles; a median, so an epoch slowed by a paused or busy machine
 does not skew it), else, for studies started before epoch times were
 recorded, the mean of its finished runs, else the pace between the current run's last two
@@ -148,6 +149,8 @@ def _epoch_paces(epochs: list[dict], steps_per_epoch: int, rate: dict, source: d
               or [e for e in epochs if e.get("steps")])
     paces: dict[bool, list[float]] = {False: [], True: []}
     for epoch in epochs:
+        if epoch.get("teacher") in ("read", "mixed"):
+            continue  # reading the stored teacher logits: neither a KD step's pace nor a CE one's
         paces[bool(epoch.get("distill"))].append(epoch["seconds"] / epoch["steps"])
     for kind, values in paces.items():
         if values:

@@ -249,13 +249,17 @@ class Study:
             fingerprint={**self.fingerprint, **execution_record(conv_impl), **kd_record},
             log=self.log, main=main)
 
+        cache, cache_counts = None, {}  # the cache's counters at the last epoch end
+
         def log_scalars(step: int, row: dict) -> None:
             outputs.write_row(step, {"sparsity": sparsity, **row})  # a dynamic run's: its own
             if main and "epoch_seconds" in row:  # the pace analysis.status estimates with
+                teacher = ({"teacher": teacher_cache_lib.epoch_source(cache, cache_counts)}
+                           if row["distill"] else {})
                 results.append_epoch_time(self.workdir, {
                     "level": level, "variant": variant_name, "step": step,
                     "distill": row["distill"], "steps": row["epoch_steps"],
-                    "seconds": round(row["epoch_seconds"], 3)})
+                    "seconds": round(row["epoch_seconds"], 3), **teacher})
 
         try:
             teacher = self.teacher() if distill else None

@@ -68,6 +68,17 @@ def resolve_mode(mode: str, *, steps: int, batch_size: int, classes: int,
     return "cached" if processes == 1 and fits else "in_step"
 
 
+def epoch_source(cache: Optional["TeacherLogitsCache"], last: dict) -> str:
+    """How one epoch's KD steps got the teacher's logits: "in_step" (no cache), "computed",
+    "read" or "mixed", from the cache's counters against `last` (their values at the previous
+    epoch end, updated here). Recorded per epoch, so a pace is not a blend of the two speeds."""
+    if cache is None:
+        return "in_step"
+    read, computed = cache.read - last.get("read", 0), cache.computed - last.get("computed", 0)
+    last.update(read=cache.read, computed=cache.computed)
+    return "mixed" if read and computed else "read" if read else "computed"
+
+
 class TeacherLogitsCache(Callback):
     """The stored teacher logits of one teacher on one data order (module docstring). As a
     callback of Trainer.fit it writes what the run computed at every epoch end, save point and
