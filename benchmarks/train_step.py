@@ -17,8 +17,8 @@ recorded) and then timed in alternating blocks, so the ratios are measured side 
 Plus the eval forward (inference mode). Medians over --repeats blocks of --steps steps after a
 warm-up; synthetic uint8 images (throughput does not depend on pixel values). Records: model,
 variant, batch, images_per_sec, compile_s (trace + lower + XLA compile, ahead of time, no
-execution), and the ratios masked/dense, masked_kd/masked and masked_kd_cached/masked_kd as time ratios (step
-time over step time).
+execution), and the ratios masked/dense, masked_kd/masked and masked_kd_cached/masked_kd as
+time ratios (step time over step time).
 """
 
 from __future__ import annotations

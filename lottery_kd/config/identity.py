@@ -29,8 +29,8 @@ COSMETIC_KEYS = ("log.progress", "log.tensorboard", "parallel.distributed",
 
 # How a result is computed, not what it is: each run records the value it ran on (its row's
 # `conv_impl`, a KD row's `teacher_logits`) and resumes on it, never switching halfway; a
-# relaunch may change it for the runs that start after. The config digest keeps the study's first value (config.json's), so the
-# study's snapshots stay valid across a switch.
+# relaunch may change it for the runs that start after. The config digest keeps the study's
+# first value (config.json's), so the study's snapshots stay valid across a switch.
 EXECUTION_KEYS = ("model.conv_impl", "kd.teacher_logits")
 
 # Settings added after studies may have started, with the value that reproduces what ran before
