@@ -139,3 +139,44 @@ def test_step_profile_groups_trace_events_by_kernel_and_refuses_a_bad_density():
         {"kind": "add_fusion", "ms_per_step": 1.0, "calls_per_step": 0.5, "share": 0.25}]
     with pytest.raises(SystemExit):
         main(["--density", "0"])
+
+
+def test_sparse_conv_ticket_mode_measures_each_layer_shape_at_its_own_density():
+    from benchmarks.sparse_conv import main, ticket_layers, ticket_totals
+    layers = ticket_layers("resnet20", 0.1074)
+    counts = {shape: count for shape, (_, count) in layers.items()}
+    # ResNet-20 after the stem: 6 + 1 + 5 + 1 + 5 3x3 convolutions and two 1x1 shortcuts
+    assert counts == {(32, 16, 16, 1, 3): 6, (32, 16, 32, 2, 3): 1, (16, 32, 32, 1, 3): 5,
+                      (16, 32, 64, 2, 3): 1, (8, 64, 64, 1, 3): 5, (32, 16, 32, 2, 1): 1,
+                      (16, 32, 64, 2, 1): 1}
+    density = {shape[:3]: d for shape, (d, _) in layers.items() if shape[4] == 3}
+    # global magnitude at initialisation prunes the wide late layers hardest
+    assert density[(32, 16, 16)] > density[(16, 32, 32)] > density[(8, 64, 64)]
+    records = [{"pass": "forward", "layers": 6, "dense_ms": 2.0, "sparse_ms": 1.0, "auto_ms": 1.5},
+               {"pass": "forward", "layers": 1, "dense_ms": 4.0, "sparse_ms": 1.0, "auto_ms": 1.0}]
+    assert ticket_totals(records) == {"forward": {"dense": 16.0, "sparse": 7.0, "auto": 10.0}}
+    with pytest.raises(SystemExit):
+        main(["--ticket", "1.5"])
+
+
+def test_sparse_conv_ticket_mode_writes_the_auto_path_and_totals(tmp_path):
+    out = tmp_path / "ticket.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.sparse_conv", "--ticket", "0.1074",
+                    "--batch-size", "2", "--steps", "1", "--repeats", "1", "--out", str(out)],
+                   cwd=REPO, check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert report["ticket"] == {"model": "resnet20", "density": 0.1074,
+                                "totals_ms": report["ticket"]["totals_ms"]}
+    assert set(report["ticket"]["totals_ms"]) == {"forward", "input_grad", "filter_grad",
+                                                  "backward"}
+    assert len(report["records"]) == 7 * 4
+    assert all(r["auto_ms"] > 0 and r["layers"] >= 1 for r in report["records"])
+
+
+def test_tile_loop_benchmark_reports_the_three_offset_sets(tmp_path):
+    out = tmp_path / "tile.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.tile_loop", "--reps", "1000", "--out",
+                    str(out)], cwd=REPO, check=True, capture_output=True)
+    rates = json.loads(out.read_text())["gflops_one_core"]
+    assert set(rates) == {"kernel_offsets", "aligned", "misaligned_by_3"}
+    assert all(value > 0 for value in rates.values())
