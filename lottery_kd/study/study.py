@@ -232,13 +232,7 @@ class Study:
         main = self.parallel.is_main
         masks = self.parallel.replicate(masks)
         sparsity = masks_lib.sparsity(masks, self.scope)  # at the start (GMP: then it prunes)
-        conv_impl = self.run_conv_impl(tag)
-        trainer = self.trainer
-        if conv_impl != self.config.model.conv_impl:
-            self.log(f"[level {level} {variant_name}] resumes on model.conv_impl={conv_impl}, the "
-                     f"path it started on (model.conv_impl={self.config.model.conv_impl} takes "
-                     "over from the next run)")
-            trainer = self.make_trainer(self.data, conv_impl)
+        conv_impl, trainer = self._run_trainer(tag, f"[level {level} {variant_name}]")
         state = trainer.init_state(start["params"], start["batch_stats"], masks, start_step)
         teacher_logits = self.run_teacher_logits(tag, num_steps) if distill else None
         kd_record = {"teacher_logits": teacher_logits} if distill else {}
@@ -292,6 +286,15 @@ class Study:
         else:
             outputs.resume.close()
         return row
+
+    def _run_trainer(self, tag: str, label: str) -> tuple[str, Trainer]:
+        """The conv_impl run `tag` trains on (the one it started on) and a trainer for it."""
+        conv_impl = self.run_conv_impl(tag)
+        if conv_impl == self.config.model.conv_impl:
+            return conv_impl, self.trainer
+        self.log(f"{label} resumes on model.conv_impl={conv_impl}, the path it started on "
+                 f"(model.conv_impl={self.config.model.conv_impl} takes over from the next run)")
+        return conv_impl, self.make_trainer(self.data, conv_impl)
 
     def _flops(self, row: dict, mask_update: Optional[MaskSchedule],
                masks: PyTree) -> dict[str, float]:
