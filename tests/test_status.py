@@ -162,3 +162,16 @@ def test_kd_epochs_that_read_stored_teacher_logits_do_not_set_the_kd_pace(tmp_pa
     found = status.study_status(tmp_path)
     # the KD pace is the epoch that ran the teacher, not a median with the two that read
     assert found["seconds_per_step"] == {False: pytest.approx(1.0), True: pytest.approx(1.5)}
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`python -m lottery_kd.status DIR ... | head`: head exits after one line, and status's
+    writes (more than a pipe holds) meet a closed pipe."""
+    plan = {"steps_per_epoch": 10, "runs": [
+        {"level": 0, "variant": "dense", "distill": False, "start_step": 0, "steps": 100}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    command = [sys.executable, "-m", "lottery_kd.status", *[str(tmp_path)] * 2000]
+    head = subprocess.run(" ".join(command) + " | head -n 1", shell=True, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert head.stdout.startswith(str(tmp_path))
+    assert "Traceback" not in head.stderr and "BrokenPipe" not in head.stderr, head.stderr

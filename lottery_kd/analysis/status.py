@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -264,14 +265,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except StatusError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-    if args.json:
-        print(json.dumps(statuses, indent=1))
-    else:
-        print("\n".join(describe(s) for s in statuses))
-        total = [s["seconds_left"] for s in statuses]
-        if len(statuses) > 1 and all(t is not None for t in total):
-            print(f"all: about {_duration(sum(total))} left, one study after another")
+    try:
+        _print(statuses, args.json)
+    except BrokenPipeError:  # the reader stopped early (`| head`): nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet at exit's flush
     return 0
+
+
+def _print(statuses: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(statuses, indent=1))
+        return
+    print("\n".join(describe(s) for s in statuses))
+    total = [s["seconds_left"] for s in statuses]
+    if len(statuses) > 1 and all(t is not None for t in total):
+        print(f"all: about {_duration(sum(total))} left, one study after another")
 
 
 if __name__ == "__main__":
