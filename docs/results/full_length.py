@@ -18,6 +18,7 @@ import json
 import os
 import statistics
 import sys
+from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
@@ -112,8 +113,7 @@ def epoch_times(study: str, rows: dict, steps_per_epoch: int) -> None:
             times.setdefault(key, []).append(entry["seconds"])
             if entry.get("distill"):  # how its KD steps got the teacher's logits
                 source = TEACHER_SOURCES.get(entry.get("teacher", "in_step"), "?")
-                teacher.setdefault(key, {}).setdefault(source, 0)
-                teacher[key][source] += 1
+                teacher.setdefault(key, Counter())[source] += 1
     print(f"\nSeconds per epoch (median over the full {steps_per_epoch}-step epochs; training "
           "and the test-set evaluation), the convolution path and, for KD epochs, where the "
           "teacher's logits came from (kd.teacher_logits; epochs of each):")

@@ -82,12 +82,13 @@ def study_status(workdir: str | Path) -> dict:
     source = {kind: ("its last two resume checkpoints" if kind == checkpoint_pace else
                      "its finished runs") if rates[kind] else None for kind in rates}
     dense = _epoch_paces(valid_epochs, plan["steps_per_epoch"], rate, source)
-    rate_note = _fill_missing_pace(rate, dense)
+    notes = [_fill_missing_pace(rate, dense)]
     readers = _cache_readers(plan["runs"]) if _caches_teacher_logits(workdir) else set()
     if readers & {(r["level"], r["variant"]) for r in pending + [current] if r}:
-        rate_note = "; ".join(filter(None, [rate_note, READER_NOTE]))
+        notes.append(READER_NOTE)
     if _sparse_runs_unmeasured(workdir, valid_epochs, pending + [current]):
-        rate_note = "; ".join(filter(None, [rate_note, SPARSE_NOTE]))
+        notes.append(SPARSE_NOTE)
+    rate_note = "; ".join(filter(None, notes))
     left_steps = {False: 0, True: 0}
     for run in pending + ([current] if current is not None else []):
         kind = run["distill"] and (run["level"], run["variant"]) not in readers
