@@ -3,6 +3,8 @@
 #
 #   bash benchmarks/gpu_check.sh --cifar .gpu_data/cifar10 [more gpu_check options]
 #
+# 0. *.bin.gz files in the --cifar folder are unpacked in place (gzip -9 makes the two files a
+#    study reads small enough to travel with the repository through the device tool).
 # 1. .gpu_data/site, when it exists, goes on PYTHONPATH: pure-Python packages copied there
 #    travel with the repository to a machine that cannot reach PyPI (README, Benchmarks).
 # 2. Python packages the check imports and cannot find are installed by pip, at the versions
@@ -22,6 +24,23 @@ say() { echo "gpu_check.sh: $*" >&2; }
 pip_install() {  # fail fast where PyPI is out of reach
   "$PYTHON" -m pip install --quiet --disable-pip-version-check --timeout 20 --retries 1 "$@"
 }
+
+# --cifar DIR may hold the binary files gzipped (data_batch_1.bin.gz ...: 54 MiB against 59,
+# what lets them travel through the device tool's 64 MiB beside the repository): unpack in place
+cifar=""
+previous=""
+for argument in "$@"; do
+  [ "$previous" = "--cifar" ] && cifar=$argument
+  case $argument in --cifar=*) cifar=${argument#--cifar=} ;; esac
+  previous=$argument
+done
+if [ -n "$cifar" ] && [ -d "$cifar" ]; then
+  for packed in "$cifar"/*.bin.gz; do
+    [ -e "$packed" ] || continue
+    say "unpacking $packed"
+    gunzip -f "$packed"
+  done
+fi
 
 if [ -d .gpu_data/site ]; then
   export PYTHONPATH="$PWD/.gpu_data/site${PYTHONPATH:+:$PYTHONPATH}"

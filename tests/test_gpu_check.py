@@ -2,6 +2,7 @@
 study's config, argument errors (fast); and (slow) the whole check in smoke mode on the CPU, with
 every section in its JSON."""
 
+import gzip
 import json
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def test_the_gpu_plan_runs_small_batches_first_and_leaves_out_the_skipped_row():
     rows = [tuple(row) for row in plan["rows"]]
     assert len(rows) == 11 and ("resnet110", 1024, "float32") not in rows
     assert {batch for _, batch, _ in rows[:6]} == {128}
-    assert sum(plan["caps"].values()) + 10 <= plan["budget"] <= 480  # 8 minutes
+    assert sum(plan["caps"].values()) + 10 <= plan["budget"] <= 540  # 9 minutes
     smoke = gpu_check.resolve(gpu_check.parse_args(["--models", "resnet56"]), smoke=True)
     assert smoke["rows"] == [("resnet56", 8, "float32"), ("resnet56", 8, "bfloat16")]
 
@@ -97,7 +98,8 @@ def test_pytest_counts_reads_the_summary_and_the_failed_ids():
     assert (counts["passed"], counts["failed"], counts["errors"], counts["skipped"],
             counts["deselected"]) == (3, 1, 1, 2, 4)
     assert counts["failures"] == ["tests/test_x.py::test_a", "tests/test_y.py::test_b"]
-    killed = ("tests/test_x.py::test_a PASSED     [ 10%]\n"
+    killed = ("collecting ... collected 5 items / 1 deselected / 4 selected\n"
+              "tests/test_x.py::test_a PASSED     [ 10%]\n"
               "tests/test_x.py::test_b[0.9-1e-4] FAILED [ 20%]\n"
               "tests/test_x.py::test_c SKIPPED (no GPU) [ 30%]\n"
               "tests/test_x.py::test_d ")
@@ -190,3 +192,19 @@ def test_the_smoke_check_writes_every_section(tmp_path):
     assert [(r["level"], r["variant"]) for r in study["rows"]] == [
         (0, "dense"), (1, "lt"), (1, "kd")]
     assert all(0 <= r["test_accuracy"] <= 1 and r["seconds"] > 0 for r in study["rows"])
+
+
+def test_the_shell_wrapper_unpacks_gzipped_cifar_files_before_the_check(tmp_path):
+    """gzip lets the two files travel through the device tool's 64 MiB; gpu_check.sh unpacks
+    them in the --cifar folder (here one lacking data_batch_1.bin: the check then refuses it)."""
+    cifar = tmp_path / "cifar10"
+    cifar.mkdir()
+    payload = bytes(range(256)) * 40
+    (cifar / "test_batch.bin.gz").write_bytes(gzip.compress(payload))
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--smoke",
+                           "--cifar", str(cifar), "--sections", "study"],
+                          capture_output=True, text=True, timeout=120)
+    assert "unpacking" in done.stderr
+    assert (cifar / "test_batch.bin").read_bytes() == payload
+    assert not (cifar / "test_batch.bin.gz").exists()
+    assert done.returncode == 2 and "data_batch_1.bin" in done.stderr
