@@ -14,13 +14,16 @@ and unstructured at each density below 1, N:M at N/M), pass (train | infer), imp
 images_per_sec, default (whether it is the path a study uses by default, model.conv_impl
 'auto'), and the speed-up over the same impl at density 1. Where torch is installed, PyTorch
 eager's dense train step and inference (benchmarks.compare_pytorch's network) are recorded
-beside them at density 1 (impl "pytorch_eager").
+beside them at density 1 (impl "pytorch_eager"). The inference pass also times the deployable
+ticket (impl "export"): the masked network written by lottery_kd.export (BatchNorm folded into
+the convolutions) and run by export.load's predict function, on the masked kernels.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 from benchmarks.common import environment, median, timed, write_json
 from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
@@ -54,7 +57,8 @@ def _compiled(model_name: str, impl: str, batch: int) -> dict:
         return TrainState(jnp.asarray(0), masks_lib.apply(setup.params, masks),
                           jax.tree.map(lambda x: jnp.array(x, copy=True), setup.batch_stats),
                           setup.optimizer.init(setup.params))
-    return {"setup": setup, "step": step, "infer": infer, "state_for": state_for}
+    return {"setup": setup, "step": step, "infer": infer, "state_for": state_for,
+            "images": images}
 
 
 def _masks(setup, density: float, structure: str = "unstructured", scope: str = "conv"):
@@ -63,6 +67,27 @@ def _masks(setup, density: float, structure: str = "unstructured", scope: str = 
         return setup.dense_masks
     return pruning.get("magnitude_global")(setup.params, setup.dense_masks, 1.0 - density,
                                            structure=structure, scope=scope)
+
+
+def _exported(model_name: str, setup, masks, images) -> Callable[[], object]:
+    """The deployable ticket's inference (lottery_kd.export: BatchNorm folded into the kernels,
+    written to an .npz and loaded back, on the masked kernels): a call on `images`."""
+    import tempfile
+
+    import jax
+
+    from benchmarks.common import CIFAR_NORMALIZATION
+    from lottery_kd import export
+    snapshot = jax.device_get({"params": setup.params, "batch_stats": setup.batch_stats,
+                               "masks": masks})
+    mean, std = CIFAR_NORMALIZATION
+    with tempfile.TemporaryDirectory(prefix="sparse_bench_") as folder:
+        path = f"{folder}/ticket.npz"
+        export.write_ticket(path, snapshot, {
+            "model": model_name, "classes": 10, "input_shape": [32, 32, 3],
+            "norm_impl": "fused", "normalization": {"mean": list(mean), "std": list(std)}})
+        ticket = export.load(path)
+    return lambda: ticket.predict(images)
 
 
 def cells(densities: list[float], structures: list[str]) -> list[tuple[float, str]]:
@@ -107,6 +132,9 @@ def measure(model_name: str, densities: list[float], batch: int, steps: int,
                     def call(parts=parts, params=params, stats=stats):
                         return parts["infer"](params, stats, masks)
                 calls[impl] = call
+            if pass_name == "infer":
+                setup = built["native"]["setup"]
+                calls["export"] = _exported(model_name, setup, masks, built["native"]["images"])
             seconds = {impl: [] for impl in calls}
             for repeat in range(-1, repeats):
                 for impl, call in calls.items():

@@ -90,7 +90,9 @@ def test_sparse_benchmark_records_both_paths_for_each_density_and_pass(tmp_path)
     cells = [(r["density"], r["structure"], r["pass"], r["impl"]) for r in records]
     assert cells == [(d, s, p, i) for d, s in ((1.0, "unstructured"), (0.1074, "unstructured"),
                                               (0.1074, "block:16"))
-                     for p in ("train", "infer") for i in ("native", "sparse")]
+                     for p, impls in (("train", ("native", "sparse")),
+                                      ("infer", ("native", "sparse", "export")))
+                     for i in impls]
     assert all(r["images_per_sec"] > 0 and r["default"] == (r["impl"] == "native")
                for r in records)
     assert all(r["speedup_over_densest"] == 1.0 for r in records if r["density"] == 1.0)
