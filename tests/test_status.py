@@ -164,6 +164,28 @@ def test_kd_epochs_that_read_stored_teacher_logits_do_not_set_the_kd_pace(tmp_pa
     assert found["seconds_per_step"] == {False: pytest.approx(1.0), True: pytest.approx(1.5)}
 
 
+def test_finished_runs_that_read_stored_teacher_logits_do_not_set_the_kd_pace(tmp_path):
+    """With no KD epoch that ran the teacher on record, the KD pace falls back to the finished
+    KD rows: the run that computed the logits, not a mean with the run that only read them."""
+    from lottery_kd.study.workdir import Workdir
+    plan = {"steps_per_epoch": 10, "runs": [
+        {"level": 0, "variant": "dense", "distill": False, "start_step": 0, "steps": 10},
+        {"level": 1, "variant": "kd", "distill": True, "start_step": 0, "steps": 10},
+        {"level": 1, "variant": "kd_rewind", "distill": True, "start_step": 0, "steps": 10},
+        {"level": 2, "variant": "kd", "distill": True, "start_step": 0, "steps": 100}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    Workdir(tmp_path).environment.write_text(json.dumps({"teacher_logits": "cached"}) + "\n")
+    for variant, distill, seconds in (("dense", False, 10.0), ("kd", True, 15.0),
+                                      ("kd_rewind", True, 9.0)):
+        results.append_row(Workdir(tmp_path).results, {
+            "level": 0 if variant == "dense" else 1, "variant": variant, "sparsity": 0.2,
+            "test_accuracy": 0.5, "distill": distill, "steps": 10, "seconds": seconds})
+    results.append_epoch_time(tmp_path, {"level": 1, "variant": "kd_rewind", "steps": 10,
+                                         "distill": True, "seconds": 9.0, "teacher": "read"})
+    found = status.study_status(tmp_path)
+    assert found["seconds_per_step"][True] == pytest.approx(1.5)
+
+
 def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     """`python -m lottery_kd.status DIR ... | head`: head exits after one line, and status's
     writes (more than a pipe holds) meet a closed pipe."""

@@ -52,9 +52,10 @@ def study_status(workdir: str | Path) -> dict:
     valid_rows, damaged_rows = results.scan_rows(paths.results)
     valid_epochs, damaged_epochs = jsonlines.scan(paths.epoch_times, results.EPOCH_TIME_FIELDS)
     rows = {(r["level"], r["variant"]): r for r in valid_rows}
+    readers = _cache_readers(plan["runs"]) if _caches_teacher_logits(workdir) else set()
     rates: dict[bool, list[float]] = {False: [], True: []}
-    for row in rows.values():
-        if row.get("steps") and row.get("seconds"):
+    for key, row in rows.items():  # a reader's pace is neither a KD run's nor a CE one's
+        if row.get("steps") and row.get("seconds") and key not in readers:
             rates[bool(row.get("distill"))].append(row["seconds"] / row["steps"])
     done, pending, current = [], [], None
     checkpoint_pace: Optional[bool] = None  # the kind whose pace comes from resume checkpoints
@@ -83,7 +84,6 @@ def study_status(workdir: str | Path) -> dict:
                      "its finished runs") if rates[kind] else None for kind in rates}
     dense = _epoch_paces(valid_epochs, plan["steps_per_epoch"], rate, source)
     notes = [_fill_missing_pace(rate, dense)]
-    readers = _cache_readers(plan["runs"]) if _caches_teacher_logits(workdir) else set()
     if readers & {(r["level"], r["variant"]) for r in pending + [current] if r}:
         notes.append(READER_NOTE)
     if _sparse_runs_unmeasured(workdir, valid_epochs, pending + [current]):
