@@ -7,7 +7,7 @@ PyTorch eager) or study (a shrunk ResNet-20 lottery study). Throughput rows are 
 ROWS_FILE as JSON lines as soon as each is measured, so a section killed at its time cap keeps
 what it finished; the study writes its own results.jsonl in the workdir SPEC names. Each row
 stops before starting what would not end by SPEC's `seconds` (the pace of the rows done so far,
-scaled by depth, estimates it) and records that as a skipped row instead.
+scaled by the square root of depth, estimates it: Pace) and records that as a skipped row instead.
 
 A separate process per section: each has the accelerator to itself (JAX preallocates most of a
 GPU's memory), and a hung compile is killed without losing the other sections.
@@ -45,20 +45,28 @@ def depth(model_name: str) -> int:
 
 
 class Pace:
-    """Whether the next row fits before the deadline: the slowest seconds per layer of depth seen
-    so far (compiles dominate, and grow with depth), times the next model's depth."""
+    """Whether the next row fits before the deadline: the slowest row so far, scaled by the
+    square root of the depth ratio. Compiles dominate a row, and on a GPU they grow far slower
+    than depth: XLA autotunes each distinct convolution shape once, and a deeper CIFAR ResNet
+    repeats the same few shapes (H200, 2026-12-04: ResNet-56 compiled in 38.6 s against
+    ResNet-20's 29.2, 1.3x for 2.8x the depth). Scaling by depth itself skipped every ResNet-56
+    and -110 row there that would have fit; a square root still errs on the long side."""
 
     def __init__(self, seconds: float) -> None:
         self.deadline = time.monotonic() + seconds
-        self.per_depth = 0.0
+        self.per_root_depth = 0.0
+
+    def estimate(self, model_name: str) -> float:
+        """Seconds a row of `model_name` is expected to take."""
+        return self.per_root_depth * math.sqrt(depth(model_name))
 
     def fits(self, model_name: str) -> bool:
         """Whether a row of `model_name` should end before the deadline."""
-        return time.monotonic() + self.per_depth * depth(model_name) < self.deadline
+        return time.monotonic() + self.estimate(model_name) < self.deadline
 
     def record(self, model_name: str, seconds: float) -> None:
         """Take in the seconds a finished row of `model_name` took."""
-        self.per_depth = max(self.per_depth, seconds / depth(model_name))
+        self.per_root_depth = max(self.per_root_depth, seconds / math.sqrt(depth(model_name)))
 
 
 def run_rows(spec: dict, rows_file: str, measure: Callable[[str, int, str], dict],

@@ -208,3 +208,15 @@ def test_the_shell_wrapper_unpacks_gzipped_cifar_files_before_the_check(tmp_path
     assert (cifar / "test_batch.bin").read_bytes() == payload
     assert not (cifar / "test_batch.bin.gz").exists()
     assert done.returncode == 2 and "data_batch_1.bin" in done.stderr
+
+
+def test_the_row_pace_scales_with_the_square_root_of_depth():
+    """A ResNet-20 row of 45 s: ResNet-56 is expected at 45 * sqrt(2.8) = 75 s (it took about
+    60 on an H200), not 126, so it is measured when 100 s are left; ResNet-110's 105 s is not."""
+    from benchmarks.gpu_check_workers import Pace
+    pace = Pace(100.0)
+    pace.record("resnet20", 45.0)
+    assert pace.estimate("resnet56") == pytest.approx(45.0 * (56 / 20) ** 0.5)
+    assert pace.fits("resnet56") and not pace.fits("resnet110")
+    pace.record("resnet56", 40.0)  # faster per root depth: the slowest row still sets the pace
+    assert pace.estimate("resnet20") == pytest.approx(45.0)
