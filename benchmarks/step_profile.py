@@ -7,6 +7,7 @@ Traces `--steps` cross-entropy steps of the renda protocol's step (per-image nor
 128, global magnitude masks of the initial network at `--density`) with jax.profiler, maps each
 traced XLA op to its native kernel (the ffi call's target: the sparse or dense convolutions, the
 fused BatchNorm) or its fusion kind, and reports milliseconds per step and the share of each.
+`--infer` profiles the masked network's eval forward pass (inference) the same way.
 Run it on an otherwise idle machine: a kernel's share is only as good as the machine is quiet.
 """
 
@@ -57,23 +58,39 @@ def aggregate(events: list[dict], kinds: dict[str, str], steps: int) -> list[dic
             for kind, us in total.most_common()]
 
 
-def profile(model_name: str, conv_impl: str, density: float, batch: int, steps: int) -> dict:
+def _step(setup, images, labels, infer: bool):
+    """(jitted step(state, masks) -> (state, output), its first state): the cross-entropy train
+    step, or with `infer` the eval forward pass of the masked network (state passed through)."""
+    import jax
+    import jax.numpy as jnp
+
+    from lottery_kd.data.augment import normalize
+    from lottery_kd.sparsity import masks as masks_lib
+    from lottery_kd.training.steps import TrainState
+    if infer:
+        def forward(state, masks):
+            variables = {"params": masks_lib.apply(state[0], masks), "batch_stats": state[1]}
+            return state, setup.model.apply(variables, normalize(images, None, None),
+                                            train=False)
+        return jax.jit(forward), (setup.params, setup.batch_stats)
+    step = jax.jit(lambda s, m: setup.ce(s, m, images, labels, jnp.float32(0.1), {}),
+                   donate_argnums=(0,))
+    return step, TrainState(jnp.asarray(0), masks_lib.apply(setup.params, setup.masks),
+                            setup.batch_stats, setup.optimizer.init(setup.params))
+
+
+def profile(model_name: str, conv_impl: str, density: float, batch: int, steps: int,
+            infer: bool = False) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-
-    from lottery_kd.sparsity import masks as masks_lib
-    from lottery_kd.training.steps import TrainState
 
     setup = resnet_steps(model_name, conv_impl, "fused", 1.0 - density if density < 1 else 0.0,
                          normalization="per_image")
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
-    step = jax.jit(lambda s, m: setup.ce(s, m, images, labels, jnp.float32(0.1), {}),
-                   donate_argnums=(0,))
-    state = TrainState(jnp.asarray(0), masks_lib.apply(setup.params, setup.masks),
-                       setup.batch_stats, setup.optimizer.init(setup.params))
+    step, state = _step(setup, images, labels, infer)
     kinds = op_kinds(step.lower(state, setup.masks).compile().as_text())
     for _ in range(WARM_UP_STEPS):
         state, metrics = step(state, setup.masks)
@@ -92,7 +109,8 @@ def profile(model_name: str, conv_impl: str, density: float, batch: int, steps: 
         with gzip.open(trace) as f:
             events = json.load(f)["traceEvents"]
     rows = aggregate(events, kinds, steps)
-    return {"model": model_name, "conv_impl": conv_impl, "density": density, "batch": batch,
+    return {"model": model_name, "pass": "infer" if infer else "train",
+            "conv_impl": conv_impl, "density": density, "batch": batch,
             "steps": steps, "step_ms_untraced": round(untraced_ms, 2),
             "op_ms_per_step": round(sum(r["ms_per_step"] for r in rows), 2), "ops": rows}
 
@@ -106,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="fraction of conv weights kept, in (0, 1] (1: dense masks)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--infer", action="store_true",
+                        help="profile the eval forward pass (inference) instead of a train step")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     if not 0.0 < args.density <= 1.0:
@@ -113,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps < 1 or args.batch_size < 1:
         parser.error("--steps and --batch-size must be at least 1")
     reexec_with_malloc_tuning()  # as the training entry points run (runtime.malloc_tuning)
-    record = profile(args.model, args.conv_impl, args.density, args.batch_size, args.steps)
+    record = profile(args.model, args.conv_impl, args.density, args.batch_size, args.steps,
+                     args.infer)
     write_json({"benchmark": "step_profile", **environment(), "records": [record]}, args.out)
 
 

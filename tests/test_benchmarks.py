@@ -113,12 +113,29 @@ def test_step_profile_names_the_kernels_of_a_sparse_step(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads(out.read_text())["records"][0]
     kinds = {op["kind"]: op for op in record["ops"]}
-    # ResNet-20: 19 masked convolutions, each one forward and one backward call
-    assert kinds["lottery_kd_sparse_conv_forward"]["calls_per_step"] == 19
+    # ResNet-20: 19 3x3 convolutions and 2 1x1 shortcuts, each one forward call; backward one
+    # call each, but the stride-2 shortcuts' filter gradient alone (their input gradient: XLA)
+    assert kinds["lottery_kd_sparse_conv_forward"]["calls_per_step"] == 21
     assert kinds["lottery_kd_sparse_conv_backward"]["calls_per_step"] == 19
+    assert kinds["lottery_kd_sparse_conv_filter_grad"]["calls_per_step"] == 2
     assert "lottery_kd_batch_norm_forward" in kinds
     assert sum(op["share"] for op in record["ops"]) == pytest.approx(1.0, abs=1e-3)
     assert record["op_ms_per_step"] > 0 and record["density"] == 0.1074
+
+
+def test_step_profile_of_inference_has_forward_convolutions_only(tmp_path):
+    out = tmp_path / "profile.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.step_profile", "--batch-size", "8",
+                           "--steps", "1", "--infer", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(out.read_text())["records"][0]
+    kinds = {op["kind"]: op for op in record["ops"]}
+    assert record["pass"] == "infer"
+    assert kinds["lottery_kd_sparse_conv_forward"]["calls_per_step"] == 21
+    # no gradients, and eval BatchNorm is an XLA fusion, not the training kernel
+    assert not any("backward" in kind or "grad" in kind or "batch_norm" in kind
+                   for kind in kinds)
 
 
 def test_step_profile_groups_trace_events_by_kernel_and_refuses_a_bad_density():
