@@ -46,7 +46,7 @@ def _model() -> ml_collections.ConfigDict:
     section.norm_impl = "fused"     # fused | flax: the ResNets' BatchNorm + residual + ReLU
                                     # as one op with a hand-written backward pass (the native
                                     # CPU kernel on one CPU device), or nn.BatchNorm
-                                    # (same math; speeds in the README's CPU table)
+                                    # (same math; speeds in docs/benchmarks.md)
     return section
 
 

@@ -8,7 +8,7 @@
 //     (a strided one for the even or odd columns of a stride-2 layer). Measured idle at density
 //     0.1074, this saves 14-16 % of a pass on 32x32x16 layers and nothing measurable on smaller
 //     maps (benchmarks/results/sparse_conv_cpu_nchw_idle_2026-12-03.json): the transposes are
-//     not what limits the sparse path (README, "Skipping pruned weights").
+//     not what limits the sparse path (docs/benchmarks.md, "Skipping pruned weights").
 // Gather and Scatter take either layout; ToChannelsLast and ToChannelsFirst convert whole images
 // for the dense kernels of conv3x3_cpu.cc, which read NHWC only.
 #ifndef LOTTERY_KD_KERNELS_SPARSE_LAYOUT_H_
