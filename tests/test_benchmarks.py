@@ -138,6 +138,17 @@ def test_step_profile_of_inference_has_forward_convolutions_only(tmp_path):
                    for kind in kinds)
 
 
+def test_step_profile_measures_how_much_kernel_time_runs_beside_another_kernel():
+    from benchmarks.step_profile import overlapped_share
+    kinds = {"a": "lottery_kd_conv3x3_forward", "b": "lottery_kd_conv3x3_filter_grad"}
+    events = [{"ph": "X", "name": "a", "ts": 0, "dur": 10},
+              {"ph": "X", "name": "b", "ts": 5, "dur": 10},   # overlaps a's second half
+              {"ph": "X", "name": "fusion.3", "ts": 0, "dur": 40},  # not a native kernel
+              {"ph": "X", "name": "a", "ts": 20, "dur": 10}]  # alone
+    assert overlapped_share(events, kinds) == pytest.approx(10 / 30, abs=1e-4)  # 5 + 5 of 30
+    assert overlapped_share(events[2:], kinds) == 0.0
+
+
 def test_step_profile_groups_trace_events_by_kernel_and_refuses_a_bad_density():
     from benchmarks.step_profile import aggregate, main, op_kinds
     hlo = ('  %ffi_call.3 = f32[8] custom-call(f32[8] %p), custom_call_target="conv_fwd"\n'
