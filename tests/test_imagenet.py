@@ -224,7 +224,7 @@ def test_the_imagenet_experiment_runs_end_to_end_on_mock_data(mocked, tmp_path):
 
     config = imagenet_resnet50.get_config()
     assert (config.train.batch_size, config.train.lr, config.train.warmup_epochs,
-            config.train.milestones, config.train.epochs) == (1024, 0.4, 5, "30,60,80", 90)
+            config.train.milestones, config.train.epochs) == (512, 0.4, 5, "30,60,80", 90)
     assert (config.kd.temperature, config.kd.alpha, config.kd.reduction, config.kd.stop_epoch,
             config.lottery.rewind) == (4.0, 0.9, "batchmean", 60, "6ep")
     config.model.name = "resnet18"
