@@ -146,13 +146,16 @@ def test_an_estimate_from_the_dense_pace_alone_is_called_an_upper_bound_on_the_s
     assert status.SPARSE_NOTE not in status.describe(status.study_status(tmp_path))
 
 
+# level 1's kd computes the teacher logits that its kd_rewind (the same steps) reads
+READER_PLAN = {"steps_per_epoch": 10, "runs": [
+    {"level": 0, "variant": "dense", "distill": False, "start_step": 0, "steps": 10},
+    {"level": 1, "variant": "kd", "distill": True, "start_step": 0, "steps": 10},
+    {"level": 1, "variant": "kd_rewind", "distill": True, "start_step": 0, "steps": 10},
+    {"level": 2, "variant": "kd", "distill": True, "start_step": 0, "steps": 100}]}
+
+
 def test_kd_epochs_that_read_stored_teacher_logits_do_not_set_the_kd_pace(tmp_path):
-    plan = {"steps_per_epoch": 10, "runs": [
-        {"level": 0, "variant": "dense", "distill": False, "start_step": 0, "steps": 10},
-        {"level": 1, "variant": "kd", "distill": True, "start_step": 0, "steps": 10},
-        {"level": 1, "variant": "kd_rewind", "distill": True, "start_step": 0, "steps": 10},
-        {"level": 2, "variant": "kd", "distill": True, "start_step": 0, "steps": 100}]}
-    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    (tmp_path / "plan.json").write_text(json.dumps(READER_PLAN))
     epochs = [(0, "dense", False, 10.0, None), (1, "kd", True, 15.0, "computed"),
               (1, "kd_rewind", True, 9.0, "read"), (1, "kd_rewind", True, 9.5, "read")]
     for level, variant, distill, seconds, teacher in epochs:
@@ -168,12 +171,7 @@ def test_finished_runs_that_read_stored_teacher_logits_do_not_set_the_kd_pace(tm
     """With no KD epoch that ran the teacher on record, the KD pace falls back to the finished
     KD rows: the run that computed the logits, not a mean with the run that only read them."""
     from lottery_kd.study.workdir import Workdir
-    plan = {"steps_per_epoch": 10, "runs": [
-        {"level": 0, "variant": "dense", "distill": False, "start_step": 0, "steps": 10},
-        {"level": 1, "variant": "kd", "distill": True, "start_step": 0, "steps": 10},
-        {"level": 1, "variant": "kd_rewind", "distill": True, "start_step": 0, "steps": 10},
-        {"level": 2, "variant": "kd", "distill": True, "start_step": 0, "steps": 100}]}
-    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    (tmp_path / "plan.json").write_text(json.dumps(READER_PLAN))
     Workdir(tmp_path).environment.write_text(json.dumps({"teacher_logits": "cached"}) + "\n")
     for variant, distill, seconds in (("dense", False, 10.0), ("kd", True, 15.0),
                                       ("kd_rewind", True, 9.0)):
