@@ -64,14 +64,12 @@ def _step(setup, images, labels, infer: bool):
     import jax
     import jax.numpy as jnp
 
-    from lottery_kd.data.augment import normalize
     from lottery_kd.sparsity import masks as masks_lib
     from lottery_kd.training.steps import TrainState
-    if infer:
+    if infer:  # the inference pass a KD step runs for its teacher, here on the masked network
         def forward(state, masks):
             variables = {"params": masks_lib.apply(state[0], masks), "batch_stats": state[1]}
-            return state, setup.model.apply(variables, normalize(images, None, None),
-                                            train=False)
+            return state, setup.teacher_forward(variables, images)
         return jax.jit(forward), (setup.params, setup.batch_stats)
     step = jax.jit(lambda s, m: setup.ce(s, m, images, labels, jnp.float32(0.1), {}),
                    donate_argnums=(0,))
