@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 def emit(rows_file: str, row: dict) -> None:
@@ -111,20 +112,47 @@ def throughput(batch: int, seconds: list, spec: dict) -> dict:
             "timed_steps": per_block * len(seconds), "warmup_steps": spec["warmup"]}
 
 
+def jax_step(setup: SimpleNamespace, batch: int) -> SimpleNamespace:
+    """The cross-entropy train step of `setup` (benchmarks.common.resnet_steps) compiled ahead of
+    time (compile_s: trace + lower + XLA compile, no execution) on one synthetic uint8 batch.
+    run(steps) trains `steps` steps from a private copy of the setup's state and returns (state,
+    metrics); wait is jax.block_until_ready."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lottery_kd.sparsity import masks as masks_lib
+    from lottery_kd.training.steps import TrainState
+    s = setup
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
+    lr = jnp.float32(0.1)
+    state = [TrainState(jnp.asarray(0), masks_lib.apply(s.params, s.masks),
+                        jax.tree.map(lambda x: jnp.array(x, copy=True), s.batch_stats),
+                        s.optimizer.init(s.params))]
+    began = time.perf_counter()
+    compiled = s.ce.lower(state[0], s.masks, images, labels, lr, {}).compile()
+    compile_s = time.perf_counter() - began
+
+    def run(steps: int):
+        metrics = None
+        for _ in range(steps):  # the step donates its state: keep only the newest
+            state[0], metrics = compiled(state[0], s.masks, images, labels, lr, {})
+        return state[0], metrics
+    return SimpleNamespace(run=run, wait=jax.block_until_ready, compile_s=compile_s)
+
+
 def jax_measure(spec: dict, setups: dict) -> Callable[[str, int, str], dict]:
     """measure(model, batch, precision) for the library's masked train step (benchmarks.common
     resnet_steps: SGD momentum + weight decay, magnitude masks at spec's sparsity, CIFAR
-    normalisation inside the step), compiled ahead of time (compile_s) on synthetic uint8
-    images."""
-    import jax
-    import jax.numpy as jnp
+    normalisation inside the step), compiled ahead of time (jax_step)."""
     import numpy as np
 
     from benchmarks.common import resnet_steps
     from lottery_kd.kernels.conv3x3 import native_enabled
     from lottery_kd.sparsity import masks as masks_lib
     from lottery_kd.training import precision as precision_lib
-    from lottery_kd.training.steps import TrainState
 
     def measure(model_name: str, batch: int, precision: str) -> dict:
         if (model_name, precision) not in setups:  # the same initial weights in each precision
@@ -133,71 +161,61 @@ def jax_measure(spec: dict, setups: dict) -> Callable[[str, int, str], dict]:
                 model_name, spec["conv_impl"], spec["norm_impl"], spec["sparsity"],
                 precision=precision, variables=same and (same.params, same.batch_stats))
         s = setups[model_name, precision]
-        rng = np.random.default_rng(0)
-        images = jnp.asarray(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8))
-        labels = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
-        lr = jnp.float32(0.1)
-        state = [TrainState(jnp.asarray(0), masks_lib.apply(s.params, s.masks),
-                            jax.tree.map(lambda x: jnp.array(x, copy=True), s.batch_stats),
-                            s.optimizer.init(s.params))]
-        began = time.perf_counter()  # trace + lower + XLA compile, no execution
-        compiled = s.ce.lower(state[0], s.masks, images, labels, lr, {}).compile()
-        compile_s = time.perf_counter() - began
-
-        def run(steps: int):
-            metrics = None
-            for _ in range(steps):  # the step donates its state: keep only the newest
-                state[0], metrics = compiled(state[0], s.masks, images, labels, lr, {})
-            return state[0], metrics
-
-        seconds = block_seconds(run, jax.block_until_ready, spec)
-        loss = float(run(1)[1]["loss"])
+        step = jax_step(s, batch)
+        seconds = block_seconds(step.run, step.wait, spec)
+        loss = float(step.run(1)[1]["loss"])
         conv_impl = precision_lib.conv_impl_for(spec["conv_impl"], precision)
-        return {**throughput(batch, seconds, spec), "compile_s": round(compile_s, 2),
+        return {**throughput(batch, seconds, spec), "compile_s": round(step.compile_s, 2),
                 "conv_impl": "native" if native_enabled(conv_impl) else "xla",
                 "norm_impl": spec["norm_impl"], "sparsity": round(masks_lib.sparsity(s.masks), 4),
                 "loss": loss, "loss_finite": bool(np.isfinite(loss))}
     return measure
 
 
-def torch_measure(spec: dict) -> Callable[[str, int, str], dict]:
-    """measure(model, batch, precision) for benchmarks.compare_pytorch's network on CUDA when
-    there is one (else the CPU): channels_last, SGD momentum 0.9 + weight decay, cross-entropy,
-    cudnn.benchmark on; bfloat16 under torch.autocast (float32 weights, as train.precision)."""
+def torch_step(model_name: str, batch: int, precision: str) -> SimpleNamespace:
+    """benchmarks.compare_pytorch's network on CUDA when there is one (else the CPU):
+    channels_last, SGD momentum 0.9 + weight decay, cross-entropy, cudnn.benchmark on; bfloat16
+    under torch.autocast (float32 weights, as train.precision). run(steps) trains `steps` steps
+    on one synthetic batch (losses keeps each call's last loss); wait(_) waits for the device."""
     import torch
 
     from benchmarks.compare_pytorch import torch_resnet
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    net = torch_resnet(depth(model_name)).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    images = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    net.train()
+    losses = []
+
+    def run(steps: int):
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16,
+                                enabled=precision == "bfloat16"):
+                loss = loss_fn(net(images), labels)
+            loss.backward()
+            optimizer.step()
+        losses.append(loss)
 
     def wait(_):
         if device.type == "cuda":
             torch.cuda.synchronize()
+    return SimpleNamespace(run=run, wait=wait, losses=losses, device=device)
+
+
+def torch_measure(spec: dict) -> Callable[[str, int, str], dict]:
+    """measure(model, batch, precision) for torch_step's PyTorch train step."""
+    import torch
 
     def measure(model_name: str, batch: int, precision: str) -> dict:
-        torch.manual_seed(0)
-        net = torch_resnet(depth(model_name)).to(device, memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
-        images = torch.randn(batch, 3, 32, 32, device=device).to(
-            memory_format=torch.channels_last)
-        labels = torch.randint(0, 10, (batch,), device=device)
-        loss_fn = torch.nn.CrossEntropyLoss()
-        net.train()
-        losses = []
-
-        def run(steps: int):
-            for _ in range(steps):
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16,
-                                    enabled=precision == "bfloat16"):
-                    loss = loss_fn(net(images), labels)
-                loss.backward()
-                optimizer.step()
-            losses.append(loss)
-
-        seconds = block_seconds(run, wait, spec)
-        loss = float(losses[-1].detach().float().cpu())
-        return {**throughput(batch, seconds, spec), "device": str(device),
+        step = torch_step(model_name, batch, precision)
+        seconds = block_seconds(step.run, step.wait, spec)
+        loss = float(step.losses[-1].detach().float().cpu())
+        return {**throughput(batch, seconds, spec), "device": str(step.device),
                 "torch": torch.__version__, "cudnn_benchmark": True,
                 "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
                 "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
