@@ -78,3 +78,24 @@ def test_benchmark_children_get_each_malloc_setting_and_keep_other_tunables(monk
 
 def test_opting_out_leaves_the_process_alone():
     assert _run(PRINT_TUNABLES, **{malloc_tuning.OPT_OUT: "0"}) == "[]"
+
+
+def test_accelerators_are_told_from_jax_platforms_or_a_device_node_with_its_plugin(tmp_path):
+    present = malloc_tuning.accelerator_present
+    assert present({"JAX_PLATFORMS": "cuda,cpu"}, tmp_path, set())
+    assert not present({"JAX_PLATFORMS": "cpu"}, tmp_path, {"jax_cuda12_plugin"})
+    assert not present({}, tmp_path, {"jax_cuda12_plugin"})  # no device node: the CPU
+    (tmp_path / "nvidia0").touch()
+    assert not present({}, tmp_path, {"jax", "numpy"})  # a GPU, but a CPU-only JAX
+    assert present({}, tmp_path, {"jax", "jax_cuda13_plugin"})
+    assert present({}, tmp_path, {"jax_plugins"})
+    assert not present({"JAX_PLATFORMS": " cpu "}, tmp_path, {"jax_plugins"})
+    (tmp_path / "nvidia0").unlink()
+    (tmp_path / "accel0").touch()
+    assert present({}, tmp_path, {"libtpu"}) and not present({}, tmp_path, {"jax_plugins"})
+
+
+def test_no_restart_where_jax_computes_on_an_accelerator():
+    """The tunables slow a GPU host's compiles 3-4x (module docstring): none there."""
+    assert not malloc_tuning.wanted({"JAX_PLATFORMS": "cuda"})
+    assert _run(PRINT_TUNABLES, JAX_PLATFORMS="cuda") == "[]"
