@@ -12,9 +12,11 @@ density runs the same compiled code. Timed in alternating blocks (native, sparse
 after an untimed block each; medians. Records: model, density, structure (--structures: block:B
 and unstructured at each density below 1, N:M at N/M), pass (train | infer), impl,
 images_per_sec, default (whether it is the path a study uses by default, model.conv_impl
-'auto'), and the speed-up over the same impl at density 1. Where torch is installed, PyTorch
-eager's dense train step and inference (benchmarks.compare_pytorch's network) are recorded
-beside them at density 1 (impl "pytorch_eager"). The inference pass also times the deployable
+'auto'), the speed-up over the same impl at density 1, and flops_kept (the share of the
+multiply-adds the masks keep: global magnitude masks keep 21 % of ResNet-20's at density
+0.1074). Where torch is installed, PyTorch eager's dense train step and inference
+(benchmarks.compare_pytorch's network) are recorded beside them at density 1 (impl
+"pytorch_eager"). The inference pass also times the deployable
 ticket (impl "export"): the masked network written by lottery_kd.export (BatchNorm folded into
 the convolutions) and run by export.load's predict function, on the masked kernels.
 """
@@ -117,6 +119,7 @@ def measure(model_name: str, densities: list[float], batch: int, steps: int,
     records = []
     for density, structure in cells(densities, list(structures)):
         masks = _masks(built[IMPLS[0]]["setup"], density, structure, scope)
+        kept = flops_kept(model_name, masks)
         for pass_name in ("train", "infer"):
             calls = {}
             for impl, parts in built.items():
@@ -146,6 +149,7 @@ def measure(model_name: str, densities: list[float], batch: int, steps: int,
                 records.append({"model": model_name, "density": density, "scope": scope,
                                 "structure": structure, "pass": pass_name, "impl": impl,
                                 "default": impl == DEFAULT_IMPL, "batch": batch,
+                                "flops_kept": kept,
                                 "images_per_sec": round(steps * batch / median(seconds[impl]),
                                                         1)})
     records += _pytorch_records(model_name, batch, steps)
@@ -156,6 +160,19 @@ def measure(model_name: str, densities: list[float], batch: int, steps: int,
         record["speedup_over_densest"] = round(record["images_per_sec"]
                                                / base["images_per_sec"], 3)
     return records
+
+
+def flops_kept(model_name: str, masks) -> float:
+    """The share of the network's multiply-adds that the masks keep (lottery_kd.models.flops:
+    every kernel, convolutions and fc). Global magnitude masks keep more of the early, costly
+    layers, so this exceeds the density, and 1 / flops_kept bounds what skipping the pruned
+    weights can gain on the convolutions."""
+    from lottery_kd.models import flops, get_model
+    from lottery_kd.sparsity import masks as masks_lib
+    model = get_model(model_name, 10, conv_impl="xla", norm_impl="flax")
+    counted = flops.train_flops(flops.layer_flops(model, (32, 32, 3)),
+                                masks_lib.layer_counts(masks, "conv"), steps=1, batch_size=1)
+    return round(counted["sparse"] / counted["dense"], 4)
 
 
 def _pytorch_records(model_name: str, batch: int, steps: int) -> list[dict]:

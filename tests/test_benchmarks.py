@@ -96,6 +96,10 @@ def test_sparse_benchmark_records_both_paths_for_each_density_and_pass(tmp_path)
     assert all(r["images_per_sec"] > 0 and r["default"] == (r["impl"] == "native")
                for r in records)
     assert all(r["speedup_over_densest"] == 1.0 for r in records if r["density"] == 1.0)
+    # global magnitude keeps more of the costly early layers: more multiply-adds than weights
+    kept = {(r["density"], r["structure"]): r["flops_kept"] for r in records}
+    assert kept[1.0, "unstructured"] == 1.0
+    assert 0.15 < kept[0.1074, "unstructured"] < 0.3
 
 
 def test_sparse_benchmark_cells_measure_each_structure_where_it_applies():
