@@ -46,8 +46,8 @@ def test_tables_pair_variants_with_rendas_numbers_and_time_the_epochs(tmp_path, 
     # kd − weight_rewind, kd − lt, then differences whose runs are missing stay empty
     assert "| 0.1074 | +0.50 | +4.00 |  |  | +3.50 |  |" in out
     # dense: the full epochs 120, 100, 96, 94 (the partial ones left out): median 98
-    assert "| L0 dense | 4 | 98.0 | 1.00x | auto |" in out
-    assert "| L10 lt | 3 | 80.0 | 1.23x | sparse |" in out
+    assert "| L0 dense | not recorded | 4 | 98.0 | 1.00x | auto |" in out
+    assert "| L10 lt | not recorded | 3 | 80.0 | 1.23x | sparse |" in out
 
 
 def test_a_directory_without_a_plan_is_refused_with_what_to_pass(tmp_path):
@@ -65,12 +65,12 @@ def test_a_running_run_shows_the_path_its_resume_checkpoints_record(tmp_path, ca
                             "seconds": 70.0}) + "\n")
     main = runpy.run_path(str(SCRIPT), run_name="not_main")["main"]
     main([str(study)])
-    assert "| L10 lr_rewind | 1 | 70.0 | 1.40x | sparse (running) |" in capsys.readouterr().out
+    row = "| L10 lr_rewind | not recorded | 1 | 70.0 | 1.40x |"
+    assert f"{row} sparse (running) |" in capsys.readouterr().out
     write_fingerprint(study / "checkpoints" / "resume" / "level_10_lr_rewind",
                       {"conv_impl": "sparse"}, step=390)
     main([str(study)])
-    assert "| L10 lr_rewind | 1 | 70.0 | 1.40x | sparse-xla-shortcuts (running) |" in \
-        capsys.readouterr().out
+    assert f"{row} sparse-xla-shortcuts (running) |" in capsys.readouterr().out
 
 
 def test_kd_epochs_say_where_their_teacher_logits_came_from(tmp_path, capsys):
@@ -87,8 +87,44 @@ def test_kd_epochs_say_where_their_teacher_logits_came_from(tmp_path, capsys):
                                 **({"teacher": teacher} if teacher else {})}) + "\n")
     runpy.run_path(str(SCRIPT), run_name="not_main")["main"]([str(study)])
     out = capsys.readouterr().out
-    assert "| L10 kd | 2 | 150.0 | 0.65x | sparse | computed and stored (2) |" in out
-    assert ("| L10 kd_rewind | 2 | 96.0 | 1.02x | sparse (running) | read from the store (1), "
-            "part read, part computed (1) |") in out
-    assert "| L8 kd | 1 | 160.0 | 0.61x | sparse (running) | teacher in the step (1) |" in out
-    assert "| L10 lt | 3 | 80.0 | 1.23x | sparse |  |" in out  # not a KD run
+    assert ("| L10 kd | not recorded | 2 | 150.0 | 0.65x | sparse | computed and stored (2) |"
+            in out)
+    assert ("| L10 kd_rewind | not recorded | 2 | 96.0 | 1.02x | sparse (running) | read from "
+            "the store (1), part read, part computed (1) |") in out
+    assert ("| L8 kd | not recorded | 1 | 160.0 | 0.61x | sparse (running) | teacher in the "
+            "step (1) |") in out
+    assert "| L10 lt | not recorded | 3 | 80.0 | 1.23x | sparse |  |" in out  # not a KD run
+
+
+def test_epochs_are_timed_per_cpu_and_compared_with_the_dense_run_on_the_same_one(tmp_path, capsys):
+    """Two sittings on two CPUs that a VM names alike: each epoch belongs to the start before it
+    (environment.jsonl's cpu_id), and a ticket is compared with the dense run's epochs on its
+    own CPU only."""
+    study = _study(tmp_path)
+    zen1, zen3 = "family 23 model 1, avx2", "family 25 model 1, avx2"
+    starts = [{"conv_impl": "sparse", "processor": "AMD EPYC", "cpu_id": zen1,
+               "time": "2026-12-03T10:00:00+0000"},
+              {"conv_impl": "sparse", "processor": "AMD EPYC", "cpu_id": zen3,
+               "time": "2026-12-04T18:00:00+0000"},
+              {"conv_impl": "sparse", "processor": "AMD EPYC", "cpu_id": "family 25 model 17, "
+               "avx512", "time": "2026-12-05T08:00:00+0000"}]
+    (study / "environment.jsonl").write_text("".join(json.dumps(s) + "\n" for s in starts))
+    epochs = [(0, "dense", 240.0, "2026-12-03T11:00:00+0000"),
+              (0, "dense", 120.0, "2026-12-04T18:10:00+0000"),
+              (0, "dense", 124.0, "2026-12-04T18:12:00+0000"),
+              (10, "reinit", 70.0, "2026-12-04T19:00:00+0000"),
+              (10, "reinit", 71.0, "2026-12-04T19:01:00+0000"),
+              (10, "reinit", 200.0, "2026-12-02T09:00:00+0000"),  # before any start
+              (10, "reinit", 50.0, "2026-12-05T09:00:00+0000")]
+    with open(study / "epoch_times.jsonl", "a") as f:
+        for level, variant, seconds, when in epochs:
+            f.write(json.dumps({"level": level, "variant": variant, "step": 390, "steps": 390,
+                                "seconds": seconds, "time": when}) + "\n")
+    runpy.run_path(str(SCRIPT), run_name="not_main")["main"]([str(study)])
+    out = capsys.readouterr().out
+    assert f"| L0 dense | {zen1} | 1 | 240.0 | 1.00x |" in out
+    assert f"| L0 dense | {zen3} | 2 | 122.0 | 1.00x |" in out
+    assert f"| L10 reinit | {zen3} | 2 | 70.5 | 1.73x | sparse (running) |" in out
+    assert "| L10 reinit | not recorded | 1 | 200.0 | 0.49x |" in out  # against 98.0
+    # a ticket on a CPU the dense run never trained on has nothing to compare with
+    assert "| L10 reinit | family 25 model 17, avx512 | 1 | 50.0 | no dense epochs |" in out

@@ -174,7 +174,7 @@ def test_each_start_records_its_environment_and_the_report_states_it(studies, tm
     seeds, _ = studies
     starts = read_starts(seeds[0])
     assert len(starts) == 1
-    assert {"host", "processor", "backend", "device", "versions", "code_version",
+    assert {"host", "processor", "cpu_id", "backend", "device", "versions", "code_version",
             "conv_impl", "native_conv_available"} <= set(starts[0])
     assert starts[0]["versions"]["jax"] == jax.__version__
     with (seeds[0] / "environment.jsonl").open("a") as handle:
@@ -185,6 +185,17 @@ def test_each_start_records_its_environment_and_the_report_states_it(studies, tm
     hours = sum(r["seconds"] for run in runs for r in run["rows"]) / 3600
     assert f"{len(runs[0]['rows']) + len(runs[1]['rows'])} training run(s), {hours:.2f} h" in text
     assert starts[0]["processor"] in text and "(2 start(s))" in text
+    assert starts[0]["cpu_id"] in text
+
+
+def test_the_cpu_id_tells_apart_cpus_a_vm_names_alike():
+    from lottery_kd.runtime.environment import cpu_id
+    info = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: {}\nmodel\t\t: {}\n"
+            "model name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx {}\nprocessor\t: 1\n"
+            "cpu family\t: 99\n")
+    assert cpu_id(info.format(23, 49, "avx2")) == "family 23 model 49, avx2"
+    assert cpu_id(info.format(25, 1, "avx2 avx512f avx512bw")) == "family 25 model 1, avx512"
+    assert cpu_id("") == "family ? model ?, other"
 
 
 def test_variants_keep_the_configs_order_while_a_level_is_partly_done():

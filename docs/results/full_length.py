@@ -9,9 +9,10 @@ For the 182-epoch ResNet-20 study (docs/results/run_full.sh):
    epoch 33). Runs not finished yet read "running" or "pending" (from plan.json);
 2. the paired differences the KD-ticket claims rest on, in points (same mask, data order and
    teacher within the study);
-3. each run's seconds per epoch (median over its full epochs; a start's partial first
-   epoch, which compiles, is left out) and the convolution path it trained on. Epochs that ran
-   beside other work on the machine are slower: the median is a pace, not a benchmark.
+3. each run's seconds per epoch on each CPU (median over its full epochs; a start's partial
+   first epoch, which compiles, is left out), against the dense run's on the same CPU, and the
+   convolution path it trained on. Epochs that ran beside other work on the machine are
+   slower: the median is a pace, not a benchmark.
 """
 
 import json
@@ -19,6 +20,7 @@ import os
 import statistics
 import sys
 from collections import Counter
+from datetime import datetime
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
@@ -102,35 +104,58 @@ TEACHER_SOURCES = {"in_step": "teacher in the step", "computed": "computed and s
                    "read": "read from the store", "mixed": "part read, part computed"}
 
 
+def _when(text: str):
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z")
+    except (TypeError, ValueError):
+        return None
+
+
+def machine_of(entry: dict, starts: list[dict]) -> str:
+    """The CPU an epoch ran on: that of the last start (environment.jsonl) before the epoch's
+    end time. Epochs timed before entries carried a time read "not recorded"."""
+    ended = _when(entry.get("time"))
+    if ended is None:
+        return "not recorded"
+    before = [s for s in starts if _when(s.get("time")) and _when(s["time"]) <= ended]
+    if not before:
+        return "not recorded"
+    start = before[-1]
+    return start.get("cpu_id") or f"{start.get('processor', '?')}, model not recorded"
+
+
 def epoch_times(study: str, rows: dict, steps_per_epoch: int) -> None:
-    """Median seconds per full epoch of each run (a start's partial first epoch, which also
-    compiles, is left out; the median shrugs off the rare start on an epoch boundary)."""
+    """Median seconds per full epoch of each run on each CPU (a start's partial first epoch,
+    which also compiles, is left out; the median shrugs off the rare start on an epoch
+    boundary), against the dense run's on the same CPU: timings compare within one machine."""
+    starts_log = os.path.join(study, "environment.jsonl")
+    starts = jsonlines.scan(starts_log, {})[0] if os.path.exists(starts_log) else []
     times, teacher = {}, {}
     path = os.path.join(study, "epoch_times.jsonl")  # damaged lines skipped, as rows are
     for entry in jsonlines.scan(path, EPOCH_TIME_FIELDS)[0] if os.path.exists(path) else []:
         if entry["steps"] == steps_per_epoch:
-            key = (entry["level"], entry["variant"])
+            key = (entry["level"], entry["variant"], machine_of(entry, starts))
             times.setdefault(key, []).append(entry["seconds"])
             if entry.get("distill"):  # how its KD steps got the teacher's logits
                 source = TEACHER_SOURCES.get(entry.get("teacher", "in_step"), "?")
                 teacher.setdefault(key, Counter())[source] += 1
     print(f"\nSeconds per epoch (median over the full {steps_per_epoch}-step epochs; training "
-          "and the test-set evaluation), the convolution path and, for KD epochs, where the "
-          "teacher's logits came from (kd.teacher_logits; epochs of each):")
-    print("| run | epochs timed | median s/epoch | vs dense | conv path | teacher logits |")
-    print("|---|---|---|---|---|---|")
-    starts_log = os.path.join(study, "environment.jsonl")
-    running_path = (jsonlines.scan(starts_log, {})[0][-1:] or [{}])[0].get("conv_impl", "?") \
-        if os.path.exists(starts_log) else "?"
-    dense = statistics.median(times[(0, "dense")]) if (0, "dense") in times else None
+          "and the test-set evaluation) on each CPU, against the dense run's on the same CPU, "
+          "the convolution path and, for KD epochs, where the teacher's logits came from "
+          "(kd.teacher_logits; epochs of each):")
+    print("| run | CPU | epochs timed | median s/epoch | vs dense | conv path | teacher logits |")
+    print("|---|---|---|---|---|---|---|")
+    running_path = (starts[-1:] or [{}])[0].get("conv_impl", "?")
     for key, values in times.items():
         median = statistics.median(values)
-        ratio = f"{dense / median:.2f}x" if dense else ""
-        path = rows[key]["conv_impl"] if key in rows else \
-            f"{unfinished_path(study, key, running_path)} (running)"
+        dense = times.get((0, "dense", key[2]))
+        ratio = f"{statistics.median(dense) / median:.2f}x" if dense else "no dense epochs"
+        run = key[:2]
+        path = rows[run]["conv_impl"] if run in rows else \
+            f"{unfinished_path(study, run, running_path)} (running)"
         sources = ", ".join(f"{name} ({count})" for name, count in teacher.get(key, {}).items())
-        print(f"| L{key[0]} {key[1]} | {len(values)} | {median:.1f} | {ratio} | {path} | "
-              f"{sources} |")
+        print(f"| L{key[0]} {key[1]} | {key[2]} | {len(values)} | {median:.1f} | {ratio} | "
+              f"{path} | {sources} |")
 
 
 def main(argv: list[str]) -> None:

@@ -49,7 +49,9 @@ def provenance(members: Sequence[dict]) -> str:
     text = (f"Compute: {rows} training run(s), {seconds / 3600:.2f} h in all (the sum of their "
             "wall times, evaluation included).")
     if starts:
-        machines = sorted({f"{s.get('processor')} ({s.get('cpu_count')} CPUs), "
+        machines = sorted({f"{s.get('processor')}"
+                           + (f" [{s['cpu_id']}]" if s.get("cpu_id") else "")
+                           + f" ({s.get('cpu_count')} CPUs), "
                            f"{s.get('backend')}: {s.get('device_count')} x {s.get('device')}"
                            for s in starts})
         versions = sorted({str(s.get("code_version")) for s in starts})

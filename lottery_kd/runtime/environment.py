@@ -43,6 +43,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_id(cpuinfo: Optional[str] = None) -> str:
+    """The CPU's family and model numbers and its widest vector ISA ("family 25 model 1, avx2"),
+    from /proc/cpuinfo: a VM may name two CPU generations alike ("AMD EPYC"), and timings only
+    compare within one. "" where /proc/cpuinfo cannot be read."""
+    try:
+        text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    isa = next((name for name in ("avx512f", "avx2", "avx", "sse4_2") if name in flags), "other")
+    return (f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, "
+            f"{isa.replace('avx512f', 'avx512')}")
+
+
 def code_version(path: Path = Path(__file__).resolve().parent) -> Optional[str]:
     """The git commit of the lottery_kd checkout, '+dirty' when it has uncommitted changes;
     None outside a git checkout (an installed package)."""
@@ -70,6 +88,7 @@ def environment() -> dict:
             continue
     device = jax.devices()[0]
     return {"host": platform.node(), "cpu_count": os.cpu_count(), "processor": cpu_model(),
+            "cpu_id": cpu_id(),
             "backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
             "device_count": jax.device_count(), "process_count": jax.process_count(),
             "python": platform.python_version(), "versions": versions,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -253,7 +254,8 @@ class Study:
                 results.append_epoch_time(self.workdir, {
                     "level": level, "variant": variant_name, "step": step,
                     "distill": row["distill"], "steps": row["epoch_steps"],
-                    "seconds": round(row["epoch_seconds"], 3), **teacher})
+                    "seconds": round(row["epoch_seconds"], 3), **teacher,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})  # -> its start's machine
 
         try:
             teacher = self.teacher() if distill else None
