@@ -66,6 +66,14 @@ def write_json(report: dict, out: Optional[str]) -> None:
         Path(out).write_text(text + "\n")
 
 
+def cifar_layer_flops(model_name: str) -> dict[str, int]:
+    """Forward multiply-add FLOPs of each kernel of a CIFAR network (32x32x3 images, 10
+    classes; lottery_kd.models.flops.layer_flops)."""
+    from lottery_kd.models import flops, get_model
+    return flops.layer_flops(get_model(model_name, 10, conv_impl="xla", norm_impl="flax"),
+                             (32, 32, 3))
+
+
 # CIFAR-10's channel means and standard deviations on the 0-255 scale
 CIFAR_NORMALIZATION = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
 

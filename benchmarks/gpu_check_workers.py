@@ -33,10 +33,9 @@ def emit(rows_file: str, row: dict) -> None:
 
 def flops_per_image(model_name: str) -> float:
     """Dense training FLOPs of one image (3x the forward multiply-adds x 2), as a study counts."""
-    from lottery_kd.models import flops, get_model
-    model = get_model(model_name, 10, conv_impl="xla", norm_impl="flax")
-    return flops.train_flops(flops.layer_flops(model, (32, 32, 3)), {}, steps=1,
-                             batch_size=1)["dense"]
+    from benchmarks.common import cifar_layer_flops
+    from lottery_kd.models import flops
+    return flops.train_flops(cifar_layer_flops(model_name), {}, steps=1, batch_size=1)["dense"]
 
 
 def depth(model_name: str) -> int:

@@ -28,7 +28,7 @@ import os
 import tempfile
 from typing import Iterable, Optional
 
-from benchmarks.common import environment, median, write_json
+from benchmarks.common import environment, write_json
 
 # kernel-name fragments (lower case) of each category, the first category that matches wins
 CATEGORIES = (("copy", ("memcpy", "memset")),
@@ -104,12 +104,11 @@ def chrome_trace_kernels(path: str) -> list[tuple[str, float]]:
             if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
 
 
-def time_steps(run, wait, warmup: int, steps: int, blocks: int) -> float:
-    """Milliseconds per step: the median of `blocks` timed blocks after `warmup` steps."""
-    from benchmarks.common import timed
-    wait(run(warmup))
-    per_block = max(1, steps // blocks)
-    return 1000 * median([timed(lambda: run(per_block), wait) for _ in range(blocks)]) / per_block
+def time_steps(run, wait, args: argparse.Namespace) -> float:
+    """Milliseconds per step, timed as gpu_check times a row (its block_seconds, throughput)."""
+    from benchmarks.gpu_check_workers import block_seconds, throughput
+    spec = {"warmup": args.warmup, "steps": args.steps, "blocks": args.blocks}
+    return throughput(args.batch, block_seconds(run, wait, spec), spec)["step_ms"]
 
 
 def profile_jax(args: argparse.Namespace, norm_impl: str) -> dict:
@@ -121,7 +120,7 @@ def profile_jax(args: argparse.Namespace, norm_impl: str) -> dict:
     setup = resnet_steps(args.model, args.conv_impl, norm_impl, args.sparsity,
                          precision=args.precision)
     step = jax_step(setup, args.batch)
-    step_ms = time_steps(step.run, step.wait, args.warmup, args.steps, args.blocks)
+    step_ms = time_steps(step.run, step.wait, args)
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
             step.wait(step.run(args.profile_steps))
@@ -138,7 +137,7 @@ def profile_torch(args: argparse.Namespace) -> dict:
 
     from benchmarks.gpu_check_workers import torch_step
     step = torch_step(args.model, args.batch, args.precision)
-    step_ms = time_steps(step.run, step.wait, args.warmup, args.steps, args.blocks)
+    step_ms = time_steps(step.run, step.wait, args)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if step.device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)

@@ -115,11 +115,13 @@ def measure(model_name: str, densities: list[float], batch: int, steps: int,
     """Every (density, structure, pass, impl) of one model, the impls alternating in each cell."""
     import jax
 
+    from benchmarks.common import cifar_layer_flops
     built = {impl: _compiled(model_name, impl, batch) for impl in IMPLS}
+    layer_flops = cifar_layer_flops(model_name)  # once per model, not per density
     records = []
     for density, structure in cells(densities, list(structures)):
         masks = _masks(built[IMPLS[0]]["setup"], density, structure, scope)
-        kept = flops_kept(model_name, masks)
+        kept = flops_kept(layer_flops, masks)
         for pass_name in ("train", "infer"):
             calls = {}
             for impl, parts in built.items():
@@ -162,16 +164,15 @@ def measure(model_name: str, densities: list[float], batch: int, steps: int,
     return records
 
 
-def flops_kept(model_name: str, masks) -> float:
+def flops_kept(layer_flops: dict[str, int], masks) -> float:
     """The share of the network's multiply-adds that the masks keep (lottery_kd.models.flops:
     every kernel, convolutions and fc). Global magnitude masks keep more of the early, costly
     layers, so this exceeds the density, and 1 / flops_kept bounds what skipping the pruned
     weights can gain on the convolutions."""
-    from lottery_kd.models import flops, get_model
+    from lottery_kd.models import flops
     from lottery_kd.sparsity import masks as masks_lib
-    model = get_model(model_name, 10, conv_impl="xla", norm_impl="flax")
-    counted = flops.train_flops(flops.layer_flops(model, (32, 32, 3)),
-                                masks_lib.layer_counts(masks, "conv"), steps=1, batch_size=1)
+    counted = flops.train_flops(layer_flops, masks_lib.layer_counts(masks, "conv"), steps=1,
+                                batch_size=1)
     return round(counted["sparse"] / counted["dense"], 4)
 
 
