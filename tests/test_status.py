@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from lottery_kd.study import lottery, results
+from lottery_kd.study.workdir import Workdir
 
 from lottery_kd.analysis import status
 from lottery_kd.training.errors import TrainingInterrupted
@@ -119,7 +120,7 @@ def test_the_pace_is_the_median_of_recent_epochs_so_a_paused_one_does_not_skew_i
     assert found["seconds_per_step"] == {False: pytest.approx(1.025), True: pytest.approx(1.5)}
     assert found["seconds_left"] == pytest.approx(100 * 1.5)  # the kd run, not yet started
     assert found["pace_from"] == {False: "the median of its last 10 epochs",
-                                  True: "the median of its last 1 epoch"}
+                                  True: "the pruned networks' last epoch"}
     assert "CE 1.025 s/step from the median of its last 10 epochs" in status.describe(found)
 
 
@@ -144,6 +145,35 @@ def test_an_estimate_from_the_dense_pace_alone_is_called_an_upper_bound_on_the_s
     results.append_epoch_time(tmp_path, {"level": 0, "variant": "dense", "distill": False,
                                          "steps": 10, "seconds": 20.0})
     assert status.SPARSE_NOTE not in status.describe(status.study_status(tmp_path))
+
+
+def test_the_teacher_pace_before_any_kd_epoch_is_the_dense_networks_on_the_latest_cpu(
+        tmp_path):
+    """A study whose dense network trained on a slow CPU, then on a fast one where the tickets
+    train: a KD step's teacher costs a third of the fast CPU's dense step, not of the median
+    over both; where no start names its CPU, the dense network's last epochs stand in."""
+    plan = {"steps_per_epoch": 10, "runs": [
+        {"level": 0, "variant": "dense", "distill": False, "start_step": 0, "steps": 100},
+        {"level": 1, "variant": "lt", "distill": False, "start_step": 0, "steps": 100},
+        {"level": 1, "variant": "kd", "distill": True, "start_step": 0, "steps": 100}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    starts = [{"cpu_id": "family 23 model 1, avx2", "time": "2026-12-03T10:00:00+0000"},
+              {"cpu_id": "family 25 model 1, avx2", "time": "2026-12-04T18:00:00+0000"}]
+    Workdir(tmp_path).environment.write_text("".join(json.dumps(s) + "\n" for s in starts))
+    epochs = ([(0, "dense", 60.0, "2026-12-03T11:00:00+0000")] * 7
+              + [(0, "dense", 30.0, "2026-12-04T18:10:00+0000")] * 3
+              + [(1, "lt", 15.0, "2026-12-04T19:00:00+0000")] * 2)
+    for level, variant, seconds, when in epochs:
+        results.append_epoch_time(tmp_path, {"level": level, "variant": variant,
+                                             "distill": False, "steps": 10, "seconds": seconds,
+                                             "time": when})
+    found = status.study_status(tmp_path)
+    assert found["seconds_per_step"] == {False: pytest.approx(1.5), True: pytest.approx(2.5)}
+    assert "a third of the dense network's on the same CPU" in found["note"]
+    # older records, no times: the dense network's last PACE_EPOCHS epochs (7 slow, 3 fast)
+    Workdir(tmp_path).environment.unlink()
+    found = status.study_status(tmp_path)
+    assert found["seconds_per_step"][True] == pytest.approx(1.5 + 6.0 / 3)
 
 
 # level 1's kd computes the teacher logits that its kd_rewind (the same steps) reads

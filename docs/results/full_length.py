@@ -20,13 +20,13 @@ import os
 import statistics
 import sys
 from collections import Counter
-from datetime import datetime
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
 from lottery_kd.kernels.conv3x3 import resumed_conv_impl  # noqa: E402
 from lottery_kd.published import load  # noqa: E402
+from lottery_kd.runtime.environment import epoch_cpu  # noqa: E402
 from lottery_kd.study import jsonlines  # noqa: E402
 from lottery_kd.study.checkpoints import latest_fingerprint  # noqa: E402
 from lottery_kd.study.results import EPOCH_TIME_FIELDS, read_rows  # noqa: E402
@@ -104,26 +104,6 @@ TEACHER_SOURCES = {"in_step": "teacher in the step", "computed": "computed and s
                    "read": "read from the store", "mixed": "part read, part computed"}
 
 
-def _when(text: str):
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z")
-    except (TypeError, ValueError):
-        return None
-
-
-def machine_of(entry: dict, starts: list[dict]) -> str:
-    """The CPU an epoch ran on: that of the last start (environment.jsonl) before the epoch's
-    end time. Epochs timed before entries carried a time read "not recorded"."""
-    ended = _when(entry.get("time"))
-    if ended is None:
-        return "not recorded"
-    before = [s for s in starts if _when(s.get("time")) and _when(s["time"]) <= ended]
-    if not before:
-        return "not recorded"
-    start = before[-1]
-    return start.get("cpu_id") or f"{start.get('processor', '?')}, model not recorded"
-
-
 def epoch_times(study: str, rows: dict, steps_per_epoch: int) -> None:
     """Median seconds per full epoch of each run on each CPU (a start's partial first epoch,
     which also compiles, is left out; the median shrugs off the rare start on an epoch
@@ -134,7 +114,7 @@ def epoch_times(study: str, rows: dict, steps_per_epoch: int) -> None:
     path = os.path.join(study, "epoch_times.jsonl")  # damaged lines skipped, as rows are
     for entry in jsonlines.scan(path, EPOCH_TIME_FIELDS)[0] if os.path.exists(path) else []:
         if entry["steps"] == steps_per_epoch:
-            key = (entry["level"], entry["variant"], machine_of(entry, starts))
+            key = (entry["level"], entry["variant"], epoch_cpu(entry, starts))
             times.setdefault(key, []).append(entry["seconds"])
             if entry.get("distill"):  # how its KD steps got the teacher's logits
                 source = TEACHER_SOURCES.get(entry.get("teacher", "in_step"), "?")

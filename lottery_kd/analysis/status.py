@@ -3,20 +3,19 @@
     python -m lottery_kd.status runs/cifar10_resnet20 [more workdirs] [--json]
 
 Reads only plan.json (the study's planned runs, written when it starts), results.jsonl and the
-names and times of the resume checkpoints, and epoch_times.jsonl: no data, no JAX, instant, safe
-beside a running study. The estimate uses this study's own speed, KD and cross-entropy epochs
-apart (distillation also runs the teacher): the median seconds per step of its last
+names and times of the resume checkpoints, and epoch_times.jsonl: no data, no JAX, instant,
+safe beside a running study. The estimate uses this study's own speed, KD and cross-entropy
+epochs apart (distillation also runs the teacher): the median seconds per step of its last
 PACE_EPOCHS whole epochs of that kind (KD epochs that read stored teacher logits left out;
-training plus evaluation; whole, because the partial
-epoch after a restart also compiles; a median, so an epoch slowed by a paused or busy machine
-does not skew it), else, for studies started before epoch times were
-recorded, the mean of its finished runs, else the pace between the current run's last two
-resume checkpoints. Before any KD epoch, a KD step is the cross-entropy step plus a third of the
-dense network's (the teacher's forward pass); before any pruned network has trained on the
-sparse kernels (model.conv_impl=sparse), the dense network's pace makes the estimate an upper
-bound, and it says so. Where the study caches the teacher's logits
-(training.teacher_cache), a KD run whose steps an earlier KD run covers reads them and is
-counted at the cross-entropy pace.
+training plus evaluation; whole, because the partial epoch after a restart also compiles; a
+median, so an epoch slowed by a paused or busy machine does not skew it), else, for studies
+started before epoch times were recorded, the mean of its finished runs, else the pace between
+the current run's last two resume checkpoints. Before any KD epoch, a KD step is the cross-
+entropy step plus a third of the dense network's on the same CPU (the teacher's forward pass);
+before any pruned network has trained on the sparse kernels (model.conv_impl=sparse), the dense
+network's pace makes the estimate an upper bound, and it says so. Where the study caches the
+teacher's logits (training.teacher_cache), a KD run whose steps an earlier KD run covers reads
+them and is counted at the cross-entropy pace.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lottery_kd.runtime import environment
 from lottery_kd.study import jsonlines, results, workdir_lock
 from lottery_kd.study.workdir import Workdir
 
@@ -82,7 +82,8 @@ def study_status(workdir: str | Path) -> dict:
     rate = {kind: (sum(v) / len(v) if v else None) for kind, v in rates.items()}
     source = {kind: ("its last two resume checkpoints" if kind == checkpoint_pace else
                      "its finished runs") if rates[kind] else None for kind in rates}
-    dense = _epoch_paces(valid_epochs, plan["steps_per_epoch"], rate, source)
+    paced = _epoch_paces(valid_epochs, plan["steps_per_epoch"], rate, source)
+    dense = _dense_paces(paced, environment.read_starts(workdir))
     notes = [_fill_missing_pace(rate, dense)]
     if readers & {(r["level"], r["variant"]) for r in pending + [current] if r}:
         notes.append(READER_NOTE)
@@ -142,25 +143,39 @@ def _cache_readers(runs: list[dict]) -> set[tuple[int, str]]:
 
 
 def _epoch_paces(epochs: list[dict], steps_per_epoch: int, rate: dict, source: dict
-                 ) -> list[float]:
+                 ) -> list[dict]:
     """Sets rate[kind] (and source[kind]) to the median seconds per step of the last
-    PACE_EPOCHS epochs of each kind; returns the dense network's seconds per step, every
-    epoch. Whole epochs only, where there are any: the partial first epoch after each
-    (re)start also compiles, so a study restarted often would look slower than it trains."""
+    PACE_EPOCHS epochs of each kind, the pruned networks' alone once any has trained (every
+    run still to come is one, and on the sparse kernels they run faster than the dense
+    network); returns the whole epochs. Whole epochs only, where there are any: the partial
+    first epoch after each (re)start also compiles, so a study restarted often would look
+    slower than it trains."""
     epochs = ([e for e in epochs if e.get("steps") == steps_per_epoch]
               or [e for e in epochs if e.get("steps")])
-    paces: dict[bool, list[float]] = {False: [], True: []}
-    for epoch in epochs:
-        if epoch.get("teacher") in ("read", "mixed"):
-            continue  # reading the stored teacher logits: neither a KD step's pace nor a CE one's
-        paces[bool(epoch.get("distill"))].append(epoch["seconds"] / epoch["steps"])
-    for kind, values in paces.items():
+    paced = [e for e in epochs if e.get("teacher") not in ("read", "mixed")]  # reading stored
+    # teacher logits: neither a KD step's pace nor a CE one's
+    for kind in (False, True):
+        of_kind = [e for e in paced if bool(e.get("distill")) == kind]
+        of_kind = [e for e in of_kind if e["level"] > 0] or of_kind
+        values = [e["seconds"] / e["steps"] for e in of_kind][-PACE_EPOCHS:]
         if values:
-            rate[kind] = statistics.median(values[-PACE_EPOCHS:])
-            count = min(len(values), PACE_EPOCHS)
-            source[kind] = f"the median of its last {count} epoch{'s' if count > 1 else ''}"
-    return [e["seconds"] / e["steps"] for e in epochs
-            if e["level"] == 0 and not e.get("distill")]
+            rate[kind] = statistics.median(values)
+            whose = "the pruned networks'" if of_kind[-1]["level"] > 0 else "its"
+            source[kind] = (f"the median of {whose} last {len(values)} epochs"
+                            if len(values) > 1 else f"{whose} last epoch")
+    return epochs
+
+
+def _dense_paces(epochs: list[dict], starts: list[dict]) -> list[float]:
+    """The dense network's seconds per step, for a KD step's teacher: its epochs on the CPU of
+    the study's latest epoch (environment.jsonl says which), else its last PACE_EPOCHS epochs,
+    the nearest in time. Speeds differ between machines by 2x or more, and the cross-entropy
+    pace it is added to is the latest epochs'."""
+    dense = [e for e in epochs if e["level"] == 0 and not e.get("distill")]
+    latest = environment.epoch_cpu(epochs[-1], starts) if epochs else "not recorded"
+    same = ([e for e in dense if environment.epoch_cpu(e, starts) == latest]
+            if latest != "not recorded" else [])
+    return [e["seconds"] / e["steps"] for e in same or dense[-PACE_EPOCHS:]]
 
 
 def _fill_missing_pace(rate: dict, dense: list[float]) -> str:
@@ -168,11 +183,10 @@ def _fill_missing_pace(rate: dict, dense: list[float]) -> str:
     returns the note that says how, or ""."""
     if rate[True] is None and rate[False] is not None and dense:
         # a KD step adds the teacher's forward pass, a third of a dense training step's
-        # arithmetic (models/flops.py counts it so); the median over all the dense network's
-        # epochs, a finished run's whole record
+        # arithmetic (models/flops.py counts it so); the dense epochs on the latest CPU
         rate[True] = rate[False] + statistics.median(dense) / 3
         return ("KD runs estimated at the cross-entropy pace plus a third of the dense "
-                "network's (the teacher's forward pass) until one finishes")
+                "network's on the same CPU (the teacher's forward pass) until one finishes")
     if rate[True] is None and rate[False] is not None:
         rate[True] = rate[False]
         return "KD runs estimated at the cross-entropy pace until one finishes"

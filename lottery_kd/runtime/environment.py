@@ -12,6 +12,7 @@ import platform
 import subprocess
 import sys
 import time
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
@@ -107,3 +108,24 @@ def record_start(workdir: str | os.PathLike, **extra) -> dict:
 def read_starts(workdir: str | os.PathLike) -> list[dict]:
     """The environment of every start of a study (a torn last line, from a kill, is skipped)."""
     return jsonlines.scan(Workdir(workdir).environment)[0]
+
+
+def _when(text: object) -> Optional[datetime]:
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z")
+    except (TypeError, ValueError):
+        return None
+
+
+def epoch_cpu(epoch: dict, starts: list[dict]) -> str:
+    """The CPU an epoch (an epoch_times.jsonl record) ran on: that of the last start in
+    environment.jsonl before the epoch's end time, so that timings compare within one machine.
+    Epochs timed before records carried a time read "not recorded"."""
+    ended = _when(epoch.get("time"))
+    if ended is None:
+        return "not recorded"
+    before = [s for s in starts if _when(s.get("time")) and _when(s["time"]) <= ended]
+    if not before:
+        return "not recorded"
+    start = before[-1]
+    return start.get("cpu_id") or f"{start.get('processor', '?')}, model not recorded"
