@@ -6,6 +6,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lottery_kd.study import lottery, variants
 
@@ -94,6 +95,39 @@ def test_readme_dynamic_method_example_trains_at_a_constant_count(tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(final["masks"]),
                                                          jax.tree.leaves(start)))
 
+
+
+def test_readme_dynamic_method_example_keeps_a_structure_and_one_without_is_refused(tmp_path):
+    """The README's method passes prune.structure on: a block:16 run keeps whole blocks. A
+    method with no `structure` parameter is refused by config validation, naming it, instead of
+    a TypeError at its first mask update after the dense run."""
+    from lottery_kd.config import validate
+    from lottery_kd.config.errors import ConfigError
+    from lottery_kd.sparsity import dynamic, structure
+    if "grow_by_gradient_times_noise" not in dynamic.names():
+        exec(compile(_python_blocks_after("## Add your own dynamic sparse method"),
+                     str(README), "exec"), {})
+    config = make_tiny_config()
+    config.dynamic.method, config.dynamic.delta_t = "grow_by_gradient_times_noise", 10
+    config.dynamic.sparsity, config.prune.structure = 0.5, "block:16"
+    rows = lottery.run(config, tmp_path, log=lambda *_: None)
+    run = lottery.LotteryRun(config, tmp_path, log=lambda *_: None)
+    final = run.snapshots.restore("level_1_grow_by_gradient_times_noise", run.snapshot_template())
+    shape = structure.parse("block:16")
+    kernels = [m for m in jax.tree.leaves(final["masks"]) if shape.applies(np.shape(m))]
+    assert kernels and all(structure.violations(shape, np.asarray(m)) == 0 for m in kernels)
+    assert masks_lib.count(final["masks"])[0] == rows[1]["remaining_weights"]
+
+    if "readme_no_structure" not in dynamic.names():
+        @dynamic.register("readme_no_structure")
+        def _no_structure(params, masks, grads, drop_fraction, *, rng=None, scope="conv"):
+            return dynamic.drop_and_grow(params, masks, grads, drop_fraction, scope=scope)
+    assert not dynamic.takes_structure("readme_no_structure")
+    config.dynamic.method = "readme_no_structure"
+    with pytest.raises(ConfigError, match="prune.structure.*readme_no_structure.*takes no"):
+        validate(config)
+    config.prune.structure = "unstructured"
+    validate(config)
 
 def test_readme_protocol_example_registers_and_an_experiment_switches_to_it():
     from experiments import cifar10_resnet20

@@ -243,6 +243,11 @@ def _check_structure(config: Any, check: Check) -> None:
         return
     if shape.kind == "unstructured":
         return
+    if dyn.method in dynamic_lib.names():
+        check(dynamic_lib.takes_structure(dyn.method), "prune.structure", prune.structure,
+              f"dynamic.method={dyn.method!r} takes no `structure` argument, so it cannot keep "
+              "one; use unstructured, or give the method a structure parameter and keep it "
+              "(dynamic.drop_and_grow does)")
     if prune.method in pruning.names():
         check(pruning.entry(prune.method).structured, "prune.structure", prune.structure,
               f"prune.method={prune.method!r} does not keep a structure; use unstructured")

@@ -21,6 +21,7 @@ Both schedules offer the trainer the `MaskSchedule` interface.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Any, Callable, ClassVar, Optional, Protocol
 
@@ -57,6 +58,13 @@ def method_names() -> tuple[str, ...]:
 def get(name: str) -> DynamicMethod:
     """The method registered as `name`; ValueError naming dynamic.method otherwise."""
     return _REGISTRY.get(name)
+
+
+def takes_structure(name: str) -> bool:
+    """Whether the method registered as `name` accepts `structure` (by name or **kwargs): only
+    such a method can be asked to keep prune.structure (config validation checks first)."""
+    parameters = inspect.signature(get(name)).parameters.values()
+    return any(p.name == "structure" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def cosine_drop_fraction(step: int, alpha: float, end_step: int) -> float:
