@@ -1,19 +1,20 @@
 """VGG-16's gradient step with the last stage's 2x2-map convolutions on XLA's CPU convolution
 against `models.vgg.small_map_conv`'s matmul path, side by side in one run (JSON on stdout).
 
-    python -m benchmarks.vgg_small_map [--batch 128 --repeats 2]
+    python -m benchmarks.vgg_small_map [--batch 128 --repeats 2] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
+from typing import Optional, Sequence
 from unittest import mock
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks.common import environment, write_json
 from lottery_kd.models import get_model, vgg
 
 
@@ -33,17 +34,22 @@ def step_seconds(small_map: int, batch: int, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+    parser.add_argument("--note", default="", help="recorded as is, e.g. what else ran")
+    parser.add_argument("--out", default="", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    for name in ("batch", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: at least 1")
     xla = step_seconds(0, args.batch, args.repeats)
     matmul = step_seconds(vgg.SMALL_MAP, args.batch, args.repeats)
-    print(json.dumps({"benchmark": "vgg_small_map", "batch": args.batch,
-                      "device": jax.devices()[0].device_kind, "xla_step_s": round(xla, 3),
-                      "small_map_step_s": round(matmul, 3),
-                      "speedup": round(xla / matmul, 2)}, indent=2))
+    write_json({"benchmark": "vgg_small_map", "note": args.note, **environment(),
+                "batch": args.batch, "repeats": args.repeats, "xla_step_s": round(xla, 3),
+                "small_map_step_s": round(matmul, 3), "speedup": round(xla / matmul, 2)},
+               args.out)
 
 
 if __name__ == "__main__":

@@ -140,3 +140,8 @@ def test_readme_protocol_example_registers_and_an_experiment_switches_to_it():
         ("open_lth", 160, "conv_fc")
     validate(config)
     assert protocols.describe(config).endswith("every setting as published")
+    # what `--config.protocol=open_lth --config.seed=3` on the command line resolves to
+    from experiments.launch import resolve_protocol
+    switched = resolve_protocol(cifar10_resnet20.get_config, cifar10_resnet20.get_config(),
+                                {"protocol": "open_lth", "seed": 3})
+    assert (switched.protocol, switched.train.epochs, switched.seed) == ("open_lth", 160, 3)
