@@ -6,6 +6,10 @@ density of each stage's kernels in those tickets
 above the kernels' crossover runs dense).
 
     python docs/results/sparse_kernels_table.py [runs/sparse_kernels_shrunk]
+    python docs/results/sparse_kernels_table.py docs/results/sparse_kernels_shrunk_avx2
+
+A workdir without its snapshots (the committed copy under docs/results/ keeps the rows, configs
+and start records only) prints "not checked: no snapshots" in the last column instead.
 """
 
 from __future__ import annotations
@@ -19,10 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lottery_kd.study.study import Study  # noqa: E402
 from lottery_kd.study.results import read_rows  # noqa: E402
+from lottery_kd.study.workdir import Workdir  # noqa: E402
+
+NOT_CHECKED = "not checked: no snapshots"
 
 
-def pruned_nonzero(workdir: Path, tag: str) -> int:
-    """How many pruned weights of snapshot `tag` are not exactly 0.0."""
+def pruned_nonzero(workdir: Path, tag: str) -> int | str:
+    """How many pruned weights of snapshot `tag` are not exactly 0.0, or NOT_CHECKED where the
+    workdir has no such snapshot."""
+    if not Workdir(workdir).snapshot(tag).is_dir():
+        return NOT_CHECKED
     study = Study.from_workdir(workdir, log=lambda *_: None)
     snap = study.load_existing(tag, "snapshot")
     import jax
