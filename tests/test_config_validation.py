@@ -267,9 +267,37 @@ def test_rigl_experiment_config_is_valid_and_ignores_the_rewind_point():
     from experiments import cifar10_rigl
     config = cifar10_rigl.get_config()
     config_lib.validate(config)
-    config.train.epochs = 2
+    config.train.epochs, config.dynamic.delta_t = 2, 5
     plan = config_lib.plan_steps(config, 1280)  # 33ep rewind point unused by dynamic training
     assert plan.total_steps == 20
+
+
+def test_plan_steps_refuses_a_drop_and_grow_method_that_would_never_update():
+    """RigL's delta_t of 100 in a 20-step run (its last update due at 0.75 x 20 = step 15):
+    the run would be static sparse training under RigL's name."""
+    from experiments import cifar10_rigl
+    config = cifar10_rigl.get_config()
+    config.train.epochs = 2
+    with pytest.raises(ConfigError, match=r"dynamic.delta_t=100 .* step, 15 .*never change its "
+                                          r"masks"):
+        config_lib.plan_steps(config, 1280)
+    config.dynamic.delta_t, config.dynamic.end_fraction = 10, 0.5  # first update at 10, end 10
+    with pytest.raises(ConfigError, match="dynamic.end_fraction=0.5"):
+        config_lib.plan_steps(config, 1280)
+    config.dynamic.method = "gmp"  # prunes at its end step whatever delta_t is
+    config_lib.plan_steps(config, 1280)
+
+
+def test_plan_steps_refuses_a_distilled_rewind_variant_that_starts_after_kd_stopped():
+    with pytest.raises(ConfigError, match=r"kd.stop_epoch=2 is step 20, at or before "
+                                          r"lottery.rewind='3ep' \(step 30\), where kd_rewind "
+                                          r"start"):
+        config_lib.plan_steps(small_config(lottery__rewind="3ep", kd__stop_epoch=2,
+                                           lottery__variants="lt,kd,kd_rewind"), 1000)
+    # kd from step 0 still distils for two epochs; without kd_rewind there is nothing to refuse
+    plan = config_lib.plan_steps(small_config(lottery__rewind="3ep", kd__stop_epoch=2,
+                                              lottery__variants="lt,kd"), 1000)
+    assert plan.kd_stop_step == 20
 
 
 @pytest.mark.parametrize("key,value,needles", [

@@ -233,8 +233,8 @@ def test_the_imagenet_experiment_runs_end_to_end_on_mock_data(mocked, tmp_path):
     config.data.image_size = SIZE
     config.data.eval_batch_size = 7
     config.train.batch_size = BATCH
-    config.train.epochs, config.train.warmup_epochs, config.train.milestones = 2, 1, "1"
-    config.kd.stop_epoch = 1
+    config.train.epochs, config.train.warmup_epochs, config.train.milestones = 3, 1, "1"
+    config.kd.stop_epoch = 2  # kd_rewind distils from its rewind point (1ep) to 2ep, then CE
     config.prune.levels = 1
     config.lottery.variants = "kd_rewind"
     config.lottery.rewind = "1ep"
@@ -242,5 +242,5 @@ def test_the_imagenet_experiment_runs_end_to_end_on_mock_data(mocked, tmp_path):
     config.log.tensorboard = False
     rows = lottery.run(config, tmp_path, log=lambda *_: None)
     assert [(r["level"], r["variant"]) for r in rows] == [(0, "dense"), (1, "kd_rewind")]
-    assert rows[1]["start_step"] == 48 // BATCH and rows[1]["steps"] == 48 // BATCH
+    assert rows[1]["start_step"] == 48 // BATCH and rows[1]["steps"] == 2 * (48 // BATCH)
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)

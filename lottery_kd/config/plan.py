@@ -8,6 +8,7 @@ import re
 from typing import Any, Optional
 
 from lottery_kd.config.errors import ConfigError
+from lottery_kd.sparsity import gradual
 from lottery_kd.study import variants as variants_lib
 
 STEP_COUNT = re.compile(r"^\s*(\d+)\s*(ep|it)\s*$")
@@ -84,7 +85,36 @@ def plan_steps(config: Any, train_size: int) -> StepPlan:
             f"before the end of training (train.epochs={config.train.epochs} x {steps_per_epoch} "
             f"steps = {total} steps); choose a rewind point in [0ep, {config.train.epochs - 1}ep]")
     stop = config.kd.stop_epoch
+    kd_stop = None if stop is None else stop * steps_per_epoch
+    _check_runs_do_what_they_say(config, total, rewind, kd_stop)
     return StepPlan(steps_per_epoch, total, rewind,
                     tuple(m * steps_per_epoch for m in milestone_epochs(config.train)),
-                    config.train.warmup_epochs * steps_per_epoch,
-                    None if stop is None else stop * steps_per_epoch)
+                    config.train.warmup_epochs * steps_per_epoch, kd_stop)
+
+
+def _check_runs_do_what_they_say(config: Any, total: int, rewind: int,
+                                 kd_stop: Optional[int]) -> None:
+    """ConfigError, before any training, for step counts under which a run would silently not
+    be what its name says: a distilled variant that starts at the rewind point after KD has
+    stopped (kd.stop_epoch) never distils, and a drop-and-grow method (RigL, SET) whose first
+    update would come at or after its last never changes its masks."""
+    dyn = config.dynamic
+    if kd_stop is not None and not dyn.method and config.prune.levels > 0:
+        late = [name for name in parse_names(config.lottery.variants)
+                if variants_lib.get(name).distill and variants_lib.get(name).schedule == "rewind"
+                and kd_stop <= rewind]
+        if late:
+            raise ConfigError(
+                f"invalid config:\n  kd.stop_epoch={config.kd.stop_epoch} is step {kd_stop}, "
+                f"at or before lottery.rewind={config.lottery.rewind!r} (step {rewind}), where "
+                f"{', '.join(late)} start: they would never distil; raise kd.stop_epoch past the "
+                "rewind point or leave it unset")
+    if dyn.method and dyn.method != gradual.NAME:
+        end = int(dyn.end_fraction * total)
+        if dyn.delta_t >= end:
+            raise ConfigError(
+                f"invalid config:\n  dynamic.delta_t={dyn.delta_t} steps is not below the last "
+                f"mask update's step, {end} (dynamic.end_fraction={dyn.end_fraction} x {total} "
+                f"steps): dynamic.method={dyn.method!r} would never change its masks and train "
+                "static sparse; lower dynamic.delta_t, or raise dynamic.end_fraction or "
+                "train.epochs")
