@@ -139,7 +139,35 @@ def test_a_study_refuses_a_masking_function_that_breaks_the_contract(tmp_path):
     config = make_tiny_config()
     config.prune.levels, config.lottery.variants = 1, "lt"
     config.prune.method = "test_float_masks"
-    with pytest.raises(ValueError, match="'test_float_masks' returned invalid masks: .*dtype "
-                                         "float32, expected bool"):
+    from lottery_kd.config import ConfigError
+    with pytest.raises(ConfigError, match="prune.method='test_float_masks': masking function "
+                                          "'test_float_masks' returned invalid masks: .*dtype "
+                                          "float32, expected bool"):
         lottery.run(config, tmp_path, log=lambda *_: None)
     assert not (tmp_path / "checkpoints" / "snapshots" / "level_1_lt").exists()
+
+
+def test_a_function_registered_plainly_is_refused_a_distribution_or_structure_it_ignores():
+    """register's defaults declare only what a function honours without trying: the global
+    distribution, unstructured masks. ERK or block:16 with such a function is refused by
+    validation, before the dense run, instead of pruning globally and unstructured (ERK) or
+    failing at level 1 (a structure); the built-ins that pass both on declare them."""
+    from lottery_kd.config import ConfigError, validate
+    from tests.conftest import make_tiny_config
+
+    if "test_plain_squared" not in pruning.names():
+        @pruning.register("test_plain_squared")
+        def plain(params, masks, fraction, *, rng=None, scope="conv", **context):
+            return pruning.prune_by_scores(jax.tree.map(jnp.square, params), masks, fraction,
+                                           scope=scope)
+    config = make_tiny_config()
+    config.prune.method = "test_plain_squared"
+    validate(config)
+    config.prune.distribution = "erk"
+    with pytest.raises(ConfigError, match="prune.distribution='erk'.*test_plain_squared"):
+        validate(config)
+    config.prune.distribution, config.prune.structure = "global", "block:16"
+    with pytest.raises(ConfigError, match="prune.structure.*test_plain_squared.*does not keep"):
+        validate(config)
+    for name in ("magnitude_global", "random", "snip", "grasp", "synflow"):
+        assert pruning.entry(name).structured and "erk" in pruning.entry(name).distributions

@@ -17,7 +17,7 @@ import numpy as np
 
 from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.sparsity import structure as structure_lib
-from lottery_kd.sparsity.distributions import DISTRIBUTIONS, keep_counts, num_to_prune
+from lottery_kd.sparsity.distributions import keep_counts, num_to_prune
 from lottery_kd.registry import Registry
 
 PyTree = Any
@@ -29,9 +29,9 @@ class MaskingEntry:
     """A registered masking function and what the driver and config validation need to know."""
     fn: MaskingFunction
     uses_data: bool = False
-    distributions: tuple[str, ...] = DISTRIBUTIONS
+    distributions: tuple[str, ...] = ("global",)  # the prune.distribution values it honours
     scopes: tuple[str, ...] = masks_lib.SCOPES
-    structured: bool = True  # honours context["structure"] (N:M, block:B)
+    structured: bool = False  # honours context["structure"] (N:M, block:B)
 
 
 # The one registry of masking functions (the extension point: registered at import, never
@@ -40,17 +40,20 @@ _REGISTRY: Registry[MaskingEntry] = Registry("masking function", "prune.method")
 
 
 def register(name: str, *, uses_data: bool = False,
-             distributions: Sequence[str] = DISTRIBUTIONS,
-             scopes: Sequence[str] = masks_lib.SCOPES, structured: bool = True
+             distributions: Sequence[str] = ("global",),
+             scopes: Sequence[str] = masks_lib.SCOPES, structured: bool = False
              ) -> Callable[[MaskingFunction], MaskingFunction]:
     """Decorator registering a masking function under `name` (a name is registered once).
 
     `uses_data=True` asks the IMP driver for a training batch in context["batch"] (SNIP, GraSP).
     Every function gets context["model"], ["batch_stats"], ["input_shape"], ["distribution"],
     ["structure"], ["synflow_rounds"] and ["grasp_temperature"]. `distributions` and `scopes`:
-    the prune.distribution and prune.scope values the function is meant for; config validation
-    refuses the others by name, and prune.structure other than unstructured unless
-    `structured` (pass context["structure"] on to prune_by_scores and it is).
+    the prune.distribution and prune.scope values the function is meant for, and `structured`:
+    whether it keeps prune.structure (N:M, block:B). Config validation refuses the others by
+    name before any training. A function declares what it honours: by default only the global
+    distribution and no structure, so one that ignores context["distribution"] or
+    ["structure"] is refused rather than silently pruning otherwise (pass both on to
+    prune_by_scores and declare DISTRIBUTIONS and structured=True).
     """
     def decorator(fn: MaskingFunction) -> MaskingFunction:
         _REGISTRY.add(name, MaskingEntry(fn, uses_data, tuple(distributions), tuple(scopes),

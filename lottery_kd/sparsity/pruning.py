@@ -13,6 +13,10 @@ check_result). Most criteria only need a score per weight: write `scores(params,
     def my_criterion(params, masks, fraction, *, rng=None, scope="conv", **context):
         scores = jax.tree.map(lambda w: jnp.abs(w) ** 2, params)
         return lottery_kd.sparsity.pruning.prune_by_scores(scores, masks, fraction, scope=scope)
+
+registers one for the global distribution and unstructured masks only (what it honours); one
+that passes context["distribution"] and ["structure"] on to prune_by_scores declares so with
+register(name, distributions=DISTRIBUTIONS, structured=True).
 """
 
 from __future__ import annotations
@@ -28,12 +32,12 @@ from lottery_kd.sparsity.masking import (MaskingEntry, MaskingFunction,  # noqa:
                                          check_fraction, check_result, entry, get, names,
                                          prune_by_scores, prune_smallest, prune_to_counts,
                                          prune_to_keep, register, uses_data)
-from lottery_kd.sparsity.distributions import num_to_prune
+from lottery_kd.sparsity.distributions import DISTRIBUTIONS, num_to_prune
 
 PyTree = Any
 
 
-@register("magnitude_global")
+@register("magnitude_global", distributions=DISTRIBUTIONS, structured=True)
 def magnitude_global(params: PyTree, masks: PyTree, fraction: float, *,
                      rng: Optional[jax.Array] = None, scope: masks_lib.Scope = "conv",
                      **context: Any) -> PyTree:
@@ -44,7 +48,7 @@ def magnitude_global(params: PyTree, masks: PyTree, fraction: float, *,
                            structure=context.get("structure", "unstructured"))
 
 
-@register("magnitude_layerwise", distributions=("global", "uniform"))
+@register("magnitude_layerwise", distributions=("global", "uniform"), structured=True)
 def magnitude_layerwise(params: PyTree, masks: PyTree, fraction: float, *,
                         rng: Optional[jax.Array] = None, scope: masks_lib.Scope = "conv",
                         **context: Any) -> PyTree:
@@ -54,7 +58,7 @@ def magnitude_layerwise(params: PyTree, masks: PyTree, fraction: float, *,
                            layerwise=True, structure=context.get("structure", "unstructured"))
 
 
-@register("random")
+@register("random", distributions=DISTRIBUTIONS, structured=True)
 def random_pruning(params: PyTree, masks: PyTree, fraction: float, *,
                    rng: Optional[jax.Array] = None, scope: masks_lib.Scope = "conv",
                    **context: Any) -> PyTree:
@@ -98,6 +102,6 @@ def magnitude_filter(params: PyTree, masks: PyTree, fraction: float, *,
 # place, in one order, whichever module is imported first.
 from lottery_kd.sparsity import criteria  # noqa: E402
 
-register("snip", uses_data=True)(criteria.snip)
-register("grasp", uses_data=True)(criteria.grasp)
-register("synflow")(criteria.synflow)
+register("snip", uses_data=True, distributions=DISTRIBUTIONS, structured=True)(criteria.snip)
+register("grasp", uses_data=True, distributions=DISTRIBUTIONS, structured=True)(criteria.grasp)
+register("synflow", distributions=DISTRIBUTIONS, structured=True)(criteria.synflow)

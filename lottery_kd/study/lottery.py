@@ -87,8 +87,12 @@ class LotteryRun(Study):
         scored = self.load_snapshot("init") if prune.source == "init" else chain
         masks = method(scored["params"], chain["masks"], fraction, rng=rng, scope=self.scope,
                        **self.prune_context(scored, with_batch=pruning.uses_data(prune.method)))
-        pruning.check_result(prune.method, masks, chain["masks"], scored["params"], self.scope,
-                             prune.structure)
+        try:
+            pruning.check_result(prune.method, masks, chain["masks"], scored["params"],
+                                 self.scope, prune.structure)
+        except ValueError as error:  # a user's function breaking the contract: say so, cleanly
+            raise config_lib.ConfigError(f"invalid config:\n  prune.method={prune.method!r}: "
+                                         f"{error}") from None
         return masks
 
     def prune_context(self, scored: PyTree, *, with_batch: bool) -> dict:
