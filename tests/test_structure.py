@@ -184,3 +184,24 @@ def test_gradual_pruning_with_blocks_prunes_whole_blocks_to_its_target(resnet20)
     config.prune.structure, config.dynamic.method = "2:4", "gmp"
     with pytest.raises(ConfigError, match="prune.structure.*gmp"):
         config_lib.validate(config)
+
+
+def test_a_structure_that_fits_no_layer_is_refused_before_training_and_misfits_are_named(
+        tmp_path):
+    """block:128 on the digits network (16-, 32- and 64-wide convs) would prune nothing: every
+    ticket a dense network. Refused before the dense run, naming the channel counts; block:32
+    fits two of the three convs, and the study's log names the one left as it is."""
+    config = make_tiny_config()
+    config.prune.levels, config.prune.fraction = 1, 0.5
+    config.lottery.variants, config.lottery.rewind = "lt", "0it"
+    config.prune.structure = "block:128"
+    with pytest.raises(ConfigError, match=r"prune.structure='block:128' is invalid for "
+                                          r".*fits none of the 3 layers in scope: their output "
+                                          r"channels \(16, 32, 64\) are not multiples of 128"):
+        lottery.run(config, tmp_path / "none", log=lambda *_: None)
+    assert not (tmp_path / "none" / "results.jsonl").exists()
+    config.prune.structure = "block:32"
+    run = lottery.LotteryRun(config, tmp_path / "some", log=(messages := []).append)
+    run.check_structure_fits()
+    assert any("block:32: 1 of 3 layers in scope do not fit it and stay as they are:" in m
+               for m in messages)

@@ -114,3 +114,20 @@ def keep_top_n(structure: Structure, scores: np.ndarray, alive: np.ndarray) -> n
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(structure.m)[None, :].repeat(len(order), 0), 1)
     return structure.ungroup(rows_alive & (rank < structure.n), np.shape(alive))
+
+
+def out_of_structure(shape: Structure, kernels: Sequence[tuple[str, Sequence[int]]]
+                     ) -> list[str]:
+    """The names of the in-scope `kernels` ((name, shape) pairs) that `shape` does not apply to
+    and that stay as they are. ValueError, naming the channel counts, where it applies to none:
+    the pruning would then remove nothing, and every ticket would be its dense network."""
+    outside = [name for name, kernel in kernels if not shape.applies(kernel)]
+    if kernels and len(outside) == len(kernels):
+        axis = "input" if shape.kind == "nm" else "output"
+        counts = sorted({int(kernel[-2 if shape.kind == "nm" else -1]) for _, kernel in kernels
+                         if len(kernel) >= 2})
+        raise ValueError(f"{shape.text} fits none of the {len(kernels)} layers in scope: their "
+                         f"{axis} channels ({', '.join(map(str, counts))}) are not multiples of "
+                         f"{shape.m}, so nothing would be pruned; choose a size that divides "
+                         "them, or unstructured")
+    return outside

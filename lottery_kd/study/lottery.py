@@ -16,12 +16,15 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+import jax
+
 from lottery_kd import config as config_lib
 from lottery_kd.config import protocols
 from lottery_kd.config.identity import (ADDED_KEYS, COSMETIC_KEYS,  # noqa: F401  (re-exported)
                                         config_digest, config_to_dict)
 from lottery_kd.data.augment import normalize
-from lottery_kd.sparsity import gradual, pruning
+from lottery_kd.sparsity import gradual, masks as masks_lib, pruning
+from lottery_kd.sparsity import structure as structure_lib
 from lottery_kd.sparsity.dynamic import MaskSchedule, MaskUpdate
 from lottery_kd.sparsity.gradual import GradualPruning
 from lottery_kd.sparsity.sparse_init import sparse_aware_init
@@ -182,8 +185,29 @@ class LotteryRun(Study):
         if stop:
             raise TrainingInterrupted(None, f"before level {level} {variant}")
 
+    def check_structure_fits(self) -> None:
+        """ConfigError, before any training, where prune.structure fits no in-scope layer (its
+        tickets would be dense networks); otherwise names the layers it leaves as they are."""
+        shape = structure_lib.parse(self.config.prune.structure)
+        if shape.kind == "unstructured":
+            return
+        params = jax.eval_shape(lambda: init_variables(self.model, jax.random.key(0),
+                                                       self.data.image_shape)[0])
+        kernels = [(name, leaf.shape) for name, leaf in masks_lib.named_leaves(params)
+                   if masks_lib.is_prunable(name, leaf.shape, self.scope)]
+        try:
+            outside = structure_lib.out_of_structure(shape, kernels)
+        except ValueError as error:
+            raise config_lib.ConfigError(
+                f"invalid config:\n  prune.structure={shape.text!r} is invalid for "
+                f"{self.config.model.name} with prune.scope={self.scope!r}: {error}") from None
+        if outside:
+            self.log(f"prune.structure={shape.text}: {len(outside)} of {len(kernels)} layers in "
+                     f"scope do not fit it and stay as they are: {', '.join(outside)}")
+
     def run(self) -> list[dict]:
         """Run (or resume) the whole study; returns all result rows."""
+        self.check_structure_fits()
         self._announce(0, DENSE)
         self.run_dense()
         if self.config.dynamic.method:
