@@ -252,3 +252,22 @@ def test_the_package_reads_nothing_outside_itself_at_run_time():
                  if "../shared" in path.read_text() or '"shared"' in path.read_text()]
     assert offenders == []
     assert published_lib.load("rigl2020_cifar10_wrn22_2")["wrn22_2_erk"][1]["rigl"] == 93.6
+
+
+def test_a_study_under_a_users_protocol_reports_in_a_process_that_never_registered_it(
+        studies, tmp_path):
+    """A protocol registered by the user's experiment module is unknown to `python -m
+    lottery_kd.report`: the report names it and says how to compare, instead of a traceback."""
+    import shutil
+    (first, _), _ = studies
+    copy = tmp_path / "study"
+    shutil.copytree(first, copy)
+    saved = json.loads((copy / "config.json").read_text())
+    saved["protocol"] = "my_lab_protocol"
+    (copy / "config.json").write_text(json.dumps(saved))
+    out = tmp_path / "report"
+    done = subprocess.run([sys.executable, "-m", "lottery_kd.report", str(copy), "--out",
+                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("protocol: my_lab_protocol (not registered in this process: import the module "
+            "that registers it" in (out / "report.md").read_text())

@@ -145,6 +145,9 @@ def describe(config: Any) -> str:
     name = flat.get("protocol", NONE)
     if name in (NONE, "<unset>"):
         return "protocol: none (the experiment's own settings)"
+    if name not in names():  # a user's protocol, read back by a tool that did not import it
+        return (f"protocol: {name} (not registered in this process: import the module that "
+                "registers it to compare the settings with it)")
     protocol = get(name)
     differing = deviations(config)
     if not differing:
