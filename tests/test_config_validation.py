@@ -358,3 +358,14 @@ def test_the_builtin_criteria_are_in_the_registry_without_importing_them():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["snip", "True", "True"]
+
+
+def test_a_teacher_logit_cache_is_refused_for_a_distributed_run_before_it_starts():
+    """Only process 0 would have refused it (when recording the start), leaving the others
+    waiting in the dense run; validation refuses it on every process, and auto stays allowed."""
+    config = make_config(kd__teacher_logits="cached", parallel__distributed="auto")
+    with pytest.raises(ConfigError, match=r"kd.teacher_logits='cached' is invalid: not with "
+                                          r"parallel.distributed='auto'.*use auto"):
+        config_lib.validate(config)
+    config_lib.validate(make_config(kd__teacher_logits="auto", parallel__distributed="auto"))
+    config_lib.validate(make_config(kd__teacher_logits="cached"))

@@ -244,3 +244,26 @@ def test_the_imagenet_experiment_runs_end_to_end_on_mock_data(mocked, tmp_path):
     assert [(r["level"], r["variant"]) for r in rows] == [(0, "dense"), (1, "kd_rewind")]
     assert rows[1]["start_step"] == 48 // BATCH and rows[1]["steps"] == 2 * (48 // BATCH)
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
+
+
+def test_an_eval_batch_the_devices_cannot_split_is_a_config_error_before_training(
+        mocked, tmp_path, monkeypatch):
+    """ImageNet's streamed evaluation does not round its batch up to the device count as the
+    in-memory splits do: data.eval_batch_size=7 on two devices is named, as a config error,
+    when the study starts, not as a traceback."""
+    from experiments import imagenet_resnet50
+    from lottery_kd.config import ConfigError
+    from lottery_kd.runtime.parallel import DataParallel
+    from lottery_kd.study import lottery
+
+    monkeypatch.setattr(DataParallel, "device_count", property(lambda self: 2))
+    config = imagenet_resnet50.get_config()
+    config.model.name = "resnet18"
+    config.data.tfds_data_dir, config.data.tfds_download = mocked, False
+    config.data.image_size, config.data.eval_batch_size = SIZE, 7
+    config.train.batch_size, config.train.epochs = BATCH, 2
+    config.train.warmup_epochs, config.train.milestones, config.kd.stop_epoch = 1, "1", None
+    config.lottery.rewind = "1ep"
+    with pytest.raises(ConfigError, match=r"data.eval_batch_size=7 is not divisible by the 2 "
+                                          r"devices"):
+        lottery.LotteryRun(config, tmp_path, log=lambda *_: None)

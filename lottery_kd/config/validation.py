@@ -163,6 +163,11 @@ def _check_kd(config: Any, check: Check) -> None:
           f"unset (distil throughout) or an epoch in [1, train.epochs={train.epochs}]")
     check(kd.teacher_logits in teacher_cache.MODES, "kd.teacher_logits", kd.teacher_logits,
           f"allowed: {', '.join(teacher_cache.MODES)}")
+    check(kd.teacher_logits != "cached" or config.parallel.distributed == "off",
+          "kd.teacher_logits", kd.teacher_logits, f"not with parallel.distributed="
+          f"{config.parallel.distributed!r}: the cache needs a single process (each would hold "
+          "only its own rows of the logits); use auto (it caches on one process only) or "
+          "in_step")
 
 
 def _check_prune(config: Any, check: Check) -> None:

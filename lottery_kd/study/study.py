@@ -85,7 +85,10 @@ class Study:
         if not self.parallel.is_main:
             self.log = lambda *_: None
         self.scope = config.prune.scope
-        self.trainer = self.make_trainer(self.data)
+        try:  # batch sizes the device layout cannot split (data.eval_batch_size on ImageNet)
+            self.trainer = self.make_trainer(self.data)
+        except ValueError as error:
+            raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
         self.schedule = optim.step_schedule(config.train.lr, self.plan.milestone_steps,
                                             decay=config.train.lr_decay,
                                             warmup_steps=self.plan.warmup_steps)
