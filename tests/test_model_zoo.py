@@ -328,3 +328,19 @@ def test_vgg_small_map_conv_is_xlas_convolution_in_values_and_gradients(size):
                                loss(jax.lax.conv_general_dilated, x, w), rtol=1e-5)
     hlo = jax.jit(lambda x, w: loss(vgg.small_map_conv, x, w)).lower(x, w).as_text()
     assert ("convolution" in hlo) == (size * size > vgg.SMALL_MAP)
+
+
+def test_a_model_whose_layers_vanish_on_the_data_sets_images_is_refused_before_training(
+        tmp_path):
+    """VGG-16's four max pools take the digits' 8x8 images to 0x0: its last convolutions
+    would be empty and its logits NaN. Refused, naming the layers, before the dense run."""
+    from lottery_kd.study import lottery
+    from tests.conftest import make_tiny_config
+
+    config = make_tiny_config()
+    config.model.name = "vgg16"
+    with pytest.raises(ConfigError, match=r"model.name='vgg16' is invalid for data.name="
+                                          r"'digits': on its \(8, 8, 1\) images \d+ layer "
+                                          r"output\(s\) are empty \(bn11, "):
+        lottery.run(config, tmp_path, log=lambda *_: None)
+    assert not (tmp_path / "results.jsonl").exists()

@@ -202,6 +202,6 @@ def test_a_structure_that_fits_no_layer_is_refused_before_training_and_misfits_a
     assert not (tmp_path / "none" / "results.jsonl").exists()
     config.prune.structure = "block:32"
     run = lottery.LotteryRun(config, tmp_path / "some", log=(messages := []).append)
-    run.check_structure_fits()
+    run.preflight()
     assert any("block:32: 1 of 3 layers in scope do not fit it and stay as they are:" in m
                for m in messages)

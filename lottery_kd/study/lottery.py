@@ -17,6 +17,7 @@ import os
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 from lottery_kd import config as config_lib
 from lottery_kd.config import protocols
@@ -185,14 +186,32 @@ class LotteryRun(Study):
         if stop:
             raise TrainingInterrupted(None, f"before level {level} {variant}")
 
-    def check_structure_fits(self) -> None:
-        """ConfigError, before any training, where prune.structure fits no in-scope layer (its
-        tickets would be dense networks); otherwise names the layers it leaves as they are."""
+    def preflight(self) -> None:
+        """ConfigError, before any training, for a model and data set or structure that would
+        train something other than asked, from the model's shapes alone (jax.eval_shape, no
+        compute): a layer whose output is empty on these images (a deep VGG on 8x8 digits: NaN
+        logits), or a prune.structure that fits no in-scope layer (dense tickets)."""
+        images = jnp.zeros((1, *self.data.image_shape))
+        _, variables = jax.eval_shape(lambda: self.model.init_with_output(
+            jax.random.key(0), images, train=False, capture_intermediates=True))
+        empty = [masks_lib.path_name(path).split("/__call__")[0] for path, leaf in
+                 jax.tree_util.tree_flatten_with_path(variables["intermediates"])[0]
+                 if 0 in leaf.shape]
+        if empty:
+            raise config_lib.ConfigError(
+                f"invalid config:\n  model.name={self.config.model.name!r} is invalid for "
+                f"data.name={self.config.data.name!r}: on its {self.data.image_shape} images "
+                f"{len(empty)} layer output(s) are empty ({', '.join(empty[:3])}, ...), which "
+                "would train on NaN; use a model made for images this small, or larger images")
+        self.check_structure_fits(variables["params"])
+
+    def check_structure_fits(self, params: PyTree) -> None:
+        """ConfigError where prune.structure fits no in-scope kernel of `params` (shapes will
+        do): its tickets would be dense networks; otherwise names the layers it leaves as
+        they are."""
         shape = structure_lib.parse(self.config.prune.structure)
         if shape.kind == "unstructured":
             return
-        params = jax.eval_shape(lambda: init_variables(self.model, jax.random.key(0),
-                                                       self.data.image_shape)[0])
         kernels = [(name, leaf.shape) for name, leaf in masks_lib.named_leaves(params)
                    if masks_lib.is_prunable(name, leaf.shape, self.scope)]
         try:
@@ -207,7 +226,7 @@ class LotteryRun(Study):
 
     def run(self) -> list[dict]:
         """Run (or resume) the whole study; returns all result rows."""
-        self.check_structure_fits()
+        self.preflight()
         self._announce(0, DENSE)
         self.run_dense()
         if self.config.dynamic.method:
