@@ -64,6 +64,8 @@ def test_status_follows_a_study_through_a_stop_and_to_the_end(tmp_path):
                                                     + kd_left * (dense_rate + teacher))
     text = status.describe(stopped)
     assert "1 of 5 runs done" in text and "now: level 1 lt" in text
+    assert current["seconds_left"] == pytest.approx((38 - current["at_step"]) * dense_rate)
+    assert "left in it)" in text
     assert "KD runs estimated at the cross-entropy pace plus a third of the dense" in text
     assert status.READER_NOTE in text
 

@@ -96,6 +96,9 @@ def study_status(workdir: str | Path) -> dict:
         left_steps[kind] += run_left(run) if run is current else run["steps"]
     seconds_left = (None if rate[False] is None else
                     sum(left_steps[kind] * rate[kind] for kind in (False, True)))
+    if current is not None and rate[False] is not None:
+        kind = current["distill"] and (current["level"], current["variant"]) not in readers
+        current["seconds_left"] = run_left(current) * rate[kind]
     return {"workdir": str(workdir), "runs": len(plan["runs"]), "done": done,
             "current": current, "pending": pending, "seconds_per_step": rate,
             "steps_left": left_steps, "seconds_left": seconds_left, "note": rate_note,
@@ -245,7 +248,8 @@ def describe(status: dict) -> str:
         lines.append(f"  now: level {current['level']} {current['variant']}, step "
                      f"{current['at_step']} of {current['start_step'] + current['steps']} "
                      f"({100 * current['fraction']:.0f}% of this run, at its last resume "
-                     "checkpoint)")
+                     "checkpoint" + (f"; about {_duration(current['seconds_left'])} left in it"
+                                     if current.get("seconds_left") is not None else "") + ")")
     if status["pending"]:
         names = ", ".join(f"L{r['level']} {r['variant']}" for r in status["pending"])
         lines.append(f"  pending ({len(status['pending'])}): {names}")
