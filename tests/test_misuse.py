@@ -146,6 +146,28 @@ def test_a_workdir_that_is_a_file_is_refused_by_name(tmp_path, capsys):
     assert f"--workdir='{tmp_path / 'file'}' is a file, not a folder" in capsys.readouterr().err
 
 
+def test_an_empty_workdir_is_refused_instead_of_running_in_the_current_folder(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert launch.run_study(_tiny(), "") == 2
+    assert "--workdir is empty: give the study its own folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_refused_at_its_start_leaves_no_workdir_behind(tmp_path, capsys):
+    """A data.dir that holds no data and a rewind point past the run are refused when the
+    study starts, after the lock is taken: the lock file and the folder it made go too, so a
+    later carry restore or run into that path does not find 'another study' there."""
+    config = _tiny()
+    config.lottery.variants, config.lottery.rewind = "lt,weight_rewind", "999ep"
+    assert launch.run_study(config, str(tmp_path / "new")) == 2
+    assert "lottery.rewind='999ep'" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    assert launch.run_study(config, str(tmp_path / "kept")) == 2
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["notes.txt"]
+
 def test_a_config_json_that_cannot_be_read_is_named(finished, tmp_path, capsys):
     source, _ = finished
     workdir = tmp_path / "study"

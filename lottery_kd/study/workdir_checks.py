@@ -130,7 +130,11 @@ def check_batch_norm_groups(workdir: Path, batch_norm: str, device_count: int) -
 
 
 def check_workdir_path(workdir: str | os.PathLike) -> None:
-    """ConfigError for a workdir that can never hold a study: a URL, or an existing file."""
+    """ConfigError for a workdir that can never hold a study: empty (the current folder,
+    whose files would mix with the study's), a URL, or an existing file."""
+    if not str(workdir).strip():
+        raise ConfigError("invalid config:\n  --workdir is empty: give the study its own folder, "
+                          "e.g. --workdir=runs/NAME (rerunning there resumes it)")
     if isinstance(workdir, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", workdir):
         raise ConfigError(
             f"invalid config:\n  --workdir={workdir!r}: a URL; the workdir must be a "
@@ -146,6 +150,7 @@ def study_lock(workdir: str | os.PathLike) -> Iterator[None]:
     """Hold the workdir's lock (lottery_kd.study.workdir_lock) for the block: process 0 takes it for
     the whole run, and every process of a pod stops together if another run holds it."""
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+    new_folder, new_lock = not Path(workdir).exists(), not Workdir(workdir).lock.exists()
     busy = ""
     if lock is not None:
         try:
@@ -167,3 +172,18 @@ def study_lock(workdir: str | os.PathLike) -> Iterator[None]:
     finally:
         if lock is not None:
             lock.release()
+            _remove_if_only_lock(Path(workdir), new_folder, new_lock)
+
+
+def _remove_if_only_lock(workdir: Path, new_folder: bool, new_lock: bool) -> None:
+    """After a run refused before it wrote anything (bad data.dir, a step plan that cannot
+    work): remove the lock file it created, and the folder too if it created that, so the
+    refusal leaves no half-made workdir for a later restore or run to trip on."""
+    paths = Workdir(workdir)
+    try:
+        if new_lock and not paths.config.exists():  # no study was written there
+            paths.lock.unlink()
+            if new_folder and not any(workdir.iterdir()):
+                workdir.rmdir()
+    except OSError:
+        pass  # another process got there: leave it
