@@ -68,6 +68,25 @@ def test_save_refuses_a_running_study_and_a_folder_that_is_no_copy(tmp_path):
         carry.save(tmp_path / "notes", tmp_path / "copy")
 
 
+def test_save_refuses_to_replace_another_studys_copy_or_roll_this_ones_back(tmp_path):
+    """Saving over an earlier copy replaces it: another study's copy, or a copy further along
+    than the workdir (an older workdir saved over a newer copy), would be lost."""
+    study, copy = _fake_study(tmp_path / "study"), tmp_path / "copy"
+    carry.save(study, copy)
+    other = _fake_study(tmp_path / "other")
+    (other / "config.json").write_text('{"seed": 1}')
+    with pytest.raises(carry.CarryError, match="holds a copy of another study .* saving would "
+                                               "replace it"):
+        carry.save(other, copy)
+    older = _fake_study(tmp_path / "older")
+    (study / "results.jsonl").write_text('{"level": 0}\n{"level": 1}\n')  # the study went on
+    carry.save(study, copy)
+    with pytest.raises(carry.CarryError, match=r"older \(1 result rows, resume step 130\) is "
+                                               r"behind the copy .* roll the copy back"):
+        carry.save(older, copy)
+    assert (copy / "results.jsonl").read_text().count("\n") == 2  # the copy is as it was
+    assert json.loads((copy / "carry.json").read_text())["study"] == str(study)
+
 def test_restore_refuses_a_damaged_or_partial_copy_and_a_workdir_in_use(tmp_path, capsys):
     study, copy = _fake_study(tmp_path / "study"), tmp_path / "copy"
     carry.save(study, copy)

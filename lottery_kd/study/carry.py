@@ -14,7 +14,8 @@ or empty WORKDIR (through a temporary folder renamed at the end); the study's co
 resumes from it. A WORKDIR that already holds the same study, as far along or further, is left
 as it is; one behind the copy, or holding another study, is refused.
 `save` refuses while a process holds the study's lock: a workdir being written is no checkpoint.
-Stop the study first (SIGTERM saves a resume checkpoint).
+Stop the study first (SIGTERM saves a resume checkpoint). It refuses too to replace an earlier
+copy of another study, or of this one further along than the workdir.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def save(workdir: str | os.PathLike, dest: str | os.PathLike) -> dict:
     if dest.exists() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
         raise CarryError(f"{dest} is not empty and holds no {MANIFEST}: it is no earlier copy "
                          "of a study; give an empty or new folder")
+    if (dest / MANIFEST).is_file():
+        _check_earlier_copy(workdir, dest)
     (dest / MANIFEST).unlink(missing_ok=True)  # until the copy is whole again
     files = {}
     for name in carried_files(workdir):
@@ -116,6 +119,21 @@ def save(workdir: str | os.PathLike, dest: str | os.PathLike) -> dict:
     scratch.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     scratch.replace(dest / MANIFEST)
     return manifest
+
+
+def _check_earlier_copy(workdir: Path, dest: Path) -> None:
+    """Saving over an earlier copy replaces it: only with the same study, as far or further
+    (else the copy of another study, or a later state of this one, would be lost)."""
+    copied = dest / "config.json"
+    if not copied.is_file() or copied.read_bytes() != Workdir(workdir).config.read_bytes():
+        raise CarryError(f"{dest} holds a copy of another study (its config.json differs from "
+                         f"{workdir}'s): saving would replace it; give a new folder, or remove "
+                         f"{dest} first")
+    here, there = progress(workdir), progress(dest)
+    if here < there:
+        raise CarryError(f"{workdir} ({_describe_progress(here)}) is behind the copy in {dest} "
+                         f"({_describe_progress(there)}): saving would roll the copy back; "
+                         f"restore the copy instead, or remove {dest} first")
 
 
 def _remove_stale(dest: Path, keep: set[str]) -> None:
