@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -11,12 +12,51 @@ from types import SimpleNamespace
 from typing import Callable, Optional
 
 from lottery_kd.runtime import malloc_tuning
+from lottery_kd.runtime.out_paths import check_out_file
 from lottery_kd.runtime.environment import environment  # noqa: F401  (re-exported for the benchmarks)
 
 # The malloc a benchmark's child processes run under (--mallocs): "tuned", what the entry points
 # use (runtime.malloc_tuning); "huge_pages", only glibc.malloc.hugetlb=1 (the setting before
 # the step buffers were kept mapped); "glibc", glibc's defaults.
 MALLOC_SETTINGS = ("tuned", "huge_pages", "glibc")
+
+
+# Options every benchmark spells alike, and what they must be (checked by parse_checked).
+COUNTS = ("steps", "repeats", "rounds", "reps", "batch", "batch_size", "imagenet_batches",
+          "imagenet_batch_size", "synflow_rounds")
+
+
+def parse_checked(parser: argparse.ArgumentParser, argv: Optional[list[str]]
+                  ) -> argparse.Namespace:
+    """parser.parse_args(argv), then the options the benchmarks share checked before any
+    compute, each failure one line and exit 2 (parser.error): counts at least 1, --sparsity in
+    [0, 1), --fraction and --density in (0, 1) and (0, 1], --model/--models known, and --out a
+    file that can be written (not found out only when the results are)."""
+    from lottery_kd.models import MODEL_NAMES
+    args = parser.parse_args(argv)
+    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    for name in COUNTS:
+        if isinstance(getattr(args, name, None), int) and getattr(args, name) < 1:
+            parser.error(f"{flag(name)} {getattr(args, name)}: at least 1")
+    bounds = {"sparsity": (0.0, 1.0, True, False), "fraction": (0.0, 1.0, False, False),
+              "density": (0.0, 1.0, False, True)}
+    for name, (low, high, low_in, high_in) in bounds.items():
+        value = getattr(args, name, None)
+        if isinstance(value, float) and not ((low <= value if low_in else low < value) and
+                                             (value <= high if high_in else value < high)):
+            interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+            parser.error(f"{flag(name)} {value}: a number in {interval}")
+    names = [getattr(args, "model", None)] + str(getattr(args, "models", "") or "").split(",")
+    unknown = [n for n in names if n and n not in MODEL_NAMES]
+    if unknown:
+        parser.error(f"--model(s) {', '.join(unknown)}: unknown; choose from "
+                     f"{', '.join(MODEL_NAMES)}")
+    if getattr(args, "out", ""):
+        try:
+            check_out_file(args.out)
+        except ValueError as error:
+            parser.error(str(error))
+    return args
 
 
 def timed(run_block: Callable[[], object], wait: Callable[[object], None]) -> float:

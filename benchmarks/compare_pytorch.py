@@ -24,7 +24,7 @@ import sys
 import time
 
 from benchmarks.common import (environment, malloc_environment, malloc_settings, median,
-                               write_json)
+                               parse_checked, write_json)
 from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                              "huge_pages, glibc")
     parser.add_argument("--out", default="")
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
     mallocs = malloc_settings(args.mallocs)
     if args.child:
         framework, model = args.child

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from benchmarks.common import environment, median, timed, write_json
+from benchmarks.common import environment, median, parse_checked, timed, write_json
 from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 # (height = width, in channels, out channels, stride) of ResNet-20/56/110's 3x3 convolutions
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="calls per timed block")
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per implementation")
     parser.add_argument("--out", default="")
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
     records = measure(args.batch_size, args.steps, args.repeats)
     write_json({"benchmark": "conv3x3", **environment(), "records": records}, args.out)
 

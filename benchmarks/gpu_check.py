@@ -134,6 +134,12 @@ def _check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         if value is not None and value < least:
             parser.error(f"--{name} {value}: at least {least}")
     _check_cifar(parser, args)
+    if args.out:  # before the timed run, not when its results are written
+        from lottery_kd.runtime.out_paths import check_out_file
+        try:
+            check_out_file(args.out)
+        except ValueError as error:
+            parser.error(str(error))
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

@@ -28,7 +28,7 @@ import os
 import tempfile
 from typing import Iterable, Optional
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import environment, parse_checked, write_json
 
 # kernel-name fragments (lower case) of each category, the first category that matches wins
 CATEGORIES = (("copy", ("memcpy", "memset")),
@@ -181,7 +181,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     add("--blocks", type=int, default=3)
     add("--profile-steps", type=int, default=10)
     add("--out", help="write the JSON report here too")
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
     norm_impls = [n for n in args.norm_impls.split(",") if n]
     bad = [n for n in norm_impls if n not in ("fused", "flax")]
     if bad or not norm_impls:

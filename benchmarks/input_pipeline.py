@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import environment, parse_checked, write_json
 
 DEFAULT_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 
@@ -113,16 +113,21 @@ def imagenet_mock_input(batch_size: int, batches: int, image_size: int, examples
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cifar-dir", default=str(DEFAULT_CIFAR))
+    parser.add_argument("--cifar-dir", default="", help="CIFAR-10's binary files (default: "
+                        "../shared/data/cifar10 beside the repository, else synthetic images)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="train steps per timed block")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--imagenet-batches", type=int, default=20)
     parser.add_argument("--imagenet-batch-size", type=int, default=32)
     parser.add_argument("--out", default="")
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
     report = {"benchmark": "input_pipeline", **environment()}
-    report.update(cifar_and_train_step(args.cifar_dir, args.batch_size, args.steps, args.repeats))
+    if args.cifar_dir and not Path(args.cifar_dir).is_dir():  # asked for, so not replaced
+        parser.error(f"--cifar-dir {args.cifar_dir}: no such folder; give the folder of "
+                     "CIFAR-10's binary files, or leave the option out")
+    report.update(cifar_and_train_step(args.cifar_dir or str(DEFAULT_CIFAR), args.batch_size,
+                                       args.steps, args.repeats))
     examples = args.imagenet_batch_size * (args.imagenet_batches + 2)
     report.update(imagenet_mock_input(args.imagenet_batch_size, args.imagenet_batches, 224,
                                       examples))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.common import environment, median, timed, write_json
+from benchmarks.common import environment, median, parse_checked, timed, write_json
 from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fraction", type=float, default=0.2)
     parser.add_argument("--synflow-rounds", type=int, default=10)
     parser.add_argument("--out", default="")
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
 
     import jax
     import numpy as np

@@ -27,7 +27,7 @@ import argparse
 import sys
 from typing import Callable
 
-from benchmarks.common import environment, median, timed, write_json
+from benchmarks.common import environment, median, parse_checked, timed, write_json
 from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 IMPLS = ("native", "sparse")
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scope", default="conv", choices=("conv", "conv_no_shortcut"),
                         help="what is pruned: conv (shortcuts too) or conv_no_shortcut (renda)")
     parser.add_argument("--out", default="")
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
     structures = tuple(args.structures.split(","))
     try:
         from lottery_kd.sparsity import structure as structure_lib

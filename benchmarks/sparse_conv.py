@@ -23,7 +23,7 @@ import argparse
 import json
 import sys
 
-from benchmarks.common import environment, median, timed, write_json
+from benchmarks.common import environment, median, parse_checked, timed, write_json
 from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 # (height = width, in channels, out channels, stride, kernel size) of ResNet-20/56/110's pruned
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="resnet20", help="with --ticket")
     parser.add_argument("--note", default="", help="recorded as is, e.g. what else ran")
     parser.add_argument("--out", default="")
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
     if not 0.0 <= args.ticket < 1.0:
         parser.error(f"--ticket {args.ticket}: an overall density in (0, 1), e.g. 0.1074")
     densities = tuple(float(d) for d in args.densities.split(",") if d)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 
-from benchmarks.common import environment, resnet_steps, write_json
+from benchmarks.common import environment, parse_checked, resnet_steps, write_json
 
 
 def fingerprint(model_name: str, conv_impl: str, norm_impl: str, steps: int,
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sparsity", type=float, default=0.8,
                         help="of the global magnitude masks (0: all weights, a dense run)")
     parser.add_argument("--out", default="")
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
     record = {"model": args.model, "conv_impl": args.conv_impl, "norm_impl": args.norm_impl,
               "steps": args.steps, "batch": args.batch_size,
               "normalization": args.normalization, "sparsity": args.sparsity,

@@ -22,7 +22,7 @@ import re
 import tempfile
 import time
 
-from benchmarks.common import environment, resnet_steps, write_json
+from benchmarks.common import environment, parse_checked, resnet_steps, write_json
 from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 # Steps run before timing: the sparse step settles after ~10 (245 ms for steps 2-9, then 165 ms,
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--infer", action="store_true",
                         help="profile the eval forward pass (inference) instead of a train step")
     parser.add_argument("--out", default="")
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
     if not 0.0 < args.density <= 1.0:
         parser.error(f"--density must be in (0, 1], got {args.density}")
     if args.steps < 1 or args.batch_size < 1:

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import environment, parse_checked, write_json
 
 SOURCE = Path(__file__).with_name("tile_loop.cc")
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=2_000_000, help="tile calls per offset set")
     parser.add_argument("--note", default="", help="recorded as is, e.g. what else ran")
     parser.add_argument("--out", default="")
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
     if args.reps < 1:
         parser.error(f"--reps {args.reps}: at least 1")
     write_json({"benchmark": "tile_loop", "note": args.note, **environment(),

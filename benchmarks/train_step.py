@@ -31,7 +31,8 @@ import sys
 import time
 
 from benchmarks.common import (CIFAR_NORMALIZATION, environment, malloc_environment,
-                               malloc_settings, median, resnet_steps, timed, write_json)
+                               malloc_settings, median, parse_checked, resnet_steps, timed,
+                               write_json)
 from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
                              "lottery_kd.runtime.malloc_tuning), huge_pages, glibc")
     parser.add_argument("--out", default="")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
     if args.relu == "plain" and any(n.strip() != "flax" for n in args.norm_impls.split(",")):
         parser.error("--relu plain changes the ReLU of --norm-impls flax only (the fused "
                      "BatchNorm closes each block with its own ReLU): add --norm-impls flax")

@@ -14,7 +14,7 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import environment, parse_checked, write_json
 from lottery_kd.models import get_model, vgg
 
 
@@ -40,7 +40,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--note", default="", help="recorded as is, e.g. what else ran")
     parser.add_argument("--out", default="", help="also write the JSON here")
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
     for name in ("batch", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} {getattr(args, name)}: at least 1")

@@ -340,3 +340,27 @@ def test_a_second_sweep_into_a_busy_out_is_refused_and_one_that_ended_is_read_ba
                                             "results": [{"step": 1, "by": "first"}]}))
     rows = measure_missing(out, "r.json", saved, "results", [1, 2], **kwargs)
     assert rows == [{"step": 1, "by": "first"}, {"step": 2, "by": "second"}]
+
+
+@pytest.mark.parametrize("module,argv,message", [
+    ("pruning", ["--repeats", "0"], "--repeats 0: at least 1"),
+    ("pruning", ["--fraction", "2"], "--fraction 2.0: a number in (0, 1)"),
+    ("conv3x3", ["--repeats", "0"], "--repeats 0: at least 1"),
+    ("step_fingerprint", ["--model", "bogus"], "--model(s) bogus: unknown"),
+    ("step_fingerprint", ["--sparsity", "2"], "--sparsity 2.0: a number in [0, 1)"),
+    ("train_step", ["--models", "resnet20,bogus"], "--model(s) bogus: unknown"),
+    ("tile_loop", ["--out", "{file}/x.json"], "cannot be created"),
+    ("vgg_small_map", ["--out", "{dir}"], "is a folder; give a file path"),
+    ("input_pipeline", ["--cifar-dir", "{dir}/missing"], "no such folder"),
+])
+def test_a_benchmark_refuses_a_bad_option_in_one_line_before_any_compute(
+        module, argv, message, tmp_path, capsys):
+    """Each of these used to end in a traceback, some after minutes of timing (a bad --out only
+    when the results were written), or, for --cifar-dir, to measure synthetic data instead."""
+    import importlib
+    (tmp_path / "file").write_text("x")
+    argv = [a.format(file=tmp_path / "file", dir=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(f"benchmarks.{module}").main(argv)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err

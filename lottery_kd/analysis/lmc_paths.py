@@ -46,7 +46,8 @@ import jax.numpy as jnp
 
 from lottery_kd import config as config_lib
 from lottery_kd.analysis.lmc import error_barrier, interpolate
-from lottery_kd.analysis.sweep import check_creatable, open_study
+from lottery_kd.analysis.sweep import open_study
+from lottery_kd.runtime.out_paths import check_creatable
 from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.study.results import write_atomic
 from lottery_kd.study.variants import DENSE, snapshot_name

@@ -18,6 +18,7 @@ from typing import Any, Callable, Hashable, Iterator, Optional, Sequence
 
 from lottery_kd import config as config_lib
 from lottery_kd.config import identity
+from lottery_kd.runtime.out_paths import check_creatable
 from lottery_kd.study.results import write_atomic
 from lottery_kd.study.study import Study
 from lottery_kd.study.variants import DENSE, snapshot_name
@@ -55,16 +56,6 @@ def check_teacher(run: Study, option: str) -> None:
         raise ValueError(f"{option} needs the study's dense teacher ({name}), which is not in "
                          f"{run.workdir}: run the study first")
     run.teacher()  # a damaged snapshot: CheckpointError now, not after hours of training
-
-
-def check_creatable(out: Path) -> None:
-    """A ValueError unless the missing folder `out` can be made (its nearest existing parent is a
-    writable folder)."""
-    parent = next(p for p in out.absolute().parents if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out} cannot be created ({parent} is "
-                         f"{'not a folder' if not parent.is_dir() else 'not writable'}); "
-                         "choose another --out")
 
 
 def check_out(out: Path, name: str, settings: dict, what: str) -> Optional[dict]:
