@@ -29,6 +29,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from lottery_kd.runtime.out_paths import check_out_file
+
 FORMAT = "lottery_kd.ticket/1"
 _NEUTRAL = {"scale": 1.0, "mean": 0.0, "var": None}  # a folded BatchNorm adds its bias only
 PyTree = Any
@@ -242,9 +244,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--check", action="store_true", help="then compare its predictions "
                         "with the masked network's on the study's whole test set")
     args = parser.parse_args(argv)
-    if Path(args.out).is_dir():
-        print(f"error: --out {args.out} is a folder; give a file name", file=sys.stderr)
+    try:
+        check_out_file(args.out)  # before the study and its test set are loaded
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
+    replaced = Path(args.out).exists()
     try:
         info = export_ticket(args.workdir, args.ticket, args.out)
     except (ExportError, ValueError) as error:
@@ -254,7 +259,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pruned = (f"{len(sizes)} pruned kernels at density "
               f"{sum(d * n for d, n in sizes) / sum(n for _, n in sizes):.4f}" if sizes
               else "no pruned kernel")
-    print(f"wrote {args.out}: {info['file_bytes'] / 1e6:.3f} MB ({pruned}); on disk, the "
+    print(f"{'replaced' if replaced else 'wrote'} {args.out}: "
+          f"{info['file_bytes'] / 1e6:.3f} MB ({pruned}); on disk, the "
           f"ticket's snapshot is {info['snapshot_bytes'] / 1e6:.3f} MB and the dense "
           f"network's {info['dense_snapshot_bytes'] / 1e6:.3f} MB (Orbax, compressed)")
     if args.check:

@@ -88,12 +88,16 @@ def test_an_exported_ticket_predicts_what_the_study_evaluated_on_its_whole_test_
     assert info["file_bytes"] < info["dense_snapshot_bytes"]
 
 
-def test_the_command_writes_and_checks_a_ticket(study, tmp_path):
+def test_the_command_writes_and_checks_a_ticket(study, tmp_path, capsys):
     done = subprocess.run([sys.executable, "-m", "lottery_kd.export", str(study), "--ticket",
                            "level_1_lt", "--out", str(tmp_path / "t.npz"), "--check"],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "0 predictions differ" in done.stdout and "density 0.8000" in done.stdout
+    assert done.stdout.startswith(f"wrote {tmp_path / 't.npz'}: ")
+    again = export.main([str(study), "--ticket", "level_1_lt", "--out", str(tmp_path / "t.npz")])
+    assert again == 0  # an existing file is replaced, and the message says so
+    assert capsys.readouterr().out.startswith(f"replaced {tmp_path / 't.npz'}: ")
 
 
 def test_the_command_refuses_bad_input_in_one_line(study, tmp_path, capsys):
@@ -103,12 +107,14 @@ def test_the_command_refuses_bad_input_in_one_line(study, tmp_path, capsys):
             ([study, "--ticket", "level_1_lt", "--out", tmp_path], "is a folder"),
             ([tmp_path / "nothing", "--ticket", "level_1_lt", "--out", tmp_path / "y.npz"],
              "no such folder"),
+            ([study, "--ticket", "level_1_lt", "--out", tmp_path / "junk.npz" / "t.npz"],
+             "cannot be created"),
     ):
+        (tmp_path / "junk.npz").write_bytes(b"not a ticket")  # a file, not a folder
         assert export.main([str(a) for a in args]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "x.npz").exists() and not (tmp_path / "y.npz").exists()
-    (tmp_path / "junk.npz").write_bytes(b"not a ticket")
     with pytest.raises(export.ExportError, match="not an exported ticket"):
         export.load(tmp_path / "junk.npz")
 

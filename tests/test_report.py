@@ -271,3 +271,21 @@ def test_a_study_under_a_users_protocol_reports_in_a_process_that_never_register
     assert done.returncode == 0, done.stderr[-2000:]
     assert ("protocol: my_lab_protocol (not registered in this process: import the module "
             "that registers it" in (out / "report.md").read_text())
+
+
+def test_a_config_json_of_the_wrong_shape_is_named_not_a_traceback(studies, tmp_path):
+    """Valid JSON whose 'train' is null (a hand edit gone wrong): the report names the file and
+    the section, as it does for unreadable JSON."""
+    import shutil
+    (first, _), _ = studies
+    copy = tmp_path / "study"
+    shutil.copytree(first, copy)
+    saved = json.loads((copy / "config.json").read_text())
+    saved["train"] = None
+    (copy / "config.json").write_text(json.dumps(saved))
+    done = subprocess.run([sys.executable, "-m", "lottery_kd.report", str(copy), "--out",
+                           str(tmp_path / "report")], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "config.json: train should be section(s) of settings ({...}), not NoneType" in \
+        done.stderr

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lottery_kd import published as published_lib
+from lottery_kd.runtime.out_paths import check_out_folder
 from lottery_kd.analysis import report_markdown
 from lottery_kd.analysis.report_figures import (plot_accuracy, plot_accuracy_vs_flops,
                                                 plot_layers)
@@ -154,6 +155,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-overlap", action="store_true", help="skip the mask overlap "
                         "(which reads every ticket's snapshot)")
     args = parser.parse_args(argv)
+    try:
+        check_out_folder(args.out)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         summary = write_report(args.runs, args.out, reference_path=args.reference or None,
                                overlap=not args.no_overlap)

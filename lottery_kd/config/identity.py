@@ -126,6 +126,13 @@ def read_saved(path: str | Path) -> dict:
     if not isinstance(saved, dict):
         raise SavedConfigError(f"{path} holds no config object; restore it or use another "
                                "--workdir")
+    from lottery_kd.config.defaults import get_config
+    sections = [key for key, value in get_config().to_dict().items() if isinstance(value, dict)]
+    broken = [key for key in sections if key in saved and not isinstance(saved[key], dict)]
+    if broken:
+        raise SavedConfigError(f"{path}: {', '.join(broken)} should be section(s) of settings "
+                               f"({{...}}), not {type(saved[broken[0]]).__name__}; restore the "
+                               "file from a backup or a copy of the command's settings")
     return saved
 
 
