@@ -86,6 +86,16 @@ def test_save_refuses_to_replace_another_studys_copy_or_roll_this_ones_back(tmp_
         carry.save(older, copy)
     assert (copy / "results.jsonl").read_text().count("\n") == 2  # the copy is as it was
     assert json.loads((copy / "carry.json").read_text())["study"] == str(study)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(carry.CarryError, match="afile is a file, not a folder"):
+        carry.save(study, tmp_path / "afile")
+    with pytest.raises(carry.CarryError, match="afile is a file, not a folder"):
+        carry.restore(copy, tmp_path / "afile")
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / ".keep").write_text("")
+    with pytest.raises(carry.CarryError, match="kept is not empty and holds no study"):
+        carry.restore(copy, tmp_path / "kept")
+
 
 def test_restore_refuses_a_damaged_or_partial_copy_and_a_workdir_in_use(tmp_path, capsys):
     study, copy = _fake_study(tmp_path / "study"), tmp_path / "copy"

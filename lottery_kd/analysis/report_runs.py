@@ -36,6 +36,8 @@ def load_run(directory: str | os.PathLike) -> dict:
     from lottery_kd.config.identity import SavedConfigError, read_saved
     directory = Path(directory)
     workdir = Workdir(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ReportError(f"{directory} is a file; give a study's workdir (a folder)")
     if not directory.is_dir():
         raise ReportError(f"{directory}: no such study folder; check the path")
     if not workdir.config.is_file():

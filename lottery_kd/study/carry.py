@@ -95,6 +95,8 @@ def save(workdir: str | os.PathLike, dest: str | os.PathLike) -> dict:
     if not Workdir(workdir).config.is_file():
         raise CarryError(f"{workdir} holds no study (no config.json); give the study's workdir")
     _check_pair(workdir, dest)
+    if dest.exists() and not dest.is_dir():
+        raise CarryError(f"{dest} is a file, not a folder; give a folder for the copy")
     if (who := holder(workdir)) is not None:
         raise CarryError(f"a study is running in {workdir} (pid {who.get('pid', '?')} on "
                          f"{who.get('host', '?')}); stop it with SIGTERM, which saves a resume "
@@ -180,7 +182,11 @@ def _describe_progress(where: tuple[int, int]) -> str:
 def _check_existing(dest: Path, workdir: Path) -> None:
     """A workdir already there must be this study, at least as far as the copy."""
     config = Workdir(workdir).config
-    if not config.is_file() or config.read_bytes() != (dest / "config.json").read_bytes():
+    if not config.is_file():
+        raise CarryError(f"{workdir} is not empty and holds no study (no config.json): "
+                         "restoring would mix the study with its files; restore into a new or "
+                         "empty folder")
+    if config.read_bytes() != (dest / "config.json").read_bytes():
         raise CarryError(f"{workdir} is not empty and holds another study (its config.json "
                          f"differs from {dest}'s): restoring would mix two studies; restore "
                          "into a new folder")
@@ -197,7 +203,9 @@ def restore(dest: str | os.PathLike, workdir: str | os.PathLike) -> int:
     dest, workdir = Path(dest), Path(workdir)
     _check_pair(workdir, dest)
     files = _read_manifest(dest)
-    if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+    if workdir.exists() and not workdir.is_dir():
+        raise CarryError(f"{workdir} is a file, not a folder; restore into a new folder")
+    if workdir.exists() and any(workdir.iterdir()):
         _check_existing(dest, workdir)
         return 0
     for name, entry in sorted(files.items()):
