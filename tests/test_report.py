@@ -223,6 +223,9 @@ def test_a_study_whose_first_run_is_still_training_is_named_so_with_where_to_fol
         report.load_run(tmp_path)
     assert f"python -m lottery_kd.status {tmp_path}" in str(error.value)
     assert f"tensorboard --logdir {tmp_path / 'tensorboard'}" in str(error.value)
+    (tmp_path / "results.jsonl").write_text("\n")  # created, no row yet: the same, not a blank
+    with pytest.raises(report.ReportError, match="no run has finished yet"):
+        report.load_run(tmp_path)
 
 
 def test_runs_that_differ_in_seed_variants_or_oneshot_first_level_share_a_protocol():

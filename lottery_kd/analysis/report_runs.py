@@ -42,9 +42,10 @@ def load_run(directory: str | os.PathLike) -> dict:
         raise ReportError(f"{directory}: no such study folder; check the path")
     if not workdir.config.is_file():
         raise ReportError(f"{directory} is not a study: {workdir.config.name} is missing")
-    if not workdir.results.is_file():
+    if not workdir.results.is_file() or not workdir.results.read_text().strip():
         raise ReportError(
-            f"{directory}: no run has finished yet ({workdir.results.name} is missing), so there "
+            f"{directory}: no run has finished yet ({workdir.results.name} is missing or "
+            "empty), so there "
             f"is nothing to report; follow it with python -m lottery_kd.status {directory}, or "
             f"tensorboard --logdir {workdir.tensorboard_root}")
     try:
