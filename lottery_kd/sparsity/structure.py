@@ -10,8 +10,9 @@
 
 Kernels are HWIO (convolutions) or (in, out) (dense layers): the input axis is -2, the output
 axis -1. A layer whose input (N:M) or output (block) channels are not a multiple of M or B is out
-of structure: it stays as it is (dense, for the 3-channel stem under 2:4), and the rest of the
-scope carries the pruning. `groups` views a layer as rows of weights that belong together.
+of structure: it stays as it is (dense, for the 3-channel stem under 2:4), and block:B takes its
+fraction of the layers that fit only, so the network ends less sparse than the fraction.
+`groups` views a layer as rows of weights that belong together.
 """
 
 from __future__ import annotations
