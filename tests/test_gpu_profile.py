@@ -52,7 +52,7 @@ def test_the_pytorch_trace_reader_keeps_device_events_only(tmp_path):
     (["--norm-impls", "fused,batch"], "--norm-impls: ['batch'] not allowed"),
     (["--norm-impls", ","], "--norm-impls"),
     (["--profile-steps", "0"], "--profile-steps must be positive"),
-    (["--batch", "0"], "--batch must be positive")])
+    (["--batch", "0"], "--batch 0: at least 1")])
 def test_bad_arguments_are_refused_by_name(argv, message, capsys):
     with pytest.raises(SystemExit):
         gpu_profile.parse_args(argv)

@@ -160,7 +160,7 @@ def _not_studies(root, study):
     return [(root / "missing", "no such folder"), (root / "a_file", "is a file, not a study"),
             (root / "empty", "holds no study"), (truncated, "cannot be read"),
             (listed, "holds no config object"), (folder, "holds no study"),
-            (mangled, "holds no valid study config")]
+            (mangled, "train should be section(s) of settings ({...}), not str")]
 
 
 def test_a_workdir_that_is_not_a_study_is_one_line_and_exit_2(study, tmp_path, capsys,
