@@ -187,7 +187,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     if bad or not norm_impls:
         parser.error(f"--norm-impls: {bad or args.norm_impls!r} not allowed; choose from fused, "
                      "flax")
-    for name in ("batch", "warmup", "steps", "blocks", "profile_steps"):
+    for name in ("warmup", "blocks", "profile_steps"):  # --batch, --steps: parse_checked
         if getattr(args, name) < (0 if name == "warmup" else 1):
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.torch and importlib.util.find_spec("torch") is None:

@@ -147,11 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--infer", action="store_true",
                         help="profile the eval forward pass (inference) instead of a train step")
     parser.add_argument("--out", default="")
-    args = parse_checked(parser, argv)
-    if not 0.0 < args.density <= 1.0:
-        parser.error(f"--density must be in (0, 1], got {args.density}")
-    if args.steps < 1 or args.batch_size < 1:
-        parser.error("--steps and --batch-size must be at least 1")
+    args = parse_checked(parser, argv)  # --density in (0, 1], --steps and --batch-size >= 1
     reexec_with_malloc_tuning()  # as the training entry points run (runtime.malloc_tuning)
     record = profile(args.model, args.conv_impl, args.density, args.batch_size, args.steps,
                      args.infer)

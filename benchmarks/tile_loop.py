@@ -48,9 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=2_000_000, help="tile calls per offset set")
     parser.add_argument("--note", default="", help="recorded as is, e.g. what else ran")
     parser.add_argument("--out", default="")
-    args = parse_checked(parser, argv)
-    if args.reps < 1:
-        parser.error(f"--reps {args.reps}: at least 1")
+    args = parse_checked(parser, argv)  # --reps >= 1
     write_json({"benchmark": "tile_loop", "note": args.note, **environment(),
                 "gflops_one_core": measure(args.reps)}, args.out)
 

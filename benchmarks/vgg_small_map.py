@@ -40,10 +40,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--note", default="", help="recorded as is, e.g. what else ran")
     parser.add_argument("--out", default="", help="also write the JSON here")
-    args = parse_checked(parser, argv)
-    for name in ("batch", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)}: at least 1")
+    args = parse_checked(parser, argv)  # --batch and --repeats >= 1
     xla = step_seconds(0, args.batch, args.repeats)
     matmul = step_seconds(vgg.SMALL_MAP, args.batch, args.repeats)
     write_json({"benchmark": "vgg_small_map", "note": args.note, **environment(),
