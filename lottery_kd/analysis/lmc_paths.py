@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from lottery_kd import config as config_lib
 from lottery_kd.analysis.lmc import error_barrier, interpolate
 from lottery_kd.analysis.sweep import open_study
-from lottery_kd.runtime.out_paths import check_creatable
+from lottery_kd.runtime import out_paths
 from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.study.results import write_atomic
 from lottery_kd.study.variants import DENSE, snapshot_name
@@ -341,9 +341,6 @@ def run_paths(run_dir: str | os.PathLike, mode: str, variants: Sequence[str],
 
 def check_out_folder(out: Path) -> None:
     """A ValueError unless `out` is, or can be made, a folder of results (not a study's)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; give a folder")
-    if not out.exists():
-        check_creatable(out)
-    elif (out / "config.json").is_file():
+    out_paths.check_out_folder(out)
+    if (out / "config.json").is_file():
         raise ValueError(f"--out {out} holds a study (config.json); choose another --out")
