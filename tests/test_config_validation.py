@@ -369,3 +369,20 @@ def test_a_teacher_logit_cache_is_refused_for_a_distributed_run_before_it_starts
         config_lib.validate(config)
     config_lib.validate(make_config(kd__teacher_logits="auto", parallel__distributed="auto"))
     config_lib.validate(make_config(kd__teacher_logits="cached"))
+
+
+@pytest.mark.parametrize("name", ["wrn22_2", "vgg16", "vit_tiny", "resnet18", "digits_convnet"])
+@pytest.mark.parametrize("conv_impl", ["native", "sparse"])
+def test_the_native_kernels_are_refused_for_a_model_that_would_run_xla(name, conv_impl):
+    """Only the CIFAR ResNets route their convolutions by model.conv_impl: asked of any other
+    model the native or sparse kernels would be recorded while XLA's convolutions ran."""
+    scope = "conv_fc" if name == "vit_tiny" else "conv"
+    with pytest.raises(ConfigError) as info:
+        config_lib.validate(make_config(model__name=name, model__conv_impl=conv_impl,
+                                        prune__scope=scope))
+    assert f"model.conv_impl='{conv_impl}'" in str(info.value)
+    assert f"{name} runs XLA's convolutions" in str(info.value)
+    for accepted in ("auto", "xla"):
+        config_lib.validate(make_config(model__name=name, model__conv_impl=accepted,
+                                        prune__scope=scope))
+    config_lib.validate(make_config(model__name="resnet56", model__conv_impl=conv_impl))

@@ -20,7 +20,8 @@ from lottery_kd.sparsity.distributions import DISTRIBUTIONS
 from lottery_kd.config import protocols
 from lottery_kd.data import DATASET_NAMES, NORMALIZATIONS, SOURCES
 from lottery_kd.data.imagenet import parse_range
-from lottery_kd.models import BASES, CONV_IMPLS, MODEL_NAMES, NORM_IMPLS, scopes_for
+from lottery_kd.models import (BASES, CONV_IMPL_MODELS, CONV_IMPLS, MODEL_NAMES, NORM_IMPLS,
+                               scopes_for)
 from lottery_kd.runtime.parallel import BATCH_NORM_MODES, DISTRIBUTED_MODES
 from lottery_kd.config.errors import ConfigError
 from lottery_kd.config.plan import STEP_COUNT, parse_epochs, parse_names, pruning_levels
@@ -103,6 +104,10 @@ def _check_model(config: Any, check: Check) -> None:
           f"'' (the standard basis) or one of: {', '.join(BASES)}")
     check(config.model.conv_impl in CONV_IMPLS, "model.conv_impl", config.model.conv_impl,
           f"allowed: {', '.join(CONV_IMPLS)}")
+    check(config.model.conv_impl in ("auto", "xla") or config.model.name not in MODEL_NAMES
+          or config.model.name in CONV_IMPL_MODELS, "model.conv_impl", config.model.conv_impl,
+          f"the native kernels serve the CIFAR ResNets only ({', '.join(CONV_IMPL_MODELS)}); "
+          f"{config.model.name} runs XLA's convolutions: use 'auto' or 'xla'")
     check(config.model.norm_impl in NORM_IMPLS, "model.norm_impl", config.model.norm_impl,
           f"allowed: {', '.join(NORM_IMPLS)}")
     check(config.protocol in (protocols.NONE,) + protocols.names(), "protocol",

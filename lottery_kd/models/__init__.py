@@ -40,6 +40,10 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+# The models whose 3x3 convolutions model.conv_impl routes (the CIFAR ResNets); the others run
+# XLA's convolutions whatever it says, so validation refuses the native/sparse kernels for them.
+CONV_IMPL_MODELS: tuple[str, ...] = tuple(
+    name for name, build in _BUILDERS.items() if isinstance(build(10), CifarResNet))
 # The models whose matmul weights are Dense kernels in attention and MLP blocks: prune.scope
 # vit_matmul selects those; conv and conv_no_shortcut would select the patch embedding alone.
 TRANSFORMER_NAMES: tuple[str, ...] = ("vit_tiny",)
@@ -63,7 +67,8 @@ def get_model(name: str, num_classes: int, *, basis: str = "", basis_seed: int =
     and `norm_impl` the BatchNorms of the CIFAR and ImageNet ResNets ("flax" or "fused":
     lottery_kd.models.batch_norm). The ImageNet ResNets always use XLA's convolutions; the
     digits convnet, `wrn22_2`, `vgg16`, `vgg19` and `vit_tiny` XLA's convolutions and Flax's
-    BatchNorm (vit_tiny has LayerNorms only), whatever `conv_impl` and `norm_impl` say.
+    BatchNorm (vit_tiny has LayerNorms only), whatever `conv_impl` and `norm_impl` say (a
+    study's validation refuses conv_impl native/sparse for them: CONV_IMPL_MODELS).
     """
     if name not in _BUILDERS:
         raise ValueError(f"model.name: unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}")

@@ -25,7 +25,7 @@ from lottery_kd.data.inputs import input_data_from_config
 from lottery_kd.kernels.build import NativeKernelError
 from lottery_kd.kernels.conv3x3 import (DENSE_TWIN_IMPL, SPARSE_IMPLS, execution_record,
                                       native_enabled, resumed_conv_impl)
-from lottery_kd.models import flops as flops_lib, get_model
+from lottery_kd.models import CONV_IMPL_MODELS, flops as flops_lib, get_model
 from lottery_kd.runtime.environment import read_starts, record_start
 from lottery_kd.runtime.parallel import DataParallel
 from lottery_kd.sparsity import masks as masks_lib
@@ -122,7 +122,8 @@ class Study:
              "runs": self.planned_runs()}, indent=1) + "\n")
         conv_impl = precision_lib.conv_impl_for(config.model.conv_impl, config.train.precision)
         record_start(self.workdir, conv_impl=config.model.conv_impl,
-                     native_conv_available=native_enabled(conv_impl),
+                     native_conv_available=native_enabled(conv_impl)  # the model takes conv_impl
+                     and config.model.name in CONV_IMPL_MODELS,
                      precision=config.train.precision,
                      batch_norm_groups=self.parallel.batch_norm_groups(
                          config.parallel.batch_norm),
