@@ -194,3 +194,31 @@ def test_carry_leaves_the_cache_behind(cached_study):
     files = carry.carried_files(workdir)
     assert "results.jsonl" in files
     assert not any(name.startswith("teacher_logits/") for name in files)
+
+
+@pytest.mark.parametrize("mode", ["cached", "auto"])
+def test_a_cache_the_disk_cannot_hold_is_refused_before_the_dense_run(tmp_path, monkeypatch,
+                                                                     mode):
+    """KD runs that would cache the logits on a full file system are refused before anything
+    trains, naming the setting and the shortfall; logits an earlier launch wrote count as held,
+    and in_step needs no room."""
+    config = _kd_config()
+    config.kd.teacher_logits = mode
+    need = teacher_cache.cache_bytes(Study(config, tmp_path / "probe", log=lambda *_: None,
+                                           record=False).plan.total_steps,
+                                     config.train.batch_size, 10)
+    free = need // 2
+    monkeypatch.setattr(teacher_cache.shutil, "disk_usage",
+                        lambda path: type("Usage", (), {"free": free})())
+    with pytest.raises(ConfigError) as info:
+        lottery.run(config, tmp_path / "study", log=lambda *_: None)
+    assert f"kd.teacher_logits='{mode}'" in str(info.value)
+    assert "GiB more than its file system has free" in str(info.value)
+    assert not (tmp_path / "study" / "results.jsonl").exists()
+    written = tmp_path / "held" / "teacher_logits" / "0123"
+    written.mkdir(parents=True)
+    (written / "chunk.npy").write_bytes(b"\0" * (need - free))
+    assert teacher_cache.missing_room(tmp_path / "held" / "teacher_logits", need) == 0
+    assert teacher_cache.missing_room(tmp_path / "held" / "teacher_logits", need + 5) == 5
+    config.kd.teacher_logits = "in_step"
+    lottery.LotteryRun(config, tmp_path / "in_step", log=lambda *_: None).check_teacher_cache_room()

@@ -35,7 +35,7 @@ from lottery_kd.study.study import Study, TrainingFailed  # noqa: F401  (re-expo
 from lottery_kd.study.variants import DENSE, derived_key, snapshot_name  # noqa: F401
 from lottery_kd.study.workdir_checks import (WorkdirConfigMismatch, WorkdirError,  # noqa: F401
                                              check_workdir_path, prepare_workdir, study_lock)
-from lottery_kd.training import optim
+from lottery_kd.training import optim, teacher_cache as teacher_cache_lib
 from lottery_kd.training.errors import TrainingInterrupted
 from lottery_kd.training.steps import init_variables
 
@@ -204,6 +204,28 @@ class LotteryRun(Study):
                 f"{len(empty)} layer output(s) are empty ({', '.join(empty[:3])}, ...), which "
                 "would train on NaN; use a model made for images this small, or larger images")
         self.check_structure_fits(variables["params"])
+        self.check_teacher_cache_room()
+
+    def check_teacher_cache_room(self) -> None:
+        """ConfigError where KD runs still to come would cache the teacher's logits (kd.
+        teacher_logits cached, or auto resolved to it) on a file system without the room:
+        they would fail hours in, after the dense run."""
+        done = self._done()
+        if not any(run["distill"] and (run["level"], run["variant"]) not in done
+                   for run in self.planned_runs()):
+            return
+        total = self.plan.total_steps
+        if self.new_run_teacher_logits(total) != "cached":
+            return
+        need = teacher_cache_lib.cache_bytes(total, self.config.train.batch_size,
+                                             self.data.num_classes)
+        short = teacher_cache_lib.missing_room(self.paths.teacher_logits, need)
+        if short:
+            raise config_lib.ConfigError(
+                f"invalid config:\n  kd.teacher_logits={self.config.kd.teacher_logits!r} is "
+                f"invalid here: the teacher's logits need {need / 2**30:.2f} GiB in "
+                f"{self.paths.teacher_logits}, {short / 2**30:.2f} GiB more than its file "
+                "system has free; free the space or set kd.teacher_logits=in_step")
 
     def check_structure_fits(self, params: PyTree) -> None:
         """ConfigError where prune.structure fits no in-scope kernel of `params` (shapes will

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -66,6 +67,16 @@ def resolve_mode(mode: str, *, steps: int, batch_size: int, classes: int,
         return mode
     fits = cache_bytes(steps, batch_size, classes) <= AUTO_LIMIT_BYTES
     return "cached" if processes == 1 and fits else "in_step"
+
+
+def missing_room(directory: str | os.PathLike, need: int) -> int:
+    """Bytes a cache of `need` bytes in `directory` would lack on its file system: `need` less
+    what the directory already holds (logits written by earlier launches) and the free space."""
+    directory = Path(directory)
+    held = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) \
+        if directory.is_dir() else 0
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    return max(0, need - held - shutil.disk_usage(existing).free)
 
 
 def epoch_source(cache: Optional["TeacherLogitsCache"], last: dict) -> str:
