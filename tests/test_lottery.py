@@ -464,3 +464,26 @@ def test_oneshot_only_levels_runs_the_listed_levels_in_order_and_adds_more_later
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert [(r["level"], r["variant"]) for r in plan["runs"]] == [(0, "dense"), (3, "lt"),
                                                                    (1, "lt")]
+
+
+def test_a_user_weight_source_reading_the_rewind_point_past_the_end_is_refused(tmp_path):
+    """With lottery.rewind at the end of training, 'rewind' holds the final dense weights; a
+    user's weight source that reads it under schedule 'zero' (which plan_steps does not check)
+    is refused by name rather than trained from the wrong weights."""
+    from lottery_kd.study import variants
+    if "rewound_full_schedule" not in variants.names():
+        variants.register_weight_source("from_rewind_snapshot",
+                                        lambda context: context.load("rewind"))
+        variants.register(variants.RetrainVariant("rewound_full_schedule",
+                                                  weights="from_rewind_snapshot",
+                                                  schedule="zero"))
+    config = make_tiny_config()
+    config.prune.levels = 1
+    config.lottery.variants = "lt,rewound_full_schedule"
+    config.lottery.rewind = "2ep"  # = train.epochs: the end
+    with pytest.raises(ConfigError) as info:
+        lottery.run(config, tmp_path, log=lambda *_: None)
+    assert "lottery.rewind='2ep'" in str(info.value)
+    assert "'rewound_full_schedule'" in str(info.value)
+    assert "'from_rewind_snapshot'" in str(info.value)
+    assert [r["variant"] for r in results.read_rows(tmp_path / "results.jsonl")] == ["dense", "lt"]

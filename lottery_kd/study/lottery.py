@@ -120,7 +120,7 @@ class LotteryRun(Study):
         context = variants_lib.StartContext(
             level=level, variant=variant.name, masks=masks, seed=self.config.seed,
             scope=self.scope, oneshot=self.config.prune.schedule == "oneshot",
-            load=self.load_snapshot,
+            load=lambda name: self._load_for(variant, name),
             fresh=lambda key: init_variables(self.model, key, self.data.image_shape))
         start = variants_lib.weight_source(variant.weights)(context)
         start_step, num_steps = self.steps_of(variant)
@@ -129,6 +129,18 @@ class LotteryRun(Study):
             schedule = optim.constant_schedule(float(self.schedule(self.plan.total_steps - 1)))
         self._train(level, variant.name, start, masks, start_step=start_step,
                     num_steps=num_steps, schedule=schedule, distill=variant.distill)
+
+    def _load_for(self, variant: variants_lib.RetrainVariant, name: str) -> PyTree:
+        """Snapshot `name` for `variant`'s weight source. With the rewind point at or past the
+        end, 'rewind' holds the final dense weights (run_dense): a user's source that reads it
+        under a variant plan_steps did not check (schedule 'zero') is refused, not misled."""
+        if name == "rewind" and self.plan.rewind_step >= self.plan.total_steps:
+            raise config_lib.ConfigError(
+                f"invalid config:\n  lottery.rewind={self.config.lottery.rewind!r} is step "
+                f"{self.plan.rewind_step}, not before the end of training (step "
+                f"{self.plan.total_steps}), but variant {variant.name!r}'s weight source "
+                f"{variant.weights!r} reads the rewind snapshot; choose an earlier rewind point")
+        return self.load_snapshot(name)
 
     def run_dynamic(self) -> None:
         """Dynamic sparse training (RigL, SET, ...) from init at dynamic.sparsity, its masks
