@@ -55,6 +55,7 @@ def test_deep_bootstrap_real_vs_ideal_for_dense_and_a_ticket_with_and_without_kd
     steps = saved["settings"]["steps"]
     assert steps == (1257 - 300) // 64
     for comparison in saved["comparisons"]:
+        assert tuple(comparison) == bootstrap.COMPARISON_FIELDS  # what a resume checks for
         assert comparison["steps"][-1] == steps
         assert comparison["gap"] == pytest.approx(
             [r["test_error"] - i["test_error"] for r, i in zip(comparison["real"],

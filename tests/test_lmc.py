@@ -58,6 +58,7 @@ def test_lmc_on_digits_gives_barriers_for_rewind_0_and_a_later_step(studies, lmc
     out, saved = lmc_sweep
     assert [r["rewind_step"] for r in saved["results"]] == [0, 19]
     for result in saved["results"]:
+        assert tuple(result) == lmc.RESULT_FIELDS  # what a resume checks an item for
         assert len(result["test_error"]) == 5 and result["alphas"] == [0, 0.25, 0.5, 0.75, 1]
         assert result["barrier"] == pytest.approx(lmc.error_barrier(result["test_error"]))
         assert result["endpoint_errors"][0] != result["endpoint_errors"][1] or \

@@ -110,6 +110,31 @@ def test_lmc_settings_without_results_do_not_block_a_corrected_command(study, tm
              "holds 1 result(s) with other settings")
 
 
+@pytest.mark.parametrize("tool, name, what, fake", [
+    ("lmc", "lmc.json", "results", _fake_lmc_result),
+    ("bootstrap", "bootstrap.json", "comparisons", _fake_comparison)])
+def test_a_record_with_a_damaged_item_is_named_not_a_key_error(study, tmp_path, capsys,
+                                                               no_training, tool, name, what,
+                                                               fake):
+    """A hand-edited record whose item lacks a field the tool reads is refused by file, item and
+    field before anything trains, and left as it is."""
+    out = tmp_path / tool
+    out.mkdir()
+    item = fake(None, 0, out, 3) if tool == "lmc" else fake(
+        None, ticket="", distill=False, steps=1, eval_every=1, out=out)
+    dropped = "rewind_step" if tool == "lmc" else "tag"
+    del item[dropped]
+    settings = {"run_dir": str(study.resolve()), "ticket": "", "distill": False,
+                "points": 11} if tool == "lmc" else {}  # lmc: this command's own settings
+    (out / name).write_text(json.dumps({"settings": settings, what: [item]}))
+    before = (out / name).read_text()
+    main = lmc.main if tool == "lmc" else bootstrap.main
+    argv = [study, "--out", out] + (["--real-size", "16"] if tool == "bootstrap" else [])
+    _refused(main, argv, capsys, f"{name} is damaged", f"item 0 of its '{what}'",
+             f"lacks '{dropped}'")
+    assert (out / name).read_text() == before
+
+
 def test_lmc_out_with_an_interrupted_run_of_other_settings_is_refused(study, tmp_path, capsys,
                                                                       no_training):
     out = tmp_path / "lmc"

@@ -45,6 +45,9 @@ from lottery_kd.study.results import write_atomic
 from lottery_kd.training.run_setup import RunOutputs
 from lottery_kd.training.trainer import Trainer
 
+# what every bootstrap.json comparison holds (DeepBootstrap.compare; checked when resumed)
+COMPARISON_FIELDS = ("tag", "ticket", "distill", "sparsity", "steps", "real", "ideal", "gap")
+
 
 def split_worlds(dataset: Dataset, real_size: int) -> tuple[Dataset, Dataset]:
     """(real, ideal) datasets: the first `real_size` training examples, and the rest."""
@@ -227,7 +230,7 @@ def run_bootstrap(run_dir: str | os.PathLike, out: str | os.PathLike, *, real_si
         check_teacher(bootstrap.run, "--kd on/both (training with the KD loss)")
     settings = {"run_dir": str(Path(run_dir).resolve()), "real_size": real_size,
                 "steps": steps, "eval_every": eval_every}
-    saved = check_out(out, "bootstrap.json", settings, "comparisons")
+    saved = check_out(out, "bootstrap.json", settings, "comparisons", COMPARISON_FIELDS)
     saved = saved or {"settings": settings, "comparisons": []}
     measure_missing(out, "bootstrap.json", saved, "comparisons", pairs,
                     key=lambda pair: (pair[0] or "dense") + ("_kd" if pair[1] else ""),

@@ -58,6 +58,9 @@ from lottery_kd.training.run_setup import RunOutputs
 from lottery_kd.training.trainer import Trainer
 
 PyTree = Any
+# what every lmc.json result holds (LinearModeConnectivity.measure; checked when one is resumed)
+RESULT_FIELDS = ("rewind_step", "rewind_epoch", "alphas", "test_error", "test_loss", "barrier",
+                 "endpoint_errors", "sparsity")
 
 
 def interpolate(a: PyTree, b: PyTree, alpha: float) -> PyTree:
@@ -227,7 +230,7 @@ def run_sweep(run_dir: str | os.PathLike, rewinds: Sequence[str], out: str | os.
     out = Path(out)
     settings = {"run_dir": str(Path(run_dir).resolve()), "ticket": ticket, "distill": distill,
                 "points": points}
-    saved = check_out(out, "lmc.json", settings, "results")
+    saved = check_out(out, "lmc.json", settings, "results", RESULT_FIELDS)
     lmc = LinearModeConnectivity(run_dir, ticket=ticket, distill=distill, log=log)
     steps = lmc.rewind_steps(rewinds)
     saved = saved or {"settings": settings, "results": []}

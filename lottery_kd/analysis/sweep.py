@@ -58,11 +58,13 @@ def check_teacher(run: Study, option: str) -> None:
     run.teacher()  # a damaged snapshot: CheckpointError now, not after hours of training
 
 
-def check_out(out: Path, name: str, settings: dict, what: str) -> Optional[dict]:
+def check_out(out: Path, name: str, settings: dict, what: str,
+              fields: Sequence[str] = ()) -> Optional[dict]:
     """Check --out before anything is written into it, against the `settings` of this command:
-    a ValueError if `out` cannot be a folder of results, holds an unreadable out/`name`, or
-    belongs to other settings (see the module docstring). Returns the saved record to go on
-    from, or None to start afresh (also when a settings file without results is replaced)."""
+    a ValueError if `out` cannot be a folder of results, holds an unreadable out/`name` (or a
+    `what` item without the `fields` this tool writes), or belongs to other settings (see the
+    module docstring). Returns the saved record to go on from, or None to start afresh (also
+    when a settings file without results is replaced)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; give a folder (new or holding "
                          f"this command's {name})")
@@ -87,6 +89,12 @@ def check_out(out: Path, name: str, settings: dict, what: str) -> Optional[dict]
     if not valid or not isinstance(results, list):
         raise ValueError(f"--out {out}: {path} {why}; it records the results there: restore "
                          "it, or choose another --out")
+    for index, item in enumerate(results):
+        lacking = [f for f in fields if f not in item] if isinstance(item, dict) else fields
+        if lacking or not isinstance(item, dict):
+            raise ValueError(f"--out {out}: {path} is damaged: item {index} of its {what!r} "
+                             f"lacks {', '.join(map(repr, lacking)) or 'its fields'}; restore "
+                             "it, or choose another --out")
     if saved["settings"] == settings:
         return saved
     checkpoints = out / "checkpoints"
