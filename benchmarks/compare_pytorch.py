@@ -101,7 +101,8 @@ def measure_jax(model_name: str, batch_size: int, steps: int, conv_impl: str,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare_pytorch",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="resnet20,resnet56,resnet110")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)

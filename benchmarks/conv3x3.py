@@ -76,7 +76,8 @@ def measure(batch: int, steps: int, repeats: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.conv3x3",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="calls per timed block")
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per implementation")

@@ -112,7 +112,8 @@ def imagenet_mock_input(batch_size: int, batches: int, image_size: int, examples
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--cifar-dir", default="", help="CIFAR-10's binary files (default: "
                         "../shared/data/cifar10 beside the repository, else synthetic images)")
     parser.add_argument("--batch-size", type=int, default=128)

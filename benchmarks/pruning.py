@@ -17,7 +17,8 @@ from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pruning",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fraction", type=float, default=0.2)
     parser.add_argument("--synflow-rounds", type=int, default=10)

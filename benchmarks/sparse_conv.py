@@ -169,7 +169,8 @@ def measure(batch: int, steps: int, repeats: int, densities: tuple[float, ...],
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sparse_conv",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="calls per timed block")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per implementation")

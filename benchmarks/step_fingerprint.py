@@ -54,7 +54,8 @@ def fingerprint(model_name: str, conv_impl: str, norm_impl: str, steps: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_fingerprint",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--conv-impl", default="auto")
     parser.add_argument("--norm-impl", default="fused")

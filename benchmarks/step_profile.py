@@ -136,7 +136,8 @@ def profile(model_name: str, conv_impl: str, density: float, batch: int, steps: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_profile",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--conv-impl", default="sparse",
                         help="model.conv_impl: sparse, native, auto or xla")

@@ -44,7 +44,8 @@ def measure(reps: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tile_loop",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=2_000_000, help="tile calls per offset set")
     parser.add_argument("--note", default="", help="recorded as is, e.g. what else ran")
     parser.add_argument("--out", default="")

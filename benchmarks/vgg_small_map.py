@@ -35,7 +35,8 @@ def step_seconds(small_map: int, batch: int, repeats: int) -> float:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.vgg_small_map",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--note", default="", help="recorded as is, e.g. what else ran")

@@ -111,3 +111,16 @@ def test_the_design_contracts_module_names_resolve():
                for name in ("create", "apply", "sparsity", "layer_counts"))
     assert callable(lottery_kd.pruning.register) and callable(lottery_kd.pruning.get)
     assert callable(lottery_kd.losses.kd_loss)
+
+
+def test_every_command_names_itself_as_it_is_run():
+    """argparse's default prog is the file name (prepare.py), which a `python -m` user cannot
+    type back; every parser sets prog to the command the README gives."""
+    unnamed = []
+    for folder in ("lottery_kd", "benchmarks", "experiments", "docs"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == \
+                        "ArgumentParser" and not any(k.arg == "prog" for k in node.keywords):
+                    unnamed.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not unnamed, unnamed

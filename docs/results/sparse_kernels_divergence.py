@@ -63,7 +63,8 @@ def relative_distance(a: dict, b: dict) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python docs/results/sparse_kernels_divergence.py",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--masks", default=None, help="snapshot whose masks to train under")
     parser.add_argument("--steps", type=int, default=12)

@@ -15,7 +15,8 @@ from lottery_kd.data.tfds_source import TFDS_CIFAR_NAMES, prepare_from_local
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lottery_kd.data.prepare",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=TFDS_CIFAR_NAMES)
     parser.add_argument("--from", dest="local_dir", required=True,
                         help="folder of the official binary files (cifar-10-batches-bin)")
