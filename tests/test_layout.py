@@ -124,3 +124,22 @@ def test_every_command_names_itself_as_it_is_run():
                         "ArgumentParser" and not any(k.arg == "prog" for k in node.keywords):
                     unnamed.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert not unnamed, unnamed
+
+
+def test_public_functions_have_type_hints():
+    """The style's rule, kept: every public function and method of the package annotates its
+    parameters and its return."""
+    unhinted = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            functions = [n for n in node.body if isinstance(n, ast.FunctionDef)] \
+                if isinstance(node, ast.ClassDef) else [node]
+            for function in functions:
+                if not isinstance(function, ast.FunctionDef) or function.name.startswith("_"):
+                    continue
+                arguments = [a for a in function.args.args + function.args.kwonlyargs
+                             if a.arg not in ("self", "cls")]
+                if function.returns is None or any(a.annotation is None for a in arguments):
+                    unhinted.append(f"{path.relative_to(REPO)}:{function.lineno} "
+                                    f"{function.name}")
+    assert not unhinted, unhinted

@@ -31,7 +31,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.study.checkpoints import CheckpointError, quiet_failed_restores
@@ -98,8 +98,8 @@ class DeepBootstrap:
         """Steps the fresh (ideal-world) stream allows without repeating an example."""
         return len(self.ideal.train_labels) // self.batch_size
 
-    def world(self, name: str, dataset, masks, *, steps: int, eval_every: int, distill: bool,
-              tag: str, out: Path) -> list[dict]:
+    def world(self, name: str, dataset: Dataset, masks: Any, *, steps: int, eval_every: int,
+              distill: bool, tag: str, out: Path) -> list[dict]:
         """Test error every `eval_every` steps of one world (a constant learning rate: the
         study's base rate, as the ideal world has no epochs to schedule by). The state and the
         curve so far are checkpointed at every evaluation point under out/checkpoints: a killed
@@ -207,7 +207,8 @@ def _plot(comparisons: Sequence[dict], title: str, path: Path) -> None:
 def run_bootstrap(run_dir: str | os.PathLike, out: str | os.PathLike, *, real_size: int,
                   tickets: Sequence[str] = ("",), distill_options: Sequence[bool] = (False,),
                   steps: int = 0, eval_every: int = 50,
-                  pairs: Optional[Sequence[tuple[str, bool]]] = None, log=print) -> dict:
+                  pairs: Optional[Sequence[tuple[str, bool]]] = None,
+                  log: Callable[[str], None] = print) -> dict:
     """Compare every (ticket, distill) pair, resuming from DIR/bootstrap.json: `pairs` in its
     order, by default every ticket ('': dense) with every distill option. Every argument is
     checked before anything is written into `out` or trained."""

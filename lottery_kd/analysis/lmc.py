@@ -42,7 +42,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 
@@ -221,7 +221,8 @@ def _plot(results: Sequence[dict], title: str, path: Path) -> None:
 
 
 def run_sweep(run_dir: str | os.PathLike, rewinds: Sequence[str], out: str | os.PathLike, *,
-              ticket: str = "", distill: bool = False, points: int = 11, log=print) -> dict:
+              ticket: str = "", distill: bool = False, points: int = 11,
+              log: Callable[[str], None] = print) -> dict:
     """Measure every rewind point (e.g. '0it', '2ep'), resuming from DIR/lmc.json. Every
     argument is checked before anything is written into `out` or trained."""
     if points < 3:

@@ -307,7 +307,8 @@ def _notes(mode: str, tool: SnapshotPaths) -> list[str]:
 
 
 def run_paths(run_dir: str | os.PathLike, mode: str, variants: Sequence[str],
-              out: str | os.PathLike, *, points: int = 11, log=print) -> dict:
+              out: str | os.PathLike, *, points: int = 11,
+              log: Callable[[str], None] = print) -> dict:
     """Measure every path of `mode` ('levels' or 'pruned_dense') for `variants` and write
     out/lmc_<mode>.json, .md and .png. Every argument is checked before anything is evaluated
     or written."""

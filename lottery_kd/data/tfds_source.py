@@ -20,7 +20,7 @@ import socket
 import tempfile
 import urllib.parse
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class _LocalFiles:
     def __init__(self, root: str):
         self.root = root
 
-    def download_and_extract(self, url):  # noqa: ARG002 - the url is the official archive's
+    def download_and_extract(self, url: Any) -> str:  # noqa: ARG002 - the url is the official archive's
         return self.root
 
 

@@ -267,9 +267,11 @@ def _pointwise_conv(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
     return y.reshape(n, h, w, -1)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None,
-                         *, conv_impl: str = "auto", **kwargs: Any) -> jnp.ndarray:
+def conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Sequence[int],
+                         padding: Any, lhs_dilation: Any = None, rhs_dilation: Any = None,
+                         dimension_numbers: Any = None, feature_group_count: int = 1,
+                         precision: Any = None, *, conv_impl: str = "auto",
+                         **kwargs: Any) -> jnp.ndarray:
     """`lax.conv_general_dilated`, routed to the native 3x3 kernel where it applies (and the
     unpadded 1x1 convolutions to a matmul, CONV_ROUTING 3), or with conv_impl="sparse" to the
     masked kernel, whose mask is the kernel's nonzeros: the training step hands the model

@@ -58,7 +58,7 @@ def scopes_for(name: str) -> tuple[str, ...]:
 
 
 def get_model(name: str, num_classes: int, *, basis: str = "", basis_seed: int = 0,
-              conv_impl: str = "auto", norm_impl: str = "fused"):
+              conv_impl: str = "auto", norm_impl: str = "fused") -> nn.Module:
     """Build the named model; raises ValueError listing the known names for an unknown one.
 
     With `basis` ("dct" or "random") the conv kernels are trained as coefficients in that

@@ -236,7 +236,7 @@ class ResumeStore:
         self._manager.save(step, args=_composite(tree, meta), force=True)
         self._manager.wait_until_finished()
 
-    def restore_latest(self, like: PyTree, sharding=None) -> Optional[tuple[PyTree, dict]]:
+    def restore_latest(self, like: PyTree, sharding: Any = None) -> Optional[tuple[PyTree, dict]]:
         """(tree, meta) of the newest readable checkpoint, or None if there is none.
 
         Unreadable or foreign checkpoints are skipped, newest first, each with a log line.

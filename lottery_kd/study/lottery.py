@@ -284,7 +284,7 @@ class LotteryRun(Study):
         return rows
 
 
-def run(config: Any, workdir: str | os.PathLike, *, log=print,
+def run(config: Any, workdir: str | os.PathLike, *, log: Callable[[str], None] = print,
         stop_requested: Callable[[], bool] = lambda: False) -> list[dict]:
     """Validate `config`, then run or resume the study in `workdir`, holding its lock: a second
     run of the same workdir raises WorkdirBusy before anything is computed."""

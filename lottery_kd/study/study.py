@@ -21,7 +21,7 @@ import numpy as np
 from lottery_kd import config as config_lib
 from lottery_kd.config import identity, protocols
 from lottery_kd.config.identity import config_digest
-from lottery_kd.data.inputs import input_data_from_config
+from lottery_kd.data.inputs import InputData, input_data_from_config
 from lottery_kd.kernels.build import NativeKernelError
 from lottery_kd.kernels.conv3x3 import (DENSE_TWIN_IMPL, SPARSE_IMPLS, execution_record,
                                       native_enabled, resumed_conv_impl)
@@ -143,7 +143,7 @@ class Study:
             raise config_lib.ConfigError(f"invalid config:\n  {error}") from None
         return model, (build(DENSE_TWIN_IMPL) if conv_impl in SPARSE_IMPLS else model)
 
-    def make_trainer(self, data, conv_impl: Optional[str] = None) -> Trainer:
+    def make_trainer(self, data: InputData, conv_impl: Optional[str] = None) -> Trainer:
         """A trainer with this study's model, optimizer, distillation and device layout, over
         `data` (the study's own, or another order or subset of it for the analysis tools), its
         convolutions on `conv_impl` (default: model.conv_impl)."""
@@ -183,7 +183,8 @@ class Study:
         return resumed_conv_impl(fingerprint) if "conv_impl" in fingerprint else unrecorded
 
     @classmethod
-    def from_workdir(cls, workdir: str | os.PathLike, *, log=print) -> "Study":
+    def from_workdir(cls, workdir: str | os.PathLike, *,
+                     log: Callable[[str], None] = print) -> "Study":
         """The study in `workdir`, rebuilt from its config.json (for analysis tools). Keys added
         since the study began read as their values from before (ADDED_KEYS, as on resume), or
         else as their defaults; the study's plan.json and environment.jsonl are left alone."""
