@@ -125,10 +125,14 @@ def test_matched_density_chance_is_the_mean_jaccard_of_random_masks():
 def test_overlap_heat_map_gives_each_pairs_chance_level(monkeypatch, tmp_path):
     import matplotlib.pyplot as plt
     matrix = {"names": ["a", "b"], "global": [[1.0, 0.3], [0.3, 1.0]],
-              "random": [[0.5, 0.05], [0.05, 0.5]]}
+              "random": [[0.5, 0.05], [0.05, 0.5]], "densities": [0.168, 0.0687]}
     figures = _captured(monkeypatch)
     overlap.plot_heatmap(matrix, "overlap", tmp_path / "o.png")
     [figure] = figures
+    # each ticket named with its sparsity, in the plot and in the table
+    assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == ["a, 83.2 %",
+                                                                         "b, 93.1 %"]
+    assert "| a, 83.2 % | 1.000 | 0.300 |" in overlap.markdown(matrix)
     texts = [t.get_text() for t in figure.axes[0].texts]
     assert texts == ["1.00", "0.30\n(0.05)", "0.30\n(0.05)", "1.00"]
     assert "chance" in figure.axes[0].get_title()

@@ -202,9 +202,9 @@ def test_report_accuracy_plot_ties_published_lines_to_their_variant_and_explains
     bars = {c.get_label(): c.lines[0] for c in axes.containers}
     assert list(bars) == ["lt", "weight_rewind", "kd"]
     lines = {line.get_label(): line for line in axes.get_lines()}
-    assert to_hex(lines["published rewind_to_0"].get_color()) == \
+    assert to_hex(lines["published lt (rewind_to_0)"].get_color()) == \
         to_hex(bars["lt"].get_color())
-    assert to_hex(lines["published best_weight_rewinding"].get_color()) == \
+    assert to_hex(lines["published weight_rewind (best_weight_rewinding)"].get_color()) == \
         to_hex(bars["weight_rewind"].get_color())
     colors = [to_hex(line.get_color()) for line in bars.values()]
     assert len(set(colors)) == 3 and to_hex("gray") not in colors
@@ -219,6 +219,8 @@ def test_report_accuracy_plot_ties_published_lines_to_their_variant_and_explains
     assert all("protocol" not in t.get_text() for t in legend.get_texts())  # said once
     assert "n=2" in axes.get_title() and "± 1 std" in axes.get_title()
     assert "best-validation epoch" in axes.get_ylabel()
+    # every published density has its tick, labelled as a sparsity (20 % is published only)
+    assert "20.0" in [t.get_text() for t in axes.get_xticklabels()]
     plt.close("all")
 
 
@@ -249,6 +251,12 @@ def test_learning_curves_share_one_legend_and_the_zoom_leaves_a_collapsed_run_be
     assert "n=2 runs per variant" in top[0].get_title()
     assert "n=1 run per variant" in top[1].get_title()
     assert zoom[0].get_xlabel() == "epoch"  # nothing collapsed at 50 %
+    # the zoom's y-axis fits the last quarter (epochs 3 and 4: 66 to 95), not the jump before
+    assert 60 < zoom[0].get_ylim()[0] < 66 and 95 < zoom[0].get_ylim()[1] < 101
+    assert "y fitted to epochs 3 on" in zoom[0].get_title()
+    markers = {line.get_label(): line.get_marker() for line in top[0].get_lines()}
+    assert len({line.get_marker() for line in top[0].get_lines()
+                if line.get_linestyle() == "-"}) == len(variants), markers
     assert "below the axis: finetune 20.0" in zoom[1].get_xlabel()
     assert zoom[1].get_ylim()[0] > 20
     assert "± 1 std" in figure.get_suptitle()
@@ -267,3 +275,28 @@ def test_layer_density_axis_turns_logarithmic_for_sparse_layers(monkeypatch, tmp
     assert sparse.get_yscale() == "log" and sparse.get_ylim()[0] < 0.004
     assert "log scale" in sparse.get_ylabel()
     plt.close("all")
+
+
+def test_a_report_of_the_dense_run_alone_has_a_sparsity_axis_around_it(monkeypatch, tmp_path):
+    """Before any ticket has finished: the x-axis spans density 1 (not 11 to 0.9, as a lone
+    horizontal line leaves it), and its default ticks read as sparsities, not densities."""
+    import matplotlib.pyplot as plt
+    figures = _captured(monkeypatch)
+    report._plot_accuracy(_entries(())[:1], {}, True, "dense only", tmp_path / "a.png", "final")
+    [figure] = figures
+    axes = figure.axes[0]
+    assert axes.get_xlim() == pytest.approx((1.25, 0.8))
+    figure.canvas.draw()
+    labels = [t.get_text() for t in axes.get_xticklabels()
+              if t.get_text() and 0.8 <= t.get_position()[0] <= 1.25]  # those in view
+    assert labels == ["0"], labels  # density 1, labelled as sparsity 0 %
+    assert "shifted" not in axes.get_xlabel()
+    plt.close("all")
+
+
+def test_the_schedule_note_says_when_published_tickets_were_pruned_otherwise():
+    def member(schedule):
+        return {"config": {"prune": {"schedule": schedule}}}
+    assert report.schedule_note([member("iterative")]) == ""
+    assert report.schedule_note([member("oneshot")]) == \
+        "published tickets pruned iteratively, these runs one-shot"

@@ -132,7 +132,10 @@ def _draw_panel(panel, shown: list[dict], start: float, colors: dict,
             handles["dense"], = panel.plot(epochs, mean, color="gray", linestyle="--")
             continue
         color = colors[curve["variant"]]
-        handles[curve["variant"]], = panel.plot(epochs, mean, marker=".", color=color)
+        marker = plotting.MARKERS[list(colors).index(curve["variant"]) % len(plotting.MARKERS)]
+        handles[curve["variant"]], = panel.plot(  # a marker each: near lines stay apart
+            epochs, mean, marker=marker, markersize=4, markevery=max(1, len(epochs) // 12),
+            color=color)
         if curve["n"] > 1:
             panel.fill_between(epochs, [m - s for m, s in zip(mean, std)],
                                [m + s for m, s in zip(mean, std)], color=color, alpha=0.15)
@@ -141,16 +144,23 @@ def _draw_panel(panel, shown: list[dict], start: float, colors: dict,
 
 def _cut_zoom(panel, drawn: list[tuple[str, list, list]], colors: dict, start: float,
               last_epoch: float) -> str:
-    """In the zoom panel, a collapsed run cuts the y-axis to the others' last quarter of
-    training; returns the note naming the runs left below ('' if none)."""
+    """The zoom panel's y-axis fitted to the last quarter of training (the second half starts
+    before a learning-rate drop, whose jump would flatten the final tenths); a collapsed run
+    is left below it. Returns the note naming the runs left below ('' if none)."""
     finals = [line for line in drawn if line[0] != "dense"]
     [flags] = plotting.collapsed([[mean[-1] for _, _, mean in finals]])
     off = {variant for (variant, _, _), f in zip(finals, flags) if f}
     tail = (start + last_epoch) / 2
-    return plotting.cut_y_axis(panel, [y for variant, epochs, mean in drawn if variant not in off
-                                       for e, y in zip(epochs, mean) if e >= tail],
-                               [(epochs[-1], mean[-1], variant, colors[variant])
-                                for variant, epochs, mean in finals if variant in off])
+    kept = [y for variant, epochs, mean in drawn if variant not in off
+            for e, y in zip(epochs, mean) if e >= tail]
+    note = plotting.cut_y_axis(panel, kept, [(epochs[-1], mean[-1], variant, colors[variant])
+                                             for variant, epochs, mean in finals
+                                             if variant in off])
+    tail_values = [y for _, epochs, mean in drawn for e, y in zip(epochs, mean) if e >= tail]
+    if tail_values and not note:  # nothing left below: every run's last quarter in view
+        pad = 0.15 * max(max(tail_values) - min(tail_values), 0.5)
+        panel.set_ylim(min(tail_values) - pad, max(tail_values) + pad)
+    return note
 
 
 def plot_curves(curves: list[dict], variants: list[str], title: str,
@@ -182,7 +192,8 @@ def plot_curves(curves: list[dict], variants: list[str], title: str,
                 note = _cut_zoom(panel, drawn, colors, start, last_epoch) if row == 1 else ""
                 runs = sorted({c["n"] for c in shown if c["variant"] != "dense"})
                 panel.set_title(f"{100 * sparsity:.2f} % sparse"
-                                + (f", zoom: epochs {start:g} to {last_epoch:g}" if start else
+                                + (f", zoom: epochs {start:g} to {last_epoch:g},\ny fitted to "
+                                   f"epochs {(start + last_epoch) / 2:g} on" if start else
                                    f", {_runs(runs)} per variant" if runs else ""), fontsize=9)
                 panel.set_xlabel("epoch" + (f"\n{note}" if note else ""))
                 panel.set_ylabel("test accuracy %")

@@ -152,9 +152,17 @@ def overlap_matrix(tickets: dict[str, PyTree], scope: masks_lib.Scope = "conv") 
             "random": random, "random_uniform": uniform}
 
 
+def labels(matrix: dict) -> list[str]:
+    """Each ticket's name with its sparsity ("s0 L2 (all 6), 83.2 %"): a level number alone
+    makes the reader look the sparsity up."""
+    densities = matrix.get("densities") or [None] * len(matrix["names"])
+    return [name if d is None else f"{name}, {100 * (1 - d):.1f} %"
+            for name, d in zip(matrix["names"], densities)]
+
+
 def markdown(matrix: dict) -> str:
     """The global overlap matrix as a markdown table."""
-    names = matrix["names"]
+    names = labels(matrix)
     lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for name, row in zip(names, matrix["global"]):
         lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
@@ -164,7 +172,7 @@ def markdown(matrix: dict) -> str:
 def plot_heatmap(matrix: dict, title: str, path: str | os.PathLike) -> None:
     """The global overlap matrix as an annotated heat map (PNG); off the diagonal, with up to 12
     tickets, each cell also gives in brackets the chance level of its pair (matrix["random"])."""
-    names = matrix["names"]
+    names = labels(matrix)
     size = max(4.5, 0.55 * len(names) + 2)
     chance = matrix.get("random") if len(names) <= 12 else None
     # tight_bbox: nothing clipped, long names and the colour bar included

@@ -125,11 +125,22 @@ def density_ticks(densities: Iterable[float], tolerance: float = 0.05) -> list[t
     return ticks
 
 
-def set_density_axis(axes: Any, ticks: list[tuple[float, str]]) -> None:
-    """A log density x-axis, densest left, labelled at `ticks` (density_ticks) with sparsities."""
+def set_density_axis(axes: Any, ticks: list[tuple[float, str]],
+                     densities: Iterable[float] = ()) -> None:
+    """A log density x-axis, densest left, labelled at `ticks` (density_ticks) with sparsities,
+    spanning the ticks and the other plotted `densities` (a horizontal line alone sets no span:
+    matplotlib would pick one reaching far past density 1). Without ticks the default ones are
+    labelled with sparsities too, never with densities under a sparsity label."""
+    from matplotlib.ticker import FuncFormatter
     axes.set_xscale("log")
-    axes.invert_xaxis()
+    span = [d for d in [position for position, _ in ticks] + list(densities) if d > 0]
+    if span:
+        axes.set_xlim(max(span) * 1.25, min(span) / 1.25)  # densest left
+    elif not axes.xaxis_inverted():
+        axes.invert_xaxis()
+    axes.minorticks_off()
     if ticks:
         axes.set_xticks([position for position, _ in ticks])
         axes.set_xticklabels([label for _, label in ticks], rotation=45, fontsize=8)
-        axes.minorticks_off()
+    else:
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda d, _: f"{100 * (1 - d):.3g}"))

@@ -44,7 +44,8 @@ from lottery_kd.analysis.report_markdown import (differences_table, markdown_tab
 from lottery_kd.analysis.report_runs import (PUBLISHED_METHODS, ReportError, aggregate,
                                              group_key, layer_densities, load_run, network_order,
                                              paired_differences, protocol_matches, published_for,
-                                             ticket_overlap, undistilled_twin)
+                                             schedule_note, ticket_overlap,
+                                             undistilled_twin)
 
 # The older private names of the two report plots (tests call them).
 _plot_accuracy, _plot_layers = plot_accuracy, plot_layers
@@ -73,9 +74,10 @@ def _report_group(index: int, model: str, dataset: str, members: list[dict],
     document = report_markdown.group_text(index, model, dataset, members, entries, published,
                                           same, differences)
     accuracy_png = out / f"accuracy_vs_sparsity_{slug}.png"
-    plot_accuracy(entries, published, same, f"{model} on {dataset}", accuracy_png, key)
+    plot_accuracy(entries, published, same, f"{model} on {dataset}", accuracy_png, key,
+                  schedule_note(members) if published else "")
     document += [f"![accuracy vs sparsity]({accuracy_png.name})", ""]
-    if any(not math.isnan(e["train_flops_sparse"]) for e in entries):
+    if any(not math.isnan(e["train_flops_sparse"]) for e in entries if e["sparsity"] > 0):
         flops_png = out / f"accuracy_vs_flops_{slug}.png"
         plot_accuracy_vs_flops(entries, f"{model} on {dataset}: accuracy against training "
                                "compute", flops_png, key)

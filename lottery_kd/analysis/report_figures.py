@@ -57,7 +57,9 @@ def _draw_references(axes: Any, entries: Sequence[dict], lines: dict, published:
         references += [p[1] for p in points]
         axes.plot([p[0] for p in points], [p[1] for p in points], linestyle=":", marker="x",
                   alpha=0.8, color=colors[variant],
-                  label=f"published {PUBLISHED_METHODS[variant]}")
+                  label=f"published {variant}" + (f" ({PUBLISHED_METHODS[variant]})"
+                                                   if PUBLISHED_METHODS[variant] != variant
+                                                   else ""))
     if published and published.get("dense"):
         references.append(published["dense"])
         axes.axhline(published["dense"], color="black", linestyle=":", alpha=0.5,
@@ -70,14 +72,17 @@ def _label_accuracy_axes(axes: Any, entries: Sequence[dict], title: str, key: st
     """Axis labels (with the cut-axis note), the title saying what a point and a bar are, the
     grid, and the legend beside the axes."""
     count = "n" if key == "final" else "best_val_n"
-    axes.set_xlabel("sparsity % (log density axis; each variant's points shifted a little "
-                    "sideways)" + (f"\n{note}" if note else ""))
+    shifted = len({e["variant"] for e in entries if e["variant"] != "dense"}) > 1
+    axes.set_xlabel("sparsity % (log density axis" + ("; each variant's points shifted a little "
+                                                      "sideways)" if shifted else ")")
+                    + (f"\n{note}" if note else ""))
     axes.set_ylabel("test accuracy % " + ("at the best-validation epoch" if key == "best_val"
                                           else "at the end of training"))
     runs = sorted({e[count] for e in entries if e["variant"] != "dense" and e[count]})
     spread = ("one run per point" if runs == [1] else
               f"mean over n={'–'.join(map(str, sorted({runs[0], runs[-1]})))} runs (seeds) "
-              "per point, bars ± 1 std" if runs else "")
+              "per point, bars ± 1 std" + ("; no bar: n=1" if 1 in runs else "")
+              if runs else "")
     axes.set_title(title + (f"\n{spread}" if spread else ""), fontsize=10)
     axes.grid(alpha=0.3)
     # beside the axes, not on them: with the published lines the legend is as tall as the plot
@@ -86,19 +91,23 @@ def _label_accuracy_axes(axes: Any, entries: Sequence[dict], title: str, key: st
 
 
 def plot_accuracy(entries: Sequence[dict], published: dict, same_protocol: bool, title: str,
-                  path: Path, key: str) -> None:
+                  path: Path, key: str, schedule_note: str = "") -> None:
     """Test accuracy (`key`) vs density, mean ± std over runs, one line per variant; published
-    lines dotted in the colour of the same procedure; a variant's points shifted a little
-    sideways, so equal points stay visible; collapsed runs left below a cut y-axis."""
+    lines dotted in the colour of the same procedure (`schedule_note`: how their pruning
+    differs from ours, if it does); a variant's points shifted a little sideways, so equal
+    points stay visible; collapsed runs left below a cut y-axis."""
     variants = list(dict.fromkeys(e["variant"] for e in entries if e["variant"] != "dense"))
     lines = {v: p for v, p in (published or {}).get("lines", {}).items() if p}
     named = variants + [v for v in lines if v not in variants]  # published: the same colour
     colors = dict(zip(named, plotting.series_colors(len(named))))
-    ticks = plotting.density_ticks(1 - e["sparsity"] for e in entries if e["sparsity"] > 0)
+    published_densities = [p[0] for points in lines.values() for p in points]
+    ticks = plotting.density_ticks([1 - e["sparsity"] for e in entries if e["sparsity"] > 0]
+                                   + published_densities)
     legend_title = None
     if lines or (published and published.get("dense")):
-        legend_title = ("published (dotted): " + ("same protocol" if same_protocol else
-                                                  "other protocol,\n182 epochs on all 50k"))
+        legend_title = ("published (dotted): " + ("same training protocol" if same_protocol
+                                                  else "other protocol,\n182 epochs on all 50k")
+                        + (f";\n{schedule_note}" if schedule_note else ""))
     with plotting.figure(path, figsize=(10.5, 5)) as (_, axes):
         by_level = _draw_variants(axes, entries, variants, colors, key,
                                   _shift_step(ticks, lines, len(variants)))
@@ -110,7 +119,7 @@ def plot_accuracy(entries: Sequence[dict], published: dict, same_protocol: bool,
                                 for (_, _, y), f in zip(group, flag) if not f],
             [(x, y, variant, colors[variant]) for group, flag in zip(groups, flags)
              for (variant, x, y), f in zip(group, flag) if f])
-        plotting.set_density_axis(axes, ticks)
+        plotting.set_density_axis(axes, ticks, [] if ticks else [1.0])  # dense only: around 1
         _label_accuracy_axes(axes, entries, title, key, note, legend_title)
 
 
@@ -137,6 +146,7 @@ def plot_layers(densities: dict[str, dict[str, float]], title: str, path: Path) 
         else:
             axes.set_ylim(0, 1.05)
             axes.set_ylabel("density (fraction of weights kept)")
+        axes.set_xlabel("layer, in network order")
         axes.set_title(title, fontsize=10)
         axes.grid(alpha=0.3)
         # beside the axes, not on them: one entry per distinct mask, sparsest last

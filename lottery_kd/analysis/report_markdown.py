@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from lottery_kd.analysis.report_runs import schedule_note
 from lottery_kd.config import protocols
 from lottery_kd.study import results
 
@@ -137,8 +138,11 @@ def group_text(index: int, model: str, dataset: str, members: Sequence[dict],
     if published:
         lines += [f"Published columns: {published['source']} Protocol: "
                   f"{published['protocol']}. "
-                  + ("These runs follow the same protocol." if same_protocol else
-                     "These runs use another protocol, so compare trends, not points."), ""]
+                  + ("These runs follow the same training protocol." if same_protocol else
+                     "These runs use another protocol, so compare trends, not points.")
+                  + (f" Pruning differs: {schedule_note(members)}; a one-shot ticket is not "
+                     "the iterative one at the same density." if schedule_note(members) else ""),
+                  ""]
     if differences:
         lines += ["Distillation, paired by seed: each distilled variant minus its undistilled "
                   "twin and minus weight rewinding, in percentage points (+: distillation more "

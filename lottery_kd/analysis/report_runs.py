@@ -136,6 +136,16 @@ def protocol_matches(config: dict) -> bool:
             and config["data"].get("train_subset", 0) == 0)
 
 
+def schedule_note(members: Sequence[dict]) -> str:
+    """How the published tickets' pruning (iterative, Renda et al.'s tables) differs from these
+    runs' prune.schedule, or '' where it does not."""
+    ours = sorted({r["config"].get("prune", {}).get("schedule", "iterative") for r in members})
+    if ours == ["iterative"]:
+        return ""
+    return f"published tickets pruned iteratively, these runs {' and '.join(ours)}".replace(
+        "oneshot", "one-shot")
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     """(mean, sample std, n) of the values that are numbers (None and NaN left out)."""
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]

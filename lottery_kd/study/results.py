@@ -196,8 +196,15 @@ def plot_accuracy_vs_sparsity(rows: list[dict], path: str | os.PathLike,
         if dense:
             references.append(100 * dense[0]["test_accuracy"])
             axes.axhline(references[0], color="gray", linestyle="--", label="dense")
+        if not variants:  # otherwise every line starts at the dense point
+            if dense:
+                axes.plot([1.0], references, marker="*", markersize=12, color="gray",
+                          linestyle="none", label="_dense point")
+            axes.text(0.5, 0.3, "no pruned run has finished yet", transform=axes.transAxes,
+                      ha="center", color="gray")
         note = _cut_collapsed(axes, drawn, references, colors, bool(dense))
-        plotting.set_density_axis(axes, plotting.density_ticks(1 - r["sparsity"] for r in rows))
+        plotting.set_density_axis(axes, plotting.density_ticks(1 - r["sparsity"] for r in rows),
+                                  [1.0] if dense else [])
         axes.set_xlabel("sparsity % (log density axis)" + (f"\n{note}" if note else ""))
         axes.set_ylabel("test accuracy % at the end of training")
         axes.set_title(title)
