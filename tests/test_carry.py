@@ -159,3 +159,56 @@ def test_a_stopped_study_carried_to_another_folder_resumes_to_the_uninterrupted_
     assert len(resumed_steps) < len(reference_steps) // 2 + 3  # resumed, not redone
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert strip(rows) == strip(reference)
+
+
+def test_a_copy_saved_onward_restores_and_an_interrupted_save_is_finished_by_a_rerun(
+        tmp_path, monkeypatch):
+    """A copy (holding carry.json) saved onward leaves its manifest out, so the new copy
+    restores; a save interrupted midway over an earlier copy (or into a new folder) is marked,
+    and rerunning it finishes the copy, while another study's save into it is refused."""
+    study, first = _fake_study(tmp_path / "study"), tmp_path / "first"
+    carry.save(study, first)
+    onward = tmp_path / "onward"
+    assert "carry.json" not in carry.save(first, onward)["files"]
+    assert carry.restore(onward, tmp_path / "restored") == len(carry.carried_files(study))
+    original = carry.shutil.copyfile
+    calls = []
+
+    def interrupted(source, target):
+        calls.append(target)
+        if len(calls) == 1:  # the first file the save writes
+            raise KeyboardInterrupt
+        return original(source, target)
+    (study / "results.jsonl").write_text('{"level": 0}\n{"level": 1}\n')
+    for dest in (first, tmp_path / "fresh"):
+        calls.clear()
+        monkeypatch.setattr(carry.shutil, "copyfile", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            carry.save(study, dest)
+        monkeypatch.setattr(carry.shutil, "copyfile", original)
+        assert (dest / "carry.json.saving").is_file() and not (dest / "carry.json").exists()
+        with pytest.raises(carry.CarryError, match="has no carry.json"):
+            carry.restore(dest, tmp_path / f"from_{dest.name}")
+        other = _fake_study(tmp_path / f"other_{dest.name}")
+        (other / "config.json").write_text('{"seed": 1}')
+        with pytest.raises(carry.CarryError, match="interrupted save of another study"):
+            carry.save(other, dest)
+        carry.save(study, dest)  # the rerun finishes it
+        assert not (dest / "carry.json.saving").exists()
+        assert carry.restore(dest, tmp_path / f"whole_{dest.name}") > 0
+        assert (tmp_path / f"whole_{dest.name}" / "results.jsonl").read_text().count("\n") == 2
+
+
+def test_an_interrupted_restore_leaves_no_scratch_folder(tmp_path, monkeypatch):
+    study, copy = _fake_study(tmp_path / "study"), tmp_path / "copy"
+    carry.save(study, copy)
+    original = carry.shutil.copyfile
+
+    def interrupted(source, target):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(carry.shutil, "copyfile", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        carry.restore(copy, tmp_path / "workdir")
+    monkeypatch.setattr(carry.shutil, "copyfile", original)
+    assert not list(tmp_path.glob(".workdir.restoring-*"))
+    assert carry.restore(copy, tmp_path / "workdir") > 0

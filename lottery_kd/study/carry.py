@@ -8,7 +8,8 @@ into the folder DEST (one git tracks, a bucket's mount, another disk):
     interrupted on this disk, which a finished copy does not need);
   - not the cached teacher logits (hundreds of MB, which the KD runs compute again if missing).
 DEST then mirrors that selection (stale files are removed), and `carry.json` in it lists each
-file's size and SHA-256. It is written last, so a copy interrupted midway has none and is refused.
+file's size and SHA-256. It is written last, so a copy interrupted midway has none and is refused
+by `restore`; `carry.json.saving` marks it, and rerunning the same `save` finishes it.
 `restore DEST WORKDIR` checks every file against that list and copies the study into a missing
 or empty WORKDIR (through a temporary folder renamed at the end); the study's command then
 resumes from it. A WORKDIR that already holds the same study, as far along or further, is left
@@ -34,6 +35,9 @@ from lottery_kd.study.workdir import Workdir
 from lottery_kd.study.workdir_lock import holder
 
 MANIFEST = "carry.json"
+# Written before a save replaces anything, removed after MANIFEST: an interrupted save leaves it
+# (naming the study's config), and a rerun of that save goes on; restore refuses the folder.
+SAVING = MANIFEST + ".saving"
 _CHUNK = 1 << 20
 
 
@@ -79,7 +83,8 @@ def carried_files(workdir: str | os.PathLike) -> list[str]:
         subfolders[:] = sorted(d for d in subfolders
                                if here / d not in skip and not d.endswith(".damaged"))
         chosen += [(here / name).relative_to(root).as_posix() for name in files
-                   if here / name != paths.lock and not name.endswith(".damaged")]
+                   if here / name not in (paths.lock, root / MANIFEST, root / SAVING)
+                   and not name.endswith(".damaged")]  # a copy saved onward: not its manifest
     return sorted(chosen)
 
 
@@ -101,11 +106,19 @@ def save(workdir: str | os.PathLike, dest: str | os.PathLike) -> dict:
         raise CarryError(f"a study is running in {workdir} (pid {who.get('pid', '?')} on "
                          f"{who.get('host', '?')}); stop it with SIGTERM, which saves a resume "
                          "checkpoint, then save the copy")
-    if dest.exists() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
+    interrupted = (dest / SAVING).is_file() and not (dest / MANIFEST).is_file()
+    if dest.exists() and any(dest.iterdir()) and not (dest / MANIFEST).is_file() \
+            and not interrupted:
         raise CarryError(f"{dest} is not empty and holds no {MANIFEST}: it is no earlier copy "
                          "of a study; give an empty or new folder")
+    config_digest = _sha256(Workdir(workdir).config)
     if (dest / MANIFEST).is_file():
         _check_earlier_copy(workdir, dest)
+    elif interrupted and _saving_digest(dest) != config_digest:
+        raise CarryError(f"{dest} holds an interrupted save of another study; give a new "
+                         f"folder, or remove {dest} first")
+    dest.mkdir(parents=True, exist_ok=True)
+    _write_json(dest / SAVING, {"study": str(workdir), "config_sha256": config_digest})
     (dest / MANIFEST).unlink(missing_ok=True)  # until the copy is whole again
     files = {}
     for name in carried_files(workdir):
@@ -117,10 +130,23 @@ def save(workdir: str | os.PathLike, dest: str | os.PathLike) -> dict:
         files[name] = {"bytes": source.stat().st_size, "sha256": digest}
     _remove_stale(dest, set(files))
     manifest = {"study": str(workdir), "files": files}
-    scratch = dest / (MANIFEST + ".tmp")
-    scratch.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    scratch.replace(dest / MANIFEST)
+    _write_json(dest / MANIFEST, manifest)
+    (dest / SAVING).unlink(missing_ok=True)
     return manifest
+
+
+def _write_json(path: Path, record: dict) -> None:
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    scratch.replace(path)
+
+
+def _saving_digest(dest: Path) -> Optional[str]:
+    """The config.json digest of the study an interrupted save into `dest` was copying."""
+    try:
+        return json.loads((dest / SAVING).read_text()).get("config_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _check_earlier_copy(workdir: Path, dest: Path) -> None:
@@ -144,7 +170,7 @@ def _remove_stale(dest: Path, keep: set[str]) -> None:
         here = Path(folder)
         for name in files:
             relative = (here / name).relative_to(dest).as_posix()
-            if relative not in keep and relative != MANIFEST:
+            if relative not in keep and relative not in (MANIFEST, SAVING, SAVING + ".tmp"):
                 (here / name).unlink()
         if here != dest and not any(here.iterdir()):
             here.rmdir()
@@ -217,10 +243,16 @@ def restore(dest: str | os.PathLike, workdir: str | os.PathLike) -> int:
                              "copy is damaged: save it again from the study, or restore an "
                              "earlier copy")
     workdir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in workdir.parent.glob(f".{workdir.name}.restoring-*"):  # an interrupted restore's
+        shutil.rmtree(stale, ignore_errors=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{workdir.name}.restoring-", dir=workdir.parent))
-    for name in files:
-        (scratch / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(dest / name, scratch / name)
+    try:
+        for name in files:
+            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(dest / name, scratch / name)
+    except BaseException:  # an interrupt included: no half-restored scratch left behind
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     if workdir.exists():
         workdir.rmdir()
     scratch.rename(workdir)
@@ -252,6 +284,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (CarryError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: rerun the same command to finish the {args.command}",
+              file=sys.stderr)
+        return 130
     return 0
 
 
