@@ -135,9 +135,9 @@ def _check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             parser.error(f"--{name} {value}: at least {least}")
     _check_cifar(parser, args)
     if args.out:  # before the timed run, not when its results are written
-        from lottery_kd.runtime.out_paths import check_out_file
-        try:
-            check_out_file(args.out)
+        from lottery_kd.runtime.out_paths import check_out_file, check_out_folder
+        try:  # a folder gets gpu_check_<device>_<date>.json (out_path), as gpu_check.sh gives
+            (check_out_folder if os.path.isdir(args.out) else check_out_file)(args.out)
         except ValueError as error:
             parser.error(str(error))
 

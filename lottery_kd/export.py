@@ -103,6 +103,16 @@ class Ticket:
     conv_impl: str = "auto"
 
 
+def is_ticket_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a file this module wrote (an .npz whose header names FORMAT): the only
+    kind of file `export --out` replaces."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return json.loads(str(data["header"])).get("format") == FORMAT
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def load(path: str | os.PathLike) -> Ticket:
     """The ticket in `path` (written by `export_ticket`); ExportError if it is not one."""
     import jax
@@ -245,7 +255,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "with the masked network's on the study's whole test set")
     args = parser.parse_args(argv)
     try:
-        check_out_file(args.out)  # before the study and its test set are loaded
+        check_out_file(args.out, replaceable=is_ticket_file,  # before the study is loaded
+                       kind="an exported ticket")
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -117,6 +117,19 @@ def test_the_command_refuses_bad_input_in_one_line(study, tmp_path, capsys):
     assert not (tmp_path / "x.npz").exists() and not (tmp_path / "y.npz").exists()
     with pytest.raises(export.ExportError, match="not an exported ticket"):
         export.load(tmp_path / "junk.npz")
+    # only an exported ticket is replaced: not another file, not a study's own files
+    config = (study / "config.json").read_bytes()
+    for args, message in (
+            ([study, "--ticket", "level_1_lt", "--out", tmp_path / "junk.npz"],
+             "exists and is not an exported ticket"),
+            ([study, "--ticket", "level_1_lt", "--out", study / "config.json"],
+             f"is inside the study in {study}"),
+            ([study, "--ticket", "level_1_lt", "--out", ""], "--out is empty")):
+        assert export.main([str(a) for a in args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert (tmp_path / "junk.npz").read_bytes() == b"not a ticket"
+    assert (study / "config.json").read_bytes() == config
 
 
 @pytest.mark.slow

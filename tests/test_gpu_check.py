@@ -60,6 +60,8 @@ def test_out_as_a_folder_names_the_file_after_the_device_and_the_date(tmp_path):
     assert gpu_check.out_path(str(tmp_path), "NVIDIA H200", "2026-12-03") == str(
         tmp_path / "gpu_check_nvidia_h200_2026-12-03.json")
     assert gpu_check.out_path("x/report.json", "cpu", "2026-12-03") == "x/report.json"
+    # the folder gpu_check.sh gives is accepted by the argument check, as the help says
+    assert gpu_check.parse_args(["--out", str(tmp_path)]).out == str(tmp_path)
 
 
 def test_sections_without_time_left_are_skipped_saying_so():

@@ -292,3 +292,53 @@ def test_a_config_json_of_the_wrong_shape_is_named_not_a_traceback(studies, tmp_
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "config.json: train should be section(s) of settings ({...}), not NoneType" in \
         done.stderr
+
+
+FIFTEEN = REPO / "docs" / "results" / "cpu_resnet20_15ep"
+FULL = REPO / "docs" / "results" / "full_length" / "resnet20_renda_seed0"
+
+
+def _listing(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_report_replaces_the_previous_one_whole_and_an_interrupted_one_changes_nothing(
+        tmp_path, monkeypatch, capsys):
+    """From the committed studies: a second report into the same --out leaves none of the
+    first one's figures (a layer-density plot of other runs under the new text), and one
+    interrupted while drawing leaves the previous report as it was, with no scratch folder."""
+    out = tmp_path / "report"
+    first = report.write_report(sorted(FIFTEEN.glob("resnet20_15ep_seed*")), out, overlap=False)
+    assert "layer_sparsity_1_resnet20_cifar10.png" in first["files"]
+    assert sorted(_listing(out)) == first["files"]
+    second = report.write_report([FULL], out, overlap=False)
+    assert sorted(_listing(out)) == second["files"]
+    assert "layer_sparsity_1_resnet20_cifar10.png" not in second["files"]  # no ticket yet
+    before = _listing(out)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(report, "plot_accuracy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        report.write_report(sorted(FIFTEEN.glob("resnet20_15ep_seed*")), out, overlap=False)
+    assert _listing(out) == before
+
+
+def test_report_refuses_an_out_in_a_study_an_empty_out_and_a_malformed_reference(
+        tmp_path, capsys):
+    study = tmp_path / "study"
+    study.mkdir()
+    for name in ("config.json", "plan.json", "results.jsonl"):
+        (study / name).write_bytes((FULL / name).read_bytes())
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for args, message in (([study, "--out", study], f"is inside the study in {study}"),
+                          ([study, "--out", study / "report"], "is inside the study"),
+                          ([study, "--out", ""], "--out is empty"),
+                          ([study, "--out", tmp_path / "r", "--reference",
+                            tmp_path / "list.json"], "not a published-numbers file")):
+        assert report.main([str(a) for a in args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in study.iterdir()) == ["config.json", "plan.json",
+                                                        "results.jsonl"]
+    assert not (tmp_path / "r").exists()  # the reference is read before --out is made

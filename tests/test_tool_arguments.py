@@ -129,7 +129,7 @@ def test_a_record_with_a_damaged_item_is_named_not_a_key_error(study, tmp_path, 
     (out / name).write_text(json.dumps({"settings": settings, what: [item]}))
     before = (out / name).read_text()
     main = lmc.main if tool == "lmc" else bootstrap.main
-    argv = [study, "--out", out] + (["--real-size", "16"] if tool == "bootstrap" else [])
+    argv = [study, "--out", out] + (["--real-size", "300"] if tool == "bootstrap" else [])
     _refused(main, argv, capsys, f"{name} is damaged", f"item 0 of its '{what}'",
              f"lacks '{dropped}'")
     assert (out / name).read_text() == before
@@ -155,7 +155,8 @@ def test_lmc_refuses_an_unusable_out_before_writing(study, tmp_path, capsys, no_
     _refused(lmc.main, [study, "--out", a_file], capsys, f"--out {a_file} is a file")
     _refused(lmc.main, [study, "--out", a_file / "lmc"], capsys, "cannot be created")
     snapshots = sorted((study / "checkpoints" / "snapshots").iterdir())
-    _refused(lmc.main, [study, "--out", study], capsys, "holds a study")
+    _refused(lmc.main, [study, "--out", study], capsys, "is inside the study")
+    _refused(lmc.main, [study, "--out", ""], capsys, "--out is empty")
     assert sorted((study / "checkpoints" / "snapshots").iterdir()) == snapshots
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -218,6 +219,7 @@ def test_lmc_command_line_exit_code_and_no_traceback(study, tmp_path):
     (["--ticket", "level_1_lt,level_9_kd"], "--ticket 'level_9_kd': no such snapshot"),
     (["--real-size", "5000"], "--real-size must be in (0, 1257)"),
     (["--real-size", "1250"], "less than one batch"),
+    (["--real-size", "10"], "--real-size 10 is less than one batch of 64"),
     (["--steps", "-1"], "--steps must be >= 0"),
     (["--eval-every", "0"], "--eval-every must be >= 1")])
 def test_bootstrap_refuses_bad_arguments_before_writing_or_training(study, tmp_path, capsys,
@@ -243,7 +245,11 @@ def test_bootstrap_kd_needs_the_teacher_and_out_must_be_a_folder(study, tmp_path
     _refused(bootstrap.main, [study, "--real-size", 300, "--out", a_file], capsys,
              f"--out {a_file} is a file")
     _refused(bootstrap.main, [study, "--real-size", 300, "--out", study], capsys,
-             "holds a study")
+             "is inside the study")
+    _refused(bootstrap.main, [study, "--real-size", 300, "--out", study / "boot"], capsys,
+             "is inside the study")
+    _refused(bootstrap.main, [study, "--real-size", 300, "--out", ""], capsys,
+             "--out is empty")
 
 
 def test_bootstrap_settings_without_results_do_not_block_a_corrected_command(

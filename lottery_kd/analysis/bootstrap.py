@@ -218,8 +218,13 @@ def run_bootstrap(run_dir: str | os.PathLike, out: str | os.PathLike, *, real_si
         raise ValueError(f"--steps must be >= 0 (0: all the fresh stream allows), got {steps}")
     pairs = list(pairs if pairs is not None else
                  [(ticket, distill) for ticket in tickets for distill in distill_options])
+    if not str(out).strip():  # before Path(), which reads "" as "."
+        raise ValueError("--out is empty; give a folder (it is made if missing)")
     out = Path(out)
     bootstrap = DeepBootstrap(run_dir, real_size, log=log)
+    if real_size < bootstrap.batch_size:  # the real world could not fill one batch
+        raise ValueError(f"--real-size {real_size} is less than one batch of "
+                         f"{bootstrap.batch_size} (the study's train.batch_size): raise it")
     steps = min(steps or bootstrap.max_steps(), bootstrap.max_steps())
     if steps < 1:
         raise ValueError(f"the fresh stream holds {len(bootstrap.ideal.train_labels)} examples, "

@@ -228,6 +228,8 @@ def run_sweep(run_dir: str | os.PathLike, rewinds: Sequence[str], out: str | os.
     if points < 3:
         raise ValueError(f"--points must be >= 3 (endpoints and at least one between), got "
                          f"{points}")
+    if not str(out).strip():  # before Path(), which reads "" as "."
+        raise ValueError("--out is empty; give a folder (it is made if missing)")
     out = Path(out)
     settings = {"run_dir": str(Path(run_dir).resolve()), "ticket": ticket, "distill": distill,
                 "points": points}

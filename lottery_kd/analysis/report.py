@@ -30,7 +30,10 @@ import argparse
 import json
 import math
 import os
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -120,7 +123,6 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} is a file; give a folder for report.md and the plots")
-    out.mkdir(parents=True, exist_ok=True)
     reference = (_read_reference(Path(reference_path)) if reference_path
                  else published_lib.load(REFERENCE))
     groups: dict[tuple[str, str, str], list[dict]] = {}
@@ -129,21 +131,55 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     notes = [note for run in runs for note in run["notes"]]
     document = report_markdown.header(runs, notes)
     summary: dict[str, Any] = {"groups": [], "notes": notes}
-    for index, ((model, dataset, _), members) in enumerate(groups.items()):
-        lines, group = _report_group(index, model, dataset, members, reference, out, overlap)
-        document += lines
-        summary["groups"].append(group)
-    (out / "report.md").write_text("\n".join(document))
-    (out / "report.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))  # the old report stays whole
+    try:
+        for index, ((model, dataset, _), members) in enumerate(groups.items()):
+            lines, group = _report_group(index, model, dataset, members, reference, staging,
+                                         overlap)
+            document += lines
+            summary["groups"].append(group)
+        summary["files"] = sorted(p.name for p in staging.iterdir()) + ["report.json",
+                                                                         "report.md"]
+        (staging / "report.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+        (staging / "report.md").write_text("\n".join(document))
+        _replace_report(out, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return summary
+
+
+def _replace_report(out: Path, staging: Path) -> None:
+    """Swap the report drawn in `staging` in for the one in `out`: the previous report's files
+    (report.json's list, or report.md's figures for reports from before it) are removed, so
+    no figure of other runs stays beside the new text; report.md moves in last."""
+    previous = {"report.md", "report.json"}
+    try:
+        previous.update(json.loads((out / "report.json").read_text()).get("files", []))
+    except (OSError, ValueError, AttributeError):
+        pass
+    if (out / "report.md").is_file():
+        previous.update(re.findall(r"\]\(([^)/\\]+\.png)\)", (out / "report.md").read_text()))
+    for name in previous:
+        if Path(name).name == name and name not in ("", ".", ".."):
+            (out / name).unlink(missing_ok=True)
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == "report.md"):
+        os.replace(path, out / path.name)
 
 
 def _read_reference(path: Path) -> dict:
     """A published-numbers file given with --reference; ReportError naming it if unreadable."""
     try:
-        return json.loads(path.read_text())
+        reference = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise ReportError(f"--reference {path}: cannot be read as JSON ({error})") from None
+    shaped = (isinstance(reference, dict) and isinstance(reference.get("iterative", {}), dict)
+              and isinstance(reference.get("protocol"), dict) and "source" in reference)
+    if not shaped:
+        raise ReportError(f"--reference {path}: not a published-numbers file (an object with "
+                          "'source', 'protocol' and 'iterative', as "
+                          "lottery_kd/published/renda2020_cifar10_imagenet.json)")
+    return reference
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

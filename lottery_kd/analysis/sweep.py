@@ -18,7 +18,7 @@ from typing import Any, Callable, Hashable, Iterator, Optional, Sequence
 
 from lottery_kd import config as config_lib
 from lottery_kd.config import identity
-from lottery_kd.runtime.out_paths import check_creatable
+from lottery_kd.runtime.out_paths import check_creatable, check_outside_studies
 from lottery_kd.study.results import write_atomic
 from lottery_kd.study.study import Study
 from lottery_kd.study.variants import DENSE, snapshot_name
@@ -68,6 +68,7 @@ def check_out(out: Path, name: str, settings: dict, what: str,
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; give a folder (new or holding "
                          f"this command's {name})")
+    check_outside_studies(out)
     if not out.exists():
         check_creatable(out)
         return None
