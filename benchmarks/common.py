@@ -97,13 +97,21 @@ def malloc_environment(setting: str) -> dict[str, str]:
     return {**environ, malloc_tuning.OPT_OUT: "0"}
 
 
-def write_json(report: dict, out: Optional[str]) -> None:
-    """Print the report as JSON and, with `out`, write it there too."""
+def write_json(report: dict, out: Optional[str],
+               args: Optional[argparse.Namespace] = None) -> None:
+    """Print the report as JSON and, with `out`, write it there too (atomically: a kill leaves
+    the previous file whole). With `args` the report records the command's options, defaults
+    included, so a figure can be traced to the settings that measured it."""
+    if args is not None:
+        report = {**report, "options": {k: v for k, v in vars(args).items()
+                                        if isinstance(v, (str, int, float, bool, type(None)))}}
     text = json.dumps(report, indent=2)
     print(text)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
+        scratch = Path(out).with_name(Path(out).name + ".tmp")
+        scratch.write_text(text + "\n")
+        scratch.replace(out)
 
 
 def cifar_layer_flops(model_name: str) -> dict[str, int]:

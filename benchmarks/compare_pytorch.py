@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
             record["jax_eval_images_per_sec"] / record["torch_eval_images_per_sec"], 3)
         print(json.dumps(record), file=sys.stderr, flush=True)
         records.append(record)
-    write_json({"benchmark": "compare_pytorch", **environment(), "records": records}, args.out)
+    write_json({"benchmark": "compare_pytorch", **environment(), "records": records}, args.out,
+               args)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="")
     args = parse_checked(parser, argv)
     records = measure(args.batch_size, args.steps, args.repeats)
-    write_json({"benchmark": "conv3x3", **environment(), "records": records}, args.out)
+    write_json({"benchmark": "conv3x3", **environment(), "records": records}, args.out, args)
 
 
 if __name__ == "__main__":

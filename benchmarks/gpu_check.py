@@ -362,7 +362,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     sections["mfu"] = mfu_section(rows, report["device"])
     report["sections"] = sections
     report["total_s"] = round(time.monotonic() - started, 1)
-    write_json(report, out_path(args.out, report["device"], report["date"]))
+    write_json(report, out_path(args.out, report["device"], report["date"]), args)
 
 
 def out_path(out: str, device: str, date: str) -> str:

@@ -203,7 +203,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         variants.append(profile_torch(args))
     write_json({"benchmark": "gpu_profile", "model": args.model, "batch": args.batch,
                 "precision": args.precision, "sparsity": args.sparsity,
-                "environment": environment(), "variants": variants}, args.out)
+                "environment": environment(), "variants": variants}, args.out, args)
     print(table(variants))
 
 

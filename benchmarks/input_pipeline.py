@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     examples = args.imagenet_batch_size * (args.imagenet_batches + 2)
     report.update(imagenet_mock_input(args.imagenet_batch_size, args.imagenet_batches, 224,
                                       examples))
-    write_json(report, args.out)
+    write_json(report, args.out, args)
 
 
 if __name__ == "__main__":

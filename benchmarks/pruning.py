@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     records.append({"model": "resnet20", "method": "synflow", "rounds": args.synflow_rounds,
                     "seconds": round(median(seconds), 3),
                     "seconds_runs": [round(s, 3) for s in seconds]})
-    write_json({"benchmark": "pruning", **environment(), "records": records}, args.out)
+    write_json({"benchmark": "pruning", **environment(), "records": records}, args.out, args)
 
 
 if __name__ == "__main__":

@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"{r['images_per_sec']:8.1f} img/s  x{r['speedup_over_densest']:.2f}",
                       file=sys.stderr)
     write_json({"benchmark": "sparse", "environment": environment(), "records": records},
-               args.out)
+               args.out, args)
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     if ticket:
         report["ticket"] = {"model": args.model, "density": args.ticket,
                             "totals_ms": ticket_totals(records)}
-    write_json(report, args.out)
+    write_json(report, args.out, args)
 
 
 def ticket_totals(records: list[dict]) -> dict[str, dict[str, float]]:

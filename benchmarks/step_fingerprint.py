@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
               "normalization": args.normalization, "sparsity": args.sparsity,
               "fingerprint": fingerprint(args.model, args.conv_impl, args.norm_impl, args.steps,
                                          args.batch_size, args.normalization, args.sparsity)}
-    write_json({"benchmark": "step_fingerprint", **environment(), "records": [record]}, args.out)
+    write_json({"benchmark": "step_fingerprint", **environment(), "records": [record]}, args.out,
+               args)
 
 
 if __name__ == "__main__":

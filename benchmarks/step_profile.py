@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     reexec_with_malloc_tuning()  # as the training entry points run (runtime.malloc_tuning)
     record = profile(args.model, args.conv_impl, args.density, args.batch_size, args.steps,
                      args.infer)
-    write_json({"benchmark": "step_profile", **environment(), "records": [record]}, args.out)
+    write_json({"benchmark": "step_profile", **environment(), "records": [record]}, args.out, args)
 
 
 if __name__ == "__main__":

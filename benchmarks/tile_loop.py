@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="")
     args = parse_checked(parser, argv)  # --reps >= 1
     write_json({"benchmark": "tile_loop", "note": args.note, **environment(),
-                "gflops_one_core": measure(args.reps)}, args.out)
+                "gflops_one_core": measure(args.reps)}, args.out, args)
 
 
 if __name__ == "__main__":

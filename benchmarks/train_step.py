@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
             row.update(malloc=malloc, malloc_tunables=environ.get("GLIBC_TUNABLES", ""))
             print(json.dumps(row), file=sys.stderr, flush=True)
         records += rows
-    write_json({"benchmark": "train_step", **environment(), "records": records}, args.out)
+    write_json({"benchmark": "train_step", **environment(), "records": records}, args.out, args)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     write_json({"benchmark": "vgg_small_map", "note": args.note, **environment(),
                 "batch": args.batch, "repeats": args.repeats, "xla_step_s": round(xla, 3),
                 "small_map_step_s": round(matmul, 3), "speedup": round(xla / matmul, 2)},
-               args.out)
+               args.out, args)
 
 
 if __name__ == "__main__":

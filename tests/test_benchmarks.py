@@ -211,6 +211,21 @@ def test_tile_loop_benchmark_reports_the_three_offset_sets(tmp_path):
     out = tmp_path / "tile.json"
     subprocess.run([sys.executable, "-m", "benchmarks.tile_loop", "--reps", "1000", "--out",
                     str(out)], cwd=REPO, check=True, capture_output=True)
-    rates = json.loads(out.read_text())["gflops_one_core"]
+    report = json.loads(out.read_text())
+    rates = report["gflops_one_core"]
+    assert report["options"]["reps"] == 1000  # the settings that measured it, recorded
+    assert not out.with_name(out.name + ".tmp").exists()
     assert set(rates) == {"kernel_offsets", "aligned", "misaligned_by_3"}
     assert all(value > 0 for value in rates.values())
+
+
+def test_a_benchmark_report_records_its_options_and_is_written_whole(tmp_path):
+    import argparse
+    from benchmarks.common import write_json
+    out = tmp_path / "r.json"
+    out.write_text("the previous report")
+    write_json({"benchmark": "x"}, str(out), argparse.Namespace(steps=3, note="", out=str(out),
+                                                                 callback=print))
+    assert json.loads(out.read_text()) == {"benchmark": "x", "options": {
+        "steps": 3, "note": "", "out": str(out)}}  # a function is no setting to record
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
