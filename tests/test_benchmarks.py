@@ -218,14 +218,3 @@ def test_tile_loop_benchmark_reports_the_three_offset_sets(tmp_path):
     assert set(rates) == {"kernel_offsets", "aligned", "misaligned_by_3"}
     assert all(value > 0 for value in rates.values())
 
-
-def test_a_benchmark_report_records_its_options_and_is_written_whole(tmp_path):
-    import argparse
-    from benchmarks.common import write_json
-    out = tmp_path / "r.json"
-    out.write_text("the previous report")
-    write_json({"benchmark": "x"}, str(out), argparse.Namespace(steps=3, note="", out=str(out),
-                                                                 callback=print))
-    assert json.loads(out.read_text()) == {"benchmark": "x", "options": {
-        "steps": 3, "note": "", "out": str(out)}}  # a function is no setting to record
-    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -395,3 +395,15 @@ def test_a_benchmark_refuses_a_bad_option_in_one_line_before_any_compute(
         importlib.import_module(f"benchmarks.{module}").main(argv)
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_benchmark_report_records_its_options_and_is_written_whole(tmp_path):
+    import argparse
+    from benchmarks.common import write_json
+    out = tmp_path / "r.json"
+    out.write_text("the previous report")
+    write_json({"benchmark": "x"}, str(out), argparse.Namespace(steps=3, note="", out=str(out),
+                                                                 callback=print))
+    assert json.loads(out.read_text()) == {"benchmark": "x", "options": {
+        "steps": 3, "note": "", "out": str(out)}}  # a function is no setting to record
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
