@@ -59,6 +59,12 @@ def test_an_unreadable_line_anywhere_skips_only_that_line(tmp_path):
     path.write_text(json.dumps(rows[0]) + "\nbroken\n" + json.dumps(rows[1]) + "\n")
     results.append_row(path, rows[2])
     assert results.read_rows(path) == rows
+    # a run trained again replaces its row, and the earlier one is kept beside, not lost
+    redone = {**rows[1], "test_accuracy": 0.5}
+    results.append_row(path, redone)
+    assert results.read_rows(path) == [rows[0], rows[2], redone]
+    replaced = (tmp_path / "results.jsonl.replaced").read_text().splitlines()
+    assert [json.loads(line) for line in replaced] == [rows[1]]
 
 
 def test_a_garbage_line_in_a_finished_study_retrains_nothing_and_keeps_every_row(

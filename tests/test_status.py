@@ -88,10 +88,18 @@ def test_status_says_what_a_path_that_is_not_a_study_is(tmp_path):
     (tmp_path / "old" / "config.json").write_text("{}")
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "plan.json").write_text('{"runs": [')
+    shapes = {"null_runs": {"steps_per_epoch": 10, "runs": None},
+              "no_distill": {"steps_per_epoch": 10, "runs": [
+                  {"level": 0, "variant": "dense", "start_step": 0, "steps": 10}]}}
+    for name, plan in shapes.items():  # valid JSON of the wrong shape
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "plan.json").write_text(json.dumps(plan))
     for path, needle in ((tmp_path, "holds no study"), (tmp_path / "typo", "no such folder"),
                          (tmp_path / "file", "is a file"),
                          (tmp_path / "old", "rerun the study command once"),
-                         (tmp_path / "damaged", "plan.json cannot be read")):
+                         (tmp_path / "damaged", "plan.json cannot be read"),
+                         (tmp_path / "null_runs", "plan.json cannot be read (runs or"),
+                         (tmp_path / "no_distill", "plan.json cannot be read (runs or")):
         done = _status(path)
         assert done.returncode == 2, path
         assert needle in done.stderr and str(path) in done.stderr, done.stderr

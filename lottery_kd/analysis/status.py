@@ -203,6 +203,9 @@ class StatusError(ValueError):
     """A path that holds no readable study."""
 
 
+RUN_FIELDS = {"level", "variant", "start_step", "steps", "distill"}  # of each plan.json run
+
+
 def _read_plan(workdir: Path) -> dict:
     """plan.json of a study; StatusError saying what the path is when there is none."""
     plan_path = Workdir(workdir).plan
@@ -219,10 +222,16 @@ def _read_plan(workdir: Path) -> dict:
         raise StatusError(f"{workdir} holds no study (no plan.json or config.json)")
     try:
         plan = json.loads(plan_path.read_text())
-        plan["runs"], plan["steps_per_epoch"]  # noqa: B018 (the fields status needs)
+        runs_ok = isinstance(plan["runs"], list) and all(
+            isinstance(run, dict) and RUN_FIELDS <= set(run) for run in plan["runs"])
+        shaped = runs_ok and isinstance(plan["steps_per_epoch"], int)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise StatusError(f"{plan_path} cannot be read ({type(error).__name__}); rerun the "
-                          "study command once: it rewrites plan.json when it starts") from None
+        why = type(error).__name__
+    else:
+        why = "" if shaped else "runs or steps_per_epoch of the wrong shape"
+    if why:
+        raise StatusError(f"{plan_path} cannot be read ({why}); rerun the study command once: "
+                          "it rewrites plan.json when it starts")
     return plan
 
 

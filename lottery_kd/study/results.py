@@ -71,14 +71,21 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
     """Append one row durably.
 
     Unreadable lines are first moved to the side file (never dropped), and an earlier row for
-    the same (level, variant) (one being redone because its snapshot was lost) is removed, so
-    the file never holds two rows for a key.
+    the same (level, variant) (one being redone because its snapshot was lost) is moved to
+    `path`.replaced, with a warning, so the file never holds two rows for a key and the earlier
+    result is not lost.
     """
     path = Path(path)
     complete = jsonlines.set_aside(path, ROW_FIELDS,
                                    lambda message: print(message, file=sys.stderr))
-    kept = [r for r in complete if (r["level"], r["variant"]) != (row["level"], row["variant"])]
+    key = (row["level"], row["variant"])
+    kept = [r for r in complete if (r["level"], r["variant"]) != key]
     if len(kept) != len(complete):
+        side = path.with_name(path.name + ".replaced")
+        for earlier in (r for r in complete if (r["level"], r["variant"]) == key):
+            jsonlines.append(side, earlier)
+        print(f"warning: level {key[0]} {key[1]} was trained again; its earlier row moved to "
+              f"{side}", file=sys.stderr)
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
     jsonlines.append(path, row)
 
