@@ -36,7 +36,9 @@ def _study(tmp_path: Path) -> Path:
 
 def test_tables_pair_variants_with_rendas_numbers_and_time_the_epochs(tmp_path, capsys):
     runpy.run_path(str(SCRIPT), run_name="not_main")["main"]([str(_study(tmp_path))])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "skipped 1 unreadable line(s) (line 5" in captured.err  # not a silent blank cell
     assert "Dense: 91.66 (Renda 91.71)" in out
     # L10 first (the study's order); the first run without a row is the running one
     assert ("| 0.1074 | 89.26 | 87.00 (86.67) | 90.50 (91.00) | running (91.01) | 91.00 "

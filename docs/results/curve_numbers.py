@@ -31,7 +31,11 @@ def curve_line(level: int, variant: str, n: str, accuracy: dict[float, float]) -
 
 
 def main(path: str) -> None:
-    report = json.load(open(path))
+    try:
+        report = json.load(open(path))
+    except (OSError, ValueError) as error:
+        sys.exit(f"error: {path} cannot be read as a report.json ({error}); pass the report's "
+                 "report.json (python -m lottery_kd.report ... --out DIR writes DIR/report.json)")
     for group in report["groups"]:
         print(f"# {group['model']} on {group['dataset']} (mean over seeds)")
         for curve in group["learning_curves"]:
@@ -42,8 +46,10 @@ def main(path: str) -> None:
 def per_seed(study_dirs: list[str]) -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
     from lottery_kd.analysis.curves import run_curves  # the repository's, wherever this runs from
-    from lottery_kd.study.results import read_rows  # every valid row, a damaged line skipped
+    from lottery_kd.study.results import read_rows_or_warn as read_rows  # a damaged line named
     for study in study_dirs:
+        if not os.path.isfile(os.path.join(study, "config.json")):
+            sys.exit(f"error: {study} holds no study (no config.json); pass studies' workdirs")
         seed = json.load(open(os.path.join(study, "config.json")))["seed"]
         finished = {(row["level"], row["variant"])
                     for row in read_rows(os.path.join(study, "results.jsonl"))}

@@ -29,7 +29,8 @@ from lottery_kd.published import load  # noqa: E402
 from lottery_kd.runtime.environment import epoch_cpu  # noqa: E402
 from lottery_kd.study import jsonlines  # noqa: E402
 from lottery_kd.study.checkpoints import latest_fingerprint  # noqa: E402
-from lottery_kd.study.results import EPOCH_TIME_FIELDS, read_rows  # noqa: E402
+from lottery_kd.study.results import EPOCH_TIME_FIELDS  # noqa: E402
+from lottery_kd.study.results import read_rows_or_warn as read_rows  # noqa: E402
 from lottery_kd.study.variants import snapshot_name  # noqa: E402
 from lottery_kd.study.workdir import Workdir  # noqa: E402
 

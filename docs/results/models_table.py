@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lottery_kd.published import load  # noqa: E402
-from lottery_kd.study.results import read_rows  # noqa: E402
+from lottery_kd.study.results import read_rows_or_warn as read_rows  # noqa: E402
 
 TICKETS = {"wrn22_2": "WRN-22-2", "vgg16": "VGG-16", "vit_tiny": "ViT-tiny (vit_matmul)"}
 VARIANTS = ("lt", "weight_rewind", "kd")
@@ -73,6 +73,9 @@ def rigl_table(base: Path) -> list[str]:
 
 
 def main(root: str = "runs/models_shrunk") -> None:
+    if not Path(root).is_dir():  # a mistyped root would print a table of runs "not run yet"
+        sys.exit(f"error: {root}: no such folder; pass the root the study script wrote "
+                 "(default runs/models_shrunk)")
     base = Path(root)
     print("\n".join(tickets_table(base)))
     print()

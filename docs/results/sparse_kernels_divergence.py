@@ -71,6 +71,12 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/cifar10")
     args = parser.parse_args()
     snapshots = args.workdir / "checkpoints" / "snapshots"
+    for name in ["init"] + ([args.masks] if args.masks else []):
+        if not (snapshots / name).is_dir():
+            parser.error(f"{args.workdir}: no snapshot {name!r} in {snapshots}; pass a study's "
+                         "workdir (and --masks one of its snapshots)")
+    if args.steps < 1:
+        parser.error(f"--steps {args.steps}: at least 1")
     start = read_snapshot(snapshots / "init")
     masks = read_snapshot(snapshots / args.masks)["masks"] if args.masks else start["masks"]
     images, labels = load_local(args.data, "train")

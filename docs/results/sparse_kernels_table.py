@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lottery_kd.study.study import Study  # noqa: E402
-from lottery_kd.study.results import read_rows  # noqa: E402
+from lottery_kd.study.results import read_rows_or_warn as read_rows  # noqa: E402
 from lottery_kd.study.workdir import Workdir  # noqa: E402
 
 NOT_CHECKED = "not checked: no snapshots"
@@ -97,6 +97,9 @@ def print_paired_differences(accuracies: dict) -> None:
 
 
 def main(root: str = "runs/sparse_kernels_shrunk") -> None:
+    if not Path(root).is_dir():  # a mistyped root would print a table of runs "not run yet"
+        sys.exit(f"error: {root}: no such folder; pass the root the study script wrote "
+                 "(default runs/sparse_kernels_shrunk)")
     print("| seed | run | native (dense kernels) | sparse kernels | pruned weights != 0 |")
     print("| --- | --- | --- | --- | --- |")
     accuracies: dict = {}

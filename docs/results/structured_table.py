@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lottery_kd.study.results import read_rows  # noqa: E402
+from lottery_kd.study.results import read_rows_or_warn as read_rows  # noqa: E402
 
 STRUCTURES = ("unstructured", "2:4", "block:16")
 
@@ -23,6 +23,9 @@ def _cell(row: dict | None) -> str:
 
 
 def main(root: str = "runs/structured_shrunk") -> None:
+    if not Path(root).is_dir():  # a mistyped root would print a table of runs "not run yet"
+        sys.exit(f"error: {root}: no such folder; pass the root the study script wrote "
+                 "(default runs/structured_shrunk)")
     base = Path(root)
     table: dict[str, dict[str, dict]] = {}
     dense = []

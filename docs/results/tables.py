@@ -32,9 +32,11 @@ METRICS = (("test_accuracy_at_best_val", "best validation"), ("test_accuracy", "
 
 def load_study(path: str) -> tuple[int, dict]:
     """(seed, {(sparsity %, variant): row}) of one study directory."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        sys.exit(f"error: {path} holds no study (no config.json); pass studies' workdirs")
     seed = json.load(open(os.path.join(path, "config.json")))["seed"]
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-    from lottery_kd.study.results import read_rows  # every valid row, a damaged line skipped
+    from lottery_kd.study.results import read_rows_or_warn as read_rows  # a damaged line named
     rows = {(round(100 * row["sparsity"], 2), row["variant"]): row
             for row in read_rows(os.path.join(path, "results.jsonl"))}
     return seed, rows

@@ -39,6 +39,16 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
     return jsonlines.scan(path, ROW_FIELDS)[0]
 
 
+def read_rows_or_warn(path: str | os.PathLike) -> list[dict]:
+    """read_rows, saying on stderr which lines were skipped: for the scripts that print tables,
+    where a damaged row would otherwise read as a run not yet trained."""
+    rows, damaged = scan_rows(path)
+    if damaged:
+        print(f"warning: {jsonlines.describe(damaged)}; their cells read as not run",
+              file=sys.stderr)
+    return rows
+
+
 def scan_rows(path: str | os.PathLike) -> tuple[list[dict], list[jsonlines.DamagedLine]]:
     """(valid rows, unreadable lines) of a results.jsonl."""
     return jsonlines.scan(path, ROW_FIELDS)
