@@ -342,3 +342,13 @@ def test_report_refuses_an_out_in_a_study_an_empty_out_and_a_malformed_reference
     assert sorted(p.name for p in study.iterdir()) == ["config.json", "plan.json",
                                                         "results.jsonl"]
     assert not (tmp_path / "r").exists()  # the reference is read before --out is made
+
+
+def test_an_interrupted_report_command_says_what_it_left_in_one_line(tmp_path, monkeypatch,
+                                                                     capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(report, "write_report", interrupted)
+    assert report.main([str(FULL), "--out", str(tmp_path / "r")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "unchanged" in err and err.count("\n") == 1

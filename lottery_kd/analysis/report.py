@@ -204,6 +204,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # write_report swaps the new report in only when it is whole
+        print(f"interrupted: {args.out} holds the previous report, if any, unchanged; rerun "
+              "the same command", file=sys.stderr)
+        return 130
     for note in summary["notes"]:
         print(f"warning: {note}", file=sys.stderr)
     print(f"wrote {Path(args.out) / 'report.md'}")

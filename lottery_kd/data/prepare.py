@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # tfds writes into a temporary folder: nothing half-prepared
+        print("interrupted: nothing was prepared; rerun the same command", file=sys.stderr)
+        return 130
     print(f"prepared tfds {args.name} in {path}; use --config.data.source=tfds"
           + (f" --config.data.tfds_data_dir={args.data_dir}" if args.data_dir else ""))
     return 0
