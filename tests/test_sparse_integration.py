@@ -87,6 +87,7 @@ def test_a_relaunch_switches_conv_impl_for_the_next_runs_never_halfway(tmp_path)
     from tests.conftest import make_tiny_config
     from tests.test_reliability import StopAfter
     config = make_tiny_config()
+    config.model.name = "resnet20"  # the native kernels serve the CIFAR ResNets only
     config.prune.levels, config.lottery.variants = 1, "lt,kd"
     config.checkpoint.every_steps = 4
     config.model.conv_impl = "xla"
