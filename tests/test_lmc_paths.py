@@ -231,4 +231,4 @@ def test_a_missing_snapshot_of_the_chain_or_an_unusable_out_is_refused(study, tm
     assert lmc.main([str(study), "--levels", "--variants", "lt", "--out", str(a_file)]) == 2
     assert f"--out {a_file} is a file" in capsys.readouterr().err
     assert lmc.main([str(study), "--levels", "--variants", "lt", "--out", str(study)]) == 2
-    assert "holds a study" in capsys.readouterr().err
+    assert "is inside the study" in capsys.readouterr().err

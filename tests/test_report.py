@@ -311,7 +311,13 @@ def test_a_report_replaces_the_previous_one_whole_and_an_interrupted_one_changes
     first = report.write_report(sorted(FIFTEEN.glob("resnet20_15ep_seed*")), out, overlap=False)
     assert "layer_sparsity_1_resnet20_cifar10.png" in first["files"]
     assert sorted(_listing(out)) == first["files"]
-    second = report.write_report([FULL], out, overlap=False)
+    dense_only = tmp_path / "dense_only"  # the full-length study as it was before any ticket
+    dense_only.mkdir()
+    for name in ("config.json", "plan.json"):
+        (dense_only / name).write_bytes((FULL / name).read_bytes())
+    (dense_only / "results.jsonl").write_text(
+        (FULL / "results.jsonl").read_text().splitlines()[0] + "\n")
+    second = report.write_report([dense_only], out, overlap=False)
     assert sorted(_listing(out)) == second["files"]
     assert "layer_sparsity_1_resnet20_cifar10.png" not in second["files"]  # no ticket yet
     before = _listing(out)
