@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 from lottery_kd.runtime import malloc_tuning
 from lottery_kd.runtime.out_paths import check_out_file
+from lottery_kd.study.jsonlines import write_atomic
 from lottery_kd.runtime.environment import environment  # noqa: F401  (re-exported for the benchmarks)
 
 # The malloc a benchmark's child processes run under (--mallocs): "tuned", what the entry points
@@ -109,9 +110,7 @@ def write_json(report: dict, out: Optional[str],
     print(text)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(out).with_name(Path(out).name + ".tmp")
-        scratch.write_text(text + "\n")
-        scratch.replace(out)
+        write_atomic(out, text + "\n")
 
 
 def cifar_layer_flops(model_name: str) -> dict[str, int]:

@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lottery_kd.study.jsonlines import write_atomic
 from lottery_kd.study.workdir import Workdir
 from lottery_kd.study.workdir_lock import holder
 
@@ -136,9 +137,7 @@ def save(workdir: str | os.PathLike, dest: str | os.PathLike) -> dict:
 
 
 def _write_json(path: Path, record: dict) -> None:
-    scratch = path.with_name(path.name + ".tmp")
-    scratch.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    scratch.replace(path)
+    write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 def _saving_digest(dest: Path) -> Optional[str]:
