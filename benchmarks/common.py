@@ -98,19 +98,42 @@ def malloc_environment(setting: str) -> dict[str, str]:
     return {**environ, malloc_tuning.OPT_OUT: "0"}
 
 
+def _with_options(report: dict, args: Optional[argparse.Namespace]) -> dict:
+    if args is None:
+        return report
+    return {**report, "options": {k: v for k, v in vars(args).items()
+                                  if isinstance(v, (str, int, float, bool, type(None)))}}
+
+
+def partial_path(out: str) -> str:
+    """Where a benchmark keeps what it has measured so far: OUT.partial, beside OUT."""
+    return out + ".partial"
+
+
+def write_partial(report: dict, out: Optional[str],
+                  args: Optional[argparse.Namespace] = None) -> None:
+    """Write the records measured so far to OUT.partial (atomically, marked "complete": false),
+    so that a benchmark killed or failing midway keeps them; OUT itself, a previous run's file,
+    stays whole until write_json replaces it. Without `out`, nothing is written (each record
+    also goes to stderr as it is measured)."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({**_with_options(report, args), "complete": False}, indent=2)
+        write_atomic(partial_path(out), text + "\n")
+
+
 def write_json(report: dict, out: Optional[str],
                args: Optional[argparse.Namespace] = None) -> None:
     """Print the report as JSON and, with `out`, write it there too (atomically: a kill leaves
-    the previous file whole). With `args` the report records the command's options, defaults
-    included, so a figure can be traced to the settings that measured it."""
-    if args is not None:
-        report = {**report, "options": {k: v for k, v in vars(args).items()
-                                        if isinstance(v, (str, int, float, bool, type(None)))}}
-    text = json.dumps(report, indent=2)
+    the previous file whole) and remove the OUT.partial write_partial kept. With `args` the
+    report records the command's options, defaults included, so a figure can be traced to the
+    settings that measured it."""
+    text = json.dumps(_with_options(report, args), indent=2)
     print(text)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, text + "\n")
+        Path(partial_path(out)).unlink(missing_ok=True)
 
 
 def cifar_layer_flops(model_name: str) -> dict[str, int]:

@@ -24,7 +24,7 @@ import sys
 import time
 
 from benchmarks.common import (environment, malloc_environment, malloc_settings, median,
-                               parse_checked, write_json)
+                               parse_checked, write_json, write_partial)
 from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 
@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
             record["jax_eval_images_per_sec"] / record["torch_eval_images_per_sec"], 3)
         print(json.dumps(record), file=sys.stderr, flush=True)
         records.append(record)
+        write_partial({"benchmark": "compare_pytorch", **environment(), "records": records},
+                      args.out, args)
     write_json({"benchmark": "compare_pytorch", **environment(), "records": records}, args.out,
                args)
 

@@ -27,7 +27,8 @@ import argparse
 import sys
 from typing import Callable
 
-from benchmarks.common import environment, median, parse_checked, timed, write_json
+from benchmarks.common import (environment, median, parse_checked, timed, write_json,
+                               write_partial)
 from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 IMPLS = ("native", "sparse")
@@ -230,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
                       f"{r['pass']:<5} {r['impl']:<6} "
                       f"{r['images_per_sec']:8.1f} img/s  x{r['speedup_over_densest']:.2f}",
                       file=sys.stderr)
+        write_partial({"benchmark": "sparse", "environment": environment(), "records": records},
+                      args.out, args)
     write_json({"benchmark": "sparse", "environment": environment(), "records": records},
                args.out, args)
 

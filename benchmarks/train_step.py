@@ -32,7 +32,7 @@ import time
 
 from benchmarks.common import (CIFAR_NORMALIZATION, environment, malloc_environment,
                                malloc_settings, median, parse_checked, resnet_steps, timed,
-                               write_json)
+                               write_json, write_partial)
 from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
 
@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
             row.update(malloc=malloc, malloc_tunables=environ.get("GLIBC_TUNABLES", ""))
             print(json.dumps(row), file=sys.stderr, flush=True)
         records += rows
+        write_partial({"benchmark": "train_step", **environment(), "records": records},
+                      args.out, args)
     write_json({"benchmark": "train_step", **environment(), "records": records}, args.out, args)
 
 

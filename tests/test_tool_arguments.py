@@ -407,3 +407,37 @@ def test_a_benchmark_report_records_its_options_and_is_written_whole(tmp_path):
     assert json.loads(out.read_text()) == {"benchmark": "x", "options": {
         "steps": 3, "note": "", "out": str(out)}}  # a function is no setting to record
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_a_benchmark_failing_midway_keeps_what_it_measured_beside_the_previous_report(
+        tmp_path, monkeypatch):
+    """train_step measures each model in a child process: when the second fails, the first's
+    records stay in OUT.partial (marked incomplete) and the previous OUT is untouched; a run that
+    completes replaces OUT and removes the partial file."""
+    import subprocess
+    import types
+    from benchmarks import train_step
+    out = tmp_path / "r.json"
+    out.write_text("the previous report")
+
+    run = subprocess.run
+
+    def child(command, **kwargs):
+        if "--child" not in command:  # the environment record's own commands
+            return run(command, **kwargs)
+        model = command[command.index("--child") + 1]
+        row = [{"model": model, "variant": "dense", "images_per_sec": 1.0}]
+        return types.SimpleNamespace(returncode=1 if model == "resnet32" and failing else 0,
+                                     stdout=json.dumps(row) + "\n", stderr="boom")
+
+    monkeypatch.setattr(subprocess, "run", child)
+    failing = True
+    with pytest.raises(SystemExit, match="resnet32 failed"):
+        train_step.main(["--models", "resnet20,resnet32", "--out", str(out)])
+    assert out.read_text() == "the previous report"
+    kept = json.loads((tmp_path / "r.json.partial").read_text())
+    assert kept["complete"] is False and [r["model"] for r in kept["records"]] == ["resnet20"]
+    failing = False
+    train_step.main(["--models", "resnet20,resnet32", "--out", str(out)])
+    assert [r["model"] for r in json.loads(out.read_text())["records"]] == ["resnet20", "resnet32"]
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
