@@ -358,3 +358,20 @@ def test_an_interrupted_report_command_says_what_it_left_in_one_line(tmp_path, m
     assert report.main([str(FULL), "--out", str(tmp_path / "r")]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "unchanged" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("files", [5, [1, "old.png", None], {"a": 1}, "old.png"])
+def test_a_hand_edited_report_json_does_not_stop_the_swap(tmp_path, files):
+    """report.json's "files" edited by hand (not a list of names) is read for what names it
+    holds; the swap still puts the new report in place."""
+    out, staging = tmp_path / "report", tmp_path / "staging"
+    out.mkdir()
+    staging.mkdir()
+    (out / "report.json").write_text(json.dumps({"files": files}))
+    (out / "old.png").write_text("old figure")
+    (staging / "report.md").write_text("new")
+    (staging / "report.json").write_text("{}")
+    report._replace_report(out, staging)
+    assert (out / "report.md").read_text() == "new"
+    assert (out / "report.json").read_text() == "{}"
+    assert (out / "old.png").exists() == (files != [1, "old.png", None])

@@ -155,7 +155,9 @@ def _replace_report(out: Path, staging: Path) -> None:
     no figure of other runs stays beside the new text; report.md moves in last."""
     previous = {"report.md", "report.json"}
     try:
-        previous.update(json.loads((out / "report.json").read_text()).get("files", []))
+        files = json.loads((out / "report.json").read_text()).get("files", [])
+        if isinstance(files, list):  # hand-edited: only the names in a list count
+            previous.update(n for n in files if isinstance(n, str))
     except (OSError, ValueError, AttributeError):
         pass
     if (out / "report.md").is_file():
