@@ -105,7 +105,8 @@ def test_the_public_api_is_reexported_lazily():
 
 
 def test_the_design_contracts_module_names_resolve():
-    """DESIGN.md's contracts name lottery_kd.masks, .pruning and .losses: they still resolve."""
+    """The design card's contracts (../shared/DESIGN.md) name lottery_kd.masks, .pruning and
+    .losses: they still resolve."""
     import lottery_kd
     assert all(callable(getattr(lottery_kd.masks, name))
                for name in ("create", "apply", "sparsity", "layer_counts"))

@@ -8,7 +8,9 @@
 # 89.26 % sparse) first, then level 8 (0.1678, 83.22 %). At each: lt, weight_rewind (epoch 33),
 # lr_rewind, kd and kd_rewind (T=5, alpha=0.9, mean), then reinit.
 #
-# About 4.5-5 h per run on a 2-core AVX-512 CPU (17 h on a Zen 1 EPYC, AVX2). It resumes where
+# The dense run takes about 4.5-5 h on a 2-core AVX-512 EPYC, 12 h on a Zen 1 and 6 h on a Zen 3
+# EPYC (AVX2); a ticket on the sparse kernels about 2.8 h on the Zen 3, a KD ticket more
+# (docs/results.md, "Full length"). It resumes where
 # it stopped: rerun it after a stop, a kill or in a new sitting. Run it in the background so that
 # it outlives the shell:
 #   setsid nohup bash docs/results/run_full.sh >> runs/full/resnet20_renda_seed0.log 2>&1 < /dev/null &
