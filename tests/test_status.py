@@ -239,3 +239,39 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     assert process.wait(timeout=120) == 0
     assert first.startswith(str(tmp_path))
     assert "Traceback" not in errors and "BrokenPipe" not in errors, errors
+
+
+def test_status_names_each_finished_runs_accuracy_and_the_running_runs_last_evaluation(
+        tmp_path):
+    """From the committed full-length study's rows and plan: every finished run's test accuracy
+    at the end, a line per level, and the running run's last evaluation read from its
+    TensorBoard scalars (the epoch with the highest step, train-only steps skipped)."""
+    from lottery_kd.training.tensorboard import ScalarWriter
+    full = REPO / "docs" / "results" / "full_length" / "resnet20_renda_seed0"
+    for name in ("config.json", "plan.json", "results.jsonl"):
+        (tmp_path / name).write_bytes((full / name).read_bytes())
+    rows = results.read_rows(str(tmp_path / "results.jsonl"))
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    running = next(r for r in plan["runs"]
+                   if (r["level"], r["variant"]) not in {(x["level"], x["variant"]) for x in rows})
+    tag = f"level_{running['level']}_{running['variant']}"
+    (Workdir(tmp_path).resume(tag) / str(running["start_step"] + 780)).mkdir(parents=True)
+    writer = ScalarWriter(Workdir(tmp_path).tensorboard(tag))
+    writer.scalars(running["start_step"] + 390, {"epoch": 1, "test_accuracy": 0.5})
+    writer.scalars(running["start_step"] + 780, {"epoch": 2, "test_accuracy": 0.625})
+    writer.scalars(running["start_step"] + 800, {"train_loss": 1.0})  # no evaluation
+    writer.close()
+
+    found = status.study_status(tmp_path)
+    assert found["current"]["last_test"] == {"epoch": 2, "step": running["start_step"] + 780,
+                                             "test_accuracy": 0.625}
+    text = status.describe(found)
+    assert f"last evaluated: epoch 2 (step {running['start_step'] + 780}), test accuracy " \
+           "62.50 %" in text
+    for row in rows:
+        line = next(t for t in text.splitlines() if t.startswith(f"    level {row['level']} "))
+        assert f"{row['variant']} {100 * row['test_accuracy']:.2f}" in line
+    assert "    level 0 (dense): dense " in text
+
+    (Workdir(tmp_path).tensorboard(tag) / "events.out.tfevents.1.x").write_bytes(b"\x05torn")
+    assert status.study_status(tmp_path)["current"]["last_test"]["epoch"] == 2

@@ -2,12 +2,13 @@
 
     python -m lottery_kd.status runs/cifar10_resnet20 [more workdirs] [--json]
 
-Reads only plan.json (the study's planned runs, written when it starts), results.jsonl and the
-names and times of the resume checkpoints, and epoch_times.jsonl: no data, no JAX, instant,
-safe beside a running study. The estimate uses this study's own speed, KD and cross-entropy
-epochs apart (distillation also runs the teacher): the median seconds per step of its last
-PACE_EPOCHS whole epochs of that kind (KD epochs that read stored teacher logits left out;
-training plus evaluation; whole, because the partial epoch after a restart also compiles; a
+Reads only plan.json (the study's planned runs, written when it starts), results.jsonl, the
+names and times of the resume checkpoints, epoch_times.jsonl and the running run's TensorBoard
+scalars (its last test accuracy): no data, no JAX, instant, safe beside a running study. It
+lists each finished run's test accuracy. The estimate uses this study's own speed, KD and
+cross-entropy epochs apart (distillation also runs the teacher): the median seconds per step of
+its last PACE_EPOCHS whole epochs of that kind (KD epochs that read stored teacher logits left
+out; training plus evaluation; whole, because the partial epoch after a restart also compiles; a
 median, so an epoch slowed by a paused or busy machine does not skew it), else, for studies
 started before epoch times were recorded, the mean of its finished runs, else the pace between
 the current run's last two resume checkpoints. Before any KD epoch, a KD step is the cross-
@@ -28,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lottery_kd.analysis.curves import read_scalars
 from lottery_kd.runtime import environment
 from lottery_kd.study import jsonlines, results, workdir_lock
 from lottery_kd.study.workdir import Workdir
@@ -62,13 +64,14 @@ def study_status(workdir: str | Path) -> dict:
     for run in plan["runs"]:
         key = (run["level"], run["variant"])
         if key in rows:
-            done.append({**run, "seconds": rows[key].get("seconds")})
+            done.append({**run, **{k: rows[key].get(k) for k in
+                                   ("seconds", "test_accuracy", "sparsity")}})
             continue
         tag = f"level_{run['level']}_{run['variant']}"
         checkpoints = _latest_checkpoints(paths.resume(tag))
         if checkpoints and current is None:
             step = checkpoints[-1][0]
-            current = {**run, "at_step": step,
+            current = {**run, "at_step": step, "last_test": _last_test(paths, tag),
                        "fraction": (step - run["start_step"]) / max(1, run["steps"])}
             if len(checkpoints) > 1 and not rates[run["distill"]]:
                 (s0, t0), (s1, t1) = checkpoints[-2], checkpoints[-1]
@@ -104,6 +107,20 @@ def study_status(workdir: str | Path) -> dict:
             "steps_left": left_steps, "seconds_left": seconds_left, "note": rate_note,
             "pace_from": source, "running": workdir_lock.running_note(workdir),
             "skipped": [jsonlines.describe(d) for d in (damaged_rows, damaged_epochs) if d]}
+
+
+def _last_test(paths: Workdir, tag: str) -> Optional[dict]:
+    """{"epoch", "step", "test_accuracy"} of a run's last evaluation in its TensorBoard scalars
+    (written each epoch, so it may be past the last resume checkpoint), or None."""
+    try:
+        evaluated = [r for r in read_scalars(paths.tensorboard(tag)) if "test_accuracy" in r]
+    except OSError:
+        return None
+    if not evaluated:
+        return None
+    last = evaluated[-1]
+    return {"epoch": int(last.get("epoch", 0)), "step": int(last["step"]),
+            "test_accuracy": last["test_accuracy"]}
 
 
 READER_NOTE = ("KD runs that read the teacher logits an earlier KD run stored "
@@ -247,11 +264,29 @@ def _duration(seconds: Optional[float]) -> str:
     return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
 
 
+def _finished_lines(done: list[dict]) -> list[str]:
+    """The finished runs' test accuracy at the end, a line per pruning level."""
+    by_level: dict[tuple, list[str]] = {}
+    for run in done:
+        if run.get("test_accuracy") is not None:
+            sparsity = run.get("sparsity")
+            level = f"level {run['level']}" + (
+                " (dense)" if run["level"] == 0 else "" if sparsity is None else
+                f" ({100 * sparsity:.2f} % sparse)")
+            by_level.setdefault(level, []).append(
+                f"{run['variant']} {100 * run['test_accuracy']:.2f}")
+    if not by_level:
+        return []
+    return ["  done, test accuracy % at the end:"] + [
+        f"    {level}: {', '.join(cells)}" for level, cells in by_level.items()]
+
+
 def describe(status: dict) -> str:
     """A few lines a person reads: done / current / pending, and the estimate."""
     lines = [f"{status['workdir']}: {len(status['done'])} of {status['runs']} runs done"
              + (f", {status['running']}" if status.get("running") else "")]
     lines += [f"  warning: {text}" for text in status.get("skipped", [])]
+    lines += _finished_lines(status["done"])
     current = status["current"]
     if current is not None:
         lines.append(f"  now: level {current['level']} {current['variant']}, step "
@@ -259,6 +294,10 @@ def describe(status: dict) -> str:
                      f"({100 * current['fraction']:.0f}% of this run, at its last resume "
                      "checkpoint" + (f"; about {_duration(current['seconds_left'])} left in it"
                                      if current.get("seconds_left") is not None else "") + ")")
+        if current.get("last_test"):
+            last = current["last_test"]
+            lines.append(f"  last evaluated: epoch {last['epoch']} (step {last['step']}), "
+                         f"test accuracy {100 * last['test_accuracy']:.2f} %")
     if status["pending"]:
         names = ", ".join(f"L{r['level']} {r['variant']}" for r in status["pending"])
         lines.append(f"  pending ({len(status['pending'])}): {names}")
