@@ -1,0 +1,44 @@
+"""docs/results/quickstart_table.py: the README's quickstart tables from the committed rows."""
+
+import json
+import runpy
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "docs" / "results" / "quickstart_table.py"
+COMMITTED = REPO / "docs" / "results" / "quickstart"
+
+
+def _main():
+    return runpy.run_path(str(SCRIPT), run_name="not_main")["main"]
+
+
+def _accuracy(study: str, sparsity: float, variant: str) -> float:
+    rows = [json.loads(line) for line in (COMMITTED / study / "results.jsonl").open()]
+    return next(100 * r["test_accuracy"] for r in rows
+                if r["variant"] == variant and round(100 * r["sparsity"], 2) == sparsity)
+
+
+def test_the_readme_quotes_the_tables_the_committed_rows_give(capsys):
+    _main()([str(COMMITTED)])
+    out = capsys.readouterr().out
+    readme = (REPO / "README.md").read_text()
+    table_lines = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(table_lines) == 4 + 6  # two sparsities; header, rule and four rows
+    assert all(line in readme for line in table_lines), "README's quickstart tables are stale"
+    assert (f"| 99.22 | {_accuracy('seed0', 99.22, 'lt'):.1f} / "
+            f"{_accuracy('seed1', 99.22, 'lt'):.1f} |") in out
+    bf16 = next(line for line in table_lines if line.startswith("| bfloat16 "))
+    assert f"| {_accuracy('bf16_seed0', 98.44, 'kd'):.1f} |" in bf16
+
+
+def test_a_missing_or_mislabelled_study_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="has no results.jsonl"):
+        _main()([str(tmp_path)])
+    for name in ("seed0", "seed1", "bf16_seed0"):
+        shutil.copytree(COMMITTED / "seed0", tmp_path / name)  # bf16_seed0 holds float32 rows
+    with pytest.raises(SystemExit, match="trained in float32, its name says bfloat16"):
+        _main()([str(tmp_path)])
