@@ -130,3 +130,26 @@ def test_epochs_are_timed_per_cpu_and_compared_with_the_dense_run_on_the_same_on
     assert "| L10 reinit | not recorded | 1 | 200.0 | 0.49x |" in out  # against 98.0
     # a ticket on a CPU the dense run never trained on has nothing to compare with
     assert "| L10 reinit | family 25 model 17, avx512 | 1 | 50.0 | no dense epochs |" in out
+
+
+def test_late_epochs_give_each_finished_runs_spread_and_the_paired_means(tmp_path, capsys):
+    """The last LATE_EPOCHS evaluations of each finished run (an earlier epoch and a running
+    run's scalars left out), their mean and range, and kd − weight_rewind on those means."""
+    from lottery_kd.training.tensorboard import ScalarWriter
+    study = _study(tmp_path)
+    curves = {"lt": [0.1] + [0.86, 0.88] * 5, "weight_rewind": [0.90] * 10,
+              "kd": [0.905, 0.915] * 5, "lr_rewind": [0.99] * 10}  # lr_rewind: no row yet
+    for variant, accuracy in curves.items():
+        writer = ScalarWriter(study / "tensorboard" / f"level_10_{variant}")
+        for epoch, value in enumerate(accuracy, 1):
+            writer.scalars(390 * epoch, {"epoch": epoch, "test_accuracy": value})
+        writer.scalars(390 * len(accuracy) + 5, {"train_loss": 0.1})  # no evaluation
+        writer.close()
+    runpy.run_path(str(SCRIPT), run_name="not_main")["main"]([str(study)])
+    out = capsys.readouterr().out
+    assert "| L10 lt | 10 | 87.00 | 86.00 | 88.00 |" in out  # the first epoch's 10 % left out
+    assert "| L10 weight_rewind | 10 | 90.00 | 90.00 | 90.00 |" in out
+    assert "| L10 kd | 10 | 91.00 | 90.50 | 91.50 |" in out
+    assert "L10 lr_rewind | 10" not in out
+    late = out[out.index("last 10 epochs"):]
+    assert "| 0.1074 | +1.00 | +4.00 |  |  | +3.00 |  |" in late

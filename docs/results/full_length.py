@@ -9,7 +9,10 @@ For the 182-epoch ResNet-20 study (docs/results/run_full.sh):
    epoch 33). Runs not finished yet read "running" or "pending" (from plan.json);
 2. the paired differences the KD-ticket claims rest on, in points (same mask, data order and
    teacher within the study);
-3. each run's seconds per epoch on each CPU (median over its full epochs; a start's partial
+3. each finished run's test accuracy over its last LATE_EPOCHS epochs (mean, range), from its
+   TensorBoard scalars, and the paired differences of those means: one end-of-training epoch
+   moves by a few tenths from the next, so a difference smaller than that spread is no finding;
+4. each run's seconds per epoch on each CPU (median over its full epochs; a start's partial
    first epoch, which compiles, is left out), against the dense run's on the same CPU, and the
    convolution path it trained on. Epochs that ran beside other work on the machine are
    slower: the median is a pace, not a benchmark.
@@ -24,6 +27,7 @@ from collections import Counter
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
+from lottery_kd.analysis.curves import run_curves  # noqa: E402
 from lottery_kd.kernels.conv3x3 import resumed_conv_impl  # noqa: E402
 from lottery_kd.published import load  # noqa: E402
 from lottery_kd.runtime.environment import epoch_cpu  # noqa: E402
@@ -39,6 +43,8 @@ RENDA = {"lt": "rewind_to_0", "weight_rewind": "best_weight_rewinding",
          "lr_rewind": "lr_rewinding"}
 DIFFERENCES = (("kd", "weight_rewind"), ("kd", "lt"), ("kd_rewind", "weight_rewind"),
                ("kd_rewind", "lr_rewind"), ("weight_rewind", "lt"), ("lr_rewind", "lt"))
+
+LATE_EPOCHS = 10
 
 
 def density(level: int, keep: float) -> float:
@@ -91,6 +97,34 @@ def differences_table(rows: dict, plan: dict) -> None:
         accuracy = {v: rows[(level, v)]["test_accuracy"] for v in VARIANTS if (level, v) in rows}
         cells = [f"{100 * (accuracy[a] - accuracy[b]):+.2f}" if a in accuracy and b in accuracy
                  else "" for a, b in DIFFERENCES]
+        print(f"| {density(level, plan['keep']):.4f} | " + " | ".join(cells) + " |")
+
+
+def late_accuracy(study: str, rows: dict) -> dict:
+    """{(level, variant): test accuracies (%) of the last LATE_EPOCHS evaluations} of every
+    finished run whose TensorBoard scalars the study holds."""
+    late = {}
+    for key, points in run_curves(study).items():
+        accuracy = [100 * p["test_accuracy"] for p in points if "test_accuracy" in p]
+        if key in rows and accuracy:
+            late[key] = accuracy[-LATE_EPOCHS:]
+    return late
+
+
+def late_table(late: dict, plan: dict) -> None:
+    print(f"\nTest accuracy (%) over each finished run's last {LATE_EPOCHS} epochs (TensorBoard "
+          "scalars): mean and range; then the paired differences of those means (points):")
+    print("| run | epochs | mean | min | max |")
+    print("|---|---|---|---|---|")
+    for (level, variant), values in late.items():
+        print(f"| L{level} {variant} | {len(values)} | {statistics.mean(values):.2f} | "
+              f"{min(values):.2f} | {max(values):.2f} |")
+    print("\n| density | " + " | ".join(f"{a} − {b}" for a, b in DIFFERENCES) + " |")
+    print("|---" * (len(DIFFERENCES) + 1) + "|")
+    for level in planned_levels(plan):
+        means = {v: statistics.mean(late[(level, v)]) for v in VARIANTS if (level, v) in late}
+        cells = [f"{means[a] - means[b]:+.2f}" if a in means and b in means else ""
+                 for a, b in DIFFERENCES]
         print(f"| {density(level, plan['keep']):.4f} | " + " | ".join(cells) + " |")
 
 
@@ -157,6 +191,7 @@ def main(argv: list[str]) -> None:
     current = pending[0] if pending else None
     accuracy_table(plan, rows, current)
     differences_table(rows, plan)
+    late_table(late_accuracy(study, rows), plan)
     epoch_times(study, rows, plan["steps_per_epoch"])
 
 
