@@ -1,4 +1,5 @@
-"""docs/results/quickstart_table.py: the README's quickstart tables from the committed rows."""
+"""The README's tables of shrunk studies come from committed rows: docs/results/quickstart_table.py
+and structured_table.py print them again."""
 
 import json
 import runpy
@@ -42,3 +43,14 @@ def test_a_missing_or_mislabelled_study_is_named(tmp_path):
         shutil.copytree(COMMITTED / "seed0", tmp_path / name)  # bf16_seed0 holds float32 rows
     with pytest.raises(SystemExit, match="trained in float32, its name says bfloat16"):
         _main()([str(tmp_path)])
+
+
+def test_the_readme_quotes_the_structured_table_the_committed_rows_give(capsys):
+    script = REPO / "docs" / "results" / "structured_table.py"
+    runpy.run_path(str(script), run_name="not_main")["main"](
+        str(REPO / "docs" / "results" / "structured_shrunk"))
+    out = capsys.readouterr().out
+    table_lines = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(table_lines) == 7 and "not run" not in out
+    readme = (REPO / "README.md").read_text()
+    assert all(line in readme for line in table_lines), "README's structured table is stale"
