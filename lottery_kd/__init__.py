@@ -9,7 +9,7 @@ is also here, loaded on first use (so `import lottery_kd` stays light):
     lottery_kd.pruning / .dynamic          masking functions and dynamic sparse methods,
                                            each with its `register`
     lottery_kd.variants / .protocols       retrain variants and weight sources; paper protocols
-    lottery_kd.masks / .losses             masks as pytrees; kd_loss (../shared/DESIGN.md)
+    lottery_kd.masks / .losses             masks as pytrees; kd_loss (the design card's contracts)
     lottery_kd.Workdir                     every path of a study's workdir
     lottery_kd.Study / .LotteryRun         a study opened from its config (Study.from_workdir);
                                            the IMP driver over it
