@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         raise SystemExit("PyTorch is not installed here; this comparison needs it "
                          "(pip install torch), the package itself never does") from None
-    records = []
+    records, header = [], {"benchmark": "compare_pytorch", **environment()}
     for malloc, model in itertools.product(mallocs, args.models.split(",")):
         environ = malloc_environment(malloc)
         runs = {"jax": [], "torch": []}
@@ -156,10 +156,8 @@ def main(argv: list[str] | None = None) -> None:
             record["jax_eval_images_per_sec"] / record["torch_eval_images_per_sec"], 3)
         print(json.dumps(record), file=sys.stderr, flush=True)
         records.append(record)
-        write_partial({"benchmark": "compare_pytorch", **environment(), "records": records},
-                      args.out, args)
-    write_json({"benchmark": "compare_pytorch", **environment(), "records": records}, args.out,
-               args)
+        write_partial({**header, "records": records}, args.out, args)
+    write_json({**header, "records": records}, args.out, args)
 
 
 if __name__ == "__main__":

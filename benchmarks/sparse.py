@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     if not densities or not all(0 < d <= 1 for d in densities):
         raise SystemExit(f"--densities {args.densities!r}: give numbers in (0, 1]")
     reexec_with_malloc_tuning()
-    records = []
+    records, header = [], {"benchmark": "sparse", "environment": environment()}
     for model_name in args.models.split(","):
         records += measure(model_name, densities, args.batch, args.steps, args.repeats,
                            structures, args.scope)
@@ -231,10 +231,8 @@ def main(argv: list[str] | None = None) -> None:
                       f"{r['pass']:<5} {r['impl']:<6} "
                       f"{r['images_per_sec']:8.1f} img/s  x{r['speedup_over_densest']:.2f}",
                       file=sys.stderr)
-        write_partial({"benchmark": "sparse", "environment": environment(), "records": records},
-                      args.out, args)
-    write_json({"benchmark": "sparse", "environment": environment(), "records": records},
-               args.out, args)
+        write_partial({**header, "records": records}, args.out, args)
+    write_json({**header, "records": records}, args.out, args)
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(args.child, args.batch_size, args.steps, args.repeats,
                                  args.sparsity, args.relu, args.conv_impls, args.norm_impls)))
         return
-    records = []
+    records, header = [], {"benchmark": "train_step", **environment()}
     for model, conv_impl, norm_impl, malloc in itertools.product(
             args.models.split(","), args.conv_impls.split(","), args.norm_impls.split(","),
             mallocs):
@@ -193,9 +193,8 @@ def main(argv: list[str] | None = None) -> None:
             row.update(malloc=malloc, malloc_tunables=environ.get("GLIBC_TUNABLES", ""))
             print(json.dumps(row), file=sys.stderr, flush=True)
         records += rows
-        write_partial({"benchmark": "train_step", **environment(), "records": records},
-                      args.out, args)
-    write_json({"benchmark": "train_step", **environment(), "records": records}, args.out, args)
+        write_partial({**header, "records": records}, args.out, args)
+    write_json({**header, "records": records}, args.out, args)
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ def _duration(seconds: Optional[float]) -> str:
 
 def _finished_lines(done: list[dict]) -> list[str]:
     """The finished runs' test accuracy at the end, a line per pruning level."""
-    by_level: dict[tuple, list[str]] = {}
+    by_level: dict[str, list[str]] = {}
     for run in done:
         if run.get("test_accuracy") is not None:
             sparsity = run.get("sparsity")
