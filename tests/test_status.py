@@ -51,7 +51,7 @@ def test_status_follows_a_study_through_a_stop_and_to_the_end(tmp_path):
     epochs = results.read_epoch_times(tmp_path)  # every whole epoch timed in this process
     assert [(e["level"], e["variant"], e["distill"]) for e in epochs][:1] == [(0, "dense", False)]
     assert all(e["steps"] > 0 and e["seconds"] > 0 for e in epochs)
-    assert dense_rate == pytest.approx(statistics.median(
+    assert dense_rate == pytest.approx(status.lower_quartile(
         [e["seconds"] / e["steps"] for e in epochs if not e["distill"]][-status.PACE_EPOCHS:]))
     # the level-2 kd_rewind reads the teacher logits the level-1 one stores: at the CE pace
     ce_left, kd_left = (38 - current["at_step"]) + 38 + (38 - rewind), 38 - rewind
@@ -106,32 +106,45 @@ def test_status_says_what_a_path_that_is_not_a_study_is(tmp_path):
         assert "Traceback" not in done.stderr
 
 
-def test_the_pace_is_the_median_of_recent_epochs_so_a_paused_one_does_not_skew_it(tmp_path):
+def test_the_pace_is_the_lower_quartile_of_recent_epochs_so_busy_ones_do_not_skew_it(tmp_path):
+    """A busy stretch (another job beside the study: 12 of the last 20 epochs twice as slow)
+    and a paused epoch would move a median; the lower quartile is the undisturbed pace. Epochs
+    on an earlier, slower CPU and a restart's compiling partial epoch are no pace at all."""
     plan = {"steps_per_epoch": 10, "runs": [
         {"level": 0, "variant": "dense", "distill": False, "start_step": 0, "steps": 100},
         {"level": 1, "variant": "kd", "distill": True, "start_step": 0, "steps": 100}]}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
+    starts = [{"cpu_id": "slow", "time": "2026-12-03T10:00:00+0000"},
+              {"cpu_id": "fast", "time": "2026-12-04T10:00:00+0000"}]
+    Workdir(tmp_path).environment.write_text("".join(json.dumps(s) + "\n" for s in starts))
     # a finished dense run whose total time includes a long pause: 300 s for 100 steps
     results.append_row(tmp_path / "results.jsonl", {"level": 0, "variant": "dense", "steps": 100,
                                                     "seconds": 300.0, "distill": False,
                                                     "sparsity": 0.0, "test_accuracy": 0.9})
-    old = [{"level": 0, "variant": "dense", "distill": False, "steps": 10, "seconds": 50.0}] * 5
-    recent = [{"level": 0, "variant": "dense", "distill": False, "steps": 10, "seconds": s}
-              for s in (10.0, 11.0, 2000.0, 10.5, 9.5, 10.0, 12.0, 10.0, 11.0, 10.0)]
-    # the partial first epoch of a restart, which also compiled: not a pace
-    restart = [{"level": 0, "variant": "dense", "distill": False, "steps": 3, "seconds": 90.0}]
-    for record in old + recent[:5] + restart + recent[5:]:
+    def dense(seconds, day="04", steps=10):
+        return {"level": 0, "variant": "dense", "distill": False, "steps": steps,
+                "seconds": seconds, "time": f"2026-12-{day}T12:00:00+0000"}
+    slow_cpu = [dense(5.0, day="03")] * 10  # faster per step than any below: another machine
+    undisturbed = [dense(s) for s in (10.0, 10.5, 9.5, 10.0, 11.0, 10.0, 10.0)]
+    busy = [dense(s) for s in [20.0, 21.0, 19.5, 20.5] * 3]
+    restart = [dense(90.0, steps=3)]  # the partial first epoch of a restart, which compiled
+    for record in slow_cpu + undisturbed[:4] + busy + restart + [dense(2000.0)] + undisturbed[4:]:
         results.append_epoch_time(tmp_path, record)
     with (tmp_path / results.EPOCH_TIMES).open("a") as handle:
         handle.write('{"level": 0, "varia')  # torn by a crash, then appended after
     results.append_epoch_time(tmp_path, {"level": 1, "variant": "kd", "distill": True,
-                                         "steps": 10, "seconds": 15.0})
+                                         "steps": 10, "seconds": 15.0,
+                                         "time": "2026-12-04T13:00:00+0000"})
     found = status.study_status(tmp_path)
-    assert found["seconds_per_step"] == {False: pytest.approx(1.025), True: pytest.approx(1.5)}
+    paces = sorted(e["seconds"] / 10 for e in undisturbed + busy + [dense(2000.0)])
+    assert statistics.median(paces) > 1.9  # a median reads the busy stretch
+    # between the 5th and 6th fastest of 20: 1.0 + 0.75 * (1.05 - 1.0), an undisturbed pace
+    assert found["seconds_per_step"] == {False: pytest.approx(1.0375), True: pytest.approx(1.5)}
     assert found["seconds_left"] == pytest.approx(100 * 1.5)  # the kd run, not yet started
-    assert found["pace_from"] == {False: "the median of its last 10 epochs",
+    assert found["pace_from"] == {False: "the lower quartile of its last 20 epochs",
                                   True: "the pruned networks' last epoch"}
-    assert "CE 1.025 s/step from the median of its last 10 epochs" in status.describe(found)
+    assert ("CE 1.038 s/step from the lower quartile of its last 20 epochs"
+            in status.describe(found))
 
 
 def test_an_estimate_from_the_dense_pace_alone_is_called_an_upper_bound_on_the_sparse_path(

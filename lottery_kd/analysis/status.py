@@ -6,12 +6,13 @@ Reads only plan.json (the study's planned runs, written when it starts), results
 names and times of the resume checkpoints, epoch_times.jsonl and the running run's TensorBoard
 scalars (its last test accuracy): no data, no JAX, instant, safe beside a running study. It
 lists each finished run's test accuracy. The estimate uses this study's own speed, KD and
-cross-entropy epochs apart (distillation also runs the teacher): the median seconds per step of
-its last PACE_EPOCHS whole epochs of that kind (KD epochs that read stored teacher logits left
-out; training plus evaluation; whole, because the partial epoch after a restart also compiles; a
-median, so an epoch slowed by a paused or busy machine does not skew it), else, for studies
-started before epoch times were recorded, the mean of its finished runs, else the pace between
-the current run's last two resume checkpoints. Before any KD epoch, a KD step is the cross-
+cross-entropy epochs apart (distillation also runs the teacher): the lower quartile of the
+seconds per step of its last PACE_EPOCHS whole epochs of that kind on the CPU of its latest
+epoch (KD epochs that read stored teacher logits left out; training plus evaluation; whole,
+because the partial epoch after a restart also compiles; the lower quartile, because a paused
+or busy machine only ever slows an epoch, and a stretch of busy epochs would move a median),
+else, for studies started before epoch times were recorded, the mean of its finished runs, else
+the pace between the current run's last two resume checkpoints. Before any KD epoch, a KD step is the cross-
 entropy step plus a third of the dense network's on the same CPU (the teacher's forward pass);
 before any pruned network has trained on the sparse kernels (model.conv_impl=sparse), the dense
 network's pace makes the estimate an upper bound, and it says so. Where the study caches the
@@ -34,7 +35,7 @@ from lottery_kd.runtime import environment
 from lottery_kd.study import jsonlines, results, workdir_lock
 from lottery_kd.study.workdir import Workdir
 
-PACE_EPOCHS = 10
+PACE_EPOCHS = 20  # the lower quartile of 20 needs 5 undisturbed epochs; a median of 10, 6
 
 
 def _latest_checkpoints(directory: Path) -> list[tuple[int, float]]:
@@ -85,8 +86,9 @@ def study_status(workdir: str | Path) -> dict:
     rate = {kind: (sum(v) / len(v) if v else None) for kind, v in rates.items()}
     source = {kind: ("its last two resume checkpoints" if kind == checkpoint_pace else
                      "its finished runs") if rates[kind] else None for kind in rates}
-    paced = _epoch_paces(valid_epochs, plan["steps_per_epoch"], rate, source)
-    dense = _dense_paces(paced, environment.read_starts(workdir))
+    starts = environment.read_starts(workdir)
+    paced = _epoch_paces(valid_epochs, plan["steps_per_epoch"], starts, rate, source)
+    dense = _dense_paces(paced, starts)
     notes = [_fill_missing_pace(rate, dense)]
     if readers & {(r["level"], r["variant"]) for r in pending + [current] if r}:
         notes.append(READER_NOTE)
@@ -162,28 +164,38 @@ def _cache_readers(runs: list[dict]) -> set[tuple[int, str]]:
     return readers
 
 
-def _epoch_paces(epochs: list[dict], steps_per_epoch: int, rate: dict, source: dict
-                 ) -> list[dict]:
-    """Sets rate[kind] (and source[kind]) to the median seconds per step of the last
-    PACE_EPOCHS epochs of each kind, the pruned networks' alone once any has trained (every
-    run still to come is one, and on the sparse kernels they run faster than the dense
-    network); returns the whole epochs. Whole epochs only, where there are any: the partial
-    first epoch after each (re)start also compiles, so a study restarted often would look
-    slower than it trains."""
+def _epoch_paces(epochs: list[dict], steps_per_epoch: int, starts: list[dict], rate: dict,
+                 source: dict) -> list[dict]:
+    """Sets rate[kind] (and source[kind]) to the lower quartile of the seconds per step of the
+    last PACE_EPOCHS epochs of each kind on the latest epoch's CPU, the pruned networks' alone
+    once any has trained (every run still to come is one, and on the sparse kernels they run
+    faster than the dense network); returns the whole epochs. Whole epochs only, where there
+    are any: the partial first epoch after each (re)start also compiles, so a study restarted
+    often would look slower than it trains."""
     epochs = ([e for e in epochs if e.get("steps") == steps_per_epoch]
               or [e for e in epochs if e.get("steps")])
     paced = [e for e in epochs if e.get("teacher") not in ("read", "mixed")]  # reading stored
     # teacher logits: neither a KD step's pace nor a CE one's
+    latest = environment.epoch_cpu(paced[-1], starts) if paced else "not recorded"
+    if latest != "not recorded":  # another machine's epochs would mix speeds 2x apart
+        paced = [e for e in paced if environment.epoch_cpu(e, starts) == latest]
     for kind in (False, True):
         of_kind = [e for e in paced if bool(e.get("distill")) == kind]
         of_kind = [e for e in of_kind if e["level"] > 0] or of_kind
         values = [e["seconds"] / e["steps"] for e in of_kind][-PACE_EPOCHS:]
         if values:
-            rate[kind] = statistics.median(values)
+            rate[kind] = lower_quartile(values)
             whose = "the pruned networks'" if of_kind[-1]["level"] > 0 else "its"
-            source[kind] = (f"the median of {whose} last {len(values)} epochs"
+            source[kind] = (f"the lower quartile of {whose} last {len(values)} epochs"
                             if len(values) > 1 else f"{whose} last epoch")
     return epochs
+
+
+def lower_quartile(values: list[float]) -> float:
+    """The first quartile (inclusive method: a value between two measured ones)."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=4, method="inclusive")[0]
 
 
 def _dense_paces(epochs: list[dict], starts: list[dict]) -> list[float]:
