@@ -12,12 +12,12 @@ epoch (KD epochs that read stored teacher logits left out; training plus evaluat
 because the partial epoch after a restart also compiles; the lower quartile, because a paused
 or busy machine only ever slows an epoch, and a stretch of busy epochs would move a median),
 else, for studies started before epoch times were recorded, the mean of its finished runs, else
-the pace between the current run's last two resume checkpoints. Before any KD epoch, a KD step is the cross-
-entropy step plus a third of the dense network's on the same CPU (the teacher's forward pass);
-before any pruned network has trained on the sparse kernels (model.conv_impl=sparse), the dense
-network's pace makes the estimate an upper bound, and it says so. Where the study caches the
-teacher's logits (training.teacher_cache), a KD run whose steps an earlier KD run covers reads
-them and is counted at the cross-entropy pace.
+the pace between the current run's last two resume checkpoints. Before any KD epoch, a KD step
+is the cross-entropy step plus a third of the dense network's on the same CPU (the teacher's
+forward pass); before any pruned network has trained on the sparse kernels
+(model.conv_impl=sparse), the dense network's pace makes the estimate an upper bound, and it
+says so. Where the study caches the teacher's logits (training.teacher_cache), a KD run whose
+steps an earlier KD run covers reads them and is counted at the cross-entropy pace.
 """
 
 from __future__ import annotations
