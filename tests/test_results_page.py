@@ -1,0 +1,61 @@
+"""docs/results.md's full-length section against the committed study it reports on.
+
+The study is carried in git at the end of each sitting (lottery_kd.study.carry); the page is
+written by hand beside it. These tests fail when the two drift apart: a finished run the page
+does not report, a figure that is not its row's, or a "where it stands" step that is not the
+carried resume checkpoint's.
+"""
+
+import json
+import re
+from pathlib import Path
+
+from lottery_kd.study import results
+from lottery_kd.study.variants import snapshot_name
+from lottery_kd.study.workdir import Workdir
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "docs" / "results" / "full_length" / "resnet20_renda_seed0"
+
+
+def _section() -> str:
+    page = (REPO / "docs" / "results.md").read_text()
+    start = page.index("## Full length (182 epochs)")
+    end = page.find("\n## ", start + 1)
+    return page[start:] if end < 0 else page[start:end]
+
+
+def _rows() -> list[dict]:
+    return results.read_rows(str(STUDY / "results.jsonl"))
+
+
+def test_every_finished_run_is_reported_with_its_rows_accuracy():
+    """The dense network's figure, and each ticket's first bold percentage after its bold
+    name (`**L10 `lt`**`), are the committed rows' test accuracies to two decimals."""
+    section = _section()
+    for row in _rows():
+        figure = f"**{100 * row['test_accuracy']:.2f} %**"
+        if row["level"] == 0:
+            assert f"dense network has finished: {figure}" in section
+            continue
+        name = f"**L{row['level']} `{row['variant']}`**"
+        assert name in section, f"{name} finished but the page does not report it"
+        after = section[section.index(name):]
+        first = re.search(r"\*\*\d+\.\d+ %\*\*", after)
+        assert first and first.group(0) == figure, (name, first and first.group(0), figure)
+
+
+def test_where_it_stands_names_the_carried_resume_checkpoint():
+    """"Next, L10 `lr_rewind`: step N of M": the run the committed copy resumes, at the step of
+    its carried resume checkpoint, and M the run's last step from plan.json."""
+    found = re.search(r"Next, L(\d+) `(\w+)`: step (\d+) of (\d+)", _section())
+    assert found, "the section says where the study stands"
+    level, variant, step, last = int(found[1]), found[2], int(found[3]), int(found[4])
+    done = {(r["level"], r["variant"]) for r in _rows()}
+    plan = json.loads((STUDY / "plan.json").read_text())
+    unfinished = [r for r in plan["runs"] if (r["level"], r["variant"]) not in done]
+    assert (unfinished[0]["level"], unfinished[0]["variant"]) == (level, variant)
+    assert last == unfinished[0]["start_step"] + unfinished[0]["steps"]
+    carried = Workdir(STUDY).resume(snapshot_name(level, variant))
+    steps = sorted(int(p.name) for p in carried.iterdir() if p.name.isdigit())
+    assert steps[-1:] == [step], (steps, step)
