@@ -375,3 +375,14 @@ def test_a_hand_edited_report_json_does_not_stop_the_swap(tmp_path, files):
     assert (out / "report.md").read_text() == "new"
     assert (out / "report.json").read_text() == "{}"
     assert (out / "old.png").exists() == (files != [1, "old.png", None])
+
+
+def test_the_provenance_names_the_first_and_last_code_versions_in_time_order():
+    """The committed full-length study restarted under many code versions: the report names
+    the earliest and the latest start's (not the first and last in alphabetical order)."""
+    starts = [json.loads(line) for line in (FULL / "environment.jsonl").read_text().splitlines()]
+    starts.sort(key=lambda s: s["time"])
+    first, last = starts[0]["code_version"][:12], starts[-1]["code_version"][:12]
+    assert sorted({s["code_version"] for s in starts})[0][:12] != first  # the test has teeth
+    text = report.provenance([report.load_run(FULL)])
+    assert f"the first {first} ({starts[0]['date']}), the last {last}" in text

@@ -55,12 +55,22 @@ def provenance(members: Sequence[dict]) -> str:
                            + f" ({s.get('cpu_count')} CPUs), "
                            f"{s.get('backend')}: {s.get('device_count')} x {s.get('device')}"
                            for s in starts})
-        versions = sorted({str(s.get("code_version")) for s in starts})
-        text += f" Machine(s): {'; '.join(machines)}. Code: {', '.join(v[:12] for v in versions)}"
-        text += (f" ({len(starts)} start(s))." if len(versions) == 1 else
-                 f": the studies were (re)started under {len(versions)} code versions; see "
-                 "environment.jsonl in each workdir.")
+        starts.sort(key=lambda s: str(s.get("time") or s.get("date") or ""))  # stable: a
+        # workdir's starts are in order even where older records carry no time
+        versions = list(dict.fromkeys(str(s.get("code_version")) for s in starts))
+        text += f" Machine(s): {'; '.join(machines)}. Code: "
+        text += (f"{versions[0][:12]} ({len(starts)} start(s))." if len(versions) == 1 else
+                 f"(re)started under {len(versions)} code versions, the first "
+                 f"{versions[0][:12]} ({_first_date(starts, versions[0])}), the last "
+                 f"{versions[-1][:12]} ({_first_date(starts, versions[-1])}); "
+                 "environment.jsonl in each workdir has every start's.")
     return text
+
+
+def _first_date(starts: Sequence[dict], version: str) -> str:
+    """The date of the first start under a code version, or 'date not recorded'."""
+    dates = [s.get("date") for s in starts if str(s.get("code_version")) == version]
+    return next((d for d in dates if d), "date not recorded")
 
 
 def differences_table(differences: Sequence[dict]) -> str:
