@@ -43,30 +43,68 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity
     import jax.numpy as jnp
     import numpy as np
 
-    from lottery_kd.sparsity import masks as masks_lib
-
-    from lottery_kd.training.steps import TrainState, make_eval_step
     from lottery_kd.models import cifar_resnet
 
     if relu == "plain":  # the XLA-default form, for comparison with the select ReLU
         cifar_resnet.relu_select = jax.nn.relu
     setup = resnet_steps(model_name, conv_impl, norm_impl, sparsity)
-    model, params, batch_stats, optimizer = (setup.model, setup.params, setup.batch_stats,
-                                             setup.optimizer)
-    dense_masks, masks, ce, kd = setup.dense_masks, setup.masks, setup.ce, setup.kd
-    constant_true = jax.tree.map(lambda m: np.ones(m.shape, bool), dense_masks)
-    dense = jax.jit(lambda state, images, labels, lr: ce(state, constant_true, images, labels,
-                                                         lr, {}), donate_argnums=(0,))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, 10, batch_size).astype(np.int32))
-    lr = jnp.float32(0.1)
-    teacher = {"params": params, "batch_stats": batch_stats}
+    calls, states, compile_s = _compiled_steps(setup, images, labels)
+    seconds = _timed_blocks(calls, states, steps, repeats)
+    eval_compile, eval_seconds = _timed_eval(setup, states["masked"], images, labels, steps,
+                                             repeats)
+    per_step = {variant: median(values) / steps for variant, values in seconds.items()}
+    def head(variant: str, relu_too: bool = True) -> dict:  # the records' leading fields
+        return {"model": model_name, "variant": variant, "batch": batch_size,
+                **({"relu": relu} if relu_too else {}), "conv_impl": conv_impl,
+                "norm_impl": norm_impl}
+
+    sparsity_of_masks = _sparsity(setup.masks)
+    records = [{**head(variant), "sparsity": 0.0 if variant == "dense" else sparsity_of_masks,
+                "images_per_sec": round(batch_size / per_step[variant], 1),
+                "images_per_sec_blocks": [round(steps * batch_size / s, 1)
+                                          for s in seconds[variant]],
+                "compile_s": round(compile_s[variant], 2)} for variant in calls]
+    records.append({**head("eval"), "sparsity": sparsity_of_masks,
+                    "images_per_sec": round(steps * batch_size / median(eval_seconds), 1),
+                    "compile_s": round(eval_compile, 2)})
+    ratios = {"masked_over_dense": ("masked", "dense"),
+              "masked_kd_over_masked": ("masked_kd", "masked"),
+              "masked_kd_fill_over_masked_kd": ("masked_kd_fill", "masked_kd"),
+              "masked_kd_cached_over_masked_kd": ("masked_kd_cached", "masked_kd")}
+    records.append({**head("ratios", relu_too=False),
+                    **{name: round(per_step[a] / per_step[b], 3)
+                       for name, (a, b) in ratios.items()}})
+    return records
+
+
+def _sparsity(masks) -> float:
+    from lottery_kd.sparsity import masks as masks_lib
+    return masks_lib.sparsity(masks)
+
+
+def _compiled_steps(setup, images, labels) -> tuple[dict, dict, dict]:
+    """Each variant's compiled step as a call on its state, its own fresh state (the steps
+    donate theirs) and its compile seconds (trace + lower + XLA compile, no execution)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lottery_kd.sparsity import masks as masks_lib
+    from lottery_kd.training.steps import TrainState
+
+    params, masks, lr = setup.params, setup.masks, jnp.float32(0.1)
+    constant_true = jax.tree.map(lambda m: np.ones(m.shape, bool), setup.dense_masks)
+    dense = jax.jit(lambda state, images, labels, lr: setup.ce(
+        state, constant_true, images, labels, lr, {}), donate_argnums=(0,))
+    teacher = {"params": params, "batch_stats": setup.batch_stats}
 
     def fresh_state(step_masks):  # own buffers: the steps donate their state
         return TrainState(jnp.asarray(0), masks_lib.apply(params, step_masks),
-                                jax.tree.map(lambda x: jnp.array(x, copy=True), batch_stats),
-                                optimizer.init(params))
+                          jax.tree.map(lambda x: jnp.array(x, copy=True), setup.batch_stats),
+                          setup.optimizer.init(params))
 
     began = time.perf_counter()
     forward = setup.teacher_forward.lower(teacher, images).compile()
@@ -77,15 +115,15 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity
         return compiled_steps["masked_kd_cached"](state, *args[:-1], forward(teacher, images))
 
     arguments = {"dense": (dense, lambda s: (s, images, labels, lr)),
-                 "masked": (ce, lambda s: (s, masks, images, labels, lr, {})),
-                 "masked_kd": (kd, lambda s: (s, masks, images, labels, lr, teacher)),
+                 "masked": (setup.ce, lambda s: (s, masks, images, labels, lr, {})),
+                 "masked_kd": (setup.kd, lambda s: (s, masks, images, labels, lr, teacher)),
                  "masked_kd_cached": (setup.kd_logits,
                                       lambda s: (s, masks, images, labels, lr, logits)),
                  "masked_kd_fill": (fill, lambda s: (s, masks, images, labels, lr, logits))}
     calls, states, compile_s, compiled_steps = {}, {}, {}, {}
     for variant, (step, args) in arguments.items():
-        state = fresh_state(dense_masks if variant == "dense" else masks)
-        began = time.perf_counter()  # trace + lower + XLA compile, no execution
+        state = fresh_state(setup.dense_masks if variant == "dense" else masks)
+        began = time.perf_counter()
         if variant == "masked_kd_fill":  # both halves, compiled above
             compiled, compile_s[variant] = step, forward_compile + compile_s["masked_kd_cached"]
         else:
@@ -94,9 +132,16 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity
         compiled_steps[variant] = compiled
         calls[variant] = lambda s, compiled=compiled, args=args: compiled(*args(s))
         states[variant] = state
+    return calls, states, compile_s
+
+
+def _timed_blocks(calls: dict, states: dict, steps: int, repeats: int) -> dict[str, list]:
+    """Seconds of each of `repeats` blocks of `steps` steps per variant, the variants taking
+    turns block by block. A whole untimed block of each first: the first steps after compiling
+    run slowest (malloc growing its heap, caches), by up to 20% on the 2-core VM."""
+    import jax
+
     seconds = {variant: [] for variant in calls}
-    # A whole untimed block of each variant first: the first steps after compiling run slowest
-    # (malloc growing its heap, caches), by up to 20% on the 2-core VM.
     for repeat in range(-1, repeats):
         for variant, call in calls.items():
             def block(variant=variant, call=call):
@@ -107,41 +152,26 @@ def measure(model_name: str, batch_size: int, steps: int, repeats: int, sparsity
             took = timed(block, jax.block_until_ready)
             if repeat >= 0:
                 seconds[variant].append(took)
-    evaluate = make_eval_step(model, *CIFAR_NORMALIZATION)
-    valid = jnp.ones(batch_size, bool)
-    eval_state = states["masked"]
-    eval_args = (eval_state.params, eval_state.batch_stats, masks, images, labels, valid)
+    return seconds
+
+
+def _timed_eval(setup, state, images, labels, steps: int, repeats: int
+                ) -> tuple[float, list[float]]:
+    """The eval forward's compile seconds and the seconds of `repeats` blocks of `steps`."""
+    import jax
+    import jax.numpy as jnp
+
+    from lottery_kd.training.steps import make_eval_step
+
+    evaluate = make_eval_step(setup.model, *CIFAR_NORMALIZATION)
+    eval_args = (state.params, state.batch_stats, setup.masks, images, labels,
+                 jnp.ones(images.shape[0], bool))
     began = time.perf_counter()
     evaluate = evaluate.lower(*eval_args).compile()
     eval_compile = time.perf_counter() - began
     jax.block_until_ready(evaluate(*eval_args))
-    eval_seconds = [timed(lambda: [evaluate(*eval_args) for _ in range(steps)][-1],
-                          jax.block_until_ready) for _ in range(repeats)]
-    per_step = {variant: median(values) / steps for variant, values in seconds.items()}
-    records = []
-    for variant in calls:
-        records.append({
-            "model": model_name, "variant": variant, "batch": batch_size, "relu": relu,
-            "conv_impl": conv_impl, "norm_impl": norm_impl,
-            "sparsity": 0.0 if variant == "dense" else masks_lib.sparsity(masks),
-            "images_per_sec": round(batch_size / per_step[variant], 1),
-            "images_per_sec_blocks": [round(steps * batch_size / s, 1) for s in seconds[variant]],
-            "compile_s": round(compile_s[variant], 2)})
-    records.append({"model": model_name, "variant": "eval", "batch": batch_size, "relu": relu,
-                    "conv_impl": conv_impl, "norm_impl": norm_impl,
-                    "sparsity": masks_lib.sparsity(masks),
-                    "images_per_sec": round(steps * batch_size / median(eval_seconds), 1),
-                    "compile_s": round(eval_compile, 2)})
-    records.append({"model": model_name, "variant": "ratios", "batch": batch_size,
-                    "conv_impl": conv_impl, "norm_impl": norm_impl,
-                    "masked_over_dense": round(per_step["masked"] / per_step["dense"], 3),
-                    "masked_kd_over_masked": round(per_step["masked_kd"] / per_step["masked"],
-                                                   3),
-                    "masked_kd_fill_over_masked_kd": round(
-                        per_step["masked_kd_fill"] / per_step["masked_kd"], 3),
-                    "masked_kd_cached_over_masked_kd": round(
-                        per_step["masked_kd_cached"] / per_step["masked_kd"], 3)})
-    return records
+    return eval_compile, [timed(lambda: [evaluate(*eval_args) for _ in range(steps)][-1],
+                                jax.block_until_ready) for _ in range(repeats)]
 
 
 def main(argv: list[str] | None = None) -> None:
