@@ -22,13 +22,17 @@ import os
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from benchmarks.common import (environment, malloc_environment, malloc_settings, median,
                                parse_checked, write_json, write_partial)
 from lottery_kd.runtime.malloc_tuning import reexec_with_malloc_tuning
 
+if TYPE_CHECKING:  # torch is imported in the worker only: a JAX-only install runs the rest
+    import torch
 
-def torch_resnet(depth: int, num_classes: int = 10):
+
+def torch_resnet(depth: int, num_classes: int = 10) -> "torch.nn.Module":
     """He et al. CIFAR ResNet-depth in PyTorch, as lottery_kd builds it (option-B shortcuts)."""
     import torch.nn as nn
 

@@ -222,7 +222,7 @@ def torch_measure(spec: dict) -> Callable[[str, int, str], dict]:
     return measure
 
 
-def fake_cifar(*args, **kwargs):
+def fake_cifar(*args: Any, **kwargs: Any) -> tuple:
     """64 random 32x32 training and 32 test images, in place of CIFAR-10 (smoke mode)."""
     import numpy as np
     rng = np.random.default_rng(0)

@@ -26,7 +26,7 @@ import importlib.util
 import json
 import os
 import tempfile
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from benchmarks.common import environment, parse_checked, write_json
 
@@ -104,7 +104,7 @@ def chrome_trace_kernels(path: str) -> list[tuple[str, float]]:
             if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
 
 
-def time_steps(run, wait, args: argparse.Namespace) -> float:
+def time_steps(run: Callable, wait: Callable, args: argparse.Namespace) -> float:
     """Milliseconds per step, timed as gpu_check times a row (its block_seconds, throughput)."""
     from benchmarks.gpu_check_workers import block_seconds, throughput
     spec = {"warmup": args.warmup, "steps": args.steps, "blocks": args.blocks}

@@ -165,7 +165,7 @@ def measure(model_name: str, densities: list[float], batch: int, steps: int,
     return records
 
 
-def flops_kept(layer_flops: dict[str, int], masks) -> float:
+def flops_kept(layer_flops: dict[str, int], masks: dict) -> float:
     """The share of the network's multiply-adds that the masks keep (lottery_kd.models.flops:
     every kernel, convolutions and fc). Global magnitude masks keep more of the early, costly
     layers, so this exceeds the density, and 1 / flops_kept bounds what skipping the pruned

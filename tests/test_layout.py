@@ -131,10 +131,11 @@ def test_every_command_names_itself_as_it_is_run():
 
 
 def test_public_functions_have_type_hints():
-    """The style's rule, kept: every public function and method of the package annotates its
-    parameters and its return."""
+    """The style's rule, kept: every public function and method of the package, the benchmarks,
+    the experiments and the docs' scripts annotates its parameters and its return."""
     unhinted = []
-    for path in sorted(PACKAGE.rglob("*.py")):
+    scripts = [REPO / folder for folder in ("benchmarks", "experiments", "docs")]
+    for path in sorted(p for folder in [PACKAGE, *scripts] for p in folder.rglob("*.py")):
         for node in ast.parse(path.read_text()).body:
             functions = [n for n in node.body if isinstance(n, ast.FunctionDef)] \
                 if isinstance(node, ast.ClassDef) else [node]
