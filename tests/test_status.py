@@ -288,3 +288,26 @@ def test_status_names_each_finished_runs_accuracy_and_the_running_runs_last_eval
 
     (Workdir(tmp_path).tensorboard(tag) / "events.out.tfevents.1.x").write_bytes(b"\x05torn")
     assert status.study_status(tmp_path)["current"]["last_test"]["epoch"] == 2
+
+
+def test_a_running_run_says_when_it_ends_at_the_pace_and_a_stopped_one_does_not(tmp_path):
+    """The end time is the last resume checkpoint's time plus the steps left at the pace; a
+    study nobody runs (a stopped one, a committed copy) gets no clock time."""
+    import os
+
+    from lottery_kd.study import workdir_lock
+    plan = {"steps_per_epoch": 10, "runs": [
+        {"level": 1, "variant": "lt", "distill": False, "start_step": 0, "steps": 100}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    for _ in range(3):
+        results.append_epoch_time(tmp_path, {"level": 1, "variant": "lt", "distill": False,
+                                             "steps": 10, "seconds": 20.0})
+    checkpoint = Workdir(tmp_path).resume("level_1_lt") / "40"
+    checkpoint.mkdir(parents=True)
+    saved = 1_796_000_000  # 2026-11-30 00:53:20 UTC
+    os.utime(checkpoint, (saved, saved))
+    assert "ends about" not in status.describe(status.study_status(tmp_path))
+    with workdir_lock.WorkdirLock(tmp_path):
+        text = status.describe(status.study_status(tmp_path))
+    # 60 steps left at 2 s a step: 120 s after the checkpoint
+    assert "at this pace it ends about 2026-11-30 00:55 UTC" in text, text

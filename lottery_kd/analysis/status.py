@@ -27,6 +27,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -72,7 +73,8 @@ def study_status(workdir: str | Path) -> dict:
         checkpoints = _latest_checkpoints(paths.resume(tag))
         if checkpoints and current is None:
             step = checkpoints[-1][0]
-            current = {**run, "at_step": step, "last_test": _last_test(paths, tag),
+            current = {**run, "at_step": step, "at_time": checkpoints[-1][1],
+                       "last_test": _last_test(paths, tag),
                        "fraction": (step - run["start_step"]) / max(1, run["steps"])}
             if len(checkpoints) > 1 and not rates[run["distill"]]:
                 (s0, t0), (s1, t1) = checkpoints[-2], checkpoints[-1]
@@ -306,6 +308,10 @@ def describe(status: dict) -> str:
                      f"({100 * current['fraction']:.0f}% of this run, at its last resume "
                      "checkpoint" + (f"; about {_duration(current['seconds_left'])} left in it"
                                      if current.get("seconds_left") is not None else "") + ")")
+        if status.get("running") and current.get("seconds_left") is not None:
+            ends = time.gmtime(current["at_time"] + current["seconds_left"])
+            lines.append(f"  at this pace it ends about {time.strftime('%Y-%m-%d %H:%M', ends)} "
+                         "UTC, if nothing stops or slows it")
         if current.get("last_test"):
             last = current["last_test"]
             lines.append(f"  last evaluated: epoch {last['epoch']} (step {last['step']}), "
