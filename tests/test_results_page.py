@@ -8,6 +8,8 @@ carried resume checkpoint's.
 
 import json
 import re
+import runpy
+import statistics
 from pathlib import Path
 
 from lottery_kd.study import results
@@ -43,6 +45,23 @@ def test_every_finished_run_is_reported_with_its_rows_accuracy():
         after = section[section.index(name):]
         first = re.search(r"\*\*\d+\.\d+ %\*\*", after)
         assert first and first.group(0) == figure, (name, first and first.group(0), figure)
+
+
+def test_each_tickets_last_ten_epochs_are_the_committed_scalars():
+    """"Its last ten epochs ... read A-B % (mean M)": the range and mean of the run's last ten
+    test evaluations in the committed TensorBoard events (full_length.py's third table)."""
+    script = runpy.run_path(str(REPO / "docs" / "results" / "full_length.py"))
+    rows = {(r["level"], r["variant"]): r for r in _rows()}
+    late = script["late_accuracy"](str(STUDY), rows)
+    section = _section()
+    for (level, variant), values in late.items():
+        if level == 0:
+            continue
+        name = f"**L{level} `{variant}`**"
+        paragraph = section[section.index(name):].split("\n- ")[0]
+        spread = f"{min(values):.2f}-{max(values):.2f} %"
+        mean = f"mean {statistics.mean(values):.2f}"
+        assert spread in paragraph and mean in paragraph, (name, spread, mean)
 
 
 def test_where_it_stands_names_the_carried_resume_checkpoint():
