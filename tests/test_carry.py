@@ -212,3 +212,69 @@ def test_an_interrupted_restore_leaves_no_scratch_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(carry.shutil, "copyfile", original)
     assert not list(tmp_path.glob(".workdir.restoring-*"))
     assert carry.restore(copy, tmp_path / "workdir") > 0
+
+
+HOLDER = """
+import signal, sys, time
+from lottery_kd.study.workdir_lock import WorkdirLock
+lock = WorkdirLock(sys.argv[1]).acquire()
+def stop(*_):  # as a study does: a resume checkpoint takes a moment, then it exits
+    time.sleep(0.5)
+    (__import__("pathlib").Path(sys.argv[1]) / "results.jsonl").write_text('{"stopped": 1}\\n')
+    sys.exit(0)
+if sys.argv[2] == "obeys":
+    signal.signal(signal.SIGTERM, stop)
+else:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def _holder(study, how):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(study), how], cwd=REPO,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "holding"
+    return process
+
+
+def test_save_stop_stops_the_running_study_then_copies_what_it_saved(tmp_path, capsys):
+    """`save --stop`: SIGTERM to the lock's holder, a wait for its exit, then the copy, which
+    holds what the study wrote while stopping; a holder that ignores SIGTERM is waited for
+    --wait seconds, then named, and nothing is copied."""
+    study, copy = _fake_study(tmp_path / "study"), tmp_path / "copy"
+    (study / "study.lock").unlink()
+    stubborn = _holder(study, "ignores")
+    try:
+        assert carry.main(["save", "--stop", "--wait", "1", str(study), str(copy)]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {stubborn.pid} still runs the study in {study} after 1 s" in err
+        assert not copy.exists() and stubborn.poll() is None
+    finally:
+        stubborn.kill()
+        stubborn.wait()
+    obedient = _holder(study, "obeys")
+    assert carry.main(["save", "--stop", str(study), str(copy)]) == 0
+    assert obedient.wait(timeout=30) == 0
+    out = capsys.readouterr().out
+    assert f"sent SIGTERM to pid {obedient.pid}" in out and "stopped; rerun its command" in out
+    assert (copy / "results.jsonl").read_text() == '{"stopped": 1}\n'
+    assert carry.main(["save", "--stop", str(study), str(copy)]) == 0  # nothing runs: a save
+    with pytest.raises(SystemExit):
+        carry.main(["save", "--stop", "--wait", "0", str(study), str(copy)])
+    assert "--wait 0: give a number of seconds above 0" in capsys.readouterr().err
+
+
+def test_save_stop_leaves_a_study_on_another_host_alone(tmp_path, capsys):
+    """A shared filesystem's study run by another host: no signal sent, its host named."""
+    study = _fake_study(tmp_path / "study")
+    with WorkdirLock(study):
+        (study / "study.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+        assert carry.main(["save", "--stop", str(study), str(tmp_path / "copy")]) == 2
+    assert "runs as pid 1 on elsewhere, not on this host; stop it there" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "copy").exists()

@@ -17,8 +17,9 @@
 # Stop it with SIGTERM (it saves a resume checkpoint). `SEED=1 ONLY=10` runs the second seed
 # of the 89.26 % row.
 # A sitting's machine is not kept for the next one, so the study travels in git: at the end of a
-# sitting stop it (SIGTERM) and save the workdir into the tracked copy, then commit the copy:
-#   python -m lottery_kd.study.carry save runs/full/resnet20_renda_seed0 \
+# sitting stop it (SIGTERM) and save the workdir into the tracked copy, then commit the copy
+# (--stop sends the SIGTERM and waits for the study to exit):
+#   python -m lottery_kd.study.carry save --stop runs/full/resnet20_renda_seed0 \
 #     docs/results/full_length/resnet20_renda_seed0
 # This script restores that copy when runs/ lacks the workdir (and refuses a workdir behind it).
 # The tickets train on the masked-convolution kernels that skip pruned weights (CONV_IMPL=sparse,

@@ -15,8 +15,10 @@ or empty WORKDIR (through a temporary folder renamed at the end); the study's co
 resumes from it. A WORKDIR that already holds the same study, as far along or further, is left
 as it is; one behind the copy, or holding another study, is refused.
 `save` refuses while a process holds the study's lock: a workdir being written is no checkpoint.
-Stop the study first (SIGTERM saves a resume checkpoint). It refuses too to replace an earlier
-copy of another study, or of this one further along than the workdir.
+Stop the study first (SIGTERM saves a resume checkpoint), or give `save --stop`, which sends it
+SIGTERM on this host and waits for it to exit (`--wait`, 600 s by default) before it copies.
+It refuses too to replace an earlier copy of another study, or of this one further along than
+the workdir.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Optional, Sequence
 
 from lottery_kd.study.jsonlines import write_atomic
 from lottery_kd.study.workdir import Workdir
-from lottery_kd.study.workdir_lock import holder
+from lottery_kd.study.workdir_lock import StopFailed, holder, stop_holder
 
 MANIFEST = "carry.json"
 # Written before a save replaces anything, removed after MANIFEST: an interrupted save leaves it
@@ -265,12 +267,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     saving = commands.add_parser("save", help="copy a stopped study's workdir into DEST")
     saving.add_argument("workdir")
     saving.add_argument("dest")
+    saving.add_argument("--stop", action="store_true",
+                        help="first stop the study running in WORKDIR on this host (SIGTERM: it "
+                             "saves a resume checkpoint) and wait for it to exit")
+    saving.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
+                        help="how long --stop waits for the study to exit (default 600)")
     restoring = commands.add_parser("restore", help="copy a saved study into a new WORKDIR")
     restoring.add_argument("dest")
     restoring.add_argument("workdir")
     args = parser.parse_args(argv)
+    if args.command == "save" and not args.wait > 0:
+        parser.error(f"--wait {args.wait:g}: give a number of seconds above 0")
     try:
         if args.command == "save":
+            if args.stop and stop_holder(args.workdir, args.wait) is not None:
+                print(f"the study in {args.workdir} stopped; rerun its command to resume it")
             files = save(args.workdir, args.dest)["files"]
             size = sum(entry["bytes"] for entry in files.values())
             print(f"saved {len(files)} files ({size / 2**20:.1f} MiB) of {args.workdir} "
@@ -280,7 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             done = (f"restored {count} files into {args.workdir}" if count else
                     f"{args.workdir} already holds this study, as far as the copy or further")
             print(f"{done}; rerun the study's command to resume it")
-    except (CarryError, OSError) as error:
+    except (CarryError, StopFailed, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

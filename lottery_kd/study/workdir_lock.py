@@ -16,10 +16,11 @@ import fcntl
 import json
 import os
 import shlex
+import signal
 import socket
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from lottery_kd.runtime.environment import command_line
 from lottery_kd.study.workdir import Workdir
@@ -120,3 +121,39 @@ def running_note(directory: str | os.PathLike) -> str:
         return ""
     return (f"still running (pid {info.get('pid', '?')} on {info.get('host', '?')} since "
             f"{info.get('since', '?')})")
+
+
+class StopFailed(RuntimeError):
+    """The holder of a workdir's lock could not be stopped from here; the message says why."""
+
+
+def stop_holder(directory: str | os.PathLike, timeout: float,
+                say: Callable[[str], None] = print) -> Optional[dict]:
+    """Send SIGTERM to the process running a study in `directory` (it saves a resume
+    checkpoint and exits) and wait up to `timeout` seconds for its lock to free. Returns the
+    holder's record, or None when nothing ran. StopFailed when the holder is on another host,
+    unnamed, or still running at the timeout: the study then stays as it was."""
+    who = holder(directory)
+    if who is None:
+        return None
+    pid, host = who.get("pid"), who.get("host")
+    if host != socket.gethostname() or not isinstance(pid, int):
+        raise StopFailed(f"the study in {directory} runs as pid {pid} on {host}, not on this "
+                         "host; stop it there (SIGTERM), then rerun this command")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:  # it exited between the two looks
+        return who
+    except PermissionError:
+        raise StopFailed(f"pid {pid}, which runs the study in {directory}, belongs to another "
+                         "user; stop it as that user, then rerun this command") from None
+    say(f"sent SIGTERM to pid {pid} (the study in {directory}); waiting up to {timeout:.0f} s "
+        "for it to save a resume checkpoint and exit")
+    deadline = time.monotonic() + timeout
+    while holder(directory) is not None:
+        if time.monotonic() > deadline:
+            raise StopFailed(f"pid {pid} still runs the study in {directory} after "
+                             f"{timeout:.0f} s; wait for it, or give a longer wait, then rerun "
+                             "this command")
+        time.sleep(0.5)
+    return who
