@@ -78,3 +78,14 @@ def test_where_it_stands_names_the_carried_resume_checkpoint():
     carried = Workdir(STUDY).resume(snapshot_name(level, variant))
     steps = sorted(int(p.name) for p in carried.iterdir() if p.name.isdigit())
     assert steps[-1:] == [step], (steps, step)
+
+
+def test_the_readmes_results_summary_quotes_the_committed_rows():
+    """README's "Results" section names every finished full-length run's accuracy in bold, and
+    no bold figure there that is not a row's."""
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("## Results\n")
+    summary = readme[start:readme.index("\n## ", start + 1)]
+    figures = {f"**{100 * row['test_accuracy']:.2f} %**" for row in _rows()}
+    quoted = set(re.findall(r"\*\*\d+\.\d+ %\*\*", summary))
+    assert quoted == figures, (sorted(quoted), sorted(figures))
