@@ -212,7 +212,8 @@ def _folder_bytes(folder: Path) -> int:
 
 def agreement(workdir: str | os.PathLike, ticket: str, path: str | os.PathLike) -> dict:
     """The exported file against the masked network of the study, on the study's whole test set:
-    examples, how many argmaxes differ, the largest |logit difference| and the largest logit."""
+    examples, how many argmaxes differ, the largest |logit difference|, the largest logit, the
+    exported file's test accuracy and the study's row for the ticket (None without one)."""
     import jax
 
     from lottery_kd.analysis.sweep import open_study
@@ -226,18 +227,29 @@ def agreement(workdir: str | os.PathLike, ticket: str, path: str | os.PathLike) 
     reference = jax.jit(lambda images: study.model.apply(variables, normalize(images, mean, std),
                                                          train=False))
     exported = load(path)
-    examples = differ = 0
+    examples = differ = correct = 0
     largest_gap = largest_logit = 0.0
-    for images, _, valid in study.data.test.batches():
+    for images, labels, valid in study.data.test.batches():
         keep = np.asarray(valid)
         ours = np.asarray(exported.predict(images))[keep]
         theirs = np.asarray(reference(images))[keep]
         examples += int(keep.sum())
         differ += int(np.sum(ours.argmax(-1) != theirs.argmax(-1)))
+        correct += int(np.sum(ours.argmax(-1) == np.asarray(labels)[keep]))
         largest_gap = max(largest_gap, float(np.max(np.abs(ours - theirs), initial=0.0)))
         largest_logit = max(largest_logit, float(np.max(np.abs(theirs), initial=0.0)))
     return {"examples": examples, "argmax_differ": differ, "max_abs_logit_diff": largest_gap,
-            "max_abs_logit": largest_logit, "conv_impl": exported.conv_impl}
+            "max_abs_logit": largest_logit, "conv_impl": exported.conv_impl,
+            "test_accuracy": correct / max(1, examples), "row": _ticket_row(workdir, ticket)}
+
+
+def _ticket_row(workdir: str | os.PathLike, ticket: str) -> Optional[dict]:
+    """The study's result row of the run whose final snapshot `ticket` is, or None."""
+    from lottery_kd.study.results import read_rows
+    from lottery_kd.study.variants import snapshot_name
+    from lottery_kd.study.workdir import Workdir
+    rows = read_rows(str(Workdir(workdir).results)) if Workdir(workdir).results.is_file() else []
+    return next((r for r in rows if snapshot_name(r["level"], r["variant"]) == ticket), None)
 
 
 def _listed(values: Optional[Sequence[float]]) -> Optional[list[float]]:
@@ -279,7 +291,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"test set: {check['examples']} images, {check['argmax_differ']} predictions "
               f"differ from the masked network's; largest logit difference "
               f"{check['max_abs_logit_diff']:.2e} (largest logit {check['max_abs_logit']:.2f}; "
-              f"predict ran on conv_impl={check['conv_impl']!r})")
+              f"predict ran on conv_impl={check['conv_impl']!r}); its test accuracy "
+              f"{100 * check['test_accuracy']:.2f} %" + (
+                  f" (the study's row: {100 * check['row']['test_accuracy']:.2f} %)"
+                  if check["row"] else ""))
     return 0
 
 

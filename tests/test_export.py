@@ -14,7 +14,7 @@ from lottery_kd.data.augment import normalize
 from lottery_kd.kernels import sparse_conv
 from lottery_kd.models import get_model
 from lottery_kd.sparsity import masks as masks_lib, pruning
-from lottery_kd.study import lottery
+from lottery_kd.study import lottery, results
 from tests.conftest import CIFAR10_DIR, REPO, make_tiny_config
 
 
@@ -84,6 +84,8 @@ def test_an_exported_ticket_predicts_what_the_study_evaluated_on_its_whole_test_
     info = export.export_ticket(study, "level_1_lt", tmp_path / "t.npz")
     check = export.agreement(study, "level_1_lt", tmp_path / "t.npz")
     assert check["examples"] == 360 and check["argmax_differ"] == 0
+    assert check["row"]["variant"] == "lt" and check["row"]["level"] == 1
+    assert check["test_accuracy"] == pytest.approx(check["row"]["test_accuracy"], abs=1e-6)
     assert check["max_abs_logit_diff"] < 1e-4 * check["max_abs_logit"]
     assert info["file_bytes"] < info["dense_snapshot_bytes"]
 
@@ -153,3 +155,23 @@ def test_a_real_cifar_resnet20_ticket_at_density_0_1074_exports_and_agrees(tmp_p
     assert check["examples"] == 10000 and check["argmax_differ"] == 0
     assert check["max_abs_logit_diff"] < 1e-4 * check["max_abs_logit"]
     assert info["file_bytes"] < 0.25 * info["dense_snapshot_bytes"]
+
+
+@pytest.mark.skipif(not CIFAR10_DIR.is_dir(), reason=f"no real CIFAR-10 at {CIFAR10_DIR}")
+def test_the_committed_full_length_ticket_exports_to_its_rows_accuracy(tmp_path, monkeypatch,
+                                                                      capsys):
+    """The 182-epoch study's weight-rewinding ticket at density 0.1074 (committed under
+    docs/results/full_length/), exported: on all 10,000 real test images it predicts what the
+    masked network does and scores the accuracy of the study's row."""
+    monkeypatch.chdir(REPO)  # the study's config names its data relative to the repository
+    study = "docs/results/full_length/resnet20_renda_seed0"
+    out = tmp_path / "ticket.npz"
+    assert export.main([study, "--ticket", "level_10_weight_rewind", "--out", str(out),
+                        "--check"]) == 0
+    printed = capsys.readouterr().out
+    assert "10000 images, 0 predictions differ" in printed
+    row = next(r for r in results.read_rows(f"{study}/results.jsonl")
+               if (r["level"], r["variant"]) == (10, "weight_rewind"))
+    figure = f"{100 * row['test_accuracy']:.2f} %"
+    assert f"its test accuracy {figure} (the study's row: {figure})" in printed, printed
+    assert out.stat().st_size < 0.2e6
