@@ -192,7 +192,7 @@ def test_the_teacher_pace_before_any_kd_epoch_is_the_dense_networks_on_the_lates
                                              "time": when})
     found = status.study_status(tmp_path)
     assert found["seconds_per_step"] == {False: pytest.approx(1.5), True: pytest.approx(2.5)}
-    assert "a third of the dense network's on the same CPU" in found["note"]
+    assert "a third of the dense network's on the same CPU" in " ".join(found["notes"])
     # older records, no times: the dense network's last PACE_EPOCHS epochs (7 slow, 3 fast)
     Workdir(tmp_path).environment.unlink()
     found = status.study_status(tmp_path)

@@ -96,7 +96,7 @@ def study_status(workdir: str | Path) -> dict:
         notes.append(READER_NOTE)
     if _sparse_runs_unmeasured(workdir, valid_epochs, pending + [current]):
         notes.append(SPARSE_NOTE)
-    rate_note = "; ".join(filter(None, notes))
+    notes = [note for note in notes if note]
     left_steps = {False: 0, True: 0}
     for run in pending + ([current] if current is not None else []):
         kind = run["distill"] and (run["level"], run["variant"]) not in readers
@@ -108,7 +108,7 @@ def study_status(workdir: str | Path) -> dict:
         current["seconds_left"] = run_left(current) * rate[kind]
     return {"workdir": str(workdir), "runs": len(plan["runs"]), "done": done,
             "current": current, "pending": pending, "seconds_per_step": rate,
-            "steps_left": left_steps, "seconds_left": seconds_left, "note": rate_note,
+            "steps_left": left_steps, "seconds_left": seconds_left, "notes": notes,
             "pace_from": source, "running": workdir_lock.running_note(workdir),
             "skipped": [jsonlines.describe(d) for d in (damaged_rows, damaged_epochs) if d]}
 
@@ -331,9 +331,10 @@ def describe(status: dict) -> str:
             lines.append("  time left: unknown until a run finishes or two resume checkpoints "
                          "half an epoch apart exist")
         else:
-            lines.append(f"  time left: about {_duration(status['seconds_left'])}"
-                         + (f" ({pace}" + (f"; {status['note']}" if status["note"] else "")
-                            + ")" if pace else ""))
+            lines.append(f"  time left: about {_duration(status['seconds_left'])}")
+            if pace:
+                lines.append(f"    pace: {pace}")
+            lines += [f"    - {note}" for note in status.get("notes", [])]
     return "\n".join(lines)
 
 
