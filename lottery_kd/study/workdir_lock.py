@@ -131,8 +131,9 @@ def stop_holder(directory: str | os.PathLike, timeout: float,
                 say: Callable[[str], None] = print) -> Optional[dict]:
     """Send SIGTERM to the process running a study in `directory` (it saves a resume
     checkpoint and exits) and wait up to `timeout` seconds for its lock to free. Returns the
-    holder's record, or None when nothing ran. StopFailed when the holder is on another host,
-    unnamed, or still running at the timeout: the study then stays as it was."""
+    holder's record, or None when nothing ran. StopFailed when the holder is on another host or
+    unnamed (no signal sent), or still running at the timeout (the SIGTERM stands: it stops
+    when it has saved, and a rerun then finds it stopped)."""
     who = holder(directory)
     if who is None:
         return None
