@@ -253,7 +253,7 @@ def test_learning_curves_share_one_legend_and_the_zoom_leaves_a_collapsed_run_be
     assert zoom[0].get_xlabel() == "epoch"  # nothing collapsed at 50 %
     # the zoom's y-axis fits the last quarter (epochs 3 and 4: 66 to 95), not the jump before
     assert 60 < zoom[0].get_ylim()[0] < 66 and 95 < zoom[0].get_ylim()[1] < 101
-    assert "y fitted to epochs 3 on" in zoom[0].get_title()
+    assert "y fitted to epoch 3 on" in zoom[0].get_title()
     markers = {line.get_label(): line.get_marker() for line in top[0].get_lines()}
     assert len({line.get_marker() for line in top[0].get_lines()
                 if line.get_linestyle() == "-"}) == len(variants), markers
@@ -261,6 +261,18 @@ def test_learning_curves_share_one_legend_and_the_zoom_leaves_a_collapsed_run_be
     assert zoom[1].get_ylim()[0] > 20
     assert "± 1 std" in figure.get_suptitle()
     plt.close("all")
+
+
+def test_the_zoom_title_names_the_first_whole_epoch_its_y_axis_is_fitted_to(monkeypatch,
+                                                                             tmp_path):
+    # 182 epochs put the fit's start at 136.5; the first epoch it reads is 137
+    long = [dict(_curve(v, s, 0.9), epochs=[float(e) for e in range(1, 7)],
+                 test_accuracy_mean=[0.5, 0.6, 0.7, 0.8, 0.85, 0.9], test_accuracy_std=[0.0] * 6)
+            for v, s in (("dense", 0.0), ("lt", 0.5))]
+    figures = _captured(monkeypatch)
+    curves.plot_curves(long, ["dense", "lt"], "tiny", tmp_path / "c.png")
+    [figure] = figures
+    assert "epochs 3 to 6,\ny fitted to epoch 5 on" in figure.axes[1].get_title()
 
 
 def test_layer_density_axis_turns_logarithmic_for_sparse_layers(monkeypatch, tmp_path):

@@ -8,6 +8,7 @@ event files; where two hold the same step, the later file's values win.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -193,7 +194,7 @@ def plot_curves(curves: list[dict], variants: list[str], title: str,
                 runs = sorted({c["n"] for c in shown if c["variant"] != "dense"})
                 panel.set_title(f"{100 * sparsity:.2f} % sparse"
                                 + (f", zoom: epochs {start:g} to {last_epoch:g},\ny fitted to "
-                                   f"epochs {(start + last_epoch) / 2:g} on" if start else
+                                   f"epoch {math.ceil((start + last_epoch) / 2):g} on" if start else
                                    f", {_runs(runs)} per variant" if runs else ""), fontsize=9)
                 panel.set_xlabel("epoch" + (f"\n{note}" if note else ""))
                 panel.set_ylabel("test accuracy %")
