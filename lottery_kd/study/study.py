@@ -30,8 +30,7 @@ from lottery_kd.runtime.environment import read_starts, record_start
 from lottery_kd.runtime.parallel import DataParallel
 from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.sparsity.dynamic import MaskSchedule
-from lottery_kd.sparsity.gradual import GradualPruning
-from lottery_kd.study import results, variants as variants_lib
+from lottery_kd.study import results, run_row, variants as variants_lib
 from lottery_kd.study.checkpoints import SnapshotCache, SnapshotStore, latest_fingerprint
 from lottery_kd.study.variants import DENSE, snapshot_name
 from lottery_kd.study.workdir import Workdir
@@ -303,54 +302,30 @@ class Study:
                  f"(model.conv_impl={self.config.model.conv_impl} takes over from the next run)")
         return conv_impl, self.make_trainer(self.data, conv_impl)
 
-    def _flops(self, row: dict, mask_update: Optional[MaskSchedule],
-               masks: PyTree) -> dict[str, float]:
-        """The row's training FLOPs, dense-equivalent and with the pruned weights skipped (a GMP
-        run: summed over the stretches between its updates, at each one's layer counts)."""
-        if self._layer_flops is None:
-            self._layer_flops = flops_lib.layer_flops(self.model, self.data.image_shape)
-        rigl = (mask_update.delta_t, mask_update.end_step) \
-            if mask_update and mask_update.method == "rigl" else None
-        stretches = [(row["start_step"], row["steps"], row["layer_counts"])]
-        if isinstance(mask_update, GradualPruning):  # dense at first: not its final counts
-            stretches = mask_update.count_schedule(masks, row["start_step"], row["steps"])
-        parts = [flops_lib.row_flops(self._layer_flops, {**row, "start_step": first,
-                                                         "steps": steps, "layer_counts": counts},
-                                     batch_size=self.config.train.batch_size,
-                                     kd_stop_step=self.plan.kd_stop_step, rigl=rigl,
-                                     basis=bool(self.config.model.basis))
-                 for first, steps, counts in stretches]
-        return {key: sum(part[key] for part in parts) for key in parts[0]}
-
     def _record(self, level: int, variant_name: str, fit, *, start_step: int, distill: bool,
                 mask_update: Optional[MaskSchedule], execution: dict) -> dict:
-        """Save a finished run's snapshot and append its result row and summary (sparsity and
-        counts of its final masks, fit.masks: a dynamic method changes them; `execution`: how
-        it was computed, conv_impl and a KD run's teacher_logits); every process waits until
-        the row is written."""
+        """Save a finished run's snapshot and append its result row (study.run_row: `execution`
+        says how it was computed) and the summary; every process waits until the row is
+        written."""
         tag = snapshot_name(level, variant_name)
         snapshot = self._snapshot(fit.state.params, fit.state.batch_stats, fit.masks)
         self.snapshots.save(tag, snapshot)
         self._finals[tag] = snapshot
-        remaining, total = masks_lib.count(fit.masks, self.scope)
-        sparsity = masks_lib.sparsity(fit.masks, self.scope)
-        row = {"level": level, "variant": variant_name, "sparsity": sparsity,
-               "remaining_weights": remaining, "prunable_weights": total,
-               "test_accuracy": fit.test_accuracy, "best_val_accuracy": fit.best_val_accuracy,
-               "test_accuracy_at_best_val": fit.test_accuracy_at_best_val,
-               "best_val_epoch": fit.best_val_epoch, "epochs": fit.epochs, "steps": fit.steps,
-               "start_step": start_step, "distill": distill,
-               "layer_counts": {name: list(counts) for name, counts in
-                                masks_lib.layer_counts(fit.masks, self.scope).items()},
-               "seconds": round(fit.seconds, 2), **execution}
-        row.update(self._flops(row, mask_update, fit.masks))
+        if self._layer_flops is None:
+            self._layer_flops = flops_lib.layer_flops(self.model, self.data.image_shape)
+        row = run_row.result_row(level, variant_name, fit, scope=self.scope,
+                                 start_step=start_step, distill=distill, execution=execution)
+        row.update(run_row.training_flops(
+            self._layer_flops, row, mask_update, fit.masks,
+            batch_size=self.config.train.batch_size, kd_stop_step=self.plan.kd_stop_step,
+            basis=bool(self.config.model.basis)))
         if self.parallel.is_main:
             results.append_row(self.results_path, row)
             results.write_summary(self.workdir, results.read_rows(self.results_path),
                                   f"{self.config.model.name} on {self.config.data.name}",
                                   protocols.describe(self.config))
         self.parallel.barrier(f"row {tag}")
-        self.log(f"[level {level} {variant_name}] sparsity {100 * sparsity:.2f}% test "
+        self.log(f"[level {level} {variant_name}] sparsity {100 * row['sparsity']:.2f}% test "
                  f"{100 * fit.test_accuracy:.2f}% ({fit.seconds:.0f}s)")
         return row
 
