@@ -61,6 +61,22 @@ def test_no_module_level_import_cycle():
             visit(name, [name])
 
 
+def test_the_readme_package_table_names_every_package_and_module():
+    """A newcomer reads the architecture from the README's table: each package of lottery_kd
+    has its row, and the row names every module in it (the top level too)."""
+    import re
+    readme = (REPO / "README.md").read_text()
+    rows = dict(re.findall(r"^\| (`\w+/`|top level) \| (.*) \|$", readme, re.M))
+    missing = []
+    for folder in [PACKAGE] + sorted(p for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()):
+        key = "top level" if folder == PACKAGE else f"`{folder.name}/`"
+        named = set(re.findall(r"`(\w+)`", rows.get(key, "")))
+        missing += [f"{key}: {'no row' if key not in rows else module.stem}"
+                    for module in sorted(folder.glob("*.py"))
+                    if module.stem != "__init__" and (key not in rows or module.stem not in named)]
+    assert not missing, f"README's package table lacks {sorted(set(missing))}"
+
+
 def test_the_library_never_imports_experiments_or_tests():
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
