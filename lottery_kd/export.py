@@ -12,8 +12,9 @@ density 0.1074 a ResNet-20 kernel costs 0.125 + 0.43 bytes per weight instead of
 `load(FILE)` rebuilds the network from the model registry, its BatchNorm layers reduced to
 adding the folded bias, and returns a `Ticket` whose `predict(images)` maps uint8 (or float)
 NHWC images, normalised as the study did, to logits: the masked network's, to float tolerance.
-On one CPU device its convolutions run on the masked kernels that skip the pruned weights
-(kernels.sparse_conv, model.conv_impl='sparse'); elsewhere on the model's dense path.
+A CIFAR ResNet's convolutions run on one CPU device on the masked kernels that skip the pruned
+weights (kernels.sparse_conv, model.conv_impl='sparse'); other models, and every model
+elsewhere, on the model's dense path (`Ticket.conv_impl` says which).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def load(path: str | os.PathLike) -> Ticket:
 
     from lottery_kd.data.augment import normalize
     from lottery_kd.kernels import build, sparse_conv
-    from lottery_kd.models import get_model
+    from lottery_kd.models import CONV_IMPL_MODELS, get_model
     from lottery_kd.models.layers import BATCH_NORM_EPSILON
     from lottery_kd.sparsity.masks import named_leaves
     try:
@@ -134,8 +135,9 @@ def load(path: str | os.PathLike) -> Ticket:
     if header.get("format") != FORMAT:
         raise ExportError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
     weights = decode(arrays, header["layers"])
-    conv_impl = "sparse" if build.single_cpu_device() and sparse_conv.native_available() \
-        else "auto"  # the masked kernels skip the pruned weights; else the dense path
+    skips = (header["model"] in CONV_IMPL_MODELS and build.single_cpu_device()
+             and sparse_conv.native_available())  # the masked kernels serve the CIFAR ResNets
+    conv_impl = "sparse" if skips else "auto"  # "auto": the model's dense path
     model = get_model(header["model"], header["classes"], norm_impl=header["norm_impl"],
                       conv_impl=conv_impl)
     template = jax.eval_shape(lambda key: model.init(
