@@ -9,7 +9,7 @@
 # lr_rewind, kd and kd_rewind (T=5, alpha=0.9, mean), then reinit.
 #
 # The dense run takes about 4.5-5 h on a 2-core AVX-512 EPYC, 12 h on a Zen 1 and 6 h on a Zen 3
-# EPYC (AVX2); a ticket on the sparse kernels about 2.8 h on the Zen 3, a KD ticket more
+# EPYC (AVX2); a ticket on the sparse kernels about 2.9 h on the Zen 3, a KD ticket more
 # (docs/results.md, "Full length"). It resumes where
 # it stopped: rerun it after a stop, a kill or in a new sitting. Run it in the background so that
 # it outlives the shell:
