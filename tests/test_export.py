@@ -58,23 +58,24 @@ def test_a_resnet_with_trained_batch_norm_folds_into_its_sparse_kernels(tmp_path
 
 
 def test_a_model_without_the_masked_kernels_exports_and_says_it_predicts_densely(tmp_path):
-    """VGG-16 runs XLA's convolutions whatever conv_impl says: its Ticket names the dense path
-    ('auto'), not 'sparse', and still predicts the masked network's logits."""
-    model = get_model("vgg16", 10, conv_impl="xla")
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    """The digits convnet (like VGG and the WRN) runs XLA's convolutions whatever conv_impl
+    says: its Ticket names the dense path ('auto'), not 'sparse', and still predicts the masked
+    network's logits."""
+    model = get_model("digits_convnet", 10, conv_impl="xla")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
     params = variables["params"]
     masks = pruning.get("magnitude_global")(params, masks_lib.create(params, "conv"), 0.8,
                                             scope="conv")
-    images = jax.random.randint(jax.random.key(2), (8, 32, 32, 3), 0, 256).astype(jnp.uint8)
-    mean, std = (120.0, 115.0, 100.0), (60.0, 62.0, 65.0)
+    images = jax.random.randint(jax.random.key(2), (8, 8, 8, 1), 0, 256).astype(jnp.uint8)
+    mean, std = (7.0,), (5.0,)
     reference = model.apply({"params": masks_lib.apply(params, masks),
                              "batch_stats": variables["batch_stats"]},
                             normalize(images, mean, std), train=False)
-    path = tmp_path / "vgg.npz"
+    path = tmp_path / "digits.npz"
     export.write_ticket(path, jax.device_get({"params": params, "masks": masks,
                                               "batch_stats": variables["batch_stats"]}), {
-        "model": "vgg16", "classes": 10, "input_shape": [32, 32, 3], "norm_impl": "fused",
-        "normalization": {"mean": list(mean), "std": list(std)}})
+        "model": "digits_convnet", "classes": 10, "input_shape": [8, 8, 1],
+        "norm_impl": "fused", "normalization": {"mean": list(mean), "std": list(std)}})
     ticket = export.load(path)
     assert ticket.conv_impl == "auto"
     np.testing.assert_allclose(ticket.predict(images), reference, rtol=1e-4,
