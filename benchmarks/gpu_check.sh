@@ -3,8 +3,9 @@
 #
 #   bash benchmarks/gpu_check.sh --cifar .gpu_data/cifar10 [more gpu_check options]
 #
-# 0. *.bin.gz files in the --cifar folder are unpacked in place (gzip -9 makes the two files a
-#    study reads small enough to travel with the repository through the device tool).
+# 0. *.bin.xz and *.bin.gz files in the --cifar folder are unpacked in place (xz -9e makes the
+#    two files a study reads small enough to travel with the repository through the device
+#    tool; Python's lzma unpacks them, as an image may lack the xz command).
 # 1. .gpu_data/site, when it exists, goes on PYTHONPATH: pure-Python packages copied there
 #    travel with the repository to a machine that cannot reach PyPI (README, Benchmarks).
 # 2. Python packages the check imports and cannot find are installed by pip, at the versions
@@ -25,8 +26,9 @@ pip_install() {  # fail fast where PyPI is out of reach
   "$PYTHON" -m pip install --quiet --disable-pip-version-check --timeout 20 --retries 1 "$@"
 }
 
-# --cifar DIR may hold the binary files gzipped (data_batch_1.bin.gz ...: 54 MiB against 59,
-# what lets them travel through the device tool's 64 MiB beside the repository): unpack in place
+# --cifar DIR may hold the binary files packed (data_batch_1.bin.xz ...: 44 MiB with xz -9e, 54
+# with gzip -9, against 59 unpacked; what lets them travel through the device tool's 64 MiB beside
+# the repository): unpack in place
 cifar=""
 previous=""
 for argument in "$@"; do
@@ -39,6 +41,16 @@ if [ -n "$cifar" ] && [ -d "$cifar" ]; then
     [ -e "$packed" ] || continue
     say "unpacking $packed"
     gunzip -f "$packed"
+  done
+  for packed in "$cifar"/*.bin.xz; do
+    [ -e "$packed" ] || continue
+    say "unpacking $packed"
+    "$PYTHON" -c 'import lzma, os, shutil, sys
+packed = sys.argv[1]
+with lzma.open(packed) as source, open(packed[:-3] + ".part", "wb") as target:
+    shutil.copyfileobj(source, target, 1 << 20)
+os.replace(packed[:-3] + ".part", packed[:-3])
+os.remove(packed)' "$packed"
   done
 fi
 

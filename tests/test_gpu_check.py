@@ -4,6 +4,7 @@ every section in its JSON."""
 
 import gzip
 import json
+import lzma
 import subprocess
 import sys
 
@@ -196,19 +197,22 @@ def test_the_smoke_check_writes_every_section(tmp_path):
     assert all(0 <= r["test_accuracy"] <= 1 and r["seconds"] > 0 for r in study["rows"])
 
 
-def test_the_shell_wrapper_unpacks_gzipped_cifar_files_before_the_check(tmp_path):
-    """gzip lets the two files travel through the device tool's 64 MiB; gpu_check.sh unpacks
-    them in the --cifar folder (here one lacking data_batch_1.bin: the check then refuses it)."""
+def test_the_shell_wrapper_unpacks_xz_and_gzipped_cifar_files_before_the_check(tmp_path):
+    """xz (or gzip) lets the two files travel through the device tool's 64 MiB; gpu_check.sh
+    unpacks them in the --cifar folder (here one lacking data_batch_1.bin: the check then
+    refuses it)."""
     cifar = tmp_path / "cifar10"
     cifar.mkdir()
     payload = bytes(range(256)) * 40
-    (cifar / "test_batch.bin.gz").write_bytes(gzip.compress(payload))
+    (cifar / "test_batch.bin.xz").write_bytes(lzma.compress(payload))
+    (cifar / "data_batch_2.bin.gz").write_bytes(gzip.compress(payload[::-1]))
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--smoke",
                            "--cifar", str(cifar), "--sections", "study"],
                           capture_output=True, text=True, timeout=120)
-    assert "unpacking" in done.stderr
+    assert done.stderr.count("unpacking") == 2
     assert (cifar / "test_batch.bin").read_bytes() == payload
-    assert not (cifar / "test_batch.bin.gz").exists()
+    assert (cifar / "data_batch_2.bin").read_bytes() == payload[::-1]
+    assert sorted(path.name for path in cifar.iterdir()) == ["data_batch_2.bin", "test_batch.bin"]
     assert done.returncode == 2 and "data_batch_1.bin" in done.stderr
 
 
