@@ -5,7 +5,7 @@
 #
 # 0. *.bin.xz and *.bin.gz files in the --cifar folder are unpacked in place (xz -9e makes the
 #    two files a study reads small enough to travel with the repository through the device
-#    tool; Python's lzma unpacks them, as an image may lack the xz command).
+#    tool; Python's lzma and gzip unpack them, as an image may lack the xz command).
 # 1. .gpu_data/site, when it exists, goes on PYTHONPATH: pure-Python packages copied there
 #    travel with the repository to a machine that cannot reach PyPI (README, Benchmarks).
 # 2. Python packages the check imports and cannot find are installed by pip, at the versions
@@ -37,19 +37,16 @@ for argument in "$@"; do
   previous=$argument
 done
 if [ -n "$cifar" ] && [ -d "$cifar" ]; then
-  for packed in "$cifar"/*.bin.gz; do
+  for packed in "$cifar"/*.bin.xz "$cifar"/*.bin.gz; do
     [ -e "$packed" ] || continue
     say "unpacking $packed"
-    gunzip -f "$packed"
-  done
-  for packed in "$cifar"/*.bin.xz; do
-    [ -e "$packed" ] || continue
-    say "unpacking $packed"
-    "$PYTHON" -c 'import lzma, os, shutil, sys
+    "$PYTHON" -c 'import gzip, lzma, os, shutil, sys
 packed = sys.argv[1]
-with lzma.open(packed) as source, open(packed[:-3] + ".part", "wb") as target:
+unpacked = packed[:-3]
+with (lzma if packed.endswith(".xz") else gzip).open(packed) as source, \
+        open(unpacked + ".part", "wb") as target:
     shutil.copyfileobj(source, target, 1 << 20)
-os.replace(packed[:-3] + ".part", packed[:-3])
+os.replace(unpacked + ".part", unpacked)
 os.remove(packed)' "$packed"
   done
 fi
