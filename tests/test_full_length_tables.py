@@ -153,3 +153,18 @@ def test_late_epochs_give_each_finished_runs_spread_and_the_paired_means(tmp_pat
     assert "L10 lr_rewind | 10" not in out
     late = out[out.index("last 10 epochs"):]
     assert "| 0.1074 | +1.00 | +4.00 |  |  | +3.00 |  |" in late
+
+
+def test_wall_times_come_from_the_rows_seconds(tmp_path, capsys):
+    """The last table: each finished row's epochs and seconds (a row without them, written
+    before those fields existed, is left out rather than printed as a guess)."""
+    study = _study(tmp_path)
+    rows = [json.loads(line) for line in (study / "results.jsonl").read_text().splitlines()[:4]]
+    rows[1].update(epochs=182.0, seconds=11987.42)
+    rows[2].update(epochs=149.0, seconds=9551.85)
+    (study / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runpy.run_path(str(SCRIPT), run_name="not_main")["main"]([str(study)])
+    out = capsys.readouterr().out.split("Wall time of each finished run")[1]
+    assert "| L10 lt | 182 | 11,987 | 3.3 |" in out
+    assert "| L10 weight_rewind | 149 | 9,552 | 2.7 |" in out
+    assert "| L0 dense |" not in out and "| L10 kd |" not in out

@@ -6,6 +6,8 @@ does not report, a figure that is not its row's, or a "where it stands" step tha
 carried resume checkpoint's.
 """
 
+import contextlib
+import io
 import json
 import re
 import runpy
@@ -90,3 +92,20 @@ def test_the_readmes_results_summary_quotes_the_committed_rows():
     figures = {f"**{100 * row['test_accuracy']:.2f} %**" for row in _rows()}
     quoted = set(re.findall(r"\*\*\d+\.\d+ %\*\*", summary))
     assert quoted == figures, (sorted(quoted), sorted(figures))
+
+
+def test_the_sections_tables_are_full_length_pys_output():
+    """Every table row the section copies from `python docs/results/full_length.py STUDY` (the
+    accuracy and difference rows, one per density; the per-run rows of the last-ten-epoch and
+    epoch-time tables) is a line the script prints from the committed study now: a run that
+    finishes changes its row, and the page must follow."""
+    script = runpy.run_path(str(REPO / "docs" / "results" / "full_length.py"))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        script["main"]([str(STUDY)])
+    lines = set(printed.getvalue().splitlines())
+    copied = [line for line in _section().splitlines()
+              if re.match(r"\| (0\.\d{4}|L\d+ \w+) \|", line)]
+    assert len(copied) >= 8, copied  # two accuracy rows, four difference rows, two runs at least
+    missing = [line for line in copied if line not in lines]
+    assert not missing, missing

@@ -15,7 +15,9 @@ For the 182-epoch ResNet-20 study (docs/results/run_full.sh):
 4. each run's seconds per epoch on each CPU (median over its full epochs; a start's partial
    first epoch, which compiles, is left out), against the dense run's on the same CPU, and the
    convolution path it trained on. Epochs that ran beside other work on the machine are
-   slower: the median is a pace, not a benchmark.
+   slower: the median is a pace, not a benchmark;
+5. each finished run's wall time (its row's `seconds`: every epoch, slowed or not, each
+   restart's compilation and the test-set evaluations).
 """
 
 import json
@@ -173,6 +175,17 @@ def epoch_times(study: str, rows: dict, steps_per_epoch: int) -> None:
               f"{path} | {sources} |")
 
 
+def wall_times(rows: dict) -> None:
+    print("\nWall time of each finished run (its row's seconds; restarts and slowed epochs "
+          "included):")
+    print("| run | epochs | seconds | hours |")
+    print("|---|---|---|---|")
+    for (level, variant), row in rows.items():
+        if "seconds" in row and "epochs" in row:  # rows written before these fields: left out
+            print(f"| L{level} {variant} | {row['epochs']:g} | {row['seconds']:,.0f} | "
+                  f"{row['seconds'] / 3600:.1f} |")
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
@@ -193,6 +206,7 @@ def main(argv: list[str]) -> None:
     differences_table(rows, plan)
     late_table(late_accuracy(study, rows), plan)
     epoch_times(study, rows, plan["steps_per_epoch"])
+    wall_times(rows)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@
 # magnitude pruning of the trained dense network (conv weights without the 1x1 projection
 # shortcuts; fc dense) to Renda's ResNet-20 densities: level 10 (1-0.8^10 = 0.1074 density,
 # 89.26 % sparse) first, then level 8 (0.1678, 83.22 %). At each: lt, weight_rewind (epoch 33),
-# lr_rewind, kd and kd_rewind (T=5, alpha=0.9, mean), then reinit.
+# lr_rewind, kd and kd_rewind (T=5, alpha=0.9, mean), then reinit. Level 10 ran first (ONLY=10,8)
+# up to its kd_rewind; since then ONLY=8,10 trains level 8's six runs before level 10's reinit,
+# because issue 19 asks for the five variants at both densities and reinit if time allows.
+# prune.only_levels only orders the levels: each level's rows are the same whichever runs first.
 #
 # The dense run takes about 4.5-5 h on a 2-core AVX-512 EPYC, 12 h on a Zen 1 and 6 h on a Zen 3
 # EPYC (AVX2); a ticket on the sparse kernels about 2.9 h on the Zen 3, a KD ticket more
@@ -33,7 +36,7 @@ set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}
 OUT=${OUT:-runs/full}
 SEED=${SEED:-0}
-ONLY=${ONLY:-10,8}
+ONLY=${ONLY:-8,10}
 CONV_IMPL=${CONV_IMPL:-sparse}
 CARRIED=${CARRIED:-docs/results/full_length/resnet20_renda_seed$SEED}
 mkdir -p "$OUT"
