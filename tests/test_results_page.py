@@ -96,8 +96,8 @@ def test_the_readmes_results_summary_quotes_the_committed_rows():
 
 def test_the_sections_tables_are_full_length_pys_output():
     """Every table row the section copies from `python docs/results/full_length.py STUDY` (the
-    accuracy and difference rows, one per density; the per-run rows of the last-ten-epoch and
-    epoch-time tables) is a line the script prints from the committed study now: a run that
+    accuracy and difference rows, one per density; the per-run rows of the last-ten-epoch,
+    epoch-time and wall-time tables) is a line the script prints from the committed study now: a run that
     finishes changes its row, and the page must follow."""
     script = runpy.run_path(str(REPO / "docs" / "results" / "full_length.py"))
     printed = io.StringIO()
