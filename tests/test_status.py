@@ -199,6 +199,31 @@ def test_the_teacher_pace_before_any_kd_epoch_is_the_dense_networks_on_the_lates
     assert found["seconds_per_step"][True] == pytest.approx(1.5 + 6.0 / 3)
 
 
+def test_a_start_on_another_cpu_says_the_pace_is_the_old_cpus_until_an_epoch_there(tmp_path):
+    """A study resumed on a new machine: until its first whole epoch there, the estimate rests
+    on the old CPU's epochs, and status says so; after it, the note goes."""
+    plan = {"steps_per_epoch": 10, "runs": [
+        {"level": 1, "variant": "lt", "distill": False, "start_step": 0, "steps": 100}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    starts = [{"cpu_id": "family 25 model 1, avx2", "time": "2026-12-04T18:00:00+0000"},
+              {"cpu_id": "family 25 model 17, avx512", "time": "2026-12-05T14:00:00+0000"}]
+    Workdir(tmp_path).environment.write_text("".join(json.dumps(s) + "\n" for s in starts))
+
+    def add_epoch(seconds: float, when: str) -> None:
+        results.append_epoch_time(tmp_path, {"level": 1, "variant": "lt", "distill": False,
+                                             "steps": 10, "seconds": seconds, "time": when})
+
+    add_epoch(15.0, "2026-12-04T19:00:00+0000")
+    notes = " ".join(status.study_status(tmp_path)["notes"])
+    assert ("paces measured on family 25 model 1, avx2; the latest start runs on "
+            "family 25 model 17, avx512") in notes
+    assert "paces measured on" in status.describe(status.study_status(tmp_path))
+    add_epoch(10.0, "2026-12-05T14:05:00+0000")
+    found = status.study_status(tmp_path)
+    assert not any("paces measured on" in note for note in found["notes"])
+    assert found["seconds_per_step"][False] == pytest.approx(1.0)
+
+
 # level 1's kd computes the teacher logits that its kd_rewind (the same steps) reads
 READER_PLAN = {"steps_per_epoch": 10, "runs": [
     {"level": 0, "variant": "dense", "distill": False, "start_step": 0, "steps": 10},

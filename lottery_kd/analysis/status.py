@@ -17,7 +17,8 @@ is the cross-entropy step plus a third of the dense network's on the same CPU (t
 forward pass); before any pruned network has trained on the sparse kernels
 (model.conv_impl=sparse), the dense network's pace makes the estimate an upper bound, and it
 says so. Where the study caches the teacher's logits (training.teacher_cache), a KD run whose
-steps an earlier KD run covers reads them and is counted at the cross-entropy pace.
+steps an earlier KD run covers reads them and is counted at the cross-entropy pace. A study
+resumed on another CPU keeps the old CPU's pace until its first whole epoch there, and says so.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def study_status(workdir: str | Path) -> dict:
     starts = environment.read_starts(workdir)
     paced = _epoch_paces(valid_epochs, plan["steps_per_epoch"], starts, rate, source)
     dense = _dense_paces(paced, starts)
-    notes = [_fill_missing_pace(rate, dense)]
+    notes = [_fill_missing_pace(rate, dense), _cpu_change_note(paced, starts)]
     if readers & {(r["level"], r["variant"]) for r in pending + [current] if r}:
         notes.append(READER_NOTE)
     if _sparse_runs_unmeasured(workdir, valid_epochs, pending + [current]):
@@ -191,6 +192,18 @@ def _epoch_paces(epochs: list[dict], steps_per_epoch: int, starts: list[dict], r
             source[kind] = (f"the lower quartile of {whose} last {len(values)} epochs"
                             if len(values) > 1 else f"{whose} last epoch")
     return epochs
+
+
+def _cpu_change_note(epochs: list[dict], starts: list[dict]) -> str:
+    """Says so where the latest start runs on another CPU than the latest whole epoch ran on:
+    the paces are the old CPU's (speeds differ 2x between machines) until an epoch finishes
+    on the new one."""
+    measured = environment.epoch_cpu(epochs[-1], starts) if epochs and starts else ""
+    now = starts[-1].get("cpu_id") if starts else None
+    if not now or measured in ("", "not recorded", now):
+        return ""
+    return (f"paces measured on {measured}; the latest start runs on {now}, where no whole "
+            "epoch has finished yet: the estimate follows that CPU after its first")
 
 
 def lower_quartile(values: list[float]) -> float:
