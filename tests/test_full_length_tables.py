@@ -156,7 +156,7 @@ def test_late_epochs_give_each_finished_runs_spread_and_the_paired_means(tmp_pat
 
 
 def test_wall_times_come_from_the_rows_seconds(tmp_path, capsys):
-    """The last table: each finished row's epochs and seconds (a row without them, written
+    """The fifth table: each finished row's epochs and seconds (a row without them, written
     before those fields existed, is left out rather than printed as a guess)."""
     study = _study(tmp_path)
     rows = [json.loads(line) for line in (study / "results.jsonl").read_text().splitlines()[:4]]
@@ -168,3 +168,21 @@ def test_wall_times_come_from_the_rows_seconds(tmp_path, capsys):
     assert "| L10 lt | 182 | 11,987 | 3.3 |" in out
     assert "| L10 weight_rewind | 149 | 9,552 | 2.7 |" in out
     assert "| L0 dense |" not in out and "| L10 kd |" not in out
+
+
+def test_each_densitys_mask_is_listed_per_layer_in_network_order(tmp_path, capsys):
+    """The sixth table: every pruned layer (network order, whatever order the row stores them
+    in), its size, and the share and count each density's mask keeps; levels in training order."""
+    study = _study(tmp_path)
+    rows = [json.loads(line) for line in (study / "results.jsonl").read_text().splitlines()[:4]]
+    rows[1]["layer_counts"] = {"stage3_block3/conv2/kernel": [236, 36864],
+                               "stem_conv/kernel": [264, 432]}
+    rows.append({"level": 8, "variant": "lt", "sparsity": 1 - 0.8 ** 8, "test_accuracy": 0.88,
+                 "layer_counts": {"stem_conv/kernel": [300, 432],
+                                  "stage3_block3/conv2/kernel": [1200, 36864]}})
+    (study / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runpy.run_path(str(SCRIPT), run_name="not_main")["main"]([str(study)])
+    out = capsys.readouterr().out.split("Weights each density's mask keeps")[1].splitlines()
+    assert out[1] == "| layer | weights | 0.1074 | 0.1678 |"  # the plan trains level 10 first
+    assert out[3] == "| stem_conv | 432 | 61.1 (264) | 69.4 (300) |"
+    assert out[4] == "| stage3_block3/conv2 | 36,864 | 0.6 (236) | 3.3 (1,200) |"

@@ -97,15 +97,15 @@ def test_the_readmes_results_summary_quotes_the_committed_rows():
 def test_the_sections_tables_are_full_length_pys_output():
     """Every table row the section copies from `python docs/results/full_length.py STUDY` (the
     accuracy and difference rows, one per density; the per-run rows of the last-ten-epoch,
-    epoch-time and wall-time tables) is a line the script prints from the committed study now: a run that
-    finishes changes its row, and the page must follow."""
+    epoch-time and wall-time tables; the per-layer rows) is a line the script prints from the
+    committed study now: a run that finishes changes its row, and the page must follow."""
     script = runpy.run_path(str(REPO / "docs" / "results" / "full_length.py"))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         script["main"]([str(STUDY)])
     lines = set(printed.getvalue().splitlines())
     copied = [line for line in _section().splitlines()
-              if re.match(r"\| (0\.\d{4}|L\d+ \w+) \|", line)]
+              if re.match(r"\| (0\.\d{4}|L\d+ \w+|stem_conv|stage\d_block\d/conv\d) \|", line)]
     assert len(copied) >= 8, copied  # two accuracy rows, four difference rows, two runs at least
     missing = [line for line in copied if line not in lines]
     assert not missing, missing

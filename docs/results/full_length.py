@@ -17,7 +17,10 @@ For the 182-epoch ResNet-20 study (docs/results/run_full.sh):
    convolution path it trained on. Epochs that ran beside other work on the machine are
    slower: the median is a pace, not a benchmark;
 5. each finished run's wall time (its row's `seconds`: every epoch, slowed or not, each
-   restart's compilation and the test-set evaluations).
+   restart's compilation and the test-set evaluations);
+6. the weights each density's mask keeps in each layer (a finished row's layer_counts; every
+   variant at a density trains the same mask), in network order: global magnitude pruning
+   spreads its budget unevenly, and a layer it nearly empties is worth a reader's look.
 """
 
 import json
@@ -30,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
 from lottery_kd.analysis.curves import run_curves  # noqa: E402
+from lottery_kd.analysis.report_runs import network_order  # noqa: E402
 from lottery_kd.kernels.conv3x3 import resumed_conv_impl  # noqa: E402
 from lottery_kd.published import load  # noqa: E402
 from lottery_kd.runtime.environment import epoch_cpu  # noqa: E402
@@ -186,6 +190,26 @@ def wall_times(rows: dict) -> None:
                   f"{row['seconds'] / 3600:.1f} |")
 
 
+def layer_table(rows: dict, plan: dict) -> None:
+    masks = {}  # level -> layer_counts of its first finished row
+    for (level, _), row in rows.items():
+        if level > 0 and row.get("layer_counts"):
+            masks.setdefault(level, row["layer_counts"])
+    if not masks:
+        return
+    levels = [lv for lv in planned_levels(plan) if lv in masks]
+    print("\nWeights each density's mask keeps in each pruned layer: % kept (how many), from a "
+          "finished row's layer_counts:")
+    print("| layer | weights | " + " | ".join(f"{density(lv, plan['keep']):.4f}"
+                                              for lv in levels) + " |")
+    print("|---" * (len(levels) + 2) + "|")
+    for name in network_order([n for lv in levels for n in masks[lv]]):
+        total = next(masks[lv][name][1] for lv in levels if name in masks[lv])
+        cells = [f"{100 * masks[lv][name][0] / total:.1f} ({masks[lv][name][0]:,})"
+                 if name in masks[lv] else "" for lv in levels]
+        print(f"| {name.removesuffix('/kernel')} | {total:,} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
@@ -207,6 +231,7 @@ def main(argv: list[str]) -> None:
     late_table(late_accuracy(study, rows), plan)
     epoch_times(study, rows, plan["steps_per_epoch"])
     wall_times(rows)
+    layer_table(rows, plan)
 
 
 if __name__ == "__main__":
