@@ -1,0 +1,99 @@
+"""`python -m lottery_kd.paired` (analysis.paired): paired tests between a study's tickets on the
+same test images. The statistics against hand-computed values; the command on the session's tiny
+study (tests.conftest.studies), whose tickets' recomputed accuracies must be its rows'."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lottery_kd.analysis import paired
+from lottery_kd.study import results
+from tests.analysis_helpers import _png_size
+
+
+def test_mcnemar_p_is_the_exact_two_sided_binomial_tail():
+    # 10 of 40 discordant images: 2 * P(X <= 10), X ~ Binomial(40, 1/2)
+    tail = sum(math.comb(40, k) for k in range(11)) / 2 ** 40
+    assert paired.mcnemar_p(30, 10) == pytest.approx(2 * tail)
+    assert paired.mcnemar_p(30, 10) == pytest.approx(0.0022214337732293643)  # scipy's binomtest
+    assert paired.mcnemar_p(10, 30) == paired.mcnemar_p(30, 10)
+    assert paired.mcnemar_p(5, 5) == 1.0 and paired.mcnemar_p(0, 0) == 1.0
+    assert paired.mcnemar_p(336, 315) == pytest.approx(0.433144038748479)
+
+
+def test_paired_test_counts_the_images_only_one_ticket_gets_right():
+    a = np.zeros(1000, bool)
+    b = np.zeros(1000, bool)
+    a[:900] = b[:900] = True  # both right on 900
+    a[900:930] = True  # 30 only a
+    b[930:940] = True  # 10 only b
+    found = paired.paired_test(a, b)
+    assert (found["n"], found["a_only"], found["b_only"]) == (1000, 30, 10)
+    assert found["difference"] == pytest.approx(0.02)
+    half = 1.959963984540054 * math.sqrt(40 - 20 ** 2 / 1000) / 1000
+    assert found["ci95"] == pytest.approx([0.02 - half, 0.02 + half])
+    assert paired.paired_test(b, a)["difference"] == pytest.approx(-0.02)
+    with pytest.raises(ValueError, match="equal-length"):
+        paired.paired_test(a, b[:10])
+
+
+def test_pairs_parse_and_default_to_every_two_tickets_later_variant_first():
+    assert paired.parse_pairs("kd:weight_rewind, kd:lt") == [("kd", "weight_rewind"),
+                                                             ("kd", "lt")]
+    for bad in ("kd", "kd:", ":lt", "kd:kd"):
+        with pytest.raises(ValueError, match="--pairs"):
+            paired.parse_pairs(bad)
+    order = ["lt", "weight_rewind", "kd"]
+    chosen = paired.choose_pairs({1: ["kd", "lt", "weight_rewind"], 2: ["lt"]}, order, [], [])
+    assert [(p.level, p.a, p.b) for p in chosen] == [
+        (1, "weight_rewind", "lt"), (1, "kd", "lt"), (1, "kd", "weight_rewind")]
+    with pytest.raises(ValueError, match="--levels 3"):
+        paired.choose_pairs({1: ["lt", "kd"]}, order, [], [3])
+    with pytest.raises(ValueError, match="no finished weight_rewind"):
+        paired.choose_pairs({1: ["lt", "kd"]}, order, [("kd", "weight_rewind")], [1])
+
+
+def test_the_command_recomputes_each_tickets_accuracy_and_tests_its_pairs(studies, tmp_path):
+    study = studies[0][0]
+    out = tmp_path / "paired"
+    assert paired.main([str(study), "--out", str(out), "--levels", "2"]) == 0
+    record = json.loads((out / "paired.json").read_text())
+    rows = {(r["level"], r["variant"]): r for r in results.read_rows(study / "results.jsonl")}
+    tickets = {(t["level"], t["variant"]): t for t in record["tickets"]}
+    assert set(tickets) == {(0, "dense"), (2, "lt"), (2, "weight_rewind"), (2, "kd")}
+    for key, ticket in tickets.items():  # the study's own evaluation, image for image
+        assert ticket["test_accuracy"] == pytest.approx(rows[key]["test_accuracy"], abs=1e-6)
+    predictions = np.load(out / "predictions.npz")
+    labels = predictions["labels"]
+    assert len(labels) == record["test_images"]
+    for pair in record["pairs"]:
+        a, b = (tickets[(2, v)]["test_accuracy"] for v in (pair["a"], pair["b"]))
+        assert pair["difference"] == pytest.approx(a - b, abs=1e-9)
+        same = predictions[f"level_2_{pair['a']}"] == predictions[f"level_2_{pair['b']}"]
+        assert pair["agreement"] == pytest.approx(same.mean())
+    assert [(p["a"], p["b"]) for p in record["pairs"]] == [
+        ("weight_rewind", "lt"), ("kd", "lt"), ("kd", "weight_rewind")]
+    dense = predictions["level_0_dense"]
+    assert tickets[(2, "kd")]["agrees_with_dense"] == pytest.approx(
+        (predictions["level_2_kd"] == dense).mean())
+    table = (out / "paired.md").read_text()
+    assert "| 2 | kd − weight_rewind |" in table and "McNemar p" in table
+    assert _png_size(out / "paired.png")[1] > 100
+
+
+def test_bad_input_is_refused_before_any_prediction(studies, tmp_path, capsys):
+    study = studies[0][0]
+    cases = [(["--pairs", "kd"], "--pairs 'kd'"),
+             (["--pairs", "kd:reinit"], "no finished reinit ticket"),
+             (["--levels", "9"], "--levels 9"),
+             (["--levels", "x"], "--levels 'x'")]
+    for extra, message in cases:
+        assert paired.main([str(study), "--out", str(tmp_path / "out"), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert paired.main([str(study), "--out", str(study / "inside")]) == 2
+    assert "inside the study" in capsys.readouterr().err
+    assert paired.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
