@@ -78,6 +78,10 @@ def test_the_command_recomputes_each_tickets_accuracy_and_tests_its_pairs(studie
     dense = predictions["level_0_dense"]
     assert tickets[(2, "kd")]["agrees_with_dense"] == pytest.approx(
         (predictions["level_2_kd"] == dense).mean())
+    mistakes = dense != labels
+    assert tickets[(2, "kd")]["repeats_dense_mistakes"] == [
+        int(((predictions["level_2_kd"] == dense) & mistakes).sum()), int(mistakes.sum())]
+    assert tickets[(0, "dense")]["repeats_dense_mistakes"] is None
     table = (out / "paired.md").read_text()
     assert "| 2 | kd − weight_rewind |" in table and "McNemar p" in table
     assert _png_size(out / "paired.png")[1] > 100

@@ -20,6 +20,9 @@ from lottery_kd.study.workdir import Workdir
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "docs" / "results" / "full_length" / "resnet20_renda_seed0"
+PAIRED = REPO / "docs" / "results" / "full_length" / "paired"
+# a pair's row (| 10 | kd − lt |) or a ticket's (| L10 kd | sparsity | accuracy | row | agrees |)
+PAIRED_ROW = r"\| (\d+ \| \w+ − \w+|L\d+ \w+( \| \d+\.\d\d){3} \|)"
 
 
 def _section() -> str:
@@ -105,7 +108,29 @@ def test_the_sections_tables_are_full_length_pys_output():
         script["main"]([str(STUDY)])
     lines = set(printed.getvalue().splitlines())
     copied = [line for line in _section().splitlines()
-              if re.match(r"\| (0\.\d{4}|L\d+ \w+|stem_conv|stage\d_block\d/conv\d) \|", line)]
+              if re.match(r"\| (0\.\d{4}|L\d+ \w+|stem_conv|stage\d_block\d/conv\d) \|", line)
+              and not re.match(PAIRED_ROW, line)]  # lottery_kd.paired's, tested below
     assert len(copied) >= 8, copied  # two accuracy rows, four difference rows, two runs at least
+    missing = [line for line in copied if line not in lines]
+    assert not missing, missing
+
+
+
+def test_the_paired_tests_cover_every_finished_ticket_and_the_page_copies_them():
+    """docs/results/full_length/paired (`python -m lottery_kd.paired STUDY --out ...`) holds
+    every finished ticket of each level with two or more, at its row's accuracy (a run that
+    finishes means rerunning the command), and every paired-test or ticket row the section
+    shows is a line of its paired.md."""
+    record = json.loads((PAIRED / "paired.json").read_text())
+    rows = {(r["level"], r["variant"]): r for r in _rows()}
+    tested = {(t["level"], t["variant"]): t for t in record["tickets"]}
+    levels = [r["level"] for r in rows.values() if r["level"] > 0]
+    wanted = {key for key in rows if key[0] == 0 or levels.count(key[0]) > 1}
+    assert set(tested) == wanted, (sorted(tested), sorted(wanted))
+    for key, ticket in tested.items():
+        assert abs(ticket["test_accuracy"] - rows[key]["test_accuracy"]) < 5e-5, key
+    lines = set((PAIRED / "paired.md").read_text().splitlines())
+    copied = [line for line in _section().splitlines() if re.match(PAIRED_ROW, line)]
+    assert len(copied) >= 10, copied
     missing = [line for line in copied if line not in lines]
     assert not missing, missing

@@ -14,7 +14,8 @@ only b gets right (b_only), over n images:
   a_only + b_only discordant images at least as uneven, were each ticket as likely as the other
   to be the one right;
 - how often the two predict the same class, and each ticket how often it agrees with the dense
-  network (its teacher, where it distils).
+  network (its teacher, where it distils) and how many of that network's mistakes it repeats
+  (the same wrong class).
 This is test-set sampling noise only: whether these images resolve the difference between these
 two trained networks. Whether another seed would repeat it is a different, larger question that
 one seed cannot answer.
@@ -199,7 +200,7 @@ def run_paired(run_dir: str, out: str, *, pairs: str = "", levels: str = "",
     record = {"settings": {"run_dir": str(run_dir), "pairs": pairs,
                            "levels": levels},
               "test_images": int(len(labels)),
-              "tickets": [_ticket(level, variant, accuracy, predicted, rows, dense)
+              "tickets": [_ticket(level, variant, accuracy, predicted, rows, dense, labels)
                           for level, variant in needed],
               "pairs": [_pair(p, predicted, labels) for p in chosen]}
     _write(out_dir, record, predicted, labels)
@@ -207,13 +208,20 @@ def run_paired(run_dir: str, out: str, *, pairs: str = "", levels: str = "",
 
 
 def _ticket(level: int, variant: str, accuracy: dict, predicted: dict, rows: dict,
-            dense: Optional[np.ndarray]) -> dict:
+            dense: Optional[np.ndarray], labels: np.ndarray) -> dict:
+    """One ticket's accuracy, its row's, and how it follows the dense network: the share of
+    images where it predicts the dense network's class, and of the dense network's mistakes
+    the share where it makes the same mistake (a distilled ticket's teacher is that network)."""
     name = snapshot_name(level, variant)
-    return {"level": level, "variant": variant, "sparsity": rows[(level, variant)]["sparsity"],
-            "test_accuracy": accuracy[name],
-            "results_row_accuracy": rows[(level, variant)]["test_accuracy"],
-            "agrees_with_dense": (None if dense is None or level == 0 else
-                                  float(np.mean(predicted[name] == dense)))}
+    ticket = {"level": level, "variant": variant, "sparsity": rows[(level, variant)]["sparsity"],
+              "test_accuracy": accuracy[name],
+              "results_row_accuracy": rows[(level, variant)]["test_accuracy"],
+              "agrees_with_dense": None, "repeats_dense_mistakes": None}
+    if dense is not None and level > 0:
+        same, mistakes = predicted[name] == dense, dense != labels
+        ticket["agrees_with_dense"] = float(np.mean(same))
+        ticket["repeats_dense_mistakes"] = [int(np.sum(same & mistakes)), int(np.sum(mistakes))]
+    return ticket
 
 
 def _pair(pair: Pair, predicted: dict, labels: np.ndarray) -> dict:
@@ -228,13 +236,17 @@ def markdown(record: dict) -> str:
     lines = ["# Paired tests on the test set", "",
              f"{record['test_images']:,} test images; each ticket's final snapshot in inference "
              "mode. Test-set sampling noise only: a seed's spread is another question.", "",
-             "| ticket | sparsity % | test accuracy % | results row % | agrees with dense % |",
-             "|---|---|---|---|---|"]
+             "| ticket | sparsity % | test accuracy % | results row % | agrees with dense % | "
+             "repeats dense's mistakes |", "|---|---|---|---|---|---|"]
     for t in record["tickets"]:
-        agree = "" if t["agrees_with_dense"] is None else f"{100 * t['agrees_with_dense']:.2f}"
+        agree, repeats = "", ""
+        if t["agrees_with_dense"] is not None:
+            agree = f"{100 * t['agrees_with_dense']:.2f}"
+            same, mistakes = t["repeats_dense_mistakes"]
+            repeats = f"{same} of {mistakes} ({100 * same / max(mistakes, 1):.1f} %)"
         lines.append(f"| L{t['level']} {t['variant']} | {100 * t['sparsity']:.2f} | "
                      f"{100 * t['test_accuracy']:.2f} | {100 * t['results_row_accuracy']:.2f} | "
-                     f"{agree} |")
+                     f"{agree} | {repeats} |")
     lines += ["", "| level | a − b | difference (points) | 95 % interval | only a right | "
               "only b right | McNemar p | same class % |", "|---|---|---|---|---|---|---|---|"]
     for p in record["pairs"]:
