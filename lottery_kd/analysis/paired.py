@@ -267,7 +267,7 @@ def plot(record: dict, path: Path) -> None:
     from lottery_kd.analysis import plotting
 
     pairs = record["pairs"]
-    with plotting.figure(path, figsize=(7.5, 1.2 + 0.42 * len(pairs)), atomic=True) as (
+    with plotting.figure(path, figsize=(7.5, 1.5 + 0.42 * len(pairs)), atomic=True) as (
             _, axis):
         for row, p in enumerate(reversed(pairs)):
             low, high = (100 * x for x in p["ci95"])
@@ -278,8 +278,8 @@ def plot(record: dict, path: Path) -> None:
         axis.set_yticklabels([f"L{p['level']} {p['a']} − {p['b']}" for p in reversed(pairs)],
                              fontsize=8)
         axis.axvline(0.0, color="black", linewidth=0.8)
-        axis.set_xlabel("difference in test accuracy (points), 95 % interval; blue: McNemar "
-                        "p < 0.05", fontsize=8)
+        axis.set_xlabel("difference in test accuracy (points), 95 % interval\nblue: McNemar "
+                        "p < 0.05, not corrected for the number of pairs", fontsize=8)
         axis.grid(axis="x", alpha=0.3)
         axis.set_title(f"Paired differences on the same {record['test_images']:,} test images",
                        fontsize=10)
