@@ -3,10 +3,11 @@
     python -m lottery_kd.paired WORKDIR --out DIR [--pairs kd:weight_rewind,kd_rewind:lr_rewind]
         [--levels 10,8]
 
-The tickets of one level of a one-shot study share their mask, data order and teacher, and every
-one is tested on the same images, so two tickets' accuracies differ only on the images they
-classify differently. For each pair (a, b) this counts the images only a gets right (a_only) and
-only b gets right (b_only), over n images:
+Every ticket of a study is tested on the same images, so two tickets' accuracies differ only on
+the images they classify differently (in a one-shot study the tickets of a level also share
+their mask, data order and teacher; in an iterative one each variant's chain has its own mask).
+For each pair (a, b) this counts the images only a gets right (a_only) and only b gets right
+(b_only), over n images:
 - the difference of accuracies, (a_only - b_only) / n;
 - its 95 % interval, the normal one for paired proportions: difference +- 1.96 *
   sqrt(a_only + b_only - (a_only - b_only)^2 / n) / n;
