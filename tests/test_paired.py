@@ -21,6 +21,8 @@ def test_mcnemar_p_is_the_exact_two_sided_binomial_tail():
     assert paired.mcnemar_p(10, 30) == paired.mcnemar_p(30, 10)
     assert paired.mcnemar_p(5, 5) == 1.0 and paired.mcnemar_p(0, 0) == 1.0
     assert paired.mcnemar_p(336, 315) == pytest.approx(0.433144038748479)
+    # ImageNet-sized counts: exact, and quick (scipy.stats.binomtest(12000, 25000).pvalue)
+    assert paired.mcnemar_p(12000, 13000) == pytest.approx(2.6317455083363157e-10, rel=1e-9)
 
 
 def test_paired_test_counts_the_images_only_one_ticket_gets_right():
@@ -40,8 +42,8 @@ def test_paired_test_counts_the_images_only_one_ticket_gets_right():
 
 
 def test_pairs_parse_and_default_to_every_two_tickets_later_variant_first():
-    assert paired.parse_pairs("kd:weight_rewind, kd:lt") == [("kd", "weight_rewind"),
-                                                             ("kd", "lt")]
+    assert paired.parse_pairs("kd:weight_rewind, kd:lt,kd:lt") == [("kd", "weight_rewind"),
+                                                                   ("kd", "lt")]
     for bad in ("kd", "kd:", ":lt", "kd:kd"):
         with pytest.raises(ValueError, match="--pairs"):
             paired.parse_pairs(bad)
@@ -49,8 +51,10 @@ def test_pairs_parse_and_default_to_every_two_tickets_later_variant_first():
     chosen = paired.choose_pairs({1: ["kd", "lt", "weight_rewind"], 2: ["lt"]}, order, [], [])
     assert [(p.level, p.a, p.b) for p in chosen] == [
         (1, "weight_rewind", "lt"), (1, "kd", "lt"), (1, "kd", "weight_rewind")]
-    with pytest.raises(ValueError, match="--levels 3"):
+    with pytest.raises(ValueError, match="--levels 3: the study has no finished"):
         paired.choose_pairs({1: ["lt", "kd"]}, order, [], [3])
+    with pytest.raises(ValueError, match="--levels 2: the study has 1 finished ticket.*: 1\\)"):
+        paired.choose_pairs({1: ["lt", "kd"], 2: ["lt"]}, order, [], [2])
     with pytest.raises(ValueError, match="no finished weight_rewind"):
         paired.choose_pairs({1: ["lt", "kd"]}, order, [("kd", "weight_rewind")], [1])
 
@@ -101,3 +105,12 @@ def test_bad_input_is_refused_before_any_prediction(studies, tmp_path, capsys):
     assert paired.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_ticket_whose_recomputed_accuracy_is_not_its_rows_is_named():
+    rows = {(1, "lt"): {"test_accuracy": 0.9}, (1, "kd"): {"test_accuracy": 0.9}}
+    accuracy = {"level_1_lt": 0.90004, "level_1_kd": 0.8990}  # half an image apart: not news
+    notes = paired._mismatches([(1, "lt"), (1, "kd")], accuracy, rows, 10_000)
+    assert notes == ["L1 kd: 89.90 % here, 90.00 % in its results row; its snapshot or "
+                     "evaluation path differs from the run's, so its pairs compare other "
+                     "networks than the rows do"]

@@ -54,7 +54,7 @@ def test_every_finished_run_is_reported_with_its_rows_accuracy():
 
 def test_each_tickets_last_ten_epochs_are_the_committed_scalars():
     """"Its last ten epochs ... read A-B % (mean M)": the range and mean of the run's last ten
-    test evaluations in the committed TensorBoard events (full_length.py's third table)."""
+    test evaluations in the committed TensorBoard events (full_length.py's item 3)."""
     script = runpy.run_path(str(REPO / "docs" / "results" / "full_length.py"))
     rows = {(r["level"], r["variant"]): r for r in _rows()}
     late = script["late_accuracy"](str(STUDY), rows)
@@ -115,7 +115,6 @@ def test_the_sections_tables_are_full_length_pys_output():
     assert not missing, missing
 
 
-
 def test_the_paired_tests_cover_every_finished_ticket_and_the_page_copies_them():
     """docs/results/full_length/paired (`python -m lottery_kd.paired STUDY --out ...`) holds
     every finished ticket of each level with two or more, at its row's accuracy (a run that
@@ -134,3 +133,26 @@ def test_the_paired_tests_cover_every_finished_ticket_and_the_page_copies_them()
     assert len(copied) >= 10, copied
     missing = [line for line in copied if line not in lines]
     assert not missing, missing
+
+
+def test_every_p_value_the_page_and_readme_quote_is_a_pairs():
+    """Each "p = X" in the section and in README's Results and paired paragraphs is, to the
+    digits it is written with, the p-value of a pair in the committed paired.json: a rerun of
+    `lottery_kd.paired` that changes one leaves no stale figure in the prose."""
+    record = json.loads((PAIRED / "paired.json").read_text())
+    values = [p["p_value"] for p in record["pairs"]]
+    readme = (REPO / "README.md").read_text()
+    results_part = readme[readme.index("## Results\n"):]
+    results_part = results_part[:results_part.index("\n## ", 1)]
+    paired_part = readme[readme.index("Is a gap between two tickets a finding"):]
+    paired_part = paired_part[:paired_part.index("\n\n")]
+    quoted = []
+    for text in (_section(), results_part, paired_part):
+        quoted += re.findall(r"p(?: =|\s*≤)\s*(\d+(?:\.\d+)?(?:e-\d+)?)", " ".join(text.split()))
+    assert len(quoted) >= 10, quoted
+    for text in quoted:
+        mantissa = text.split("e")[0]
+        digits = len(mantissa.split(".")[1]) if "." in mantissa else 0
+        scale = 10 ** int(text.split("e")[1]) if "e" in text else 1
+        tolerance = 0.5 * 10 ** -digits * scale * (1 + 1e-9)
+        assert any(abs(v - float(text)) <= tolerance for v in values), (text, values)

@@ -218,6 +218,10 @@ def test_a_start_on_another_cpu_says_the_pace_is_the_old_cpus_until_an_epoch_the
     assert ("paces measured on family 25 model 1, avx2; the latest start runs on "
             "family 25 model 17, avx512") in notes
     assert "paces measured on" in status.describe(status.study_status(tmp_path))
+    results.append_epoch_time(tmp_path, {"level": 1, "variant": "lt", "distill": True,
+                                         "steps": 10, "seconds": 9.0, "teacher": "read",
+                                         "time": "2026-12-05T14:03:00+0000"})
+    assert "paces measured on" in " ".join(status.study_status(tmp_path)["notes"])  # sets none
     add_epoch(10.0, "2026-12-05T14:05:00+0000")
     found = status.study_status(tmp_path)
     assert not any("paces measured on" in note for note in found["notes"])

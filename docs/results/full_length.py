@@ -191,6 +191,7 @@ def wall_times(rows: dict) -> None:
 
 
 def layer_table(rows: dict, plan: dict) -> None:
+    """Item 6: each pruned layer's size and what each density's mask keeps of it."""
     masks = {}  # level -> layer_counts of its first finished row
     for (level, _), row in rows.items():
         if level > 0 and row.get("layer_counts"):

@@ -195,9 +195,11 @@ def _epoch_paces(epochs: list[dict], steps_per_epoch: int, starts: list[dict], r
 
 
 def _cpu_change_note(epochs: list[dict], starts: list[dict]) -> str:
-    """Says so where the latest start runs on another CPU than the latest whole epoch ran on:
-    the paces are the old CPU's (speeds differ 2x between machines) until an epoch finishes
-    on the new one."""
+    """Says so where the latest start runs on another CPU than the latest whole epoch that
+    sets a pace ran on (as _epoch_paces picks them: not one that read stored teacher logits):
+    the paces are the old CPU's (speeds differ 2x between machines) until such an epoch
+    finishes on the new one."""
+    epochs = [e for e in epochs if e.get("teacher") not in ("read", "mixed")]
     measured = environment.epoch_cpu(epochs[-1], starts) if epochs and starts else ""
     now = starts[-1].get("cpu_id") if starts else None
     if not now or measured in ("", "not recorded", now):
