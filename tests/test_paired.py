@@ -108,9 +108,11 @@ def test_bad_input_is_refused_before_any_prediction(studies, tmp_path, capsys):
 
 
 def test_a_ticket_whose_recomputed_accuracy_is_not_its_rows_is_named():
-    rows = {(1, "lt"): {"test_accuracy": 0.9}, (1, "kd"): {"test_accuracy": 0.9}}
-    accuracy = {"level_1_lt": 0.90004, "level_1_kd": 0.8990}  # half an image apart: not news
-    notes = paired._mismatches([(1, "lt"), (1, "kd")], accuracy, rows, 10_000)
+    tickets = [{"level": 1, "variant": "lt", "test_accuracy": 0.90004,  # half an image apart
+                "results_row_accuracy": 0.9},
+               {"level": 1, "variant": "kd", "test_accuracy": 0.8990,
+                "results_row_accuracy": 0.9}]
+    notes = paired._mismatches(tickets, 10_000)
     assert notes == ["L1 kd: 89.90 % here, 90.00 % in its results row; its snapshot or "
                      "evaluation path differs from the run's, so its pairs compare other "
                      "networks than the rows do"]

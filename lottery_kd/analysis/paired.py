@@ -207,29 +207,27 @@ def run_paired(run_dir: str, out: str, *, pairs: str = "", levels: str = "",
         log(f"[paired {i + 1}/{len(needed)}] {name}: test accuracy {100 * accuracy[name]:.2f} % "
             f"(results row {100 * rows[(level, variant)]['test_accuracy']:.2f} %)")
     dense = predicted.get(snapshot_name(0, DENSE))
+    tickets = [_ticket(level, variant, accuracy, predicted, rows, dense, labels)
+               for level, variant in needed]
     record = {"settings": {"run_dir": str(run_dir), "pairs": pairs,
                            "levels": levels},
               "test_images": int(len(labels)),
-              "notes": _mismatches(needed, accuracy, rows, len(labels)),
-              "tickets": [_ticket(level, variant, accuracy, predicted, rows, dense, labels)
-                          for level, variant in needed],
+              "notes": _mismatches(tickets, len(labels)),
+              "tickets": tickets,
               "pairs": [_pair(p, predicted, labels) for p in chosen]}
     _write(out_dir, record, predicted, labels)
     return record
 
 
-def _mismatches(tickets: Sequence[tuple[int, str]], accuracy: dict, rows: dict,
-                n: int) -> list[str]:
-    """A note for each ticket whose recomputed accuracy is not its results row's (more than half
-    an image apart): its snapshot, or the path that evaluates it, is not the run's."""
-    notes = []
-    for level, variant in tickets:
-        ours, row = accuracy[snapshot_name(level, variant)], rows[(level, variant)]["test_accuracy"]
-        if abs(ours - row) > 0.5 / n:
-            notes.append(f"L{level} {variant}: {100 * ours:.2f} % here, {100 * row:.2f} % in its "
-                         "results row; its snapshot or evaluation path differs from the run's, "
-                         "so its pairs compare other networks than the rows do")
-    return notes
+def _mismatches(tickets: Sequence[dict], n: int) -> list[str]:
+    """A note for each ticket (a _ticket record) whose recomputed accuracy is not its results
+    row's (more than half an image apart): its snapshot, or the path that evaluates it, is not
+    the run's."""
+    return [f"L{t['level']} {t['variant']}: {100 * t['test_accuracy']:.2f} % here, "
+            f"{100 * t['results_row_accuracy']:.2f} % in its results row; its snapshot or "
+            "evaluation path differs from the run's, so its pairs compare other networks than "
+            "the rows do"
+            for t in tickets if abs(t["test_accuracy"] - t["results_row_accuracy"]) > 0.5 / n]
 
 
 def _ticket(level: int, variant: str, accuracy: dict, predicted: dict, rows: dict,

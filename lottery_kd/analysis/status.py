@@ -177,8 +177,7 @@ def _epoch_paces(epochs: list[dict], steps_per_epoch: int, starts: list[dict], r
     often would look slower than it trains."""
     epochs = ([e for e in epochs if e.get("steps") == steps_per_epoch]
               or [e for e in epochs if e.get("steps")])
-    paced = [e for e in epochs if e.get("teacher") not in ("read", "mixed")]  # reading stored
-    # teacher logits: neither a KD step's pace nor a CE one's
+    paced = [e for e in epochs if _sets_pace(e)]
     latest = environment.epoch_cpu(paced[-1], starts) if paced else "not recorded"
     if latest != "not recorded":  # another machine's epochs would mix speeds 2x apart
         paced = [e for e in paced if environment.epoch_cpu(e, starts) == latest]
@@ -194,12 +193,18 @@ def _epoch_paces(epochs: list[dict], steps_per_epoch: int, starts: list[dict], r
     return epochs
 
 
+def _sets_pace(epoch: dict) -> bool:
+    """Whether an epoch's time is a pace: not one that read stored teacher logits (neither a KD
+    step's pace nor a cross-entropy one's)."""
+    return epoch.get("teacher") not in ("read", "mixed")
+
+
 def _cpu_change_note(epochs: list[dict], starts: list[dict]) -> str:
     """Says so where the latest start runs on another CPU than the latest whole epoch that
     sets a pace ran on (as _epoch_paces picks them: not one that read stored teacher logits):
     the paces are the old CPU's (speeds differ 2x between machines) until such an epoch
     finishes on the new one."""
-    epochs = [e for e in epochs if e.get("teacher") not in ("read", "mixed")]
+    epochs = [e for e in epochs if _sets_pace(e)]
     measured = environment.epoch_cpu(epochs[-1], starts) if epochs and starts else ""
     now = starts[-1].get("cpu_id") if starts else None
     if not now or measured in ("", "not recorded", now):
