@@ -35,10 +35,49 @@ def test_paired_test_counts_the_images_only_one_ticket_gets_right():
     assert (found["n"], found["a_only"], found["b_only"]) == (1000, 30, 10)
     assert found["difference"] == pytest.approx(0.02)
     half = 1.959963984540054 * math.sqrt(40 - 20 ** 2 / 1000) / 1000
-    assert found["ci95"] == pytest.approx([0.02 - half, 0.02 + half])
+    assert found["ci95_normal"] == pytest.approx([0.02 - half, 0.02 + half])
+    # the exact interval: Clopper-Pearson of 30 of 40 discordant images (scipy's binomtest(30,
+    # 40).proportion_ci(method="exact"): 0.5880380198484636, 0.8730852010671533), as a difference
+    low, high = 0.5880380198484636, 0.8730852010671533
+    assert found["ci95"] == pytest.approx([(2 * low - 1) * 0.04, (2 * high - 1) * 0.04],
+                                          abs=1e-11)
     assert paired.paired_test(b, a)["difference"] == pytest.approx(-0.02)
     with pytest.raises(ValueError, match="equal-length"):
         paired.paired_test(a, b[:10])
+
+
+def test_clopper_pearson_matches_scipy_and_handles_the_ends():
+    # scipy.stats.binomtest(k, n).proportion_ci(method="exact")
+    for (k, n), expected in {(496, 932): (0.49955970476893996, 0.5646139686706548),
+                             (12000, 25000): (0.47378963712022004, 0.48621501331712813),
+                             (0, 5): (0.0, 0.5218237501049814),
+                             (5, 5): (0.47817624989501856, 1.0)}.items():
+        assert paired.clopper_pearson(k, n) == pytest.approx(expected, abs=1e-10)
+    for bad in ((3, 2), (-1, 4), (0, 0)):
+        with pytest.raises(ValueError, match="clopper_pearson"):
+            paired.clopper_pearson(*bad)
+
+
+def test_the_exact_interval_excludes_zero_exactly_when_mcnemar_p_is_below_005():
+    # the normal interval does not: 496 against 436 of 10,000 (the study's kd - lt) has
+    # p = 0.053 and a normal interval just above zero; the exact one reaches below it
+    n = 10_000
+    for a_only in range(0, 41, 2):
+        for b_only in range(0, 41, 3):
+            if a_only + b_only == 0:
+                continue
+            a, b = np.zeros(n, bool), np.zeros(n, bool)
+            a[:a_only], b[a_only:a_only + b_only] = True, True
+            found = paired.paired_test(a, b)
+            low, high = found["ci95"]
+            assert low <= found["difference"] <= high
+            assert (low > 0 or high < 0) == (found["p_value"] < 0.05), (a_only, b_only)
+    a, b = np.zeros(n, bool), np.zeros(n, bool)
+    a[:496], b[496:932] = True, True
+    found = paired.paired_test(a, b)
+    assert found["p_value"] == pytest.approx(0.053226051972698155)
+    assert found["ci95_normal"][0] > 0 > found["ci95"][0]
+    assert paired.paired_test(a, a)["ci95"] == [0.0, 0.0]  # no discordant image
 
 
 def test_pairs_parse_and_default_to_every_two_tickets_later_variant_first():

@@ -9,11 +9,15 @@ their mask, data order and teacher; in an iterative one each variant's chain has
 For each pair (a, b) this counts the images only a gets right (a_only) and only b gets right
 (b_only), over n images:
 - the difference of accuracies, (a_only - b_only) / n;
-- its 95 % interval, the normal one for paired proportions: difference +- 1.96 *
-  sqrt(a_only + b_only - (a_only - b_only)^2 / n) / n;
 - the exact McNemar test's two-sided p-value: the binomial probability of a split of the
   a_only + b_only discordant images at least as uneven, were each ticket as likely as the other
   to be the one right;
+- its 95 % interval, the exact one that goes with that test: the Clopper-Pearson interval of
+  the share of discordant images that a gets right, (lo, hi), as a difference,
+  (2 lo - 1, 2 hi - 1) * (a_only + b_only) / n. It excludes zero exactly when p < 0.05 (the
+  normal interval for paired proportions, difference +- 1.96 * sqrt(a_only + b_only -
+  (a_only - b_only)^2 / n) / n, can disagree with the test near 0.05; it is kept in
+  paired.json as ci95_normal);
 - how often the two predict the same class, and each ticket how often it agrees with the dense
   network (its teacher, where it distils) and how many of that network's mistakes it repeats
   (the same wrong class).
@@ -81,10 +85,43 @@ def mcnemar_p(a_only: int, b_only: int) -> float:
     return min(1.0, 2 * tail / 2 ** discordant)
 
 
+def _log_binomial_pmf(successes: np.ndarray, trials: int, prob: float) -> np.ndarray:
+    log_choose = np.concatenate([[0.0], np.cumsum(
+        np.log(trials - np.arange(trials)) - np.log(np.arange(1, trials + 1)))])[successes]
+    return log_choose + successes * math.log(prob) + (trials - successes) * math.log1p(-prob)
+
+
+def _tail(first: int, last: int, trials: int, prob: float) -> float:
+    """P(first <= X <= last) for X ~ binomial(trials, prob), 0 < prob < 1, in log space."""
+    return float(np.exp(np.logaddexp.reduce(
+        _log_binomial_pmf(np.arange(first, last + 1), trials, prob))))
+
+
+def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) 1 - alpha interval of a binomial proportion: the probabilities
+    at which `successes` or more, and `successes` or fewer, have probability alpha / 2 each
+    (bisection on the exact tails, to 1e-12)."""
+    if trials <= 0 or not 0 <= successes <= trials:
+        raise ValueError(f"clopper_pearson needs 0 <= successes <= trials, trials > 0; got "
+                         f"{successes} of {trials}")
+
+    def solve(first: int, target: float) -> float:  # P(X >= first) = target; it grows with prob
+        low, high = 0.0, 1.0
+        while high - low > 1e-12:
+            middle = (low + high) / 2
+            low, high = (low, middle) if _tail(first, trials, trials, middle) > target else (
+                middle, high)
+        return (low + high) / 2
+
+    lower = 0.0 if successes == 0 else solve(successes, alpha / 2)  # P(X >= k) = alpha / 2
+    upper = 1.0 if successes == trials else solve(successes + 1, 1 - alpha / 2)  # P(X <= k) too
+    return lower, upper
+
+
 def paired_test(a_right: np.ndarray, b_right: np.ndarray) -> dict:
     """The paired comparison of two tickets from which images each classifies right (same
-    images, same order): counts, the difference of accuracies with its 95 % interval, and the
-    exact McNemar p-value."""
+    images, same order): counts, the difference of accuracies with its exact 95 % interval
+    (and the normal one), and the exact McNemar p-value."""
     a_right, b_right = np.asarray(a_right, bool), np.asarray(b_right, bool)
     if a_right.shape != b_right.shape or a_right.ndim != 1 or not len(a_right):
         raise ValueError(f"paired_test needs two equal-length vectors, got {a_right.shape} and "
@@ -92,10 +129,13 @@ def paired_test(a_right: np.ndarray, b_right: np.ndarray) -> dict:
     n = len(a_right)
     a_only = int(np.sum(a_right & ~b_right))
     b_only = int(np.sum(~a_right & b_right))
+    discordant = a_only + b_only
     difference = (a_only - b_only) / n
-    half_width = Z95 * math.sqrt(max(a_only + b_only - (a_only - b_only) ** 2 / n, 0.0)) / n
+    half_width = Z95 * math.sqrt(max(discordant - (a_only - b_only) ** 2 / n, 0.0)) / n
+    share = clopper_pearson(a_only, discordant) if discordant else (0.5, 0.5)
     return {"n": n, "a_only": a_only, "b_only": b_only, "difference": difference,
-            "ci95": [difference - half_width, difference + half_width],
+            "ci95": [(2 * bound - 1) * discordant / n for bound in share],
+            "ci95_normal": [difference - half_width, difference + half_width],
             "p_value": mcnemar_p(a_only, b_only)}
 
 
@@ -271,14 +311,14 @@ def markdown(record: dict) -> str:
         lines.append(f"| L{t['level']} {t['variant']} | {100 * t['sparsity']:.2f} | "
                      f"{100 * t['test_accuracy']:.2f} | {100 * t['results_row_accuracy']:.2f} | "
                      f"{agree} | {repeats} |")
-    lines += ["", "| level | a − b | difference (points) | 95 % interval | only a right | "
+    lines += ["", "| level | a − b | difference (points) | exact 95 % interval | only a right | "
               "only b right | McNemar p | same class % |", "|---|---|---|---|---|---|---|---|"]
     for p in record["pairs"]:
         low, high = p["ci95"]
         lines.append(f"| {p['level']} | {p['a']} − {p['b']} | {100 * p['difference']:+.2f} | "
                      f"{100 * low:+.2f} to {100 * high:+.2f} | {p['a_only']} | {p['b_only']} | "
                      f"{_p_text(p['p_value'])} | {100 * p['agreement']:.2f} |")
-    return "\n".join(lines) + "\n\n![each difference with its 95 % interval](paired.png)\n"
+    return "\n".join(lines) + "\n\n![each difference with its exact 95 % interval](paired.png)\n"
 
 
 def _p_text(p: float) -> str:
@@ -286,9 +326,8 @@ def _p_text(p: float) -> str:
 
 
 def plot(record: dict, path: Path) -> None:
-    """Each pair's difference (points) with its 95 % interval, one row per pair, zero marked;
-    the colour follows the exact McNemar test (the normal interval can just exclude zero where
-    the exact test does not reach 0.05)."""
+    """Each pair's difference (points) with its exact 95 % interval, one row per pair, zero
+    marked; blue where the exact McNemar test gives p < 0.05 (the intervals that exclude zero)."""
     from lottery_kd.analysis import plotting
 
     pairs = record["pairs"]
@@ -303,8 +342,8 @@ def plot(record: dict, path: Path) -> None:
         axis.set_yticklabels([f"L{p['level']} {p['a']} − {p['b']}" for p in reversed(pairs)],
                              fontsize=8)
         axis.axvline(0.0, color="black", linewidth=0.8)
-        axis.set_xlabel("difference in test accuracy (points), 95 % interval\nblue: McNemar "
-                        "p < 0.05, not corrected for the number of pairs", fontsize=8)
+        axis.set_xlabel("difference in test accuracy (points), exact 95 % interval\nblue: "
+                        "McNemar p < 0.05, not corrected for the number of pairs", fontsize=8)
         axis.grid(axis="x", alpha=0.3)
         axis.set_title(f"Paired differences on the same {record['test_images']:,} test images",
                        fontsize=10)
