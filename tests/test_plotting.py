@@ -212,6 +212,7 @@ def test_report_accuracy_plot_ties_published_lines_to_their_variant_and_explains
         xs = [x for line in bars.values() for x in line.get_xdata()
               if abs(x / density - 1) < 0.1]
         assert len(xs) == 3 and xs == sorted(xs) and len(set(xs)) == 3
+        assert all(abs(x / density - 1) > 1e-3 for x in xs)  # off the published markers
     for line in bars.values():
         assert list(line.get_xdata()) == sorted(line.get_xdata())  # never doubles back
     legend = axes.get_legend()

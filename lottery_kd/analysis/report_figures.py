@@ -24,18 +24,30 @@ def _shift_step(ticks: list[tuple[float, str]], lines: dict, count: int) -> floa
     return min([0.04 * max(span, 0.1)] + [0.4 * g for g in gaps]) / max(count - 1, 1)
 
 
+def _shifts(count: int, clear_middle: bool) -> list[float]:
+    """Each of `count` variants' sideways place, in steps, centred on the true density; with
+    `clear_middle` (published markers sit at the true density) none is drawn on it."""
+    places = [index - (count - 1) / 2 for index in range(count)]
+    if clear_middle and count % 2:
+        places = [place + (0.5 if place >= 0 else -0.5) for place in places]
+    return places
+
+
 def _draw_variants(axes: Any, entries: Sequence[dict], variants: list[str], colors: dict,
-                   key: str, step: float) -> dict[int, list[tuple[str, float, float]]]:
-    """Each variant's mean ± std against density, shifted sideways by its index; returns its
+                   key: str, step: float, clear_middle: bool = False
+                   ) -> dict[int, list[tuple[str, float, float]]]:
+    """Each variant's mean ± std against density, shifted sideways by its index (off the true
+    density with `clear_middle`, where a published marker would hide under it); returns its
     drawn (variant, x, y) points per level, for the collapsed-run check."""
     by_level: dict[int, list[tuple[str, float, float]]] = {}
-    for index, variant in enumerate(variants):
+    for index, (variant, place) in enumerate(zip(variants, _shifts(len(variants),
+                                                                    clear_middle))):
         points = sorted((1 - e["sparsity"], 100 * e[f"{key}_mean"], 100 * e[f"{key}_std"],
                          e["level"]) for e in entries if e["variant"] == variant
                         and not math.isnan(e[f"{key}_mean"]))
         if not points:
             continue
-        shift = 10 ** (step * (index - (len(variants) - 1) / 2))
+        shift = 10 ** (step * place)
         axes.errorbar([p[0] * shift for p in points], [p[1] for p in points],
                       yerr=[p[2] for p in points], capsize=3, color=colors[variant],
                       marker=plotting.MARKERS[index % len(plotting.MARKERS)], label=variant)
@@ -109,8 +121,10 @@ def plot_accuracy(entries: Sequence[dict], published: dict, same_protocol: bool,
                                                   else "other protocol,\n182 epochs on all 50k")
                         + (f";\n{schedule_note}" if schedule_note else ""))
     with plotting.figure(path, figsize=(10.5, 5)) as (_, axes):
+        clear_middle = bool(lines)  # the published markers sit at the true densities
+        spread = len(variants) + (clear_middle and len(variants) % 2)  # places, one apart
         by_level = _draw_variants(axes, entries, variants, colors, key,
-                                  _shift_step(ticks, lines, len(variants)))
+                                  _shift_step(ticks, lines, spread), clear_middle)
         references = _draw_references(axes, entries, lines, published, colors, key)
         groups = [by_level[level] for level in sorted(by_level)]  # left to right
         flags = plotting.collapsed([y for _, _, y in group] for group in groups)
