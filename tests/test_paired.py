@@ -80,6 +80,16 @@ def test_the_exact_interval_excludes_zero_exactly_when_mcnemar_p_is_below_005():
     assert paired.paired_test(a, a)["ci95"] == [0.0, 0.0]  # no discordant image
 
 
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    # four tests, smallest first: 0.01 * 4, 0.03 * 3, 0.04 * 2 -> raised to 0.09, 0.2 * 1
+    assert paired.holm([0.04, 0.01, 0.2, 0.03]) == pytest.approx([0.09, 0.04, 0.2, 0.09])
+    assert paired.holm([0.6, 0.5]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert paired.holm([]) == []
+    # the study's L10 kd_rewind - lr_rewind, p = 0.039, seventh smallest of ten: 4 * 0.039
+    study = [1.2e-11, 1.2e-08, 0.185, 0.053, 7.8e-07, 8.9e-05, 8.9e-15, 0.433, 0.039, 2.8e-09]
+    assert paired.holm(study)[8] == pytest.approx(0.156)
+
+
 def test_pairs_parse_and_default_to_every_two_tickets_later_variant_first():
     assert paired.parse_pairs("kd:weight_rewind, kd:lt,kd:lt") == [("kd", "weight_rewind"),
                                                                    ("kd", "lt")]
@@ -118,6 +128,8 @@ def test_the_command_recomputes_each_tickets_accuracy_and_tests_its_pairs(studie
         assert pair["agreement"] == pytest.approx(same.mean())
     assert [(p["a"], p["b"]) for p in record["pairs"]] == [
         ("weight_rewind", "lt"), ("kd", "lt"), ("kd", "weight_rewind")]
+    holm = paired.holm([p["p_value"] for p in record["pairs"]])  # one level: one family of 3
+    assert [(p["p_holm"], p["holm_family"]) for p in record["pairs"]] == [(h, 3) for h in holm]
     dense = predictions["level_0_dense"]
     assert tickets[(2, "kd")]["agrees_with_dense"] == pytest.approx(
         (predictions["level_2_kd"] == dense).mean())
@@ -126,7 +138,7 @@ def test_the_command_recomputes_each_tickets_accuracy_and_tests_its_pairs(studie
         int(((predictions["level_2_kd"] == dense) & mistakes).sum()), int(mistakes.sum())]
     assert tickets[(0, "dense")]["repeats_dense_mistakes"] is None
     table = (out / "paired.md").read_text()
-    assert "| 2 | kd − weight_rewind |" in table and "McNemar p" in table
+    assert "| 2 | kd − weight_rewind |" in table and "| Holm p |" in table
     assert _png_size(out / "paired.png")[1] > 100
 
 

@@ -12,6 +12,8 @@ For each pair (a, b) this counts the images only a gets right (a_only) and only 
 - the exact McNemar test's two-sided p-value: the binomial probability of a split of the
   a_only + b_only discordant images at least as uneven, were each ticket as likely as the other
   to be the one right;
+- that p-value adjusted by Holm's method over the pairs tested at the same level (one family):
+  below 0.05, the finding holds with a 0.05 chance of any false one among the level's tests;
 - its 95 % interval, the exact one that goes with that test: the Clopper-Pearson interval of
   the share of discordant images that a gets right, (lo, hi), as a difference,
   (2 lo - 1, 2 hi - 1) * (a_only + b_only) / n. It excludes zero exactly when p < 0.05 (the
@@ -116,6 +118,18 @@ def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[f
     lower = 0.0 if successes == 0 else solve(successes, alpha / 2)  # P(X >= k) = alpha / 2
     upper = 1.0 if successes == trials else solve(successes + 1, 1 - alpha / 2)  # P(X <= k) too
     return lower, upper
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order): the i-th smallest times the number of
+    tests not smaller, never below an earlier one's, at most 1; an adjusted p < 0.05 keeps the
+    test's finding with a 0.05 chance of any false finding among all of them."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def paired_test(a_right: np.ndarray, b_right: np.ndarray) -> dict:
@@ -254,9 +268,18 @@ def run_paired(run_dir: str, out: str, *, pairs: str = "", levels: str = "",
               "test_images": int(len(labels)),
               "notes": _mismatches(tickets, len(labels)),
               "tickets": tickets,
-              "pairs": [_pair(p, predicted, labels) for p in chosen]}
+              "pairs": _with_holm([_pair(p, predicted, labels) for p in chosen])}
     _write(out_dir, record, predicted, labels)
     return record
+
+
+def _with_holm(pairs: list[dict]) -> list[dict]:
+    """Each pair's Holm-adjusted p over the pairs of its level (a level's tests, one family)."""
+    for level in {p["level"] for p in pairs}:
+        family = [p for p in pairs if p["level"] == level]
+        for p, adjusted in zip(family, holm([p["p_value"] for p in family])):
+            p["p_holm"], p["holm_family"] = adjusted, len(family)
+    return pairs
 
 
 def _mismatches(tickets: Sequence[dict], n: int) -> list[str]:
@@ -311,13 +334,16 @@ def markdown(record: dict) -> str:
         lines.append(f"| L{t['level']} {t['variant']} | {100 * t['sparsity']:.2f} | "
                      f"{100 * t['test_accuracy']:.2f} | {100 * t['results_row_accuracy']:.2f} | "
                      f"{agree} | {repeats} |")
-    lines += ["", "| level | a − b | difference (points) | exact 95 % interval | only a right | "
-              "only b right | McNemar p | same class % |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "Holm p: the McNemar p adjusted over the pairs tested at the same level.",
+              "", "| level | a − b | difference (points) | exact 95 % interval | only a right | "
+              "only b right | McNemar p | Holm p | same class % |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for p in record["pairs"]:
         low, high = p["ci95"]
         lines.append(f"| {p['level']} | {p['a']} − {p['b']} | {100 * p['difference']:+.2f} | "
                      f"{100 * low:+.2f} to {100 * high:+.2f} | {p['a_only']} | {p['b_only']} | "
-                     f"{_p_text(p['p_value'])} | {100 * p['agreement']:.2f} |")
+                     f"{_p_text(p['p_value'])} | {_p_text(p['p_holm'])} | "
+                     f"{100 * p['agreement']:.2f} |")
     return "\n".join(lines) + "\n\n![each difference with its exact 95 % interval](paired.png)\n"
 
 
