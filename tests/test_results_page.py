@@ -135,8 +135,8 @@ def test_the_paired_tests_cover_every_finished_ticket_and_the_page_copies_them()
     assert not missing, missing
 
 
-def test_every_p_value_the_page_and_readme_quote_is_a_pairs():
-    """Each "p = X" in the section and in README's Results and paired paragraphs is, to the
+def test_every_p_value_and_interval_the_page_and_readme_quote_is_a_pairs():
+    """Each "p = X", Holm-adjusted p and "interval A to B" in the section and in README's Results and paired paragraphs is, to the
     digits it is written with, the p-value of a pair in the committed paired.json: a rerun of
     `lottery_kd.paired` that changes one leaves no stale figure in the prose."""
     record = json.loads((PAIRED / "paired.json").read_text())
@@ -151,8 +151,24 @@ def test_every_p_value_the_page_and_readme_quote_is_a_pairs():
         quoted += re.findall(r"p(?: =|\s*≤)\s*(\d+(?:\.\d+)?(?:e-\d+)?)", " ".join(text.split()))
     assert len(quoted) >= 10, quoted
     for text in quoted:
-        mantissa = text.split("e")[0]
-        digits = len(mantissa.split(".")[1]) if "." in mantissa else 0
-        scale = 10 ** int(text.split("e")[1]) if "e" in text else 1
-        tolerance = 0.5 * 10 ** -digits * scale * (1 + 1e-9)
-        assert any(abs(v - float(text)) <= tolerance for v in values), (text, values)
+        assert any(_written_as(text, v) for v in values), (text, values)
+    # Holm-adjusted values ("adjusted p X", "X once Holm-adjusted") and intervals ("interval
+    # A to B", in points) are a pair's too
+    holm = [p["p_holm"] for p in record["pairs"]]
+    intervals = [[100 * x for x in p["ci95"]] for p in record["pairs"]]
+    for text in (_section(), results_part, paired_part):
+        flat = " ".join(text.split()).replace("−", "-")
+        for value in re.findall(r"adjusted p (\d\.\d+)|(\d\.\d+) once Holm-adjusted", flat):
+            value = value[0] or value[1]
+            assert any(_written_as(value, v) for v in holm), (value, holm)
+        for low, high in re.findall(r"interval ([-+]\d+\.\d+) to ([-+]\d+\.\d+)", flat):
+            assert any(_written_as(low, a) and _written_as(high, b) for a, b in intervals), (
+                low, high, intervals)
+
+
+def _written_as(text: str, value: float) -> bool:
+    """Whether `value` rounds to `text` ("0.053", "7.8e-07", "+0.72") at the digits written."""
+    mantissa = text.lstrip("+").split("e")[0]
+    digits = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    scale = 10 ** int(text.split("e")[1]) if "e" in text else 1
+    return abs(value - float(text)) <= 0.5 * 10 ** -digits * scale * (1 + 1e-9)

@@ -353,7 +353,8 @@ def _p_text(p: float) -> str:
 
 def plot(record: dict, path: Path) -> None:
     """Each pair's difference (points) with its exact 95 % interval, one row per pair, zero
-    marked; blue where the exact McNemar test gives p < 0.05 (the intervals that exclude zero)."""
+    marked; blue where the exact McNemar test gives p < 0.05 (the intervals that exclude zero),
+    the point filled where Holm's adjusted p is below 0.05 too."""
     from lottery_kd.analysis import plotting
 
     pairs = record["pairs"]
@@ -363,13 +364,15 @@ def plot(record: dict, path: Path) -> None:
             low, high = (100 * x for x in p["ci95"])
             color = "tab:blue" if p["p_value"] < 0.05 else "tab:gray"
             axis.plot([low, high], [row, row], color=color, linewidth=2)
-            axis.plot([100 * p["difference"]], [row], "o", color=color)
+            axis.plot([100 * p["difference"]], [row], "o", color=color, markeredgecolor=color,
+                      markerfacecolor=color if p["p_holm"] < 0.05 else "white")
         axis.set_yticks(range(len(pairs)))
         axis.set_yticklabels([f"L{p['level']} {p['a']} − {p['b']}" for p in reversed(pairs)],
                              fontsize=8)
         axis.axvline(0.0, color="black", linewidth=0.8)
         axis.set_xlabel("difference in test accuracy (points), exact 95 % interval\nblue: "
-                        "McNemar p < 0.05, not corrected for the number of pairs", fontsize=8)
+                        "McNemar p < 0.05; filled: Holm p < 0.05 too (over the level's pairs)",
+                        fontsize=8)
         axis.grid(axis="x", alpha=0.3)
         axis.set_title(f"Paired differences on the same {record['test_images']:,} test images",
                        fontsize=10)
