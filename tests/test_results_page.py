@@ -136,9 +136,10 @@ def test_the_paired_tests_cover_every_finished_ticket_and_the_page_copies_them()
 
 
 def test_every_p_value_and_interval_the_page_and_readme_quote_is_a_pairs():
-    """Each "p = X", Holm-adjusted p and "interval A to B" in the section and in README's Results and paired paragraphs is, to the
-    digits it is written with, the p-value of a pair in the committed paired.json: a rerun of
-    `lottery_kd.paired` that changes one leaves no stale figure in the prose."""
+    """Each "p = X", Holm-adjusted p and "interval A to B" in the section and in README's Results
+    and paired paragraphs is, to the digits it is written with, a pair's in the committed
+    paired.json: a rerun of `lottery_kd.paired` that changes one leaves no stale figure in the
+    prose."""
     record = json.loads((PAIRED / "paired.json").read_text())
     values = [p["p_value"] for p in record["pairs"]]
     readme = (REPO / "README.md").read_text()
