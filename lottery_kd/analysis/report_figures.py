@@ -68,7 +68,7 @@ def _draw_references(axes: Any, entries: Sequence[dict], lines: dict, published:
     for variant, points in lines.items():
         references += [p[1] for p in points]
         axes.plot([p[0] for p in points], [p[1] for p in points], linestyle=":", marker="x",
-                  alpha=0.8, color=colors[variant],
+                  alpha=0.8, color=colors[variant], zorder=3,  # thin: over our markers
                   label=f"published {variant}" + (f" ({PUBLISHED_METHODS[variant]})"
                                                    if PUBLISHED_METHODS[variant] != variant
                                                    else ""))
