@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from lottery_kd.analysis import paired
+from lottery_kd.analysis import paired, paired_stats
 from lottery_kd.study import results
 from tests.analysis_helpers import _png_size
 
@@ -16,13 +16,14 @@ from tests.analysis_helpers import _png_size
 def test_mcnemar_p_is_the_exact_two_sided_binomial_tail():
     # 10 of 40 discordant images: 2 * P(X <= 10), X ~ Binomial(40, 1/2)
     tail = sum(math.comb(40, k) for k in range(11)) / 2 ** 40
-    assert paired.mcnemar_p(30, 10) == pytest.approx(2 * tail)
-    assert paired.mcnemar_p(30, 10) == pytest.approx(0.0022214337732293643)  # scipy's binomtest
-    assert paired.mcnemar_p(10, 30) == paired.mcnemar_p(30, 10)
-    assert paired.mcnemar_p(5, 5) == 1.0 and paired.mcnemar_p(0, 0) == 1.0
-    assert paired.mcnemar_p(336, 315) == pytest.approx(0.433144038748479)
+    assert paired_stats.mcnemar_p(30, 10) == pytest.approx(2 * tail)
+    # scipy's binomtest(10, 40).pvalue
+    assert paired_stats.mcnemar_p(30, 10) == pytest.approx(0.0022214337732293643)
+    assert paired_stats.mcnemar_p(10, 30) == paired_stats.mcnemar_p(30, 10)
+    assert paired_stats.mcnemar_p(5, 5) == 1.0 and paired_stats.mcnemar_p(0, 0) == 1.0
+    assert paired_stats.mcnemar_p(336, 315) == pytest.approx(0.433144038748479)
     # ImageNet-sized counts: exact, and quick (scipy.stats.binomtest(12000, 25000).pvalue)
-    assert paired.mcnemar_p(12000, 13000) == pytest.approx(2.6317455083363157e-10, rel=1e-9)
+    assert paired_stats.mcnemar_p(12000, 13000) == pytest.approx(2.6317455083363157e-10, rel=1e-9)
 
 
 def test_paired_test_counts_the_images_only_one_ticket_gets_right():
@@ -31,7 +32,7 @@ def test_paired_test_counts_the_images_only_one_ticket_gets_right():
     a[:900] = b[:900] = True  # both right on 900
     a[900:930] = True  # 30 only a
     b[930:940] = True  # 10 only b
-    found = paired.paired_test(a, b)
+    found = paired_stats.paired_test(a, b)
     assert (found["n"], found["a_only"], found["b_only"]) == (1000, 30, 10)
     assert found["difference"] == pytest.approx(0.02)
     half = 1.959963984540054 * math.sqrt(40 - 20 ** 2 / 1000) / 1000
@@ -41,9 +42,9 @@ def test_paired_test_counts_the_images_only_one_ticket_gets_right():
     low, high = 0.5880380198484636, 0.8730852010671533
     assert found["ci95"] == pytest.approx([(2 * low - 1) * 0.04, (2 * high - 1) * 0.04],
                                           abs=1e-11)
-    assert paired.paired_test(b, a)["difference"] == pytest.approx(-0.02)
+    assert paired_stats.paired_test(b, a)["difference"] == pytest.approx(-0.02)
     with pytest.raises(ValueError, match="equal-length"):
-        paired.paired_test(a, b[:10])
+        paired_stats.paired_test(a, b[:10])
 
 
 def test_clopper_pearson_matches_scipy_and_handles_the_ends():
@@ -52,10 +53,10 @@ def test_clopper_pearson_matches_scipy_and_handles_the_ends():
                              (12000, 25000): (0.47378963712022004, 0.48621501331712813),
                              (0, 5): (0.0, 0.5218237501049814),
                              (5, 5): (0.47817624989501856, 1.0)}.items():
-        assert paired.clopper_pearson(k, n) == pytest.approx(expected, abs=1e-10)
+        assert paired_stats.clopper_pearson(k, n) == pytest.approx(expected, abs=1e-10)
     for bad in ((3, 2), (-1, 4), (0, 0)):
         with pytest.raises(ValueError, match="clopper_pearson"):
-            paired.clopper_pearson(*bad)
+            paired_stats.clopper_pearson(*bad)
 
 
 def test_the_exact_interval_excludes_zero_exactly_when_mcnemar_p_is_below_005():
@@ -68,26 +69,26 @@ def test_the_exact_interval_excludes_zero_exactly_when_mcnemar_p_is_below_005():
                 continue
             a, b = np.zeros(n, bool), np.zeros(n, bool)
             a[:a_only], b[a_only:a_only + b_only] = True, True
-            found = paired.paired_test(a, b)
+            found = paired_stats.paired_test(a, b)
             low, high = found["ci95"]
             assert low <= found["difference"] <= high
             assert (low > 0 or high < 0) == (found["p_value"] < 0.05), (a_only, b_only)
     a, b = np.zeros(n, bool), np.zeros(n, bool)
     a[:496], b[496:932] = True, True
-    found = paired.paired_test(a, b)
+    found = paired_stats.paired_test(a, b)
     assert found["p_value"] == pytest.approx(0.053226051972698155)
     assert found["ci95_normal"][0] > 0 > found["ci95"][0]
-    assert paired.paired_test(a, a)["ci95"] == [0.0, 0.0]  # no discordant image
+    assert paired_stats.paired_test(a, a)["ci95"] == [0.0, 0.0]  # no discordant image
 
 
 def test_holm_adjusts_step_down_and_keeps_the_order():
     # four tests, smallest first: 0.01 * 4, 0.03 * 3, 0.04 * 2 -> raised to 0.09, 0.2 * 1
-    assert paired.holm([0.04, 0.01, 0.2, 0.03]) == pytest.approx([0.09, 0.04, 0.2, 0.09])
-    assert paired.holm([0.6, 0.5]) == pytest.approx([1.0, 1.0])  # capped at 1
-    assert paired.holm([]) == []
+    assert paired_stats.holm([0.04, 0.01, 0.2, 0.03]) == pytest.approx([0.09, 0.04, 0.2, 0.09])
+    assert paired_stats.holm([0.6, 0.5]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert paired_stats.holm([]) == []
     # the study's L10 kd_rewind - lr_rewind, p = 0.039, seventh smallest of ten: 4 * 0.039
     study = [1.2e-11, 1.2e-08, 0.185, 0.053, 7.8e-07, 8.9e-05, 8.9e-15, 0.433, 0.039, 2.8e-09]
-    assert paired.holm(study)[8] == pytest.approx(0.156)
+    assert paired_stats.holm(study)[8] == pytest.approx(0.156)
 
 
 def test_pairs_parse_and_default_to_every_two_tickets_later_variant_first():
@@ -128,7 +129,7 @@ def test_the_command_recomputes_each_tickets_accuracy_and_tests_its_pairs(studie
         assert pair["agreement"] == pytest.approx(same.mean())
     assert [(p["a"], p["b"]) for p in record["pairs"]] == [
         ("weight_rewind", "lt"), ("kd", "lt"), ("kd", "weight_rewind")]
-    holm = paired.holm([p["p_value"] for p in record["pairs"]])  # one level: one family of 3
+    holm = paired_stats.holm([p["p_value"] for p in record["pairs"]])  # one level: one family of 3
     assert [(p["p_holm"], p["holm_family"]) for p in record["pairs"]] == [(h, 3) for h in holm]
     dense = predictions["level_0_dense"]
     assert tickets[(2, "kd")]["agrees_with_dense"] == pytest.approx(

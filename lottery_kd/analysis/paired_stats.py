@@ -1,0 +1,93 @@
+"""The statistics of lottery_kd.paired, pure functions of counts: the exact McNemar test, the
+exact (Clopper-Pearson) interval that goes with it, the normal interval for paired proportions,
+and Holm's step-down adjustment. Exact integer or log-space arithmetic, so ImageNet-sized counts
+stay exact and quick; no SciPy (tests check the values against it)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
+
+
+def mcnemar_p(a_only: int, b_only: int) -> float:
+    """The exact two-sided McNemar p-value: twice the binomial(a_only + b_only, 1/2) probability
+    of the smaller count or fewer, at most 1 (exact integer arithmetic; the binomial
+    coefficients by their running recurrence, so ImageNet-sized counts stay quick)."""
+    discordant = a_only + b_only
+    if discordant == 0:
+        return 1.0
+    term, tail = 1, 1  # C(discordant, 0)
+    for k in range(min(a_only, b_only)):
+        term = term * (discordant - k) // (k + 1)  # C(discordant, k + 1), exact
+        tail += term
+    return min(1.0, 2 * tail / 2 ** discordant)
+
+
+def _log_binomial_pmf(successes: np.ndarray, trials: int, prob: float) -> np.ndarray:
+    log_choose = np.concatenate([[0.0], np.cumsum(
+        np.log(trials - np.arange(trials)) - np.log(np.arange(1, trials + 1)))])[successes]
+    return log_choose + successes * math.log(prob) + (trials - successes) * math.log1p(-prob)
+
+
+def _tail(first: int, last: int, trials: int, prob: float) -> float:
+    """P(first <= X <= last) for X ~ binomial(trials, prob), 0 < prob < 1, in log space."""
+    return float(np.exp(np.logaddexp.reduce(
+        _log_binomial_pmf(np.arange(first, last + 1), trials, prob))))
+
+
+def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) 1 - alpha interval of a binomial proportion: the probabilities
+    at which `successes` or more, and `successes` or fewer, have probability alpha / 2 each
+    (bisection on the exact tails, to 1e-12)."""
+    if trials <= 0 or not 0 <= successes <= trials:
+        raise ValueError(f"clopper_pearson needs 0 <= successes <= trials, trials > 0; got "
+                         f"{successes} of {trials}")
+
+    def solve(first: int, target: float) -> float:  # P(X >= first) = target; it grows with prob
+        low, high = 0.0, 1.0
+        while high - low > 1e-12:
+            middle = (low + high) / 2
+            low, high = (low, middle) if _tail(first, trials, trials, middle) > target else (
+                middle, high)
+        return (low + high) / 2
+
+    lower = 0.0 if successes == 0 else solve(successes, alpha / 2)  # P(X >= k) = alpha / 2
+    upper = 1.0 if successes == trials else solve(successes + 1, 1 - alpha / 2)  # P(X <= k) too
+    return lower, upper
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order): the i-th smallest times the number of
+    tests not smaller, never below an earlier one's, at most 1; an adjusted p < 0.05 keeps the
+    test's finding with a 0.05 chance of any false finding among all of them."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def paired_test(a_right: np.ndarray, b_right: np.ndarray) -> dict:
+    """The paired comparison of two tickets from which images each classifies right (same
+    images, same order): counts, the difference of accuracies with its exact 95 % interval
+    (and the normal one), and the exact McNemar p-value."""
+    a_right, b_right = np.asarray(a_right, bool), np.asarray(b_right, bool)
+    if a_right.shape != b_right.shape or a_right.ndim != 1 or not len(a_right):
+        raise ValueError(f"paired_test needs two equal-length vectors, got {a_right.shape} and "
+                         f"{b_right.shape}")
+    n = len(a_right)
+    a_only = int(np.sum(a_right & ~b_right))
+    b_only = int(np.sum(~a_right & b_right))
+    discordant = a_only + b_only
+    difference = (a_only - b_only) / n
+    half_width = Z95 * math.sqrt(max(discordant - (a_only - b_only) ** 2 / n, 0.0)) / n
+    share = clopper_pearson(a_only, discordant) if discordant else (0.5, 0.5)
+    return {"n": n, "a_only": a_only, "b_only": b_only, "difference": difference,
+            "ci95": [(2 * bound - 1) * discordant / n for bound in share],
+            "ci95_normal": [difference - half_width, difference + half_width],
+            "p_value": mcnemar_p(a_only, b_only)}
