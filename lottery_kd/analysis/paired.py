@@ -13,9 +13,11 @@ For each pair (a, b) this counts the images only a gets right (a_only) and only 
   a_only + b_only discordant images at least as uneven, were each ticket as likely as the other
   to be the one right;
 - that p-value adjusted by Holm's method over the pairs tested at the same level (one family):
-  below 0.05, the finding holds with a 0.05 chance of any false one among the level's tests;
-- its 95 % interval, the exact one that goes with that test: the Clopper-Pearson interval of
-  the share of discordant images that a gets right, (lo, hi), as a difference,
+  below 0.05, the finding holds with at most a 0.05 chance of any false one among the level's
+  tests;
+- the difference's 95 % interval that goes with the uncorrected test, exact given the number of
+  discordant images: the Clopper-Pearson interval of the share of them that a gets right,
+  (lo, hi), as a difference,
   (2 lo - 1, 2 hi - 1) * (a_only + b_only) / n. It excludes zero exactly when p < 0.05 (the
   normal interval for paired proportions, difference +- 1.96 * sqrt(a_only + b_only -
   (a_only - b_only)^2 / n) / n, can disagree with the test near 0.05; it is kept in

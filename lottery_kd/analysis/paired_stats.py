@@ -28,6 +28,8 @@ def mcnemar_p(a_only: int, b_only: int) -> float:
 
 
 def _log_binomial_pmf(successes: np.ndarray, trials: int, prob: float) -> np.ndarray:
+    """log P(X = k) for each k of `successes`, X ~ binomial(trials, prob); the log binomial
+    coefficients by their running sum, so thousands of trials neither overflow nor underflow."""
     log_choose = np.concatenate([[0.0], np.cumsum(
         np.log(trials - np.arange(trials)) - np.log(np.arange(1, trials + 1)))])[successes]
     return log_choose + successes * math.log(prob) + (trials - successes) * math.log1p(-prob)
@@ -42,14 +44,17 @@ def _tail(first: int, last: int, trials: int, prob: float) -> float:
 def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[float, float]:
     """The exact (Clopper-Pearson) 1 - alpha interval of a binomial proportion: the probabilities
     at which `successes` or more, and `successes` or fewer, have probability alpha / 2 each
-    (bisection on the exact tails, to 1e-12)."""
+    (bisection on the exact tails, to 1e-12 of the bound: relative, so tiny bounds keep their
+    digits)."""
     if trials <= 0 or not 0 <= successes <= trials:
         raise ValueError(f"clopper_pearson needs 0 <= successes <= trials, trials > 0; got "
                          f"{successes} of {trials}")
 
     def solve(first: int, target: float) -> float:  # P(X >= first) = target; it grows with prob
         low, high = 0.0, 1.0
-        while high - low > 1e-12:
+        for _ in range(2000):  # 1e-12 relative at bounds down to about 1e-290
+            if high - low <= 1e-12 * high:
+                break
             middle = (low + high) / 2
             low, high = (low, middle) if _tail(first, trials, trials, middle) > target else (
                 middle, high)
@@ -63,7 +68,7 @@ def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[f
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values (same order): the i-th smallest times the number of
     tests not smaller, never below an earlier one's, at most 1; an adjusted p < 0.05 keeps the
-    test's finding with a 0.05 chance of any false finding among all of them."""
+    test's finding with at most a 0.05 chance of any false finding among all of them."""
     order = sorted(range(len(p_values)), key=lambda i: p_values[i])
     adjusted, running = [1.0] * len(p_values), 0.0
     for rank, i in enumerate(order):

@@ -122,7 +122,7 @@ def plot_accuracy(entries: Sequence[dict], published: dict, same_protocol: bool,
                         + (f";\n{schedule_note}" if schedule_note else ""))
     with plotting.figure(path, figsize=(10.5, 5)) as (_, axes):
         clear_middle = bool(lines)  # the published markers sit at the true densities
-        spread = len(variants) + (clear_middle and len(variants) % 2)  # places, one apart
+        spread = len(variants) + int(clear_middle and len(variants) % 2 == 1)  # places
         by_level = _draw_variants(axes, entries, variants, colors, key,
                                   _shift_step(ticks, lines, spread), clear_middle)
         references = _draw_references(axes, entries, lines, published, colors, key)
