@@ -10,7 +10,7 @@ import pytest
 from lottery_kd.study import lottery, results
 from lottery_kd.study.workdir import Workdir
 
-from lottery_kd.analysis import status
+from lottery_kd.analysis import status, status_pace
 from lottery_kd.training.errors import TrainingInterrupted
 from tests.conftest import REPO, make_tiny_config
 from tests.test_reliability import StopAfter
@@ -51,8 +51,8 @@ def test_status_follows_a_study_through_a_stop_and_to_the_end(tmp_path):
     epochs = results.read_epoch_times(tmp_path)  # every whole epoch timed in this process
     assert [(e["level"], e["variant"], e["distill"]) for e in epochs][:1] == [(0, "dense", False)]
     assert all(e["steps"] > 0 and e["seconds"] > 0 for e in epochs)
-    assert dense_rate == pytest.approx(status.lower_quartile(
-        [e["seconds"] / e["steps"] for e in epochs if not e["distill"]][-status.PACE_EPOCHS:]))
+    assert dense_rate == pytest.approx(status_pace.lower_quartile(
+        [e["seconds"] / e["steps"] for e in epochs if not e["distill"]][-status_pace.PACE_EPOCHS:]))
     # the level-2 kd_rewind reads the teacher logits the level-1 one stores: at the CE pace
     ce_left, kd_left = (38 - current["at_step"]) + 38 + (38 - rewind), 38 - rewind
     assert stopped["steps_left"] == {False: ce_left, True: kd_left}
@@ -264,6 +264,43 @@ def test_finished_runs_that_read_stored_teacher_logits_do_not_set_the_kd_pace(tm
                                          "distill": True, "seconds": 9.0, "teacher": "read"})
     found = status.study_status(tmp_path)
     assert found["seconds_per_step"][True] == pytest.approx(1.5)
+
+
+def test_kd_steps_count_as_reads_only_where_the_store_holds_them_or_an_earlier_run_will(
+        tmp_path):
+    """A finished KD run's logits count only while its chunk files are on disk (a fresh disk
+    has none, and the next KD run computes them again); a later KD run reads what an earlier
+    one still to train will store."""
+    plan = {"steps_per_epoch": 10, "runs": [
+        {"level": 0, "variant": "dense", "distill": False, "start_step": 0, "steps": 100},
+        {"level": 1, "variant": "kd", "distill": True, "start_step": 0, "steps": 100},
+        {"level": 2, "variant": "kd", "distill": True, "start_step": 0, "steps": 100},
+        {"level": 2, "variant": "kd_rewind", "distill": True, "start_step": 30, "steps": 70}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    paths = Workdir(tmp_path)
+    paths.environment.write_text(json.dumps({"teacher_logits": "cached"}) + "\n")
+    for level, variant, distill, seconds in ((0, "dense", False, 1.0), (1, "kd", True, 1.5)):
+        results.append_row(paths.results, {
+            "level": level, "variant": variant, "sparsity": 0.2 * level, "test_accuracy": 0.5,
+            "distill": distill, "steps": 100, "seconds": 100 * seconds})
+        results.append_epoch_time(tmp_path, {"level": level, "variant": variant, "steps": 10,
+                                             "distill": distill, "seconds": 10 * seconds})
+    fresh = status.study_status(tmp_path)  # level 1's logits are gone: level 2's kd computes
+    assert fresh["steps_left"] == {False: 70, True: 100}  # and its kd_rewind reads them
+    assert fresh["seconds_left"] == pytest.approx(70 * 1.0 + 100 * 1.5)
+    assert "0 steps' logits on disk now" in status.describe(fresh)
+    store = paths.teacher_logits / "0123456789abcdef"
+    store.mkdir(parents=True)
+    for first in (0, 20):  # steps 0-39 on disk
+        (store / f"chunk_{first // 20:05d}.json").write_text(
+            json.dumps({"sha256": "x", "first_step": first, "steps": 20}))
+    (store / "chunk_00009.json").write_text("{damaged")  # computed again: not counted
+    stored = status.study_status(tmp_path)
+    assert stored["steps_left"] == {False: 110, True: 60}
+    assert "40 steps' logits on disk now" in status.describe(stored)
+    assert "run the teacher on 60 steps" in status.describe(stored)
+    paths.environment.write_text(json.dumps({"teacher_logits": "in_step"}) + "\n")
+    assert status.study_status(tmp_path)["steps_left"] == {False: 0, True: 170}
 
 
 def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):

@@ -16,8 +16,9 @@ the pace between the current run's last two resume checkpoints. Before any KD ep
 is the cross-entropy step plus a third of the dense network's on the same CPU (the teacher's
 forward pass); before any pruned network has trained on the sparse kernels
 (model.conv_impl=sparse), the dense network's pace makes the estimate an upper bound, and it
-says so. Where the study caches the teacher's logits (training.teacher_cache), a KD run whose
-steps an earlier KD run covers reads them and is counted at the cross-entropy pace. A study
+says so. Where the study caches the teacher's logits (training.teacher_cache), a KD step whose
+logits the store holds now, or an earlier KD run still to train will store, reads them and is
+counted at the cross-entropy pace (analysis.status_pace has the paces). A study
 resumed on another CPU keeps the old CPU's pace until its first whole epoch there, and says so.
 """
 
@@ -26,18 +27,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lottery_kd.analysis import status_pace as pace
 from lottery_kd.analysis.curves import read_scalars
 from lottery_kd.runtime import environment
 from lottery_kd.study import jsonlines, results, workdir_lock
 from lottery_kd.study.workdir import Workdir
-
-PACE_EPOCHS = 20  # the lower quartile of 20 needs 5 undisturbed epochs; a median of 10, 6
 
 
 def _latest_checkpoints(directory: Path) -> list[tuple[int, float]]:
@@ -57,7 +56,7 @@ def study_status(workdir: str | Path) -> dict:
     valid_rows, damaged_rows = results.scan_rows(paths.results)
     valid_epochs, damaged_epochs = jsonlines.scan(paths.epoch_times, results.EPOCH_TIME_FIELDS)
     rows = {(r["level"], r["variant"]): r for r in valid_rows}
-    readers = _cache_readers(plan["runs"]) if _caches_teacher_logits(workdir) else set()
+    readers = pace.cache_readers(plan["runs"]) if pace.caches_teacher_logits(workdir) else set()
     rates: dict[bool, list[float]] = {False: [], True: []}
     for key, row in rows.items():  # a reader's pace is neither a KD run's nor a CE one's
         if row.get("steps") and row.get("seconds") and key not in readers:
@@ -90,28 +89,43 @@ def study_status(workdir: str | Path) -> dict:
     source = {kind: ("its last two resume checkpoints" if kind == checkpoint_pace else
                      "its finished runs") if rates[kind] else None for kind in rates}
     starts = environment.read_starts(workdir)
-    paced = _epoch_paces(valid_epochs, plan["steps_per_epoch"], starts, rate, source)
-    dense = _dense_paces(paced, starts)
-    notes = [_fill_missing_pace(rate, dense), _cpu_change_note(paced, starts)]
-    if readers & {(r["level"], r["variant"]) for r in pending + [current] if r}:
-        notes.append(READER_NOTE)
+    paced = pace.epoch_paces(valid_epochs, plan["steps_per_epoch"], starts, rate, source)
+    dense = pace.dense_paces(paced, starts)
+    notes = [pace.fill_missing_pace(rate, dense), pace.cpu_change_note(paced, starts)]
+    left_steps, seconds_left = _time_left(workdir, plan, pending, current, rate, notes)
     if _sparse_runs_unmeasured(workdir, valid_epochs, pending + [current]):
         notes.append(SPARSE_NOTE)
     notes = [note for note in notes if note]
-    left_steps = {False: 0, True: 0}
-    for run in pending + ([current] if current is not None else []):
-        kind = run["distill"] and (run["level"], run["variant"]) not in readers
-        left_steps[kind] += run_left(run) if run is current else run["steps"]
-    seconds_left = (None if rate[False] is None else
-                    sum(left_steps[kind] * rate[kind] for kind in (False, True)))
-    if current is not None and rate[False] is not None:
-        kind = current["distill"] and (current["level"], current["variant"]) not in readers
-        current["seconds_left"] = run_left(current) * rate[kind]
     return {"workdir": str(workdir), "runs": len(plan["runs"]), "done": done,
             "current": current, "pending": pending, "seconds_per_step": rate,
             "steps_left": left_steps, "seconds_left": seconds_left, "notes": notes,
             "pace_from": source, "running": workdir_lock.running_note(workdir),
             "skipped": [jsonlines.describe(d) for d in (damaged_rows, damaged_epochs) if d]}
+
+
+def _time_left(workdir: Path, plan: dict, pending: list[dict], current: Optional[dict],
+               rate: dict, notes: list[str]) -> tuple[dict[bool, int], Optional[float]]:
+    """Steps left at each pace (True: KD steps that run the teacher) and their seconds; sets
+    current["seconds_left"] and adds the note on stored teacher logits where some are read."""
+    order = [(r["level"], r["variant"]) for r in plan["runs"]]
+    left = sorted(pending + ([current] if current is not None else []),
+                  key=lambda r: order.index((r["level"], r["variant"])))  # training order
+    teacher, stored = pace.teacher_steps(workdir, left, pace.caches_teacher_logits(workdir))
+    left_steps, kd_steps = {False: 0, True: 0}, 0
+    for run in left:
+        steps = run_left(run) if run is current else run["steps"]
+        kd_steps += steps if run["distill"] else 0
+        by_kind = {True: teacher.get((run["level"], run["variant"]), 0)}
+        by_kind[False] = steps - by_kind[True]
+        left_steps = {kind: left_steps[kind] + by_kind[kind] for kind in by_kind}
+        if run is current and rate[False] is not None:
+            current["seconds_left"] = sum(by_kind[k] * rate[k] for k in (False, True))
+    if left_steps[True] < kd_steps:
+        notes.append(f"{READER_NOTE} ({stored:,} steps' logits on disk now, under "
+                     "teacher_logits/; the KD runs still to train run the teacher on "
+                     f"{left_steps[True]:,} steps)")
+    return left_steps, (None if rate[False] is None else
+                        sum(left_steps[kind] * rate[kind] for kind in (False, True)))
 
 
 def _last_test(paths: Workdir, tag: str) -> Optional[dict]:
@@ -128,8 +142,8 @@ def _last_test(paths: Workdir, tag: str) -> Optional[dict]:
             "test_accuracy": last["test_accuracy"]}
 
 
-READER_NOTE = ("KD runs that read the teacher logits an earlier KD run stored "
-               "(kd.teacher_logits cached) estimated at the cross-entropy pace")
+READER_NOTE = ("KD steps whose teacher logits are stored, or will be by an earlier KD run "
+               "(kd.teacher_logits cached), estimated at the cross-entropy pace")
 
 
 SPARSE_NOTE = ("an upper bound: the pruned networks run on model.conv_impl=sparse, which skips "
@@ -146,108 +160,6 @@ def _sparse_runs_unmeasured(workdir: Path, epochs: list[dict], runs: list) -> bo
         return False
     return (conv_impl == "sparse" and any(r and r["level"] > 0 for r in runs)
             and not any(e.get("level", 0) > 0 for e in epochs))
-
-
-def _caches_teacher_logits(workdir: Path) -> bool:
-    """Whether the study's latest start gives new KD runs cached teacher logits (its record in
-    environment.jsonl; starts from before the cache did not)."""
-    starts = jsonlines.scan(Workdir(workdir).environment)[0]
-    return bool(starts) and starts[-1].get("teacher_logits") == "cached"
-
-
-def _cache_readers(runs: list[dict]) -> set[tuple[int, str]]:
-    """The KD runs of a plan whose every step an earlier KD run covers: with cached teacher
-    logits they read them all and run at the cross-entropy step's pace."""
-    readers, covered = set(), []
-    for run in (r for r in runs if r["distill"]):
-        first, end = run["start_step"], run["start_step"] + run["steps"]
-        if any(a <= first and end <= b for a, b in covered):
-            readers.add((run["level"], run["variant"]))
-        covered.append((first, end))
-    return readers
-
-
-def _epoch_paces(epochs: list[dict], steps_per_epoch: int, starts: list[dict], rate: dict,
-                 source: dict) -> list[dict]:
-    """Sets rate[kind] (and source[kind]) to the lower quartile of the seconds per step of the
-    last PACE_EPOCHS epochs of each kind on the latest epoch's CPU, the pruned networks' alone
-    once any has trained (every run still to come is one, and on the sparse kernels they run
-    faster than the dense network); returns the whole epochs. Whole epochs only, where there
-    are any: the partial first epoch after each (re)start also compiles, so a study restarted
-    often would look slower than it trains."""
-    epochs = ([e for e in epochs if e.get("steps") == steps_per_epoch]
-              or [e for e in epochs if e.get("steps")])
-    paced = [e for e in epochs if _sets_pace(e)]
-    latest = environment.epoch_cpu(paced[-1], starts) if paced else "not recorded"
-    if latest != "not recorded":  # another machine's epochs would mix speeds 2x apart
-        paced = [e for e in paced if environment.epoch_cpu(e, starts) == latest]
-    for kind in (False, True):
-        of_kind = [e for e in paced if bool(e.get("distill")) == kind]
-        of_kind = [e for e in of_kind if e["level"] > 0] or of_kind
-        values = [e["seconds"] / e["steps"] for e in of_kind][-PACE_EPOCHS:]
-        if values:
-            rate[kind] = lower_quartile(values)
-            whose = "the pruned networks'" if of_kind[-1]["level"] > 0 else "its"
-            source[kind] = (f"the lower quartile of {whose} last {len(values)} epochs"
-                            if len(values) > 1 else f"{whose} last epoch")
-    return epochs
-
-
-def _sets_pace(epoch: dict) -> bool:
-    """Whether an epoch's time is a pace: not one that read stored teacher logits (neither a KD
-    step's pace nor a cross-entropy one's)."""
-    return epoch.get("teacher") not in ("read", "mixed")
-
-
-def _cpu_change_note(epochs: list[dict], starts: list[dict]) -> str:
-    """Says so where the latest start runs on another CPU than the latest whole epoch that
-    sets a pace ran on (as _epoch_paces picks them: not one that read stored teacher logits):
-    the paces are the old CPU's (speeds differ 2x between machines) until such an epoch
-    finishes on the new one."""
-    epochs = [e for e in epochs if _sets_pace(e)]
-    measured = environment.epoch_cpu(epochs[-1], starts) if epochs and starts else ""
-    now = starts[-1].get("cpu_id") if starts else None
-    if not now or measured in ("", "not recorded", now):
-        return ""
-    return (f"paces measured on {measured}; the latest start runs on {now}, where no whole "
-            "epoch has finished yet: the estimate follows that CPU after its first")
-
-
-def lower_quartile(values: list[float]) -> float:
-    """The first quartile (inclusive method: a value between two measured ones)."""
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=4, method="inclusive")[0]
-
-
-def _dense_paces(epochs: list[dict], starts: list[dict]) -> list[float]:
-    """The dense network's seconds per step, for a KD step's teacher: its epochs on the CPU of
-    the study's latest epoch (environment.jsonl says which), else its last PACE_EPOCHS epochs,
-    the nearest in time. Speeds differ between machines by 2x or more, and the cross-entropy
-    pace it is added to is the latest epochs'."""
-    dense = [e for e in epochs if e["level"] == 0 and not e.get("distill")]
-    latest = environment.epoch_cpu(epochs[-1], starts) if epochs else "not recorded"
-    same = ([e for e in dense if environment.epoch_cpu(e, starts) == latest]
-            if latest != "not recorded" else [])
-    return [e["seconds"] / e["steps"] for e in same or dense[-PACE_EPOCHS:]]
-
-
-def _fill_missing_pace(rate: dict, dense: list[float]) -> str:
-    """Estimates the pace of a kind (KD or cross-entropy) with no measurement from the other;
-    returns the note that says how, or ""."""
-    if rate[True] is None and rate[False] is not None and dense:
-        # a KD step adds the teacher's forward pass, a third of a dense training step's
-        # arithmetic (models/flops.py counts it so); the dense epochs on the latest CPU
-        rate[True] = rate[False] + statistics.median(dense) / 3
-        return ("KD runs estimated at the cross-entropy pace plus a third of the dense "
-                "network's on the same CPU (the teacher's forward pass) until one finishes")
-    if rate[True] is None and rate[False] is not None:
-        rate[True] = rate[False]
-        return "KD runs estimated at the cross-entropy pace until one finishes"
-    if rate[False] is None and rate[True] is not None:
-        rate[False] = rate[True]
-        return "cross-entropy runs estimated at the KD pace"
-    return ""
 
 
 class StatusError(ValueError):
