@@ -1,6 +1,7 @@
 """analysis.status: done / current / pending runs and a time estimate, from files only."""
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -288,17 +289,24 @@ def test_kd_steps_count_as_reads_only_where_the_store_holds_them_or_an_earlier_r
     fresh = status.study_status(tmp_path)  # level 1's logits are gone: level 2's kd computes
     assert fresh["steps_left"] == {False: 70, True: 100}  # and its kd_rewind reads them
     assert fresh["seconds_left"] == pytest.approx(70 * 1.0 + 100 * 1.5)
-    assert "0 steps' logits on disk now" in status.describe(fresh)
+    assert "holds 0 of their steps now" in status.describe(fresh)
+    import numpy as np
+    older = paths.teacher_logits / "fedcba9876543210"  # another teacher's, older: not counted
     store = paths.teacher_logits / "0123456789abcdef"
-    store.mkdir(parents=True)
-    for first in (0, 20):  # steps 0-39 on disk
-        (store / f"chunk_{first // 20:05d}.json").write_text(
+    for folder, first, filled in ((older, 60, 20), (store, 0, 20), (store, 20, 15)):
+        folder.mkdir(parents=True, exist_ok=True)
+        logits = np.full((20, 2, 3), np.nan, np.float32)
+        logits[:filled] = 1.0  # the second chunk's last five rows never computed
+        np.save(folder / f"chunk_{first // 20:05d}.npy", logits)
+        (folder / f"chunk_{first // 20:05d}.json").write_text(
             json.dumps({"sha256": "x", "first_step": first, "steps": 20}))
-    (store / "chunk_00009.json").write_text("{damaged")  # computed again: not counted
-    stored = status.study_status(tmp_path)
-    assert stored["steps_left"] == {False: 110, True: 60}
-    assert "40 steps' logits on disk now" in status.describe(stored)
-    assert "run the teacher on 60 steps" in status.describe(stored)
+    os.utime(older, (1, 1))
+    (store / "chunk_00004.json").write_text("{damaged")  # computed again: not counted
+    (store / "chunk_00005.json").write_text(json.dumps({"first_step": 100, "steps": 20}))  # no .npy
+    stored = status.study_status(tmp_path)  # steps 0-34 stored
+    assert stored["steps_left"] == {False: 105, True: 65}
+    assert "holds 35 of their steps now" in status.describe(stored)
+    assert "run the teacher on 65 steps" in status.describe(stored)
     paths.environment.write_text(json.dumps({"teacher_logits": "in_step"}) + "\n")
     assert status.study_status(tmp_path)["steps_left"] == {False: 0, True: 170}
 

@@ -4,22 +4,23 @@
 
 Reads only plan.json (the study's planned runs, written when it starts), results.jsonl, the
 names and times of the resume checkpoints, epoch_times.jsonl and the running run's TensorBoard
-scalars (its last test accuracy): no data, no JAX, instant, safe beside a running study. It
-lists each finished run's test accuracy. The estimate uses this study's own speed, KD and
-cross-entropy epochs apart (distillation also runs the teacher): the lower quartile of the
-seconds per step of its last PACE_EPOCHS whole epochs of that kind on the CPU of its latest
-epoch (KD epochs that read stored teacher logits left out; training plus evaluation; whole,
-because the partial epoch after a restart also compiles; the lower quartile, because a paused
-or busy machine only ever slows an epoch, and a stretch of busy epochs would move a median),
-else, for studies started before epoch times were recorded, the mean of its finished runs, else
-the pace between the current run's last two resume checkpoints. Before any KD epoch, a KD step
-is the cross-entropy step plus a third of the dense network's on the same CPU (the teacher's
-forward pass); before any pruned network has trained on the sparse kernels
-(model.conv_impl=sparse), the dense network's pace makes the estimate an upper bound, and it
-says so. Where the study caches the teacher's logits (training.teacher_cache), a KD step whose
-logits the store holds now, or an earlier KD run still to train will store, reads them and is
-counted at the cross-entropy pace (analysis.status_pace has the paces). A study
-resumed on another CPU keeps the old CPU's pace until its first whole epoch there, and says so.
+scalars (its last test accuracy), and the teacher-logit store's chunk files: no data, no JAX,
+instant, safe beside a running study. It lists each finished run's test accuracy. The estimate
+uses this study's own speed, KD and cross-entropy epochs apart (distillation also runs the
+teacher): the lower quartile of the seconds per step of its last status_pace.PACE_EPOCHS whole
+epochs of that kind on the CPU of its latest epoch (KD epochs that read stored teacher logits
+left out; training plus evaluation; whole, because the partial epoch after a restart also
+compiles; the lower quartile, because a paused or busy machine only ever slows an epoch, and a
+stretch of busy epochs would move a median), else, for studies started before epoch times were
+recorded, the mean of its finished runs, else the pace between the current run's last two resume
+checkpoints. Before any KD epoch, a KD step is the cross-entropy step plus a third of the dense
+network's on the same CPU (the teacher's forward pass); before any pruned network has trained on
+the sparse kernels (model.conv_impl=sparse), the dense network's pace makes the estimate an
+upper bound, and it says so. Where the study caches the teacher's logits
+(training.teacher_cache), a KD step whose logits the store holds now, or an earlier KD run still
+to train will store, reads them and is counted at the cross-entropy pace (analysis.status_pace
+has the paces). A study resumed on another CPU keeps the old CPU's pace until its first whole
+epoch there, and says so.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def study_status(workdir: str | Path) -> dict:
     valid_rows, damaged_rows = results.scan_rows(paths.results)
     valid_epochs, damaged_epochs = jsonlines.scan(paths.epoch_times, results.EPOCH_TIME_FIELDS)
     rows = {(r["level"], r["variant"]): r for r in valid_rows}
-    readers = pace.cache_readers(plan["runs"]) if pace.caches_teacher_logits(workdir) else set()
+    cached = pace.caches_teacher_logits(workdir)
+    readers = pace.cache_readers(plan["runs"]) if cached else set()
     rates: dict[bool, list[float]] = {False: [], True: []}
     for key, row in rows.items():  # a reader's pace is neither a KD run's nor a CE one's
         if row.get("steps") and row.get("seconds") and key not in readers:
@@ -92,7 +94,7 @@ def study_status(workdir: str | Path) -> dict:
     paced = pace.epoch_paces(valid_epochs, plan["steps_per_epoch"], starts, rate, source)
     dense = pace.dense_paces(paced, starts)
     notes = [pace.fill_missing_pace(rate, dense), pace.cpu_change_note(paced, starts)]
-    left_steps, seconds_left = _time_left(workdir, plan, pending, current, rate, notes)
+    left_steps, seconds_left = _time_left(workdir, plan, pending, current, rate, notes, cached)
     if _sparse_runs_unmeasured(workdir, valid_epochs, pending + [current]):
         notes.append(SPARSE_NOTE)
     notes = [note for note in notes if note]
@@ -104,25 +106,26 @@ def study_status(workdir: str | Path) -> dict:
 
 
 def _time_left(workdir: Path, plan: dict, pending: list[dict], current: Optional[dict],
-               rate: dict, notes: list[str]) -> tuple[dict[bool, int], Optional[float]]:
+               rate: dict, notes: list[str], cached: bool
+               ) -> tuple[dict[bool, int], Optional[float]]:
     """Steps left at each pace (True: KD steps that run the teacher) and their seconds; sets
     current["seconds_left"] and adds the note on stored teacher logits where some are read."""
     order = [(r["level"], r["variant"]) for r in plan["runs"]]
     left = sorted(pending + ([current] if current is not None else []),
                   key=lambda r: order.index((r["level"], r["variant"])))  # training order
-    teacher, stored = pace.teacher_steps(workdir, left, pace.caches_teacher_logits(workdir))
+    teacher, stored = pace.teacher_steps(workdir, left, cached)
     left_steps, kd_steps = {False: 0, True: 0}, 0
     for run in left:
         steps = run_left(run) if run is current else run["steps"]
         kd_steps += steps if run["distill"] else 0
         by_kind = {True: teacher.get((run["level"], run["variant"]), 0)}
         by_kind[False] = steps - by_kind[True]
-        left_steps = {kind: left_steps[kind] + by_kind[kind] for kind in by_kind}
+        left_steps = {kind: left_steps[kind] + by_kind[kind] for kind in (False, True)}
         if run is current and rate[False] is not None:
             current["seconds_left"] = sum(by_kind[k] * rate[k] for k in (False, True))
     if left_steps[True] < kd_steps:
-        notes.append(f"{READER_NOTE} ({stored:,} steps' logits on disk now, under "
-                     "teacher_logits/; the KD runs still to train run the teacher on "
+        notes.append(f"{READER_NOTE} (the store under teacher_logits/ holds {stored:,} of "
+                     "their steps now; the KD runs still to train run the teacher on "
                      f"{left_steps[True]:,} steps)")
     return left_steps, (None if rate[False] is None else
                         sum(left_steps[kind] * rate[kind] for kind in (False, True)))
