@@ -27,28 +27,21 @@ def mcnemar_p(a_only: int, b_only: int) -> float:
     return min(1.0, 2 * tail / 2 ** discordant)
 
 
-def _log_binomial_pmf(successes: np.ndarray, trials: int, prob: float) -> np.ndarray:
-    """log P(X = k) for each k of `successes`, X ~ binomial(trials, prob); the log binomial
-    coefficients by their running sum, so thousands of trials neither overflow nor underflow."""
-    log_choose = np.concatenate([[0.0], np.cumsum(
-        np.log(trials - np.arange(trials)) - np.log(np.arange(1, trials + 1)))])[successes]
-    return log_choose + successes * math.log(prob) + (trials - successes) * math.log1p(-prob)
-
-
-def _tail(first: int, last: int, trials: int, prob: float) -> float:
-    """P(first <= X <= last) for X ~ binomial(trials, prob), 0 < prob < 1, in log space."""
-    return float(np.exp(np.logaddexp.reduce(
-        _log_binomial_pmf(np.arange(first, last + 1), trials, prob))))
-
-
 def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[float, float]:
     """The exact (Clopper-Pearson) 1 - alpha interval of a binomial proportion: the probabilities
     at which `successes` or more, and `successes` or fewer, have probability alpha / 2 each
-    (bisection on the exact tails, to 1e-12 of the bound: relative, so tiny bounds keep their
-    digits)."""
+    (bisection on the exact tails in log space, to 1e-12 of the bound: relative, so tiny bounds
+    keep their digits)."""
     if trials <= 0 or not 0 <= successes <= trials:
         raise ValueError(f"clopper_pearson needs 0 <= successes <= trials, trials > 0; got "
                          f"{successes} of {trials}")
+    k = np.arange(trials + 1)
+    log_choose = np.concatenate([[0.0], np.cumsum(np.log(trials - k[:-1]) - np.log(k[1:]))])
+
+    def at_least(first: int, prob: float) -> float:  # P(X >= first), X ~ binomial(trials, prob)
+        log_pmf = log_choose[first:] + k[first:] * math.log(prob) \
+            + (trials - k[first:]) * math.log1p(-prob)
+        return float(np.exp(np.logaddexp.reduce(log_pmf)))
 
     def solve(first: int, target: float) -> float:  # P(X >= first) = target; it grows with prob
         low, high = 0.0, 1.0
@@ -56,8 +49,7 @@ def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[f
             if high - low <= 1e-12 * high:
                 break
             middle = (low + high) / 2
-            low, high = (low, middle) if _tail(first, trials, trials, middle) > target else (
-                middle, high)
+            low, high = (low, middle) if at_least(first, middle) > target else (middle, high)
         return (low + high) / 2
 
     lower = 0.0 if successes == 0 else solve(successes, alpha / 2)  # P(X >= k) = alpha / 2

@@ -33,14 +33,17 @@ def teacher_steps(workdir: Path, left: list[dict], cached: bool
     resume step), the steps that will run the teacher: all without cached teacher logits, else
     those whose logits neither the store holds now (stored_steps; a fresh disk has none) nor
     an earlier of these runs stores first; and how many of the runs' steps the store holds."""
-    kd = [r for r in left if r["distill"]]
-    end = max((r["start_step"] + r["steps"] for r in kd), default=0)
-    stored = {s for s in stored_steps(workdir) if s < end} if cached else set()
+    kd = {(r["level"], r["variant"]): range(r.get("at_step", r["start_step"]),
+                                            r["start_step"] + r["steps"])
+          for r in left if r["distill"]}  # in training order
+    if not cached:
+        return {key: len(steps) for key, steps in kd.items()}, 0
+    end = max((steps.stop for steps in kd.values()), default=0)
+    stored = {s for s in stored_steps(workdir) if s < end}
     count, teacher = len(stored), {}
-    for r in kd:
-        steps = set(range(r.get("at_step", r["start_step"]), r["start_step"] + r["steps"]))
-        teacher[(r["level"], r["variant"])] = len(steps - stored) if cached else len(steps)
-        stored |= steps
+    for key, steps in kd.items():
+        teacher[key] = len(set(steps) - stored)
+        stored.update(steps)
     return teacher, count
 
 
@@ -50,9 +53,10 @@ def stored_steps(workdir: Path) -> set[int]:
     teacher's); inside a chunk at the edge of what is stored, only the rows filled in (a run
     that started or stopped inside it left the rest NaN). No JAX, a few milliseconds."""
     folders = [f for f in Workdir(workdir).teacher_logits.glob("*") if f.is_dir()]
+    if not folders:
+        return set()
     chunks: dict[int, tuple[Path, int]] = {}
-    for meta in max(folders, key=lambda f: f.stat().st_mtime, default=Path()).glob(
-            "chunk_*.json") if folders else []:
+    for meta in max(folders, key=lambda f: f.stat().st_mtime).glob("chunk_*.json"):
         try:
             record = json.loads(meta.read_text())
             first, count = int(record["first_step"]), int(record["steps"])
