@@ -311,6 +311,37 @@ def test_kd_steps_count_as_reads_only_where_the_store_holds_them_or_an_earlier_r
     assert status.study_status(tmp_path)["steps_left"] == {False: 0, True: 170}
 
 
+def test_a_resumed_kd_run_is_estimated_in_the_teacher_logit_mode_it_started_with(tmp_path):
+    """The running KD run keeps the kd.teacher_logits mode its resume checkpoints record (in_step
+    where they predate the record); the runs still to start take the latest start's. An in_step
+    run runs the teacher on every step and stores nothing for a later run to read."""
+    plan = {"steps_per_epoch": 10, "runs": [
+        {"level": 0, "variant": "dense", "distill": False, "start_step": 0, "steps": 100},
+        {"level": 2, "variant": "kd", "distill": True, "start_step": 0, "steps": 100},
+        {"level": 2, "variant": "kd_rewind", "distill": True, "start_step": 30, "steps": 70}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    paths = Workdir(tmp_path)
+    results.append_row(paths.results, {"level": 0, "variant": "dense", "sparsity": 0.0,
+                                       "test_accuracy": 0.5, "steps": 100, "seconds": 100.0})
+    meta = paths.resume("level_2_kd") / "50" / "meta" / "metadata"
+    meta.parent.mkdir(parents=True)
+
+    def steps_left(latest_start: str, fingerprint) -> dict:
+        paths.environment.write_text(json.dumps({"teacher_logits": latest_start}) + "\n")
+        meta.write_text("{damaged" if fingerprint is None else
+                        json.dumps({"fingerprint": fingerprint}))
+        found = status.study_status(tmp_path)
+        assert found["current"]["at_step"] == 50
+        return found["steps_left"]
+
+    # kd computes steps 50-99; kd_rewind (30-99) reads them if kd stores them, computes 30-49
+    assert steps_left("cached", {"teacher_logits": "cached"}) == {False: 50, True: 70}
+    assert steps_left("cached", {"teacher_logits": "in_step"}) == {False: 0, True: 120}
+    assert steps_left("cached", {"model": "resnet20"}) == {False: 0, True: 120}  # predates
+    assert steps_left("cached", None) == {False: 50, True: 70}  # unreadable: the start's mode
+    assert steps_left("in_step", {"teacher_logits": "cached"}) == {False: 0, True: 120}
+
+
 def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     """`python -m lottery_kd.status DIR ... | head`: head exits after one line, and status's
     writes (more than a pipe holds) meet a closed pipe."""

@@ -18,9 +18,9 @@ network's on the same CPU (the teacher's forward pass); before any pruned networ
 the sparse kernels (model.conv_impl=sparse), the dense network's pace makes the estimate an
 upper bound, and it says so. Where the study caches the teacher's logits
 (training.teacher_cache), a KD step whose logits the store holds now, or an earlier KD run still
-to train will store, reads them and is counted at the cross-entropy pace (analysis.status_pace
-has the paces). A study resumed on another CPU keeps the old CPU's pace until its first whole
-epoch there, and says so.
+to train will store, reads them and is counted at the cross-entropy pace; the running KD run
+keeps the mode its resume checkpoints record (analysis.status_pace has the paces). A study
+resumed on another CPU keeps the old CPU's pace until its first whole epoch there, and says so.
 """
 
 from __future__ import annotations
@@ -78,6 +78,10 @@ def study_status(workdir: str | Path) -> dict:
             current = {**run, "at_step": step, "at_time": checkpoints[-1][1],
                        "last_test": _last_test(paths, tag),
                        "fraction": (step - run["start_step"]) / max(1, run["steps"])}
+            mode = run["distill"] and pace.resumed_teacher_logits(  # kept from its start
+                paths.resume(tag), [s for s, _ in checkpoints])
+            if mode:
+                current["teacher_logits"] = mode
             if len(checkpoints) > 1 and not rates[run["distill"]]:
                 (s0, t0), (s1, t1) = checkpoints[-2], checkpoints[-1]
                 # at least half an epoch apart: a stop's checkpoint right after an epoch's

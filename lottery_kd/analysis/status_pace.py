@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -30,21 +31,44 @@ def caches_teacher_logits(workdir: Path) -> bool:
 def teacher_steps(workdir: Path, left: list[dict], cached: bool
                   ) -> tuple[dict[tuple[int, str], int], int]:
     """Of each KD run still to train (`left`, in training order; the current one from its
-    resume step), the steps that will run the teacher: all without cached teacher logits, else
-    those whose logits neither the store holds now (stored_steps; a fresh disk has none) nor
-    an earlier of these runs stores first; and how many of the runs' steps the store holds."""
+    resume step), the steps that will run the teacher: all of a run without cached teacher
+    logits (its own "teacher_logits" mode where it has one, a resumed run's, else `cached`),
+    else those whose logits neither the store holds now (stored_steps; a fresh disk has none)
+    nor an earlier caching run stores first; and how many of the runs' steps the store holds."""
     kd = {(r["level"], r["variant"]): range(r.get("at_step", r["start_step"]),
                                             r["start_step"] + r["steps"])
           for r in left if r["distill"]}  # in training order
-    if not cached:
+    caching = {(r["level"], r["variant"]): r.get("teacher_logits", "cached" if cached else
+                                                 "in_step") == "cached"
+               for r in left if r["distill"]}
+    if not any(caching.values()):
         return {key: len(steps) for key, steps in kd.items()}, 0
     end = max((steps.stop for steps in kd.values()), default=0)
     stored = {s for s in stored_steps(workdir) if s < end}
     count, teacher = len(stored), {}
     for key, steps in kd.items():
+        if not caching[key]:  # runs the teacher in its step and stores nothing
+            teacher[key] = len(steps)
+            continue
         teacher[key] = len(set(steps) - stored)
         stored.update(steps)
     return teacher, count
+
+
+def resumed_teacher_logits(resume: Path, steps: list[int]) -> Optional[str]:
+    """How a KD run resumed from its checkpoints (`steps`, folders under `resume`) gets its
+    teacher's logits, as Study.run_teacher_logits decides: the mode the newest fingerprint
+    records (in_step where it predates the record), or None where none can be read (the
+    next start's kd.teacher_logits then decides). Reads the metadata json: no JAX."""
+    for step in sorted(steps, reverse=True):
+        try:
+            meta = json.loads((resume / str(step) / "meta" / "metadata").read_text())
+            fingerprint = meta["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(fingerprint, dict):
+            return str(fingerprint.get("teacher_logits", "in_step"))
+    return None
 
 
 def stored_steps(workdir: Path) -> set[int]:
