@@ -9,7 +9,7 @@ import pytest
 from lottery_kd.analysis import bootstrap, curves, lmc
 from lottery_kd.kernels import conv3x3
 from lottery_kd.study import lottery
-from lottery_kd.study.checkpoints import read_fingerprint
+from lottery_kd.study.checkpoint_meta import read_fingerprint
 from tests.analysis_helpers import _beside, _captured, _png_size
 
 

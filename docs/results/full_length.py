@@ -38,7 +38,7 @@ from lottery_kd.kernels.conv3x3 import resumed_conv_impl  # noqa: E402
 from lottery_kd.published import load  # noqa: E402
 from lottery_kd.runtime.environment import epoch_cpu  # noqa: E402
 from lottery_kd.study import jsonlines  # noqa: E402
-from lottery_kd.study.checkpoints import latest_fingerprint  # noqa: E402
+from lottery_kd.study.checkpoint_meta import latest_fingerprint  # noqa: E402
 from lottery_kd.study.results import EPOCH_TIME_FIELDS  # noqa: E402
 from lottery_kd.study.results import read_rows_or_warn as read_rows  # noqa: E402
 from lottery_kd.study.variants import snapshot_name  # noqa: E402

@@ -37,6 +37,7 @@ from lottery_kd.analysis import status_pace as pace
 from lottery_kd.analysis.curves import read_scalars
 from lottery_kd.runtime import environment
 from lottery_kd.study import jsonlines, results, workdir_lock
+from lottery_kd.study.checkpoint_meta import resumed_teacher_logits
 from lottery_kd.study.workdir import Workdir
 
 
@@ -78,10 +79,8 @@ def study_status(workdir: str | Path) -> dict:
             current = {**run, "at_step": step, "at_time": checkpoints[-1][1],
                        "last_test": _last_test(paths, tag),
                        "fraction": (step - run["start_step"]) / max(1, run["steps"])}
-            mode = run["distill"] and pace.resumed_teacher_logits(  # kept from its start
-                paths.resume(tag), [s for s, _ in checkpoints])
-            if mode:
-                current["teacher_logits"] = mode
+            if run["distill"]:  # it resumes in the mode it started with (None: unrecorded)
+                current["teacher_logits"] = resumed_teacher_logits(paths.resume(tag))
             if len(checkpoints) > 1 and not rates[run["distill"]]:
                 (s0, t0), (s1, t1) = checkpoints[-2], checkpoints[-1]
                 # at least half an epoch apart: a stop's checkpoint right after an epoch's

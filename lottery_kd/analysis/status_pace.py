@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -38,8 +37,8 @@ def teacher_steps(workdir: Path, left: list[dict], cached: bool
     kd = {(r["level"], r["variant"]): range(r.get("at_step", r["start_step"]),
                                             r["start_step"] + r["steps"])
           for r in left if r["distill"]}  # in training order
-    caching = {(r["level"], r["variant"]): r.get("teacher_logits", "cached" if cached else
-                                                 "in_step") == "cached"
+    default = "cached" if cached else "in_step"
+    caching = {(r["level"], r["variant"]): (r.get("teacher_logits") or default) == "cached"
                for r in left if r["distill"]}
     if not any(caching.values()):
         return {key: len(steps) for key, steps in kd.items()}, 0
@@ -53,22 +52,6 @@ def teacher_steps(workdir: Path, left: list[dict], cached: bool
         teacher[key] = len(set(steps) - stored)
         stored.update(steps)
     return teacher, count
-
-
-def resumed_teacher_logits(resume: Path, steps: list[int]) -> Optional[str]:
-    """How a KD run resumed from its checkpoints (`steps`, folders under `resume`) gets its
-    teacher's logits, as Study.run_teacher_logits decides: the mode the newest fingerprint
-    records (in_step where it predates the record), or None where none can be read (the
-    next start's kd.teacher_logits then decides). Reads the metadata json: no JAX."""
-    for step in sorted(steps, reverse=True):
-        try:
-            meta = json.loads((resume / str(step) / "meta" / "metadata").read_text())
-            fingerprint = meta["fingerprint"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(fingerprint, dict):
-            return str(fingerprint.get("teacher_logits", "in_step"))
-    return None
 
 
 def stored_steps(workdir: Path) -> set[int]:

@@ -29,12 +29,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lottery_kd.study.checkpoint_meta import CheckpointError, read_meta
+
 PyTree = Any
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: missing, truncated, or from another model or config."""
 
 
 def _from_checkpoint_code(traceback: Any, source: Any = None) -> bool:
@@ -166,7 +164,7 @@ class SnapshotStore:
         where = f"snapshot {name!r} in {self.directory}"
         if not self.exists(name):
             raise CheckpointError(f"no complete {where}")
-        meta = _read_meta(self.path(name), where)
+        meta = read_meta(self.path(name), where)
         _check_fingerprint(where, meta.get("fingerprint"),
                            {**self.fingerprint, "shapes": tree_shapes(like)})
         try:
@@ -178,40 +176,6 @@ class SnapshotStore:
     def close(self) -> None:
         """Wait for pending writes and release the checkpointer."""
         self._checkpointer.close()
-
-
-def read_fingerprint(path: str | os.PathLike) -> Optional[dict]:
-    """The fingerprint (model, config digest, shapes) a checkpoint folder was written with, or
-    None when it has none or its metadata cannot be read."""
-    try:
-        meta = _read_meta(Path(path), str(path))
-    except CheckpointError:
-        return None
-    fingerprint = meta.get("fingerprint") if isinstance(meta, dict) else None
-    return fingerprint if isinstance(fingerprint, dict) else None
-
-
-def latest_fingerprint(store: str | os.PathLike) -> Optional[dict]:
-    """The fingerprint of the newest checkpoint in `store` (step folders) that has one, or None:
-    what a resume of that run will be checked against, and the path it trains on."""
-    store = Path(store)
-    steps = sorted((int(p.name) for p in store.iterdir() if p.name.isdigit()),
-                   reverse=True) if store.is_dir() else []
-    for step in steps:
-        fingerprint = read_fingerprint(store / str(step))
-        if fingerprint is not None:
-            return fingerprint
-    return None
-
-
-def _read_meta(path: Path, where: str) -> dict:
-    import json
-    meta_file = path / "meta" / "metadata"
-    try:
-        return json.loads(meta_file.read_text())
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{where} is damaged: its metadata cannot be read "
-                              f"({type(error).__name__})") from None
 
 
 class ResumeStore:
@@ -246,7 +210,7 @@ class ResumeStore:
             for step in reversed(self.steps()):
                 where = f"resume checkpoint at step {step} in {self.directory}"
                 try:
-                    meta = _read_meta(self.directory / str(step), where)
+                    meta = read_meta(self.directory / str(step), where)
                     _check_fingerprint(where, meta.get("fingerprint"),
                                        {**self.fingerprint, "shapes": tree_shapes(like)})
                     restored = self._manager.restore(step, args=_restore_args(like, sharding))
@@ -293,7 +257,7 @@ def read_snapshot(path: str | os.PathLike) -> dict:
     where = f"snapshot {path.name!r} in {path.parent}"
     if not (path.is_dir() and ocp.utils.is_checkpoint_finalized(path)):
         raise CheckpointError(f"no complete {where}")
-    _read_meta(path, where)
+    read_meta(path, where)
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     try:
         restored = checkpointer.restore(

@@ -31,7 +31,8 @@ from lottery_kd.runtime.parallel import DataParallel
 from lottery_kd.sparsity import masks as masks_lib
 from lottery_kd.sparsity.dynamic import MaskSchedule
 from lottery_kd.study import results, run_row, variants as variants_lib
-from lottery_kd.study.checkpoints import SnapshotCache, SnapshotStore, latest_fingerprint
+from lottery_kd.study.checkpoint_meta import latest_fingerprint, resumed_teacher_logits
+from lottery_kd.study.checkpoints import SnapshotCache, SnapshotStore
 from lottery_kd.study.variants import DENSE, snapshot_name
 from lottery_kd.study.workdir import Workdir
 from lottery_kd.study.workdir_checks import (check_batch_norm_groups, check_workdir_path,
@@ -337,10 +338,8 @@ class Study:
     def run_teacher_logits(self, tag: str, num_steps: int) -> str:
         """How KD run `tag` gets its teacher's logits: as its resume checkpoints record (in_step
         if they predate the record), else kd.teacher_logits resolved for this run."""
-        fingerprint = latest_fingerprint(self.paths.resume(tag))
-        if fingerprint is not None:
-            return fingerprint.get("teacher_logits", "in_step")
-        return self.new_run_teacher_logits(num_steps)
+        mode = resumed_teacher_logits(self.paths.resume(tag))
+        return mode if mode is not None else self.new_run_teacher_logits(num_steps)
 
     def new_run_teacher_logits(self, num_steps: int) -> str:
         """kd.teacher_logits resolved for a KD run of `num_steps` that starts now (recorded in

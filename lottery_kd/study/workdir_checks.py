@@ -53,7 +53,7 @@ def check_orphaned_results(workdir: Path, config: Any) -> None:
     """With config.json missing, refuse a workdir whose snapshots were made with another config
     (their fingerprint holds its digest), or whose rows cannot be checked at all: else another
     config would adopt them as its own."""
-    from lottery_kd.study.checkpoints import read_fingerprint
+    from lottery_kd.study.checkpoint_meta import read_fingerprint
     path = Workdir(workdir).config
     directory = Workdir(workdir).snapshots
     digest = config_digest(config)
