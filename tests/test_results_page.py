@@ -69,6 +69,28 @@ def test_each_tickets_last_ten_epochs_are_the_committed_scalars():
         assert spread in paragraph and mean in paragraph, (name, spread, mean)
 
 
+
+def test_differences_of_ten_epoch_means_come_from_the_unrounded_means():
+    """In a ticket's bullet, each figure after "ten-epoch means" (up to the clause's end) is the
+    difference of its run's last-ten mean and another run's, from the unrounded means: twice a
+    difference of the rounded table means (one hundredth off) had reached the page."""
+    script = runpy.run_path(str(REPO / "docs" / "results" / "full_length.py"))
+    rows = {(row["level"], row["variant"]): row for row in _rows()}
+    means = {key: statistics.mean(values)
+             for key, values in script["late_accuracy"](str(STUDY), rows).items()}
+    assert len(means) == len(rows), "every finished run has its last ten epochs"
+    section, checked = _section(), 0
+    for level, variant in (key for key in means if key[0] > 0):
+        name = f"**L{level} `{variant}`**"
+        paragraph = section[section.index(name):].split("\n- ")[0]
+        allowed = {f"{abs(means[level, variant] - mean):.2f}" for mean in means.values()}
+        clauses = re.findall(r"ten-epoch means([^).]*(?:\.\d[^).]*)*)", paragraph)
+        figures = [f for clause in clauses for f in re.findall(r"\d+\.\d\d", clause)]
+        checked += len(figures)
+        for figure in figures:
+            assert figure in allowed, (name, figure, sorted(allowed))
+    assert checked, "the bullets give differences of ten-epoch means"
+
 def test_where_it_stands_names_the_carried_resume_checkpoint():
     """"Next, L10 `lr_rewind`: step N of M": the run the committed copy resumes, at the step of
     its carried resume checkpoint, and M the run's last step from plan.json."""
