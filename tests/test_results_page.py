@@ -69,7 +69,6 @@ def test_each_tickets_last_ten_epochs_are_the_committed_scalars():
         assert spread in paragraph and mean in paragraph, (name, spread, mean)
 
 
-
 def test_differences_of_ten_epoch_means_come_from_the_unrounded_means():
     """In a ticket's bullet, each figure after "ten-epoch means" (up to the clause's end) is the
     difference of its run's last-ten mean and another run's, from the unrounded means: twice a
@@ -90,6 +89,7 @@ def test_differences_of_ten_epoch_means_come_from_the_unrounded_means():
         for figure in figures:
             assert figure in allowed, (name, figure, sorted(allowed))
     assert checked, "the bullets give differences of ten-epoch means"
+
 
 def test_where_it_stands_names_the_carried_resume_checkpoint():
     """"Next, L10 `lr_rewind`: step N of M": the run the committed copy resumes, at the step of
