@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Follow-up to run_cpu.sh: is the KD ticket capped by its 15-epoch teacher? The same study (seed
 # 0, levels 2 and 3) with distillation switched off at the first LR drop (kd.stop_epoch=7: steps
-# 0..2456 use the KD loss, plain cross-entropy from step 2457 = 7 x 351 on), the CIFAR analogue of
-# the KD-ticket release's early-stopped KD on ImageNet. It trains its own undistilled twins
+# 0..2456 use the KD loss, plain cross-entropy from step 2457 = 7 x 351 on): early-stopped KD as the
+# KD-ticket release runs it on ImageNet, where it stops at the second LR drop (epoch 60 of 90), not
+# the first. It trains its own undistilled twins
 # (lt, weight_rewind) beside the distilled variants, so that every difference pairs within this
 # study (same dense network, masks and data order). Its dense run has seed 0's settings but does
 # not retrain seed 0's network bit for bit: bit-identical results hold on one CPU only, and since
