@@ -40,8 +40,9 @@ def test_paired_test_counts_the_images_only_one_ticket_gets_right():
     # the exact interval: Clopper-Pearson of 30 of 40 discordant images (scipy's binomtest(30,
     # 40).proportion_ci(method="exact"): 0.5880380198484636, 0.8730852010671533), as a difference
     low, high = 0.5880380198484636, 0.8730852010671533
-    assert found["ci95"] == pytest.approx([(2 * low - 1) * 0.04, (2 * high - 1) * 0.04],
-                                          abs=1e-11)
+    assert found["ci95_given_discordant"] == pytest.approx(
+        [(2 * low - 1) * 0.04, (2 * high - 1) * 0.04], abs=1e-11)
+    assert found["ci95"] == pytest.approx(paired_stats.tango_interval(30, 10, 1000))
     assert paired_stats.paired_test(b, a)["difference"] == pytest.approx(-0.02)
     with pytest.raises(ValueError, match="equal-length"):
         paired_stats.paired_test(a, b[:10])
@@ -70,15 +71,81 @@ def test_the_exact_interval_excludes_zero_exactly_when_mcnemar_p_is_below_005():
             a, b = np.zeros(n, bool), np.zeros(n, bool)
             a[:a_only], b[a_only:a_only + b_only] = True, True
             found = paired_stats.paired_test(a, b)
-            low, high = found["ci95"]
+            low, high = found["ci95_given_discordant"]
             assert low <= found["difference"] <= high
             assert (low > 0 or high < 0) == (found["p_value"] < 0.05), (a_only, b_only)
     a, b = np.zeros(n, bool), np.zeros(n, bool)
     a[:496], b[496:932] = True, True
     found = paired_stats.paired_test(a, b)
     assert found["p_value"] == pytest.approx(0.053226051972698155)
-    assert found["ci95_normal"][0] > 0 > found["ci95"][0]
-    assert paired_stats.paired_test(a, a)["ci95"] == [0.0, 0.0]  # no discordant image
+    assert found["ci95_normal"][0] > 0 > found["ci95_given_discordant"][0]
+    assert found["ci95"][0] > 0  # Tango's inverts the large-sample test: z = 60 / 932^0.5 > 1.96
+    same = paired_stats.paired_test(a, a)
+    assert same["ci95_given_discordant"] == [0.0, 0.0]  # no discordant image
+    bound = paired_stats.Z95 ** 2 / (n + paired_stats.Z95 ** 2)  # Tango's, with none: +-z²/(n+z²)
+    assert same["ci95"] == pytest.approx([-bound, bound], abs=1e-11)
+
+
+def _restricted_b_share(a_only: int, b_only: int, n: int, difference: float) -> float:
+    """The maximum-likelihood share of images only b gets right, given the difference, by brute
+    force over a fine grid (the closed form in tango_score is what this checks)."""
+    share = np.linspace(max(0.0, -difference), (1 - difference) / 2, 400_001)[1:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_likelihood = (a_only * np.log(share + difference) + b_only * np.log(share)
+                          + (n - a_only - b_only) * np.log(1 - 2 * share - difference))
+    return float(share[np.nanargmax(log_likelihood)])
+
+
+def test_tangos_interval_ends_where_the_score_with_the_restricted_mle_is_196():
+    for a_only, b_only, n in [(594, 382, 10_000), (1, 7, 21), (6, 16, 161), (12, 0, 50)]:
+        low, high = paired_stats.tango_interval(a_only, b_only, n)
+        assert low < (a_only - b_only) / n < high
+        for end, target in ((low, paired_stats.Z95), (high, -paired_stats.Z95)):
+            if abs(end) == 1.0:
+                continue
+            share = _restricted_b_share(a_only, b_only, n, end)
+            score = (a_only - b_only - n * end) / np.sqrt(n * (2 * share + end * (1 - end)))
+            assert score == pytest.approx(target, abs=2e-3), (a_only, b_only, n, end)
+            assert paired_stats.tango_score(a_only, b_only, n, end) == pytest.approx(target)
+    assert paired_stats.tango_interval(5, 0, 5)[1] == 1.0  # every image discordant, a's way
+    with pytest.raises(ValueError, match="tango_interval"):
+        paired_stats.tango_interval(6, 5, 10)
+
+
+def _coverage(n: int, p_a_only: float, p_b_only: float, interval) -> float:
+    """The exact probability that interval(a_only, b_only, n) covers the true difference, over
+    every outcome of n images drawn with these shares of a-only and b-only images."""
+    true, covered = p_a_only - p_b_only, 0.0
+    log_rest = math.log1p(-p_a_only - p_b_only)
+    for a_only in range(n + 1):
+        for b_only in range(n - a_only + 1):
+            log_p = (math.lgamma(n + 1) - math.lgamma(a_only + 1) - math.lgamma(b_only + 1)
+                     - math.lgamma(n - a_only - b_only + 1) + a_only * math.log(p_a_only)
+                     + b_only * math.log(p_b_only) + (n - a_only - b_only) * log_rest)
+            if log_p > -30:
+                low, high = interval(a_only, b_only, n)
+                covered += math.exp(log_p) * (low <= true <= high)
+    return covered
+
+
+def test_tangos_interval_covers_near_95_percent_where_the_conditional_one_does_not():
+    """One ticket winning 8 of 9 discordant images (a ticket against a much stronger network):
+    the interval exact given the discordant count covers the difference about 70 % of the
+    time, Tango's near 95 %."""
+    def given_discordant(a_only: int, b_only: int, n: int) -> tuple[float, float]:
+        if not a_only + b_only:
+            return 0.0, 0.0
+        share = paired_stats.clopper_pearson(a_only, a_only + b_only)
+        return tuple((2 * s - 1) * (a_only + b_only) / n for s in share)
+    assert _coverage(80, 0.08, 0.01, given_discordant) < 0.8
+    assert 0.93 < _coverage(80, 0.08, 0.01, paired_stats.tango_interval) < 0.97
+    assert 0.93 < _coverage(80, 0.05, 0.04, paired_stats.tango_interval) < 0.97
+
+
+def test_a_p_value_below_the_float_range_reads_as_a_bound_not_zero():
+    assert paired_stats.mcnemar_p(0, 1100) == 0.0  # 2 / 2^1100, under 1e-308
+    assert paired._p_text(0.0) == "< 1e-300"
+    assert paired._p_text(3.2e-13) == "3.2e-13" and paired._p_text(0.433) == "0.433"
 
 
 def test_holm_adjusts_step_down_and_keeps_the_order():

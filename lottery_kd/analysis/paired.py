@@ -15,13 +15,14 @@ For each pair (a, b) this counts the images only a gets right (a_only) and only 
 - that p-value adjusted by Holm's method over the pairs tested at the same level (one family):
   below 0.05, the finding holds with at most a 0.05 chance of any false one among the level's
   tests;
-- the difference's 95 % interval that goes with the uncorrected test, exact given the number of
-  discordant images: the Clopper-Pearson interval of the share of them that a gets right,
-  (lo, hi), as a difference,
-  (2 lo - 1, 2 hi - 1) * (a_only + b_only) / n. It excludes zero exactly when p < 0.05 (the
-  normal interval for paired proportions, difference +- 1.96 * sqrt(a_only + b_only -
-  (a_only - b_only)^2 / n) / n, can disagree with the test near 0.05; it is kept in
-  paired.json as ci95_normal);
+- the difference's 95 % interval, Tango's score interval for paired proportions (ci95): near
+  95 % coverage whatever the split of the discordant images. It can disagree with the exact
+  test near p = 0.05 (it inverts the large-sample test), so paired.json also keeps the interval
+  that goes with the test, exact given the number of discordant images
+  (ci95_given_discordant: the Clopper-Pearson interval (lo, hi) of the share of them that a gets
+  right, as a difference, (2 lo - 1, 2 hi - 1) * (a_only + b_only) / n, which excludes zero
+  exactly when p < 0.05 but covers the difference well under 95 % where one ticket wins most of
+  the discordant images), and the normal interval (ci95_normal);
 - how often the two predict the same class, and each ticket how often it agrees with the dense
   network (its teacher, where it distils) and how many of that network's mistakes it repeats
   (the same wrong class).
@@ -255,8 +256,10 @@ def markdown(record: dict) -> str:
         lines.append(f"| L{t['level']} {t['variant']} | {100 * t['sparsity']:.2f} | "
                      f"{100 * t['test_accuracy']:.2f} | {100 * t['results_row_accuracy']:.2f} | "
                      f"{agree} | {repeats} |")
-    lines += ["", "Holm p: the McNemar p adjusted over the pairs tested at the same level.",
-              "", "| level | a − b | difference (points) | exact 95 % interval | only a right | "
+    lines += ["", "Holm p: the McNemar p adjusted over the pairs tested at the same level. "
+              "95 % interval: Tango's score interval of the difference (paired.json keeps the "
+              "one exact given the discordant images, which goes with the exact test, too).",
+              "", "| level | a − b | difference (points) | 95 % interval | only a right | "
               "only b right | McNemar p | Holm p | same class % |",
               "|---|---|---|---|---|---|---|---|---|"]
     for p in record["pairs"]:
@@ -265,17 +268,19 @@ def markdown(record: dict) -> str:
                      f"{100 * low:+.2f} to {100 * high:+.2f} | {p['a_only']} | {p['b_only']} | "
                      f"{_p_text(p['p_value'])} | {_p_text(p['p_holm'])} | "
                      f"{100 * p['agreement']:.2f} |")
-    return "\n".join(lines) + "\n\n![each difference with its exact 95 % interval](paired.png)\n"
+    return "\n".join(lines) + "\n\n![each difference with its 95 % interval](paired.png)\n"
 
 
 def _p_text(p: float) -> str:
+    if p == 0.0:  # below the float range: mcnemar_p's exact tail underflows
+        return "< 1e-300"
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def plot(record: dict, path: Path) -> None:
-    """Each pair's difference (points) with its exact 95 % interval, one row per pair, zero
-    marked; blue where the exact McNemar test gives p < 0.05 (the intervals that exclude zero),
-    the point filled where Holm's adjusted p is below 0.05 too."""
+    """Each pair's difference (points) with its 95 % interval (Tango's), one row per pair, zero
+    marked; blue where the exact McNemar test gives p < 0.05, the point filled where Holm's
+    adjusted p is below 0.05 too."""
     from lottery_kd.analysis import plotting
 
     pairs = record["pairs"]
@@ -291,7 +296,7 @@ def plot(record: dict, path: Path) -> None:
         axis.set_yticklabels([f"L{p['level']} {p['a']} − {p['b']}" for p in reversed(pairs)],
                              fontsize=8)
         axis.axvline(0.0, color="black", linewidth=0.8)
-        axis.set_xlabel("difference in test accuracy (points), exact 95 % interval\nblue: "
+        axis.set_xlabel("difference in test accuracy (points), 95 % interval (Tango)\nblue: "
                         "McNemar p < 0.05; filled: Holm p < 0.05 too (over the level's pairs)",
                         fontsize=8)
         axis.grid(axis="x", alpha=0.3)
