@@ -137,3 +137,21 @@ def test_overlap_heat_map_gives_each_pairs_chance_level(monkeypatch, tmp_path):
     assert texts == ["1.00", "0.30\n(0.05)", "0.30\n(0.05)", "1.00"]
     assert "chance" in figure.axes[0].get_title()
     plt.close("all")
+
+
+def test_report_overlap_is_over_the_studys_pruning_scope(studies):
+    """A study pruned in another scope (Renda's conv_no_shortcut, conv_fc) is compared over
+    that scope: a kernel outside it would count as kept and raise every overlap."""
+    import copy
+
+    seeds, _ = studies
+    runs = [copy.deepcopy(report.load_run(d)) for d in seeds]
+    for run in runs:
+        run["config"]["prune"]["scope"] = "conv_fc"
+    matrix = report.ticket_overlap(runs)
+    masks = overlap.tickets_of(seeds[0])["lt@L1"]
+    i = matrix["names"].index("s0 L1 (all 3)")
+    assert matrix["scope"] == "conv_fc"
+    assert matrix["densities"][i] == pytest.approx(overlap.density(masks, "conv_fc"))
+    assert overlap.density(masks, "conv_fc") != pytest.approx(overlap.density(masks, "conv"))
+    assert "in the pruning scope `conv_fc`" in report.overlap_text(matrix, runs)

@@ -247,6 +247,18 @@ def test_published_numbers_are_drawn_only_where_model_and_data_match():
     assert report.published_for("digits_convnet", "digits", reference) == {}
 
 
+def test_a_published_density_matches_its_own_level_only():
+    """Published densities are rounded (0.107 for 0.8^10); a run deeper than the table must not
+    take the nearest published level's number (level 18, 0.0180, is not level 17's 0.0225)."""
+    levels = [0.8 ** k for k in range(1, 25)]
+    for row in published_lib.load(report.REFERENCE)["iterative"]["resnet56"]:
+        matched = [k + 1 for k, d in enumerate(levels)
+                   if published_lib.same_density(row["density"], d)]
+        assert len(matched) == 1, (row["density"], matched)
+    assert not published_lib.same_density(0.0225, 0.8 ** 18)
+    assert published_lib.same_density(0.107, 0.8 ** 10)
+
+
 def test_the_package_reads_nothing_outside_itself_at_run_time():
     """The published tables travel with the package; no module (code or docstring) reads or
     points to ../shared, which a user's clone does not have."""

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(HERE, "..", ".."))
 from lottery_kd.analysis.curves import run_curves  # noqa: E402
 from lottery_kd.analysis.report_runs import network_order  # noqa: E402
 from lottery_kd.kernels.conv3x3 import resumed_conv_impl  # noqa: E402
-from lottery_kd.published import load  # noqa: E402
+from lottery_kd.published import load, same_density  # noqa: E402
 from lottery_kd.runtime.environment import epoch_cpu  # noqa: E402
 from lottery_kd.study import jsonlines  # noqa: E402
 from lottery_kd.study.checkpoint_meta import latest_fingerprint  # noqa: E402
@@ -59,10 +59,10 @@ def density(level: int, keep: float) -> float:
 
 
 def renda_row(level: int, keep: float) -> dict:
-    """Renda et al.'s ResNet-20 row at the nearest published density (within 0.005), or {}."""
+    """Renda et al.'s ResNet-20 row at the nearest published density (same_density), or {}."""
     rows = load("renda2020_cifar10_imagenet")["iterative"]["resnet20"]
     near = min(rows, key=lambda r: abs(r["density"] - density(level, keep)))
-    return near if abs(near["density"] - density(level, keep)) < 0.005 else {}
+    return near if same_density(near["density"], density(level, keep)) else {}
 
 
 def planned_levels(plan: dict) -> list[int]:

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from lottery_kd.analysis.report_runs import schedule_note
 from lottery_kd.config import protocols
+from lottery_kd.published import same_density
 from lottery_kd.study import results
 
 
@@ -115,7 +116,7 @@ def markdown_table(entries: Sequence[dict], key: str, published: dict) -> str:
                 entry[f"{key}_mean"], entry[f"{key}_std"], entry[count]))
         for variant in extra:
             match = [acc for density, acc in published["lines"][variant]
-                     if abs(density - (1 - sparsity)) < 5e-3]
+                     if same_density(density, 1 - sparsity)]
             cells.append(f"{match[0]:.2f}" if match else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -176,8 +177,8 @@ CURVES_CAPTION = ("Learning curves of the finished runs (test accuracy after eac
 
 def overlap_text(matrix: dict, members: Sequence[dict]) -> str:
     """The sentences above the overlap table: what was compared, merged, and chance level."""
-    text = ("Mask overlap (Jaccard over the conv weights the masks keep) between the distinct "
-            "tickets of "
+    text = (f"Mask overlap (Jaccard over the weights the masks keep, in the pruning scope "
+            f"`{matrix.get('scope', 'conv')}`) between the distinct tickets of "
             + ", ".join(str(run["dir"]) for run in members) + ".")
     merged = [f"{label} = {', '.join(names)}" for label, names in matrix["members"].items()
               if len(names) > 1]

@@ -318,7 +318,8 @@ def ticket_overlap(members: Sequence[dict]) -> dict:
     """The Jaccard matrix over the distinct tickets of a group's runs ({} if under two).
 
     Tickets of several runs are named "s<seed> variant@L<level>" (the run directory's name when
-    two runs share a seed), and bit-identical masks are merged into one row.
+    two runs share a seed), and bit-identical masks are merged into one row. Over the study's
+    pruning scope: a kernel outside it (Renda's unpruned shortcuts) would count as kept.
     """
     from lottery_kd.analysis import overlap as overlap_lib
 
@@ -331,9 +332,10 @@ def ticket_overlap(members: Sequence[dict]) -> dict:
                       else Path(run["dir"]).name.replace(" ", "_") + " ")
         tickets.update({prefix + name: masks
                         for name, masks in overlap_lib.tickets_of(run["dir"]).items()})
-    merged, names = overlap_lib.merge_identical(tickets)
+    scope = members[0]["config"]["prune"]["scope"]  # one per group: it is in group_key's digest
+    merged, names = overlap_lib.merge_identical(tickets, scope)
     if len(merged) < 2:
         return {}
-    matrix = overlap_lib.overlap_matrix(merged)
-    matrix["members"] = names
+    matrix = overlap_lib.overlap_matrix(merged, scope)
+    matrix["members"], matrix["scope"] = names, scope
     return matrix

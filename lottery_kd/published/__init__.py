@@ -22,3 +22,14 @@ def load(name: str) -> dict:
     if name not in TABLES:
         raise ValueError(f"unknown published table {name!r}; allowed: {', '.join(TABLES)}")
     return json.loads(resources.files(__name__).joinpath(f"{name}.json").read_text())
+
+
+# Published densities are rounded to three significant figures (0.107 for 0.8^10, at most 0.35 %
+# off); successive IMP levels lie 20 % or more apart, so 2 % tells them apart at any depth, where
+# a fixed 0.005 joins level 18 (0.0180) to level 17's 0.0225.
+DENSITY_TOLERANCE = 0.02
+
+
+def same_density(published: float, density: float) -> bool:
+    """Whether a published density is the run's `density` (within DENSITY_TOLERANCE of it)."""
+    return abs(published - density) <= DENSITY_TOLERANCE * density
