@@ -100,3 +100,14 @@ def test_bootstrap_plot_draws_the_zero_gap_and_one_legend_beside_the_panels(monk
     figure.canvas.draw()
     assert _beside(gaps.get_window_extent(), gaps.get_legend().get_window_extent())
     plt.close("all")
+
+
+def test_a_chunks_train_metrics_weigh_each_row_by_its_steps():
+    """Steps 50-100 of the real world, with an epoch end at 78: the chunk's train accuracy is
+    over all 50 steps (28 at 0.5, 22 at 0.8), not the last row's 22, as the ideal world's is."""
+    history = [{"step": 78, "train_accuracy": 0.5, "train_loss": 1.0, "test_accuracy": 0.4},
+               {"step": 100, "train_accuracy": 0.8, "train_loss": 0.5, "test_accuracy": 0.45}]
+    found = bootstrap.chunk_train_metrics(history, 50)
+    assert found == pytest.approx({"train_accuracy": (28 * 0.5 + 22 * 0.8) / 50,
+                                   "train_loss": (28 * 1.0 + 22 * 0.5) / 50})
+    assert bootstrap.chunk_train_metrics(history[1:], 50)["train_accuracy"] == 0.8

@@ -11,6 +11,8 @@ sparse ticket of a study, with and without the KD loss from the study's dense te
 
 The ticket's mask is trained from the init snapshot (as `lt`, or `kd` with the teacher). The
 number of steps is what the fresh stream allows (rest // batch size) unless --steps is smaller.
+Each evaluation point also records the training minibatches' error and loss over the steps since
+the last one (training mode, augmented: not the error on the n examples themselves).
 Writes DIR/bootstrap.json, bootstrap.md (error gap per evaluation point) and bootstrap.png; a
 rerun skips the settings already done, and a killed run resumes inside the world it was training
 (checkpoints at every evaluation point under DIR/checkpoints).
@@ -134,7 +136,7 @@ class DeepBootstrap:
                                   teacher=teacher)
                 state, done = fit.state, done + chunk
                 progress.advance(chunk)
-                row = fit.history[-1]
+                row = {**fit.history[-1], **chunk_train_metrics(fit.history, done - chunk)}
                 progress.epoch_end(row)  # loss and accuracies on the bar, or one log line
                 point = {"step": done, "test_error": 1.0 - row["test_accuracy"],
                          "train_error": 1.0 - row["train_accuracy"],
@@ -164,6 +166,18 @@ class DeepBootstrap:
         return {"tag": tag, "ticket": ticket, "distill": distill,
                 "sparsity": masks_lib.sparsity(masks, self.run.scope),
                 "steps": [p["step"] for p in real], "real": real, "ideal": ideal, "gap": gap}
+
+
+def chunk_train_metrics(history: Sequence[dict], start: int) -> dict:
+    """The training minibatches' metrics (train_*) over all the steps of one fit from global
+    step `start`, weighting each history row by the steps it averages: a row closes at each
+    epoch end, so the real world's last row alone (since its epoch began) would cover fewer
+    steps than the ideal world's, which has no epoch end."""
+    steps = [row["step"] - before for row, before in
+             zip(history, [start] + [row["step"] for row in history[:-1]])]
+    keys = [key for key in history[-1] if key.startswith("train_")]
+    return {key: sum(n * row[key] for n, row in zip(steps, history)) / sum(steps)
+            for key in keys}
 
 
 def _plot(comparisons: Sequence[dict], title: str, path: Path) -> None:
