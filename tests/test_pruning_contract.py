@@ -7,6 +7,7 @@ Expected values are computed by hand / with plain numpy, never with the code und
 from __future__ import annotations
 
 import uuid
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +87,28 @@ def test_register_builtin_name_again_raises():
     (3, 0.2, 1), (1, 0.5, 1), (10, 0.999, 10)])
 def test_num_to_prune_is_exact_ceil_at_any_size(remaining, fraction, expected):
     assert pruning.num_to_prune(remaining, fraction) == expected
+
+
+def test_num_to_prune_reads_numpy_and_jax_scalars_in_their_own_precision():
+    # float(np.float32(0.2)) is 0.20000000298023224, which would prune 21 of 100
+    assert pruning.num_to_prune(100, np.float32(0.2)) == 20
+    assert pruning.num_to_prune(100, jnp.float32(0.2)) == 20
+    assert pruning.num_to_prune(100, np.float64(0.07)) == 7
+
+
+def test_oneshot_fractions_are_the_decimals_they_stand_for():
+    """1 - (1 - 0.3) is 0.30000000000000004 in floats, whose ceil at 1,000 weights is 301;
+    one-shot level L removes exactly 1 - (1 - p)^L, as iterative level 1 does for L = 1."""
+    from lottery_kd.sparsity.distributions import oneshot_fraction
+    assert pruning.num_to_prune(1000, 1.0 - (1.0 - 0.3) ** 1) == 301  # the float noise
+    assert pruning.num_to_prune(1000, oneshot_fraction(0.3, 1)) == 300
+    assert oneshot_fraction(0.2, 8) == 0.83222784 and oneshot_fraction(0.2, 10) == 0.8926258176
+    for p in (0.05, 0.15, 0.2, 0.3, 0.36, 0.4):
+        for level in range(1, 8):
+            exact = 1 - (1 - Fraction(str(p))) ** level
+            for n in (1000, 4321, 267_696):
+                expected = min(n, -(-exact.numerator * n // exact.denominator))
+                assert pruning.num_to_prune(n, oneshot_fraction(p, level)) == expected
 
 
 @pytest.mark.parametrize("fraction", [True, "0.2", np.array([0.2, 0.3]), float("nan")])

@@ -20,6 +20,8 @@ import math
 from fractions import Fraction
 from typing import Optional, Sequence
 
+import numpy as np
+
 DISTRIBUTIONS: tuple[str, ...] = ("global", "uniform", "erk")
 
 
@@ -33,11 +35,24 @@ def check_distribution(name: str) -> None:
 def num_to_prune(remaining: int, fraction: float) -> int:
     """open_lth's rule: ceil(fraction * remaining), exact for the fraction as written.
 
-    The float is read through its shortest decimal form (0.07 -> 7/100), so 0.07 x 100 prunes 7,
-    not the 8 that float noise (7.000000000000001) would give, at any layer size.
+    The number is read through its shortest decimal form in its own precision (0.07 -> 7/100;
+    a float32 0.2 -> 1/5), so 0.07 x 100 prunes 7, not the 8 that float noise
+    (7.000000000000001) would give, at any layer size. A fraction that is no short decimal
+    (1 - 2^-17) is read as its shortest decimal too, which can move the count by one.
     """
-    exact = Fraction(repr(float(fraction)))
-    return min(remaining, math.ceil(exact * remaining))
+    if isinstance(fraction, (float, int)):
+        text = repr(float(fraction))
+    else:  # a NumPy or JAX scalar: the shortest decimal of its own dtype
+        text = np.format_float_positional(np.asarray(fraction)[()], unique=True, trim="-")
+    return min(remaining, math.ceil(Fraction(text) * remaining))
+
+
+def oneshot_fraction(fraction: float, level: int) -> float:
+    """The fraction one-shot pruning removes at `level`: 1 - (1 - fraction)^level, computed on
+    the decimal `fraction` exactly, so that num_to_prune reads the decimal it stands for
+    (1 - 0.7 gives 0.30000000000000004 in floats, which would prune 301 of 1,000)."""
+    keep = 1 - Fraction(repr(float(fraction)))
+    return float(1 - keep ** level)
 
 
 def erk_densities(shapes: Sequence[tuple[int, ...]], density: float) -> list[float]:

@@ -24,7 +24,7 @@ from lottery_kd.config import protocols
 from lottery_kd.config.identity import (ADDED_KEYS, COSMETIC_KEYS,  # noqa: F401  (re-exported)
                                         config_digest, config_to_dict)
 from lottery_kd.data.augment import normalize
-from lottery_kd.sparsity import gradual, masks as masks_lib, pruning
+from lottery_kd.sparsity import distributions, gradual, masks as masks_lib, pruning
 from lottery_kd.sparsity import structure as structure_lib
 from lottery_kd.sparsity.dynamic import MaskSchedule, MaskUpdate
 from lottery_kd.sparsity.gradual import GradualPruning
@@ -82,7 +82,7 @@ class LotteryRun(Study):
         method = pruning.get(prune.method)
         if prune.schedule == "oneshot":
             chain = self.load_snapshot(snapshot_name(0, DENSE))
-            fraction = 1.0 - (1.0 - prune.fraction) ** level
+            fraction = distributions.oneshot_fraction(prune.fraction, level)
             rng = derived_key(self.config.seed, "prune", level)
         else:
             chain = self.load_snapshot(snapshot_name(level - 1, DENSE if level == 1 else variant))
