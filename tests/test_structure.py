@@ -82,6 +82,21 @@ def test_block16_prunes_whole_blocks_ranked_by_their_summed_magnitude(resnet20):
     assert all(not (m & ~o).any() for (_, m), (_, o) in zip(_kernels(again), _kernels(new)))
 
 
+def test_block16_under_erk_gives_each_layer_the_erk_density_of_its_kernel(resnet20):
+    """ERK scores a layer by its kernel's dimensions (kh + kw + I + O) / (kh kw I O); counted in
+    blocks, the layer's grid (kh, kw, I, O/16) would move the densities (the stem 1.00 -> 0.75)."""
+    from lottery_kd.sparsity.distributions import erk_densities
+    masks = masks_lib.create(resnet20)
+    new = pruning.get("magnitude_global")(resnet20, masks, 0.9, scope="conv",
+                                          distribution="erk", structure="block:16")
+    kernels = _kernels(new)
+    expected = erk_densities([m.shape for _, m in kernels], 0.1)
+    for (name, mask), density in zip(kernels, expected):
+        assert abs(mask.mean() - density) <= 16 / mask.size + 1e-9, (name, mask.mean(), density)
+    blocks = sum(m.size // 16 for _, m in kernels)
+    assert sum(int(m.sum()) for _, m in kernels) == 16 * (blocks - math.ceil(0.9 * blocks))
+
+
 @pytest.mark.parametrize("text", ["2:4", "block:16"])
 @pytest.mark.parametrize("method", ["magnitude_layerwise", "snip", "synflow",
                                     pytest.param("random", marks=pytest.mark.slow),

@@ -55,12 +55,17 @@ def oneshot_fraction(fraction: float, level: int) -> float:
     return float(1 - keep ** level)
 
 
-def erk_densities(shapes: Sequence[tuple[int, ...]], density: float) -> list[float]:
-    """ERK density of each layer so that sum(density_l * size_l) = density * sum(size_l)."""
+def erk_densities(shapes: Sequence[tuple[int, ...]], density: float,
+                  kernel_shapes: Optional[Sequence[tuple[int, ...]]] = None) -> list[float]:
+    """ERK density of each layer so that sum(density_l * size_l) = density * sum(size_l).
+
+    `shapes` count the units (weights, or blocks of them); ERK's score (the sum of a kernel's
+    dimensions over their product) comes from `kernel_shapes` where the units are blocks, as a
+    block:B layer's grid (kh, kw, I, O/B) is not its kernel (kh, kw, I, O)."""
     if not 0.0 <= density <= 1.0:
         raise ValueError(f"density must be in [0, 1], got {density}")
     sizes = [math.prod(s) for s in shapes]
-    raw = [sum(s) / math.prod(s) for s in shapes]
+    raw = [sum(s) / math.prod(s) for s in (kernel_shapes or shapes)]
     budget = density * sum(sizes)
     dense: set[int] = set()
     while True:
@@ -95,7 +100,9 @@ def _integer_split(targets: Sequence[float], caps: Sequence[int], total: int) ->
 
 
 def keep_counts(name: str, shapes: Sequence[tuple[int, ...]], remaining: Sequence[int],
-                num_to_remove: int, layer_fraction: float) -> Optional[list[int]]:
+                num_to_remove: int, layer_fraction: float,
+                kernel_shapes: Optional[Sequence[tuple[int, ...]]] = None
+                ) -> Optional[list[int]]:
     """Per-layer numbers of weights to keep, or None for `global` (one ranking decides).
 
     `uniform` removes ceil(layer_fraction x remaining_l) in every layer; `erk` keeps
@@ -106,11 +113,12 @@ def keep_counts(name: str, shapes: Sequence[tuple[int, ...]], remaining: Sequenc
         return None
     if name == "uniform":
         return [r - num_to_prune(r, layer_fraction) for r in remaining]
-    return split_keep("erk", shapes, remaining, sum(remaining) - num_to_remove)
+    return split_keep("erk", shapes, remaining, sum(remaining) - num_to_remove, kernel_shapes)
 
 
 def split_keep(name: str, shapes: Sequence[tuple[int, ...]], remaining: Sequence[int],
-               keep_total: int) -> list[int]:
+               keep_total: int, kernel_shapes: Optional[Sequence[tuple[int, ...]]] = None
+               ) -> list[int]:
     """Per-layer numbers of weights to keep that add up to `keep_total` exactly, each at most
     the layer's remaining count: `uniform` at the density keep_total / sum(sizes) in every layer,
     `erk` at ERK densities (integers by largest remainder; what a layer cannot hold goes to the
@@ -120,5 +128,6 @@ def split_keep(name: str, shapes: Sequence[tuple[int, ...]], remaining: Sequence
                          "uniform, erk")
     sizes = [math.prod(s) for s in shapes]
     density = keep_total / sum(sizes) if sum(sizes) else 0.0
-    densities = erk_densities(shapes, density) if name == "erk" else [density] * len(sizes)
+    densities = (erk_densities(shapes, density, kernel_shapes) if name == "erk"
+                 else [density] * len(sizes))
     return _integer_split([d * n for d, n in zip(densities, sizes)], list(remaining), keep_total)

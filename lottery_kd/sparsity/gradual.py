@@ -6,7 +6,8 @@ pruned by weight magnitude during training on a cubic sparsity schedule.
 The masks are updated every `delta_t` steps after t_0 and once more at t_end, whatever
 (t_end - t_0) mod delta_t, so the target is reached exactly there. After an update at step t the
 network keeps N - ceil(s_t x N) of its N in-scope weights (distributions.num_to_prune: the rule of
-every masking function, so GMP ends with as many weights as a RigL run at the same sparsity),
+every masking function, so GMP ends with as many weights as a RigL run at the same sparsity;
+with block:B each layer's count then rounds to whole blocks, a few blocks apart in all),
 split over the layers by `distribution` (uniform: every layer at the same density; erk: ERK
 densities) and, within a layer, the largest |w| stay. A pruned weight is 0.0 from then on and
 never comes back (the trainer zeroes it and its momentum, dynamic.reset_grown). GMP needs no

@@ -178,8 +178,16 @@ def _prune_blocks(shape: structure_lib.Structure, scores: PyTree, masks: PyTree,
     """block:B: the same ranking as unstructured pruning over blocks (score: the sum of the
     block's alive scores), counted in blocks; a block goes whole."""
     block_scores, block_masks, structured = _block_view(shape, scores, masks, scope)
-    pruned = prune_by_scores(block_scores, block_masks, fraction,
-                             scope=lambda name, _: name in structured, distribution=distribution)
+
+    def in_blocks(name: str, _shape: Any) -> bool:
+        return name in structured
+    flat_blocks = masks_lib.named_leaves(block_masks)
+    selected = masks_lib.prunable_indices(block_masks, in_blocks)
+    remaining = sum(int(np.count_nonzero(np.asarray(flat_blocks[i][1]))) for i in selected)
+    kernels = [np.shape(masks_lib.named_leaves(masks)[i][1]) for i in selected]  # ERK's scores
+    pruned = prune_to_counts(block_scores, block_masks, num_to_prune(remaining, fraction),
+                             scope=in_blocks, distribution=distribution, layer_fraction=fraction,
+                             kernel_shapes=kernels)
     return _expand_blocks(shape, pruned, masks, structured)
 
 
@@ -236,14 +244,17 @@ def _expand_blocks(shape: structure_lib.Structure, block_masks: PyTree, masks: P
 
 def prune_to_counts(scores: PyTree, masks: PyTree, num_to_remove: int, *,
                     scope: masks_lib.Scope = "conv", distribution: str = "global",
-                    layer_fraction: Optional[float] = None) -> PyTree:
+                    layer_fraction: Optional[float] = None,
+                    kernel_shapes: Optional[Sequence[tuple[int, ...]]] = None) -> PyTree:
     """Remove exactly `num_to_remove` remaining in-scope weights, the lowest-scoring first, split
-    over layers by `distribution` (`uniform` uses `layer_fraction` of each layer instead)."""
+    over layers by `distribution` (`uniform` uses `layer_fraction` of each layer instead;
+    `kernel_shapes`: ERK's, where the masks count blocks)."""
     flat_masks = masks_lib.named_leaves(masks)
     selected = masks_lib.prunable_indices(masks, scope)
     remaining = [int(np.count_nonzero(np.asarray(flat_masks[i][1]))) for i in selected]
     keep = keep_counts(distribution, [np.shape(flat_masks[i][1]) for i in selected], remaining,
-                       num_to_remove, layer_fraction if layer_fraction is not None else 0.0)
+                       num_to_remove, layer_fraction if layer_fraction is not None else 0.0,
+                       kernel_shapes)
     return prune_to_keep(scores, masks, sum(remaining) - num_to_remove if keep is None else keep,
                          scope=scope)
 
