@@ -50,7 +50,8 @@ def test_rigl_drops_the_smallest_and_grows_where_the_gradient_is_largest():
                        {"conv": {"kernel": jnp.asarray(grads.reshape(3, 3, 2, 4))},
                         "bn": {"scale": jnp.ones(4)}}, 0.25)
     new_alive = np.asarray(new["conv"]["kernel"]).reshape(-1)
-    k = round(0.25 * alive.sum())
+    k = int(0.25 * alive.sum())  # RigL's int(n_ones * drop_fraction): floor, not round
+    assert k != round(0.25 * alive.sum())  # the tree's count tells the two apart
     active = np.flatnonzero(alive)
     dropped = set(active[np.argsort(np.abs(weights[active]), kind="stable")[:k]])
     after_drop = alive.copy()

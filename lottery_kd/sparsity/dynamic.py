@@ -76,9 +76,10 @@ def cosine_drop_fraction(step: int, alpha: float, end_step: int) -> float:
 
 def drop_and_grow(params: PyTree, masks: PyTree, grow_scores: PyTree, drop_fraction: float, *,
                   scope: masks_lib.Scope = "conv", structure: str = "unstructured") -> PyTree:
-    """In every prunable layer: drop the round(drop_fraction x active) smallest-|w| active weights,
-    then activate as many inactive positions with the highest `grow_scores` (just-dropped
-    positions may come back, as in RigL). Ties by position; the active count never changes.
+    """In every prunable layer: drop the floor(drop_fraction x active) smallest-|w| active weights
+    (RigL's code: int(n_ones * drop_fraction)), then activate as many inactive positions with
+    the highest `grow_scores` (just-dropped positions may come back, as in RigL). Ties by
+    position; the active count never changes.
 
     `structure` (sparsity.structure) is kept: block:B drops and grows whole blocks (a block's
     magnitude and score: the sums over it); N:M drops weights, then each row of M grows back
@@ -105,10 +106,10 @@ def drop_and_grow(params: PyTree, masks: PyTree, grow_scores: PyTree, drop_fract
 
 def _swap(alive: np.ndarray, magnitude: np.ndarray, growth: np.ndarray,
           fraction: float) -> np.ndarray:
-    """Flat alive flags after dropping round(fraction x active) by magnitude, growing as many."""
+    """Flat alive flags after dropping floor(fraction x active) by magnitude, growing as many."""
     alive = alive.copy()
     active = np.flatnonzero(alive)
-    k = min(int(round(fraction * active.size)), active.size)
+    k = min(math.floor(fraction * active.size), active.size)
     alive[active[np.argsort(magnitude[active], kind="stable")[:k]]] = False
     inactive = np.flatnonzero(~alive)
     alive[inactive[np.argsort(-growth[inactive], kind="stable")[:k]]] = True
@@ -122,7 +123,7 @@ def _swap_n_of_m(shape: structure_lib.Structure, mask: np.ndarray, magnitude: np
     before = rows.sum(axis=1)
     flat = rows.reshape(-1)
     active = np.flatnonzero(flat)
-    k = min(int(round(fraction * active.size)), active.size)
+    k = min(math.floor(fraction * active.size), active.size)
     flat[active[np.argsort(shape.groups(magnitude).reshape(-1)[active], kind="stable")[:k]]] = 0
     rows = flat.reshape(rows.shape)
     need = before - rows.sum(axis=1)
