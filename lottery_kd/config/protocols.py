@@ -205,6 +205,10 @@ KD_TICKET = register(Protocol(
         "lottery.rewind holds one point (33ep, its KD + rewinding point).",
         "Rewinding: the release builds a fresh SGD (no momentum buffer) when it rewinds; "
         "lottery_kd does the same (the momentum starts at zero in every retrain).",
+        "CIFAR: an epoch here is 351 steps of the 45,000 training images (the last partial "
+        "batch is dropped, in every lottery_kd run); the release's DataLoader keeps it (352 "
+        "steps, the last of 72 images): 63,882 steps in all against 64,064, the rewind point "
+        "at step 11,583 against 11,616.",
         "ImageNet: the warm-up is linear per step over 5 epochs here, per epoch "
         "(lr*(e+1)/5) in the release; the release trains in apex fp16, lottery_kd in float32.",
         "ImageNet: the release's rewound runs start at epoch 6 with the original milestones "
@@ -247,6 +251,18 @@ RENDA = register(Protocol(
         "release's point); Renda et al. report the best of several rewinding points.",
         "Renda et al. do not distil; the distilled variants use the KD-ticket release's CIFAR "
         "settings (T=5, alpha=0.9, mean reduction).",
+        "An epoch here is 390 steps (the last partial batch of 50,000 / 128 is dropped, in "
+        "every lottery_kd run): the LR drops after steps 35,490 and 53,040 and training ends "
+        "at 70,980. Renda et al.'s TF input keeps partial batches (390.625 steps an epoch), "
+        "drops after steps int(390.625 x 91) = 35,546 and 53,125, and trains 71,108 steps.",
+        "Every retrain here starts with zero momentum. Renda et al.'s PruningHook rewinds by "
+        "restoring the whole checkpoint with the Estimator's saver, which in TF1 holds the "
+        "momentum slots too: their rewound runs most likely resume with that step's momentum.",
+        "BatchNorm's running averages use momentum 0.9 here (PyTorch's default and the "
+        "KD-ticket release's); Renda et al.'s TF ResNet uses 0.997.",
+        "Initialisation: He normal with fan-out here (the KD-ticket release's); Renda et al.'s "
+        "convolutions use TF1's variance_scaling_initializer() (scale 1, fan-in, truncated "
+        "normal): half the variance where a layer's input and output channels match.",
     ),
 ))
 
