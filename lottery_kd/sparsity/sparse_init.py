@@ -5,6 +5,9 @@ A dense He initialisation scales every weight by the layer's full fan-in; in a s
 output unit sees only its unmasked inputs, so its pre-activations start too small and the gradient
 flow is weak. Here each output unit's incoming weights are drawn from N(0, 2 / fan_in_unit), with
 fan_in_unit the number of its unmasked incoming connections (units with none stay at zero).
+The models' dense initialisation is He with fan-out (models.layers), so at density 1 this is
+not the dense init wherever a layer's fan-in and fan-out differ (the stem: std 0.27 against
+0.12); a comparison with `reinit` changes the fan mode as well as the sparse-awareness.
 """
 
 from __future__ import annotations
