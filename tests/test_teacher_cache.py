@@ -222,3 +222,25 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_the_dense_run(tmp_path, 
     assert teacher_cache.missing_room(tmp_path / "held" / "teacher_logits", need + 5) == 5
     config.kd.teacher_logits = "in_step"
     lottery.LotteryRun(config, tmp_path / "in_step", log=lambda *_: None).check_teacher_cache_room()
+
+
+def test_switching_teacher_logits_to_in_step_keeps_the_studys_digest():
+    """A resume that finds too little disk asks for kd.teacher_logits=in_step; a study saved with
+    auto or cached then keeps its config digest (its snapshots still restore), as with any
+    execution key, though in_step is also the key's pre-existing value (left out of digests)."""
+    from lottery_kd.config import identity
+    from tests.conftest import make_tiny_config
+    config = make_tiny_config()
+    for saved_value in ("auto", "cached", "in_step"):
+        with config.unlocked():
+            config.kd.teacher_logits = saved_value
+        saved = identity.config_to_dict(config)
+        digest = identity.config_digest(config, saved)
+        for now in ("auto", "cached", "in_step"):
+            with config.unlocked():
+                config.kd.teacher_logits = now
+            assert identity.config_digest(config, saved) == digest, (saved_value, now)
+    with config.unlocked():
+        config.kd.teacher_logits = "auto"
+        config.train.lr = 2 * config.train.lr
+    assert identity.config_digest(config, saved) != digest  # a result-deciding key still counts

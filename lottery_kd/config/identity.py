@@ -105,8 +105,10 @@ def config_digest(config: Any, saved: Optional[dict] = None) -> str:
             if k not in COSMETIC_KEYS}
     if saved is not None:
         saved_flat = canonical_settings(flatten(saved))
-        flat.update({key: setting(saved_flat, key) for key in EXECUTION_KEYS
-                     if key in flat})
+        # every execution key at the study's value, also where the value now asked for is an
+        # added key's default (canonical_settings dropped it): switching kd.teacher_logits to
+        # in_step, which a full disk asks for, keeps the digest
+        flat.update({key: setting(saved_flat, key) for key in EXECUTION_KEYS})
         flat = canonical_settings(flat)  # an execution key added since: out, as it was
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
