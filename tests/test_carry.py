@@ -199,6 +199,29 @@ def test_a_copy_saved_onward_restores_and_an_interrupted_save_is_finished_by_a_r
         assert (tmp_path / f"whole_{dest.name}" / "results.jsonl").read_text().count("\n") == 2
 
 
+def test_a_study_started_afresh_does_not_replace_an_interrupted_copy_further_along(
+        tmp_path, monkeypatch):
+    """A save interrupted over a copy with two rows, then the same command's study started
+    afresh (one row, same config.json): saving it would roll the copy back, so it is refused."""
+    study, copy = _fake_study(tmp_path / "study"), tmp_path / "copy"
+    (study / "results.jsonl").write_text('{"level": 0}\n{"level": 1}\n')
+    carry.save(study, copy)
+    original = carry.shutil.copyfile
+
+    def interrupted(source, target):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(carry.shutil, "copyfile", interrupted)
+    (study / "results.jsonl").write_text('{"level": 0}\n{"level": 1}\n{"level": 2}\n')
+    with pytest.raises(KeyboardInterrupt):
+        carry.save(study, copy)
+    monkeypatch.setattr(carry.shutil, "copyfile", original)
+    assert not (copy / "carry.json").exists()
+    (study / "results.jsonl").write_text('{"level": 0}\n')  # started afresh
+    with pytest.raises(carry.CarryError, match="behind the copy"):
+        carry.save(study, copy)
+    assert (copy / "results.jsonl").read_text().count("\n") == 2  # the copy is kept
+
+
 def test_an_interrupted_restore_leaves_no_scratch_folder(tmp_path, monkeypatch):
     study, copy = _fake_study(tmp_path / "study"), tmp_path / "copy"
     carry.save(study, copy)
@@ -278,3 +301,20 @@ def test_save_stop_leaves_a_study_on_another_host_alone(tmp_path, capsys):
     assert "runs as pid 1 on elsewhere, not on this host; stop it there" in \
         capsys.readouterr().err
     assert not (tmp_path / "copy").exists()
+
+
+def test_run_full_refuses_an_interrupted_copy_it_cannot_finish(tmp_path):
+    """docs/results/run_full.sh with no workdir and a copy without carry.json (a save cut off
+    at a sitting's end): it stops with a message instead of starting the study afresh."""
+    import subprocess
+    from tests.conftest import REPO
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "carry.json.saving").write_text("{}")
+    done = subprocess.run(["bash", str(REPO / "docs/results/run_full.sh")], cwd=REPO,
+                          capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "runs"),
+                               "CARRIED": str(copy), "DATA": str(tmp_path / "no_data")})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "holds an interrupted copy (no carry.json)" in done.stderr
+    assert not (tmp_path / "runs" / "resnet20_renda_seed0").exists()

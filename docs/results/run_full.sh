@@ -42,6 +42,14 @@ CARRIED=${CARRIED:-docs/results/full_length/resnet20_renda_seed$SEED}
 mkdir -p "$OUT"
 if [ -f "$CARRIED/carry.json" ]; then
   python -m lottery_kd.study.carry restore "$CARRIED" "$OUT/resnet20_renda_seed$SEED"
+elif [ -d "$CARRIED" ] && [ -n "$(ls -A "$CARRIED")" ] \
+    && [ ! -d "$OUT/resnet20_renda_seed$SEED" ]; then
+  # an interrupted carry save (carry.json.saving, no carry.json) and no workdir to finish it
+  # from: starting afresh here would train the dense network again beside the copy
+  echo "run_full.sh: $CARRIED holds an interrupted copy (no carry.json) and" \
+       "$OUT/resnet20_renda_seed$SEED does not exist; check the copy out of git" \
+       "(git checkout -- $CARRIED) or finish the save from the study's workdir" >&2
+  exit 1
 fi
 exec python -m experiments.cifar10_resnet20 --workdir "$OUT/resnet20_renda_seed$SEED" \
   --config.seed="$SEED" --config.model.conv_impl="$CONV_IMPL" \

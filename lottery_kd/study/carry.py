@@ -117,9 +117,11 @@ def save(workdir: str | os.PathLike, dest: str | os.PathLike) -> dict:
     config_digest = _sha256(Workdir(workdir).config)
     if (dest / MANIFEST).is_file():
         _check_earlier_copy(workdir, dest)
-    elif interrupted and _saving_digest(dest) != config_digest:
-        raise CarryError(f"{dest} holds an interrupted save of another study; give a new "
-                         f"folder, or remove {dest} first")
+    elif interrupted:
+        if _saving_digest(dest) != config_digest:
+            raise CarryError(f"{dest} holds an interrupted save of another study; give a new "
+                             f"folder, or remove {dest} first")
+        _check_not_behind(workdir, dest)  # a study started afresh must not replace it
     dest.mkdir(parents=True, exist_ok=True)
     _write_json(dest / SAVING, {"study": str(workdir), "config_sha256": config_digest})
     (dest / MANIFEST).unlink(missing_ok=True)  # until the copy is whole again
@@ -158,6 +160,12 @@ def _check_earlier_copy(workdir: Path, dest: Path) -> None:
         raise CarryError(f"{dest} holds a copy of another study (its config.json differs from "
                          f"{workdir}'s): saving would replace it; give a new folder, or remove "
                          f"{dest} first")
+    _check_not_behind(workdir, dest)
+
+
+def _check_not_behind(workdir: Path, dest: Path) -> None:
+    """CarryError where the study has fewer result rows (or an older resume step) than the
+    copy, whole or interrupted: saving would roll the copy back."""
     here, there = progress(workdir), progress(dest)
     if here < there:
         raise CarryError(f"{workdir} ({_describe_progress(here)}) is behind the copy in {dest} "
