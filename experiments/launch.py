@@ -57,7 +57,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> int:
     """Run or resume a study; returns the process exit code (0 done, non-zero otherwise)."""
     from lottery_kd.study import lottery
     from lottery_kd.runtime import parallel
-    from lottery_kd.study.checkpoints import CheckpointError, quiet_failed_restores
+    from lottery_kd.study.checkpoints import (CheckpointError, ForeignCheckpoint,
+                                              quiet_failed_restores)
     from lottery_kd.config import ConfigError, validate
     from lottery_kd.config.identity import SavedConfigError
     from lottery_kd.data import DataError
@@ -91,6 +92,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> int:
     except lottery.TrainingFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
+    except ForeignCheckpoint as error:  # not damage: its own message says what to do
+        print(f"error: {error}.", file=sys.stderr)
+        return 4
     except CheckpointError as error:
         print(f"error: {error}. Move the damaged checkpoint away (or use a new --workdir) "
               "and rerun.", file=sys.stderr)

@@ -127,6 +127,21 @@ def test_a_resume_checkpoint_with_other_masks_is_refused(tmp_path):
                     callbacks=[ResumeCheckpoints(ResumeStore(tmp_path / "resume"))])
 
 
+def test_a_resume_checkpoint_of_another_config_stops_the_resume_instead_of_restarting(tmp_path):
+    """Not damage: a readable resume checkpoint written under another config digest (or state
+    layout) stops the resume with a message naming it; none is set aside, nothing restarts."""
+    from lottery_kd.study.checkpoints import ForeignCheckpoint
+    ResumeStore(tmp_path / "resume", fingerprint={"config_digest": "aaaa"}).save(
+        12, _tree(), {"step": 12})
+    assert ResumeStore(tmp_path / "resume", fingerprint={"config_digest": "aaaa"}).restore_latest(
+        _tree()) is not None
+    with pytest.raises(ForeignCheckpoint, match=r"another config.*move .*resume away"):
+        ResumeStore(tmp_path / "resume", fingerprint={"config_digest": "bbbb"}).restore_latest(
+            _tree())
+    assert not (tmp_path / "resume.damaged").exists()
+    assert ResumeStore(tmp_path / "resume").steps() == [12]
+
+
 # --------------------------------------------------------------------------------------------
 # snapshot integrity
 

@@ -97,6 +97,11 @@ def tree_shapes(tree: PyTree) -> dict[str, list[int]]:
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+class ForeignCheckpoint(CheckpointError):
+    """A readable checkpoint written for another model, config or state layout: not damage, so
+    a resume refuses it rather than setting it aside and training the run from its start."""
+
+
 def _check_fingerprint(where: str, stored: Optional[dict], expected: Optional[dict]) -> None:
     if expected is None:
         return
@@ -104,13 +109,13 @@ def _check_fingerprint(where: str, stored: Optional[dict], expected: Optional[di
         raise CheckpointError(f"{where} has no fingerprint: it was not written by this code")
     for key in ("model", "config_digest"):
         if key in expected and stored.get(key) != expected[key]:
-            raise CheckpointError(
+            raise ForeignCheckpoint(
                 f"{where} comes from another {'model' if key == 'model' else 'config'}: "
                 f"{key} {stored.get(key)!r} there, {expected[key]!r} in this run")
     if "shapes" in expected and stored.get("shapes") != expected["shapes"]:
         differing = sorted(k for k in set(stored.get("shapes", {})) | set(expected["shapes"])
                            if stored.get("shapes", {}).get(k) != expected["shapes"].get(k))
-        raise CheckpointError(f"{where} holds arrays of other shapes than this run's "
+        raise ForeignCheckpoint(f"{where} holds arrays of other shapes than this run's "
                               f"(first differences: {', '.join(differing[:3])})")
 
 
@@ -203,7 +208,10 @@ class ResumeStore:
     def restore_latest(self, like: PyTree, sharding: Any = None) -> Optional[tuple[PyTree, dict]]:
         """(tree, meta) of the newest readable checkpoint, or None if there is none.
 
-        Unreadable or foreign checkpoints are skipped, newest first, each with a log line.
+        Unreadable checkpoints are skipped, newest first, each with a log line, and set aside.
+        A readable one from another model, config or state layout (ForeignCheckpoint) stops the
+        resume with that error: training the run again from its start would redo hours of work
+        without a word, where the cause is usually a code or settings change to undo.
         """
         damaged = []
         try:
@@ -215,6 +223,10 @@ class ResumeStore:
                                        {**self.fingerprint, "shapes": tree_shapes(like)})
                     restored = self._manager.restore(step, args=_restore_args(like, sharding))
                     return restored["state"], restored["meta"]
+                except ForeignCheckpoint as error:
+                    raise ForeignCheckpoint(
+                        f"{error}; resume it with the code and settings that wrote it, or move "
+                        f"{self.directory} away to train this run from its start") from None
                 except Exception as error:  # damaged: fall back to the previous one
                     message = str(error) if isinstance(error, CheckpointError) else \
                         f"{where} is damaged ({_short(error)})"
