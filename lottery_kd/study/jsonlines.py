@@ -109,8 +109,23 @@ def append(path: str | os.PathLike, record: dict, *, fsync: bool = True) -> None
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: never half a file."""
+    """Write `text` to `path` through a temporary file and a rename: never half a file. The
+    file's bytes reach the disk before the rename, and the rename before it returns (a power
+    loss right after could otherwise leave results.jsonl empty under its new name)."""
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
+    with temporary.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(temporary, path)
+    try:
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return  # a platform without directory handles: the rename is as durable as it gets
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
