@@ -345,3 +345,28 @@ def test_a_study_stopped_by_sigint_exits_130_and_prints_the_resume_command(tmp_p
     assert "received SIGINT" in err
     assert "stopped in level 0 dense at global step 42" in err
     assert "Resume with the same command" in err
+
+
+def test_a_finished_dense_network_is_not_trained_again_under_finished_tickets(tmp_path):
+    """The tickets of a study were pruned from and distilled from its dense network: a lost
+    'rewind' snapshot of a finished dense run, or a lost dense snapshot whose row records
+    another conv_impl than a retrain would take, stops the study with a message instead of
+    training another dense network under the finished rows."""
+    import shutil
+    config = make_tiny_config()
+    config.prune.levels, config.lottery.variants = 1, "lt"
+    workdir = tmp_path / "study"
+    lottery.run(config, workdir, log=lambda *_: None)
+    snapshots = workdir / "checkpoints" / "snapshots"
+    shutil.move(snapshots / "rewind", tmp_path / "rewind")
+    with pytest.raises(CheckpointError, match=r"snapshot 'rewind'.*1 finished run\(s\).*"
+                                              r"level_1_lt.*carry restore"):
+        lottery.run(config, workdir, log=lambda *_: None)
+    shutil.move(tmp_path / "rewind", snapshots / "rewind")
+    rows = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+    rows[0]["conv_impl"] = "xla" if rows[0]["conv_impl"] != "xla" else "native"
+    (workdir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.rmtree(snapshots / "level_0_dense")
+    with pytest.raises(CheckpointError, match="another conv_impl than a retrain would"):
+        lottery.run(config, workdir, log=lambda *_: None)
+    assert not (snapshots / "level_0_dense").exists()  # nothing was trained

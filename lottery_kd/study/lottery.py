@@ -48,10 +48,18 @@ class LotteryRun(Study):
 
     def run_dense(self) -> None:
         """Train (or resume) the dense network, snapshotting its weights at the rewind step."""
-        if (0, DENSE) in self._done() and self.snapshots.exists("rewind"):
-            return
-        init = self.init_snapshot()
         rewind_step = self.plan.rewind_step
+        if (0, DENSE) in self._done():
+            if self.snapshots.exists("rewind"):
+                return
+            if rewind_step < self.plan.total_steps:  # finished, and its step-k weights lost
+                raise CheckpointError(self._lost_dense_message("snapshot 'rewind' (the dense "
+                                                               f"weights at step {rewind_step})"))
+        elif self._later_rows() and self._dense_path_changed():
+            raise CheckpointError(self._lost_dense_message(
+                f"the dense network's snapshot {snapshot_name(0, DENSE)!r} (its row says it "
+                "trained on another conv_impl than a retrain would)"))
+        init = self.init_snapshot()
 
         def save_rewind(state) -> None:
             self.snapshots.save("rewind", self._snapshot(state.params, state.batch_stats,
@@ -70,6 +78,33 @@ class LotteryRun(Study):
                 "checkpoints/resume/level_0_dense away to retrain the dense network")
         # k at or past the end: no variant rewinds, but every study has the snapshot
         self.snapshots.save("rewind", self.load_snapshot(snapshot_name(0, DENSE)))
+
+    def _dense_path_changed(self) -> bool:
+        """Whether the dense run's row records another conv_impl than a retrain would take: on
+        one path a retrain is bit for bit the lost run (so a lost snapshot is trained again, as
+        any lost run is), on another it is a different network under the finished tickets."""
+        row = next((r for r in results.read_rows(self.results_path)
+                    if (r["level"], r["variant"]) == (0, DENSE)), None)
+        recorded = (row or {}).get("conv_impl")
+        return recorded is not None and recorded != self.run_conv_impl(snapshot_name(0, DENSE))
+
+    def _later_rows(self) -> list[str]:
+        """The finished runs past level 0 (their masks and teacher are the dense network's)."""
+        return [snapshot_name(r["level"], r["variant"])
+                for r in results.read_rows(self.results_path) if r["level"] > 0]
+
+    def _lost_dense_message(self, what: str) -> str:
+        """Why a finished dense run is not trained again: the tickets already finished were
+        pruned from it and distilled from it, and a retrained one would differ under them."""
+        later = self._later_rows()
+        return (f"{what} is missing from {self.paths.root}, and {len(later)} finished "
+                f"run(s) were pruned from or distilled from that network ({', '.join(later[:3])}"
+                f"{', ...' if len(later) > 3 else ''}); training it again would give them "
+                "another teacher and masks under the same rows. Restore it (from a copy: "
+                "python -m lottery_kd.study.carry restore), or start a new --workdir"
+                if later else f"{what} is missing from {self.paths.root}, but the dense run "
+                "has passed that step; restore it, or move checkpoints/snapshots/level_0_dense "
+                "and checkpoints/resume/level_0_dense away to retrain the dense network")
 
     def masks_for(self, level: int, variant: str) -> PyTree:
         """The level's mask for `variant` (pure in the snapshots it reads, so safe to recompute).
