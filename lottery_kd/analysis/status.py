@@ -42,11 +42,19 @@ from lottery_kd.study.workdir import Workdir
 
 
 def _latest_checkpoints(directory: Path) -> list[tuple[int, float]]:
-    """(step, modification time) of a run's finished resume checkpoints, oldest first."""
-    if not directory.is_dir():
+    """(step, modification time) of a run's finished resume checkpoints, oldest first; one the
+    running study deletes while this reads (it keeps the newest few) is left out."""
+    found = []
+    try:
+        for path in directory.iterdir():
+            if path.name.isdigit():
+                try:
+                    if path.is_dir():
+                        found.append((int(path.name), path.stat().st_mtime))
+                except FileNotFoundError:
+                    continue
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    found = [(int(p.name), p.stat().st_mtime) for p in directory.iterdir()
-             if p.is_dir() and p.name.isdigit()]
     return sorted(found)
 
 

@@ -43,11 +43,13 @@ def read_fingerprint(path: str | os.PathLike) -> Optional[dict]:
 def latest_fingerprint(store: str | os.PathLike) -> Optional[dict]:
     """The fingerprint of the newest checkpoint in `store` (step folders) that has one, or None:
     what a resume of that run will be checked against, and the path it trains on."""
-    store = Path(store)
-    steps = sorted((int(p.name) for p in store.iterdir() if p.name.isdigit()),
-                   reverse=True) if store.is_dir() else []
+    try:  # the folder can go while a status reads it (a finished run deletes its checkpoints)
+        steps = sorted((int(p.name) for p in Path(store).iterdir() if p.name.isdigit()),
+                       reverse=True)
+    except (FileNotFoundError, NotADirectoryError):
+        steps = []
     for step in steps:
-        fingerprint = read_fingerprint(store / str(step))
+        fingerprint = read_fingerprint(Path(store) / str(step))
         if fingerprint is not None:
             return fingerprint
     return None
