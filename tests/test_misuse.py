@@ -100,6 +100,31 @@ def test_the_lock_refuses_a_second_holder_and_readers_see_who_holds_it(tmp_path)
     assert workdir_lock.holder(tmp_path) is None  # released
 
 
+def test_a_lock_won_on_a_file_unlinked_meanwhile_is_taken_again_on_the_new_one(tmp_path,
+                                                                           monkeypatch):
+    """A launch refused before it wrote a study unlinks its lock file as it lets go; one that
+    was waiting wins the flock on the unlinked file, which locks nothing: it must open the path
+    again, so that a third launch is refused instead of running beside it."""
+    lock_path = tmp_path / "study.lock"
+    real_flock, unlinked = workdir_lock.fcntl.flock, []
+
+    def flock_after_an_unlink(fd, operation):
+        if operation & workdir_lock.fcntl.LOCK_EX and not unlinked:
+            lock_path.unlink()  # the first holder's cleanup, between our open and our flock
+            unlinked.append(True)
+        return real_flock(fd, operation)
+    monkeypatch.setattr(workdir_lock.fcntl, "flock", flock_after_an_unlink)
+    lock = workdir_lock.WorkdirLock(tmp_path).acquire()
+    monkeypatch.setattr(workdir_lock.fcntl, "flock", real_flock)
+    try:
+        assert unlinked and lock_path.is_file()
+        assert workdir_lock.holder(tmp_path)["pid"] == os.getpid()
+        with pytest.raises(workdir_lock.WorkdirBusy):
+            workdir_lock.WorkdirLock(tmp_path).acquire()
+    finally:
+        lock.release()
+
+
 def test_a_dead_holders_lock_is_taken_over(tmp_path):
     code = ("import sys, time; from lottery_kd.study.workdir_lock import WorkdirLock; "
             f"WorkdirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); "

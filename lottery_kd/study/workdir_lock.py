@@ -62,17 +62,7 @@ class WorkdirLock:
         if self.directory.exists() and not self.directory.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", str(self.directory))
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        for attempt in range(_RETRIES):
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt == _RETRIES - 1:
-                    os.close(fd)
-                    raise WorkdirBusy(_describe(_read_info(self.path), self.directory,
-                                                self.what)) from None
-                time.sleep(0.05)
+        fd = self._lock_current_file()
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                 "command": shlex.join(command_line())}
@@ -80,6 +70,33 @@ class WorkdirLock:
         os.write(fd, (json.dumps(info) + "\n").encode())
         self._fd = fd
         return self
+
+    def _lock_current_file(self) -> int:
+        """An exclusive flock on the lock file that is at the path now: a launch refused before
+        it wrote a study unlinks the lock file it created as it lets go, so a lock won on that
+        file would be a lock on nothing (a third launch creates a new file and locks that);
+        then the path is opened again."""
+        for _ in range(_RETRIES):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            for attempt in range(_RETRIES):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == _RETRIES - 1:
+                        os.close(fd)
+                        raise WorkdirBusy(_describe(_read_info(self.path), self.directory,
+                                                    self.what)) from None
+                    time.sleep(0.05)
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        raise WorkdirBusy(f"the lock file {self.path} keeps being replaced; is another launch "
+                          "starting and stopping there? wait for it and rerun")
 
     def release(self) -> None:
         """Release the lock (the file stays: it records the last holder)."""
