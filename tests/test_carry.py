@@ -318,3 +318,22 @@ def test_run_full_refuses_an_interrupted_copy_it_cannot_finish(tmp_path):
     assert done.returncode == 1, done.stderr[-2000:]
     assert "holds an interrupted copy (no carry.json)" in done.stderr
     assert not (tmp_path / "runs" / "resnet20_renda_seed0").exists()
+
+
+def test_a_study_launched_while_a_copy_is_saved_is_refused(tmp_path, monkeypatch):
+    """save holds the study's lock while it copies: a launch in the middle is refused (it would
+    change files the copy has half taken), and the lock is free again after."""
+    from lottery_kd.study import workdir_lock
+    study, copy = _fake_study(tmp_path / "study"), tmp_path / "copy"
+    original, refused = carry.shutil.copyfile, []
+
+    def copy_while_a_study_starts(source, target):
+        try:
+            workdir_lock.WorkdirLock(study).acquire().release()
+        except workdir_lock.WorkdirBusy:
+            refused.append(target)
+        return original(source, target)
+    monkeypatch.setattr(carry.shutil, "copyfile", copy_while_a_study_starts)
+    carry.save(study, copy)
+    assert refused and len(refused) == len(carry.carried_files(study))
+    assert workdir_lock.holder(study) is None

@@ -14,7 +14,8 @@ by `restore`; `carry.json.saving` marks it, and rerunning the same `save` finish
 or empty WORKDIR (through a temporary folder renamed at the end); the study's command then
 resumes from it. A WORKDIR that already holds the same study, as far along or further, is left
 as it is; one behind the copy, or holding another study, is refused.
-`save` refuses while a process holds the study's lock: a workdir being written is no checkpoint.
+`save` refuses while a process holds the study's lock (a workdir being written is no
+checkpoint), and holds the lock itself while it copies, so a study launched meanwhile is refused.
 Stop the study first (SIGTERM saves a resume checkpoint), or give `save --stop`, which sends it
 SIGTERM on this host and waits for it to exit (`--wait`, 600 s by default) before it copies.
 It refuses too to replace an earlier copy of another study, or of this one further along than
@@ -35,7 +36,8 @@ from typing import Optional, Sequence
 
 from lottery_kd.study.jsonlines import write_atomic
 from lottery_kd.study.workdir import Workdir
-from lottery_kd.study.workdir_lock import StopFailed, holder, stop_holder
+from lottery_kd.study.workdir_lock import (StopFailed, WorkdirBusy, WorkdirLock, holder,
+                                           stop_holder)
 
 MANIFEST = "carry.json"
 # Written before a save replaces anything, removed after MANIFEST: an interrupted save leaves it
@@ -105,10 +107,21 @@ def save(workdir: str | os.PathLike, dest: str | os.PathLike) -> dict:
     _check_pair(workdir, dest)
     if dest.exists() and not dest.is_dir():
         raise CarryError(f"{dest} is a file, not a folder; give a folder for the copy")
-    if (who := holder(workdir)) is not None:
+    try:  # held for the whole copy: a study launched meanwhile is refused, not copied half-way
+        lock = WorkdirLock(workdir, what="study").acquire()
+    except WorkdirBusy:
+        who = holder(workdir) or {}
         raise CarryError(f"a study is running in {workdir} (pid {who.get('pid', '?')} on "
                          f"{who.get('host', '?')}); stop it with SIGTERM, which saves a resume "
-                         "checkpoint, then save the copy")
+                         "checkpoint, then save the copy") from None
+    try:
+        return _mirror(workdir, dest)
+    finally:
+        lock.release()
+
+
+def _mirror(workdir: Path, dest: Path) -> dict:
+    """save's copy, under the workdir's lock."""
     interrupted = (dest / SAVING).is_file() and not (dest / MANIFEST).is_file()
     if dest.exists() and any(dest.iterdir()) and not (dest / MANIFEST).is_file() \
             and not interrupted:
