@@ -25,6 +25,7 @@ import io
 import json
 import os
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -110,8 +111,8 @@ def is_ticket_file(path: str | os.PathLike) -> bool:
     try:
         with np.load(path, allow_pickle=False) as data:
             return json.loads(str(data["header"])).get("format") == FORMAT
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):
+        return False  # a half-copied .npz is a damaged zip: no ticket either
 
 
 def load(path: str | os.PathLike) -> Ticket:
@@ -130,11 +131,21 @@ def load(path: str | os.PathLike) -> Ticket:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
         header = json.loads(str(arrays.pop("header")))
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise ExportError(f"{path}: not an exported ticket ({error})") from None
-    if header.get("format") != FORMAT:
-        raise ExportError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
-    weights = decode(arrays, header["layers"])
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else header
+        raise ExportError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    missing = [key for key in ("layers", "model", "classes", "input_shape", "normalization",
+                               "norm_impl")
+               if key not in header]
+    try:
+        if missing:
+            raise KeyError(", ".join(missing))
+        weights = decode(arrays, header["layers"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise ExportError(f"{path}: an incomplete exported ticket (missing or unreadable "
+                          f"{error}); export it again") from None
     skips = (header["model"] in CONV_IMPL_MODELS and build.single_cpu_device()
              and sparse_conv.native_available())  # the masked kernels serve the CIFAR ResNets
     conv_impl = "sparse" if skips else "auto"  # "auto": the model's dense path

@@ -159,6 +159,39 @@ def test_the_command_refuses_bad_input_in_one_line(study, tmp_path, capsys):
     assert (study / "config.json").read_bytes() == config
 
 
+def test_a_half_copied_or_incomplete_ticket_file_gives_one_clear_error(study, tmp_path, capsys):
+    """A truncated .npz (a damaged zip) is no ticket: the command refuses to replace it in one
+    line and load says so; a ticket whose header or arrays lack a part names what is missing."""
+    import json
+
+    import numpy as np
+    whole = tmp_path / "whole.npz"
+    assert export.main([str(study), "--ticket", "level_1_lt", "--out", str(whole)]) == 0
+    capsys.readouterr()
+    half = tmp_path / "half.npz"
+    half.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert not export.is_ticket_file(half)
+    with pytest.raises(export.ExportError, match="not an exported ticket"):
+        export.load(half)
+    assert export.main([str(study), "--ticket", "level_1_lt", "--out", str(half)]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not an exported ticket" in err and err.count("\n") == 1, err
+    with np.load(whole) as data:
+        arrays = {key: data[key] for key in data.files}
+    header = json.loads(str(arrays["header"]))
+    for drop_key, drop_array in (("norm_impl", None), (None, next(
+            key for key in arrays if key.startswith("bits:")))):
+        broken = dict(arrays)
+        if drop_key:
+            broken["header"] = np.array(json.dumps({k: v for k, v in header.items()
+                                                    if k != drop_key}))
+        else:
+            del broken[drop_array]
+        np.savez(tmp_path / "broken.npz", **broken)
+        with pytest.raises(export.ExportError, match="incomplete exported ticket"):
+            export.load(tmp_path / "broken.npz")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not CIFAR10_DIR.is_dir(), reason=f"no real CIFAR-10 at {CIFAR10_DIR}")
 def test_a_real_cifar_resnet20_ticket_at_density_0_1074_exports_and_agrees(tmp_path):

@@ -148,5 +148,5 @@ def test_prepare_command_line_reports_bad_files(tmp_path, capsys):
     assert prepare.main(["cifar10", "--from", str(tmp_path),
                          "--data-dir", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "missing (6)" in err and "data_batch_1.bin" in err
+    assert "missing (7)" in err and "data_batch_1.bin" in err and "batches.meta.txt" in err
     shutil.rmtree(tmp_path / "x", ignore_errors=True)

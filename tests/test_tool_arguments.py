@@ -288,6 +288,8 @@ def _fake_cifar100(folder):
     for name, records in (("train.bin", 50000), ("test.bin", 10000)):
         with open(folder / name, "wb") as handle:
             handle.truncate(records * 3074)
+    for name in ("coarse_label_names.txt", "fine_label_names.txt"):  # tfds's builder reads them
+        (folder / name).write_text("a\n")
     return folder
 
 
@@ -301,7 +303,7 @@ def test_prepare_names_from_for_a_wrong_from(tmp_path, capsys):
     data_dir = tmp_path / "tfds"
     for local, expected in ((tmp_path / "missing", "no such folder"),
                             (a_file, "is a file, not a folder (unpack it first"),
-                            (tmp_path / "empty", "missing (6): data_batch_1.bin"),
+                            (tmp_path / "empty", "missing (7): data_batch_1.bin"),
                             (short, "test_batch.bin has 10 bytes")):
         err = _refused(prepare.main, ["cifar10", "--from", local, "--data-dir", data_dir],
                        capsys, f"--from {local}", expected, "cifar-10-batches-bin")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import tempfile
 import urllib.parse
@@ -58,6 +59,11 @@ class _LocalFiles:
         return self.root
 
 
+# The label-name files tfds's CIFAR builders open beside the binary files.
+LABEL_NAME_FILES = {"cifar10": ("batches.meta.txt",),
+                    "cifar100": ("coarse_label_names.txt", "fine_label_names.txt")}
+
+
 def _builder_from_local_files(name: str, local_dir: str, data_dir: Optional[str]):
     """tfds's own CIFAR builder, registered under its usual name, reading `local_dir`."""
     _import_tfds()
@@ -69,6 +75,7 @@ def _builder_from_local_files(name: str, local_dir: str, data_dir: Optional[str]
     class FromLocalFiles(base, skip_registration=True):
         def _split_generators(self, dl_manager):  # noqa: ARG002
             root = tempfile.mkdtemp(prefix="lottery_kd_cifar_")
+            self.scratch = root  # prepare_from_local removes it (the symlink, not the files)
             os.symlink(os.path.abspath(local_dir), os.path.join(root, folder))
             return super()._split_generators(_LocalFiles(root))
 
@@ -81,9 +88,10 @@ def _check_from(name: str, local_dir: str) -> None:
     and (CIFAR-10) official SHA-256. One DataError naming --from and every problem."""
     fmt = cifar.get_format(name)
     files = fmt.train_files + fmt.test_files
+    label_names = LABEL_NAME_FILES[name]  # tfds's builder reads them beside the data
     folder = Path(local_dir)
     fix = (f"Give --from the folder unpacked from {fmt.archive} ({fmt.folder}), which holds "
-           f"{', '.join(files)}.")
+           f"{', '.join(files + label_names)}.")
     if not folder.exists():
         raise DataError(f"--from {local_dir}: no such folder. {fix}")
     if not folder.is_dir():
@@ -104,6 +112,7 @@ def _check_from(name: str, local_dir: str) -> None:
             if digest != fmt.sha256[file_name]:
                 wrong.append(f"{file_name} has sha256 {digest}, expected the official "
                              f"{fmt.sha256[file_name]} (corrupt or not the official file)")
+    missing += [file_name for file_name in label_names if not (folder / file_name).is_file()]
     if missing or wrong:
         lines = [f"--from {local_dir} does not hold the official {fmt.name} binary files."]
         if missing:
@@ -167,6 +176,9 @@ def prepare_from_local(name: str, local_dir: str, data_dir: Optional[str] = None
                 f"preparing tfds {name!r} into {_data_dir_argument(data_dir)[1]} failed "
                 f"({type(error).__name__}: {error}); nothing that looks prepared is left: fix "
                 "the cause (e.g. free space) and rerun") from None
+        finally:
+            if getattr(builder, "scratch", None):
+                shutil.rmtree(builder.scratch, ignore_errors=True)
     return Path(builder.data_dir)
 
 
