@@ -33,6 +33,19 @@ def test_the_copy_holds_what_a_resume_needs_and_nothing_else(tmp_path):
         "config.json", "results.jsonl"]
 
 
+def test_the_copy_keeps_the_newest_resume_step_whose_metadata_reads(tmp_path):
+    """A newest step torn by a power loss (its metadata unreadable) is not the one carried:
+    the newest readable one is, so the copy still resumes."""
+    study = _fake_study(tmp_path / "study")
+    run = study / "checkpoints" / "resume" / "level_1_lt"
+    for step, text in ((20, '{"fingerprint": {"model": "m"}}'), (130, '{"fingerpr')):
+        (run / str(step) / "meta").mkdir(parents=True)
+        (run / str(step) / "meta" / "metadata").write_text(text)
+    carried = carry.carried_files(study)
+    assert "checkpoints/resume/level_1_lt/20/state/d/x" in carried
+    assert not any("/130/" in name for name in carried)
+
+
 def test_save_then_restore_gives_the_same_files_and_a_resave_drops_stale_ones(tmp_path):
     study, copy = _fake_study(tmp_path / "study"), tmp_path / "copy"
     carry.save(study, copy)

@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lottery_kd.study.checkpoint_meta import read_fingerprint
 from lottery_kd.study.jsonlines import write_atomic
 from lottery_kd.study.workdir import Workdir
 from lottery_kd.study.workdir_lock import (StopFailed, WorkdirBusy, WorkdirLock, holder,
@@ -68,10 +69,14 @@ def _resume_steps(workdir: Workdir) -> dict[Path, list[tuple[int, Path]]]:
 
 
 def _older_resume_steps(workdir: Workdir) -> set[Path]:
-    """The resume checkpoint folders of each run but its newest complete step."""
+    """The resume checkpoint folders of each run but the one a copy keeps: its newest complete
+    step whose metadata reads (a step torn by a power loss would leave the copy nothing to
+    resume from), else its newest."""
     older: set[Path] = set()
     for run, steps in _resume_steps(workdir).items():
-        older.update(path for _, path in steps[:-1])
+        readable = [path for _, path in steps if read_fingerprint(path) is not None]
+        kept = (readable or [path for _, path in steps])[-1:]
+        older.update(path for _, path in steps if path not in kept)
         complete = {path for _, path in steps}
         older.update(p for p in run.iterdir() if p.is_dir() and p not in complete)
     return older
