@@ -350,3 +350,35 @@ def test_a_study_launched_while_a_copy_is_saved_is_refused(tmp_path, monkeypatch
     carry.save(study, copy)
     assert refused and len(refused) == len(carry.carried_files(study))
     assert workdir_lock.holder(study) is None
+
+
+def test_two_restores_at_once_give_one_whole_workdir(tmp_path, monkeypatch):
+    """Two launches of run_full.sh restore the same copy at the same moment: one copies, the
+    other waits for it and finds the study restored (it had removed the first one's scratch
+    folder mid-copy, leaving a partial workdir)."""
+    import threading
+    import time
+    study, copy = _fake_study(tmp_path / "study"), tmp_path / "copy"
+    carry.save(study, copy)
+    original = carry.shutil.copyfile
+
+    def slow(source, target):
+        time.sleep(0.05)
+        return original(source, target)
+    monkeypatch.setattr(carry.shutil, "copyfile", slow)
+    counts, errors = [], []
+
+    def restore():
+        try:
+            counts.append(carry.restore(copy, tmp_path / "workdir"))
+        except Exception as error:  # noqa: BLE001 (reported below)
+            errors.append(error)
+    threads = [threading.Thread(target=restore) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.02)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors, errors
+    assert sorted(counts) == [0, len(carry.carried_files(study))]
+    assert carry.carried_files(tmp_path / "workdir") == carry.carried_files(study)

@@ -25,6 +25,7 @@ the workdir.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -270,6 +271,19 @@ def restore(dest: str | os.PathLike, workdir: str | os.PathLike) -> int:
                              "copy is damaged: save it again from the study, or restore an "
                              "earlier copy")
     workdir.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(workdir.parent / f".{workdir.name}.restore.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # one restore at a time: a second waits, then finds the study restored
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if workdir.exists() and any(workdir.iterdir()):
+            _check_existing(dest, workdir)
+            return 0
+        return _copy_in(dest, workdir, files)
+    finally:
+        os.close(lock)
+
+
+def _copy_in(dest: Path, workdir: Path, files: dict) -> int:
+    """restore's copy, under its lock: into a scratch folder renamed into place when whole."""
     for stale in workdir.parent.glob(f".{workdir.name}.restoring-*"):  # an interrupted restore's
         shutil.rmtree(stale, ignore_errors=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{workdir.name}.restoring-", dir=workdir.parent))
