@@ -80,6 +80,20 @@ def test_a_run_resumes_on_the_routing_its_checkpoints_record(record, resumes_on)
     assert conv_lib.resumed_conv_impl(fresh) == record["conv_impl"]
 
 
+def test_a_resume_on_another_convolution_path_is_named_in_a_warning(monkeypatch):
+    """'auto' runs the 3x3 kernel only where it builds on one CPU device: a checkpoint records
+    which path ran, and a resume on the other (no compiler, more devices) says so."""
+    record = conv_lib.execution_record("auto")
+    assert record["native"] == conv_lib.native_enabled("auto")
+    assert conv_lib.path_change_note(record, "auto", "[level 1 lt]") == ""
+    assert conv_lib.path_change_note({"conv_impl": "auto"}, "auto", "[x]") == ""  # older record
+    monkeypatch.setattr(conv_lib, "native_enabled", lambda conv_impl: False)
+    note = conv_lib.path_change_note({**record, "native": True}, "auto", "[level 1 lt]")
+    assert note.startswith("warning: [level 1 lt] trained its 3x3 convolutions on the native "
+                           "kernel and resumes on XLA's convolution")
+    assert "bit for bit" in note
+
+
 def test_a_native_study_resumes_its_run_on_the_shortcut_routing_it_began_with(tmp_path):
     """A resume checkpoint from before routing 3 finishes its run with the shortcuts on XLA;
     one from older code without any record resumes on its start's conv_impl, routed as then."""

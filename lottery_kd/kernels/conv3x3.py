@@ -62,8 +62,28 @@ def base_conv_impl(conv_impl: str) -> str:
 
 
 def execution_record(conv_impl: str) -> dict:
-    """What a run's resume checkpoints record of how it computes (read by resumed_conv_impl)."""
-    return {"conv_impl": conv_impl, "conv_routing": CONV_ROUTING}
+    """What a run's resume checkpoints record of how it computes (read by resumed_conv_impl),
+    and whether its 3x3 convolutions ran on the kernel here ("native": "auto" falls back to
+    XLA's where the kernel does not build or there are several devices)."""
+    return {"conv_impl": conv_impl, "conv_routing": CONV_ROUTING,
+            "native": native_enabled(conv_impl)}
+
+
+def path_change_note(recorded: dict | None, conv_impl: str, label: str) -> str:
+    """A warning where a run resumes with its 3x3 convolutions on another path than its
+    checkpoints record (a machine without a compiler, another device count): the run goes on,
+    but its arithmetic changes at the resume step, so it will not match an uninterrupted run
+    bit for bit. '' where nothing changed or the checkpoint predates the record."""
+    if not recorded or "native" not in recorded:
+        return ""
+    now = native_enabled(conv_impl)
+    if now == recorded["native"]:
+        return ""
+    names = {True: "the native kernel", False: "XLA's convolution"}
+    return (f"warning: {label} trained its 3x3 convolutions on {names[recorded['native']]} and "
+            f"resumes on {names[now]} (model.conv_impl={conv_impl}): from this step its "
+            "arithmetic differs, so it will not match an uninterrupted run bit for bit; resume "
+            "it where it started to keep it exact")
 
 
 def resumed_conv_impl(record: dict) -> str:

@@ -24,7 +24,7 @@ from lottery_kd.config.identity import config_digest
 from lottery_kd.data.inputs import InputData, input_data_from_config
 from lottery_kd.kernels.build import NativeKernelError
 from lottery_kd.kernels.conv3x3 import (DENSE_TWIN_IMPL, SPARSE_IMPLS, execution_record,
-                                      native_enabled, resumed_conv_impl)
+                                      native_enabled, path_change_note, resumed_conv_impl)
 from lottery_kd.models import CONV_IMPL_MODELS, flops as flops_lib, get_model
 from lottery_kd.runtime.environment import read_starts, record_start
 from lottery_kd.runtime.parallel import DataParallel
@@ -297,6 +297,8 @@ class Study:
     def _run_trainer(self, tag: str, label: str) -> tuple[str, Trainer]:
         """The conv_impl run `tag` trains on (the one it started on) and a trainer for it."""
         conv_impl = self.run_conv_impl(tag)
+        if note := path_change_note(latest_fingerprint(self.paths.resume(tag)), conv_impl, label):
+            self.log(note)
         if conv_impl == self.config.model.conv_impl:
             return conv_impl, self.trainer
         self.log(f"{label} resumes on model.conv_impl={conv_impl}, the path it started on "
