@@ -81,7 +81,8 @@ def tango_interval(a_only: int, b_only: int, n: int, z: float = Z95) -> tuple[fl
     and b_only the images only one gets right: the differences whose score statistic lies
     within +-z (bisection, to 1e-12). Unlike the exact interval given the discordant count (which
     can cover well under 95 % where one ticket wins most of the discordant images), its coverage
-    stays near nominal (Fagerland, Lydersen and Laake 2013 recommend it)."""
+    stays near nominal (Tango 1998; Fagerland, Lydersen and Laake 2014 compare the paired
+    methods)."""
     if n <= 0 or a_only < 0 or b_only < 0 or a_only + b_only > n:
         raise ValueError(f"tango_interval needs 0 <= a_only + b_only <= n, n > 0; got "
                          f"{a_only}, {b_only} of {n}")
