@@ -223,9 +223,10 @@ void FilterGradBlock(const Shape& d, const float* x_img, const float* dy_img, fl
       for (int i = 0; i < CB; ++i)
 #pragma GCC unroll 8
         for (int b = 0; b < KB * kParts; ++b) acc[i][b] = loadn(dwp + i * d.k + kLanes * b);
-      // output columns whose input column ow*s+kw-1 lies inside the image
+      // output columns whose input column ow*s+kw-1 lies inside the image (none where the
+      // image is narrower than the tap: C++ division rounds -1/2 to 0, not down to -1)
       int64_t ow_lo = kw == 0 ? 1 : 0;
-      int64_t ow_hi = std::min<int64_t>(d.ow, (d.w - kw) / d.s + 1);
+      int64_t ow_hi = d.w < kw ? 0 : std::min<int64_t>(d.ow, (d.w - kw) / d.s + 1);
       for (int64_t oh = oh0; oh < oh1; ++oh) {
         int64_t ih = oh * d.s + kh - 1;
         if (ih < 0 || ih >= d.h) continue;
