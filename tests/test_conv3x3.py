@@ -186,3 +186,24 @@ def test_with_several_devices_auto_uses_xla_and_native_refuses():
                           timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "runs on one device, but there are 2" in done.stdout
+
+
+def test_the_kernel_cache_tells_cpus_apart_where_proc_cpuinfo_is_masked(monkeypatch):
+    """The build cache key names the CPU: from /proc/cpuinfo's flags, else from the macros the
+    compiler defines for -march=native (not the bare "x86_64", which would let an AVX2 machine
+    load an AVX-512 build from a shared cache); the compiler's and jaxlib's versions too."""
+    import pathlib
+    import platform
+
+    from lottery_kd.kernels import build
+    real = pathlib.Path.read_text
+
+    def masked(self, *args, **kwargs):
+        if str(self) == "/proc/cpuinfo":
+            raise OSError("masked in this container")
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(pathlib.Path, "read_text", masked)
+    signature = build.cpu_signature(build.compiler())
+    assert signature != (platform.processor() or platform.machine())
+    assert "#define __" in signature  # the target's feature macros
+    assert build.compiler_version(build.compiler()) and build.jaxlib_version()

@@ -33,15 +33,43 @@ class NativeKernelError(RuntimeError):
     """A native kernel was asked for explicitly but cannot be built or loaded."""
 
 
-def cpu_signature() -> str:
-    """What -march=native depends on, so a shared cache never hands one CPU another's binary."""
+def cpu_signature(cxx: str | None = None) -> str:
+    """What -march=native depends on, so a shared cache never hands one CPU another's binary:
+    the CPU's flags line, or where /proc/cpuinfo cannot be read, the target macros the compiler
+    defines for -march=native here (__AVX512F__ and the like; "x86_64" alone would let an AVX2
+    machine load an AVX-512 build)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 return line
     except OSError:
         pass
+    if cxx:
+        try:
+            macros = subprocess.run([cxx, "-march=native", "-dM", "-E", "-x", "c++", os.devnull],
+                                    capture_output=True, text=True, timeout=60).stdout
+            return "\n".join(sorted(macros.splitlines()))
+        except (OSError, subprocess.SubprocessError):
+            pass
     return platform.processor() or platform.machine()
+
+
+def compiler_version(cxx: str) -> str:
+    """The compiler's first --version line: a toolchain upgrade builds the kernels again."""
+    try:
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                              timeout=60).stdout.split("\n", 1)[0]
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def jaxlib_version() -> str:
+    """jaxlib's version: the FFI headers the kernels compile against come with it."""
+    try:
+        import jaxlib
+        return str(getattr(jaxlib, "__version__", ""))
+    except ImportError:
+        return ""
 
 
 def compiler() -> str | None:
@@ -71,8 +99,8 @@ def build(source: Path) -> Path:
     flags = ["-O3", f"-march={march}", "-std=c++17", "-shared", "-fPIC", "-w",
              f"-I{jax.ffi.include_dir()}", f"-I{KERNEL_DIR}"]
     key = hashlib.sha256("\n".join([
-        source.read_text(), *_included_sources(), cxx, " ".join(flags), jax.__version__,
-        cpu_signature(),
+        source.read_text(), *_included_sources(), cxx, compiler_version(cxx), " ".join(flags),
+        jax.__version__, jaxlib_version(), cpu_signature(cxx),
     ]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}_{key}.so"
     if target.exists():
