@@ -137,15 +137,14 @@ def load(path: str | os.PathLike) -> Ticket:
         found = header.get("format") if isinstance(header, dict) else header
         raise ExportError(f"{path}: format {found!r}, expected {FORMAT!r}")
     missing = [key for key in ("layers", "model", "classes", "input_shape", "normalization",
-                               "norm_impl")
-               if key not in header]
+                               "norm_impl") if key not in header]
     try:
-        if missing:
-            raise KeyError(", ".join(missing))
-        weights = decode(arrays, header["layers"])
+        weights = {} if missing else decode(arrays, header["layers"])
     except (KeyError, ValueError, TypeError) as error:
+        missing = [str(error)]
+    if missing:
         raise ExportError(f"{path}: an incomplete exported ticket (missing or unreadable "
-                          f"{error}); export it again") from None
+                          f"{', '.join(missing)}); export it again")
     skips = (header["model"] in CONV_IMPL_MODELS and build.single_cpu_device()
              and sparse_conv.native_available())  # the masked kernels serve the CIFAR ResNets
     conv_impl = "sparse" if skips else "auto"  # "auto": the model's dense path

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import stat
 import os
 import sys
 import time
@@ -44,17 +45,18 @@ from lottery_kd.study.workdir import Workdir
 def _latest_checkpoints(directory: Path) -> list[tuple[int, float]]:
     """(step, modification time) of a run's finished resume checkpoints, oldest first; one the
     running study deletes while this reads (it keeps the newest few) is left out."""
-    found = []
     try:
-        for path in directory.iterdir():
-            if path.name.isdigit():
-                try:
-                    if path.is_dir():
-                        found.append((int(path.name), path.stat().st_mtime))
-                except FileNotFoundError:
-                    continue
+        steps = [path for path in directory.iterdir() if path.name.isdigit()]
     except (FileNotFoundError, NotADirectoryError):
         return []
+    found = []
+    for path in steps:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            found.append((int(path.name), info.st_mtime))
     return sorted(found)
 
 

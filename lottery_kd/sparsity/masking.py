@@ -184,7 +184,8 @@ def _prune_blocks(shape: structure_lib.Structure, scores: PyTree, masks: PyTree,
     flat_blocks = masks_lib.named_leaves(block_masks)
     selected = masks_lib.prunable_indices(block_masks, in_blocks)
     remaining = sum(int(np.count_nonzero(np.asarray(flat_blocks[i][1]))) for i in selected)
-    kernels = [np.shape(masks_lib.named_leaves(masks)[i][1]) for i in selected]  # ERK's scores
+    flat_masks = masks_lib.named_leaves(masks)
+    kernels = [np.shape(flat_masks[i][1]) for i in selected]  # ERK scores kernels, not grids
     pruned = prune_to_counts(block_scores, block_masks, num_to_prune(remaining, fraction),
                              scope=in_blocks, distribution=distribution, layer_fraction=fraction,
                              kernel_shapes=kernels)

@@ -119,13 +119,11 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-    try:
+    try:  # the rename itself: fsync the folder (where the platform has directory handles)
         folder = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return  # a platform without directory handles: the rename is as durable as it gets
-    try:
-        os.fsync(folder)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except OSError:
         pass
-    finally:
-        os.close(folder)

@@ -49,12 +49,12 @@ class LotteryRun(Study):
     def run_dense(self) -> None:
         """Train (or resume) the dense network, snapshotting its weights at the rewind step."""
         rewind_step = self.plan.rewind_step
+        lost_rewind = f"snapshot 'rewind' (the dense weights at step {rewind_step})"
         if (0, DENSE) in self._done():
             if self.snapshots.exists("rewind"):
                 return
             if rewind_step < self.plan.total_steps:  # finished, and its step-k weights lost
-                raise CheckpointError(self._lost_dense_message("snapshot 'rewind' (the dense "
-                                                               f"weights at step {rewind_step})"))
+                raise CheckpointError(self._lost_dense_message(lost_rewind))
         elif self._later_rows() and self._dense_path_changed():
             raise CheckpointError(self._lost_dense_message(
                 f"the dense network's snapshot {snapshot_name(0, DENSE)!r} (its row says it "
@@ -71,11 +71,7 @@ class LotteryRun(Study):
         if self.snapshots.exists("rewind"):
             return
         if rewind_step < self.plan.total_steps:  # saved before step k, so it was lost since
-            raise CheckpointError(
-                f"snapshot 'rewind' (the dense weights at step {rewind_step}) is missing from "
-                f"{self.snapshots.directory}, but the dense run has passed that step; restore "
-                "it, or move checkpoints/snapshots/level_0_dense and "
-                "checkpoints/resume/level_0_dense away to retrain the dense network")
+            raise CheckpointError(self._lost_dense_message(lost_rewind))
         # k at or past the end: no variant rewinds, but every study has the snapshot
         self.snapshots.save("rewind", self.load_snapshot(snapshot_name(0, DENSE)))
 
@@ -97,14 +93,15 @@ class LotteryRun(Study):
         """Why a finished dense run is not trained again: the tickets already finished were
         pruned from it and distilled from it, and a retrained one would differ under them."""
         later = self._later_rows()
-        return (f"{what} is missing from {self.paths.root}, and {len(later)} finished "
-                f"run(s) were pruned from or distilled from that network ({', '.join(later[:3])}"
+        if not later:
+            return (f"{what} is missing from {self.paths.root}, but the dense run has passed "
+                    "that step; restore it, or move checkpoints/snapshots/level_0_dense and "
+                    "checkpoints/resume/level_0_dense away to retrain the dense network")
+        return (f"{what} is missing from {self.paths.root}, and {len(later)} finished run(s) "
+                f"were pruned from or distilled from that network ({', '.join(later[:3])}"
                 f"{', ...' if len(later) > 3 else ''}); training it again would give them "
                 "another teacher and masks under the same rows. Restore it (from a copy: "
-                "python -m lottery_kd.study.carry restore), or start a new --workdir"
-                if later else f"{what} is missing from {self.paths.root}, but the dense run "
-                "has passed that step; restore it, or move checkpoints/snapshots/level_0_dense "
-                "and checkpoints/resume/level_0_dense away to retrain the dense network")
+                "python -m lottery_kd.study.carry restore), or start a new --workdir")
 
     def masks_for(self, level: int, variant: str) -> PyTree:
         """The level's mask for `variant` (pure in the snapshots it reads, so safe to recompute).
